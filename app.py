@@ -1,0 +1,107 @@
+"""Diffusion Studio: `python app.py` serves the chat; subcommands generate, list models/plugins and train.
+
+Configuration enters here once (flags and environment) and is passed explicitly to the engine and UI.
+Imports are lazy so that `generate` never pays for gradio, controlnet_aux or peft it does not use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def add_engine_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=os.environ.get("STUDIO_MODEL", "builtin"),
+                   help="builtin, a Hub id, a diffusers folder or a .safetensors file (default: builtin)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16")
+    p.add_argument("--offload", default="auto", choices=("auto", "on", "off"),
+                   help="model CPU offload: auto turns it on when the GPU is too small")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log loading and timing details")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="app.py", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+
+    serve = parser  # `python app.py [flags]` serves the UI
+    add_engine_flags(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=7860)
+    serve.add_argument("--share", action="store_true", help="public Gradio share link (use --auth with it)")
+    serve.add_argument("--auth", default=None, help="user:pass required to open the app")
+    serve.add_argument("--max-queue", type=int, default=16, help="waiting generations before 'busy'")
+
+    gen = sub.add_parser("generate", help="generate images from the command line")
+    add_engine_flags(gen)
+    gen.add_argument("--prompt", default=None)
+    gen.add_argument("--prompt-file", default=None, help="one prompt per line; --out is then a folder")
+    gen.add_argument("--negative", default="")
+    gen.add_argument("--steps", type=int, default=None)
+    gen.add_argument("--guidance", type=float, default=None)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--width", type=int, default=None)
+    gen.add_argument("--height", type=int, default=None)
+    gen.add_argument("--scheduler", default=None)
+    gen.add_argument("--count", type=int, default=1)
+    gen.add_argument("--init", default=None, help="image-to-image from this image")
+    gen.add_argument("--strength", type=float, default=0.6)
+    gen.add_argument("--control", action="append", default=[],
+                     help="KIND=IMAGE[,pre=NAME][,scale=S][,start=A][,end=B] (repeatable)")
+    gen.add_argument("--lora", action="append", default=[], help="NAME=WEIGHT (repeatable)")
+    gen.add_argument("--out", default="out.png")
+
+    mod = sub.add_parser("models", help="list known, cached and loadable models")
+    mod.add_argument("--json", action="store_true")
+
+    plug = sub.add_parser("plugins", help="list plugins with their family and status")
+    plug.add_argument("--json", action="store_true")
+
+    train = sub.add_parser("train", help="train the built-in model (and its ControlNets/LoRAs)")
+    train.add_argument("what", choices=("builtin", "controlnets", "loras", "smoke"))
+    train.add_argument("--out", default="assets/builtin")
+    train.add_argument("--work", default="runs/builtin", help="checkpoints to resume from")
+    train.add_argument("--vae-steps", type=int, default=None)
+    train.add_argument("--unet-steps", type=int, default=None)
+    train.add_argument("--threads", type=int, default=1)
+
+    lora = sub.add_parser("train-lora", help="train a LoRA plugin from a folder of captioned images")
+    lora.add_argument("folder", help="images with a .txt caption beside each (same name)")
+    lora.add_argument("--name", required=True)
+    lora.add_argument("--model", default="builtin")
+    lora.add_argument("--steps", type=int, default=600)
+    lora.add_argument("--rank", type=int, default=4)
+    lora.add_argument("--trigger", default="")
+    lora.add_argument("--out", default="plugins")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from engine.request import UserError
+
+    try:
+        from cli import commands
+
+        handler = commands.HANDLERS[args.command or "serve"]
+        return handler(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The command-line subcommands of app.py: generate, models, plugins, train, and serving the UI."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from engine.request import ControlUnit, LoraSpec, Request, UserError
+
+
+def _engine(args):
+    from engine.engine import Engine
+
+    return Engine(device=args.device, dtype=args.dtype, offload=args.offload)
+
+
+def parse_control(text: str) -> ControlUnit:
+    """`KIND=IMAGE[,pre=NAME][,scale=S][,start=A][,end=B][,low=L][,high=H]` -> ControlUnit."""
+    head, *opts = text.split(",")
+    if "=" not in head:
+        raise UserError(f"--control {text!r}: expected KIND=IMAGE, e.g. --control edge=photo.jpg,scale=0.8")
+    kind, image = head.split("=", 1)
+    unit = ControlUnit(kind=kind.strip(), image=image.strip())
+    names = {"pre": "preprocessor", "preprocessor": "preprocessor", "scale": "scale", "start": "start", "end": "end",
+             "low": "low", "high": "high"}
+    for opt in opts:
+        key, _, value = opt.partition("=")
+        key = key.strip()
+        if key not in names or not value:
+            raise UserError(f"--control option {opt!r} is not understood; use pre=NAME, scale=S, start=A, end=B, "
+                            "low=L, high=H.")
+        field = names[key]
+        try:
+            setattr(unit, field, value.strip() if field == "preprocessor" else
+                    (int(value) if field in ("low", "high") else float(value)))
+        except ValueError:
+            raise UserError(f"--control {key}={value!r} must be a number.") from None
+    return unit
+
+
+def parse_lora(text: str) -> LoraSpec:
+    name, sep, weight = text.rpartition("=")
+    if not sep:
+        return LoraSpec(text.strip(), 1.0)
+    try:
+        return LoraSpec(name.strip(), float(weight))
+    except ValueError:
+        raise UserError(f"--lora {text!r}: the weight must be a number, e.g. --lora pastel=0.8") from None
+
+
+def cmd_generate(args) -> int:
+    from engine import metadata
+
+    if bool(args.prompt) == bool(args.prompt_file):
+        raise UserError("Give either --prompt \"...\" or --prompt-file FILE (one prompt per line).")
+    base = Request(prompt=args.prompt or "", negative=args.negative, model=args.model, steps=args.steps,
+                   guidance=args.guidance, seed=args.seed, width=args.width, height=args.height,
+                   scheduler=args.scheduler, count=args.count, init_image=args.init, strength=args.strength,
+                   controls=[parse_control(c) for c in args.control], loras=[parse_lora(x) for x in args.lora])
+    if args.init and not Path(args.init).is_file():
+        raise UserError(f"--init {args.init}: no such file.")
+    jobs: list[tuple[Request, Path]] = []
+    if args.prompt_file:
+        pf = Path(args.prompt_file)
+        if not pf.is_file():
+            raise UserError(f"--prompt-file {pf}: no such file.")
+        lines = [ln.strip() for ln in pf.read_text().splitlines() if ln.strip()]
+        if not lines:
+            raise UserError(f"{pf} has no prompts (one per line).")
+        out_dir = Path(args.out if args.out != "out.png" else "out")
+        if out_dir.suffix:
+            raise UserError(f"With --prompt-file, --out is a folder (got {out_dir}). Try --out images/")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        seed = args.seed if args.seed is not None else int.from_bytes(__import__("os").urandom(4), "little")
+        for i, line in enumerate(lines):
+            r = Request(**{**base.__dict__, "prompt": line, "seed": (seed + i) % 2**32})
+            jobs.append((r, out_dir / f"{i:04d}.png"))
+    else:
+        jobs.append((base, Path(args.out)))
+    engine = _engine(args)
+    for request, out in jobs:
+        t0 = time.perf_counter()
+        result = engine.generate(request)
+        paths = _output_paths(out, len(result.images))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for image, seed, path in zip(result.images, result.seeds, paths):
+            per = Request(**{**result.request.__dict__, "seed": seed})
+            metadata.save_png(image, path, per, seed, result.model_name)
+        for i, cmap in enumerate(result.control_maps):
+            cmap.save(out.with_name(f"{out.stem}.control{i}.png"))
+        print(f"{', '.join(map(str, paths))}  ({result.settings_line()}, total {time.perf_counter() - t0:.1f}s)")
+        for note in result.notes:
+            print(f"note: {note}")
+    return 0
+
+
+def _output_paths(out: Path, n: int) -> list[Path]:
+    if n == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{i}{out.suffix or '.png'}") for i in range(n)]
+
+
+def cmd_models(args) -> int:
+    from engine import models
+
+    rows = []
+    try:
+        builtin = models.resolve("builtin")
+        rows.append({"model": "builtin", "family": "builtin", "status": "ready", "where": builtin.location})
+    except UserError as e:
+        rows.append({"model": "builtin", "family": "builtin", "status": "missing", "where": str(e)})
+    cached = dict(models.cached_hub_models())
+    for repo, family in models.KNOWN_MODELS.items():
+        if repo != "builtin":
+            rows.append({"model": repo, "family": family, "status": "cached" if repo in cached else "download on use",
+                         "where": "hub"})
+    for repo, family in cached.items():
+        if repo not in models.KNOWN_MODELS:
+            rows.append({"model": repo, "family": family, "status": "cached", "where": "hub"})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':48} {'family':8} status")
+    for r in rows:
+        print(f"{r['model']:48} {r['family']:8} {r['status']}")
+    print("\nAlso: any Hub id, a diffusers folder, or a .safetensors checkpoint via --model.")
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    from engine.plugins import PluginManager
+
+    rows = PluginManager().listing()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':24} {'kind':11} {'family':8} {'weight':>6}  status")
+    for r in rows:
+        print(f"{r['name']:24} {r['kind']:11} {r['family']:8} {r['weight']:>6}  {r['status']}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    import logging
+
+    logging.getLogger().setLevel(logging.INFO)
+    from engine.train import run
+
+    return run.main(args)
+
+
+def cmd_train_lora(args) -> int:
+    import logging
+
+    logging.getLogger().setLevel(logging.INFO)
+    from engine.train import lora
+
+    path = lora.train_lora_from_folder(Path(args.folder), args.name, args.model, args.steps, args.rank, args.trigger,
+                                       Path(args.out))
+    print(f"LoRA plugin written: {path}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from ui.app import serve
+
+    return serve(args)
+
+
+HANDLERS = {"generate": cmd_generate, "models": cmd_models, "plugins": cmd_plugins, "train": cmd_train,
+            "train-lora": cmd_train_lora, "serve": cmd_serve}
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("run through app.py")

@@ -1,0 +1,244 @@
+"""`Engine.generate(request)`: the one place that calls a diffusers pipeline.
+
+Steps: 1. resolve and (re)use the cached model  2. check the request against its family  3. pick the
+pipeline variant (text-to-image, image-to-image, ControlNet) and scheduler  4. LoRAs and control maps
+5. sample, with progress and cancel through `callback_on_step_end`  6. images + their metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import models
+from .request import SCHEDULERS, Request, UserError, check_request, defaults_for
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, object], None]  # (step, total, latents) -> None
+
+
+@dataclass
+class Result:
+    images: list  # PIL images
+    seeds: list[int]
+    request: Request  # with every default filled in and the seed used for the first image
+    model_name: str
+    family: str
+    infotexts: list[str]
+    control_maps: list = field(default_factory=list)  # the maps the ControlNets were given (PIL)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # things the user should know (offload turned on, ...)
+
+    def settings_line(self) -> str:
+        r = self.request
+        seeds = str(self.seeds[0]) if len(self.seeds) == 1 else f"{self.seeds[0]}..{self.seeds[-1]}"
+        parts = [f"{self.model_name}", f"{r.width}x{r.height}", f"{r.steps} steps", f"cfg {r.guidance:g}",
+                 f"seed {seeds}", r.scheduler]
+        if r.init_image is not None:
+            parts.append(f"strength {r.strength:g}")
+        parts += [f"<lora:{x.name}:{x.weight:g}>" for x in r.loras]
+        parts += [f"{u.kind} x{u.scale:g}" for u in r.controls]
+        return " · ".join(parts) + f" · {self.seconds:.1f}s"
+
+
+class Cancelled(Exception):
+    """The user stopped the generation."""
+
+
+class Engine:
+    """Loads models on demand, keeps them cached, and runs generations one at a time."""
+
+    def __init__(self, device: str | None = None, dtype: str | None = None, memory_budget_gb: float | None = None,
+                 offload: str = "auto"):
+        self.device = models.pick_device(device)
+        self.dtype = models.pick_dtype(self.device, dtype)
+        self.offload = offload  # auto | on | off
+        self.cache = models.ModelCache(int((memory_budget_gb or _default_budget_gb(self.device)) * 2**30))
+        self._lock = threading.Lock()
+        self.plugins = None  # engine.plugins.PluginManager, made on first LoRA use
+        self.controls = None  # engine.control.ControlNets, made on first control use
+
+    # ------------------------------------------------------------------------------------ models
+    def load(self, model: str) -> models.LoadedModel:
+        """The loaded model for a `--model` string; a failed load leaves the cache as it was."""
+        source = models.resolve(model)
+        key = source.location
+        loaded = self.cache.get(key)
+        if loaded is not None:
+            return loaded
+        pipe = models.load_pipeline(source, self.device, self.dtype)
+        loaded = models.LoadedModel(source, pipe, models.pipeline_bytes(pipe), dict(pipe.scheduler.config))
+        self._place(loaded)
+        self.cache.put(key, loaded)
+        return loaded
+
+    def _place(self, loaded: models.LoadedModel) -> None:
+        """Move to the device; on a GPU too small for the model, model CPU offload instead (and say so)."""
+        import torch
+
+        pipe = loaded.pipe
+        if self.device.startswith("cuda"):
+            free, _ = torch.cuda.mem_get_info()
+            if self.offload == "on" or (self.offload == "auto" and loaded.nbytes > 0.85 * free):
+                pipe.enable_model_cpu_offload()
+                loaded.offload = True
+                log.warning("%s needs %.1f GB but the GPU has %.1f GB free: model CPU offload is on (slower).",
+                            loaded.source.name, loaded.nbytes / 2**30, free / 2**30)
+                return
+        pipe.to(self.device)
+
+    # ---------------------------------------------------------------------------------- generate
+    def generate(self, request: Request, progress: Progress | None = None,
+                 cancel: threading.Event | None = None) -> Result:
+        with self._lock:
+            try:
+                return self._generate(request, progress, cancel)
+            except Exception as e:
+                if _is_oom(e):
+                    models._free_memory()
+                    raise UserError(f"Out of {self.device.upper()} memory at {request.width}x{request.height}, "
+                                    f"{request.count} image(s). Try a smaller size or fewer images, or start with "
+                                    "--offload on.") from None
+                raise
+
+    def _generate(self, request: Request, progress: Progress | None, cancel: threading.Event | None) -> Result:
+        import torch
+
+        t0 = time.perf_counter()
+        # 1. model
+        loaded = self.load(request.model)
+        family, name = loaded.source.family, loaded.source.name
+        # 2. checks and defaults
+        req = check_request(request, family, name)
+        if req.seed is None:
+            req.seed = random.SystemRandom().randrange(2**32)
+        notes = []
+        # 3. pipeline variant, scheduler
+        init = None
+        if req.init_image is not None:
+            from .images import fit_to, load_image
+
+            init = fit_to(load_image(req.init_image, "The init image"), req.width, req.height)
+        control = None
+        if req.controls:
+            control = self._control_manager().prepare(loaded, req)
+            kind = "control_img2img" if init is not None else "control"
+            pipe = loaded.variant(kind, controlnet=control.model)
+        else:
+            pipe = loaded.variant("img2img" if init is not None else "txt2img")
+        pipe.scheduler = make_scheduler(req.scheduler, loaded.scheduler_config)
+        # 4. LoRAs
+        lora_info = self._plugin_manager().apply(loaded, req) if (req.loras or self.plugins) else {}
+        prompt = lora_info.get("prompt", req.prompt) if lora_info else req.prompt
+        if family in ("sdxl", "sd15", "builtin") and loaded.pipe.vae is not None:
+            big = req.width * req.height > 1536 * 1536
+            (pipe.vae.enable_tiling if big else pipe.vae.disable_tiling)()
+        # 5. sample
+        kwargs = dict(prompt=prompt, num_inference_steps=req.steps, guidance_scale=req.guidance,
+                      width=req.width, height=req.height, num_images_per_prompt=req.count,
+                      generator=[torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.count)],
+                      callback_on_step_end=self._callback(req, progress, cancel))
+        if family != "flux":
+            kwargs["negative_prompt"] = req.negative or None
+        elif req.negative:
+            notes.append("Flux ignores the negative prompt.")
+        if init is not None:
+            kwargs["image"] = init
+            kwargs["strength"] = req.strength
+            kwargs.pop("width"), kwargs.pop("height")
+        if control is not None:
+            kwargs.update(control.kwargs(init is not None))
+        out = pipe(**kwargs)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        # 6. metadata
+        from . import metadata
+
+        seeds = [req.seed + i for i in range(req.count)]
+        extra = dict(lora_info.get("infotext", {})) if lora_info else {}
+        if control is not None:
+            extra.update(control.infotext())
+        infotexts = []
+        for s in seeds:
+            per_image = Request(**{**req.__dict__, "seed": s})
+            infotexts.append(metadata.infotext(per_image, s, name, None, extra))
+        seconds = time.perf_counter() - t0
+        log.info("generated %d image(s) %dx%d, %d steps with %s in %.2f s", req.count, req.width, req.height,
+                 req.steps, name, seconds)
+        return Result(out.images, seeds, req, name, family, infotexts,
+                      control.maps if control is not None else [], seconds, notes)
+
+    def _callback(self, req: Request, progress: Progress | None, cancel: threading.Event | None):
+        def on_step_end(pipe, step, timestep, callback_kwargs):
+            if progress is not None and not (cancel is not None and cancel.is_set()):
+                progress(step + 1, pipe.num_timesteps if hasattr(pipe, "num_timesteps") else req.steps,
+                         callback_kwargs.get("latents"))
+            if cancel is not None and cancel.is_set():
+                pipe._interrupt = True  # diffusers skips every remaining step
+            return callback_kwargs
+
+        return on_step_end
+
+    def preview(self, model: str, latents):
+        """A quick RGB preview of in-progress latents (full VAE decode for small models)."""
+        import torch
+
+        loaded = self.cache.get(models.resolve(model).location)
+        if loaded is None or latents is None or loaded.source.family == "flux":
+            return None
+        vae = loaded.pipe.vae
+        with torch.no_grad():
+            img = vae.decode(latents[:1].to(vae.dtype) / vae.config.scaling_factor).sample
+        return loaded.pipe.image_processor.postprocess(img, output_type="pil")[0]
+
+    def _plugin_manager(self):
+        if self.plugins is None:
+            from .plugins import PluginManager
+
+            self.plugins = PluginManager()
+        return self.plugins
+
+    def _control_manager(self):
+        if self.controls is None:
+            from .control import ControlManager
+
+            self.controls = ControlManager(self.device, self.dtype)
+        return self.controls
+
+    def defaults(self, model: str) -> dict:
+        """Default settings of a model's family, for the UI panel."""
+        source = models.resolve(model)
+        d = defaults_for(source.family, source.name)
+        return {"family": source.family, "steps": d.steps, "guidance": d.guidance, "width": d.size,
+                "height": d.size, "scheduler": d.scheduler}
+
+
+def make_scheduler(name: str, base_config: dict):
+    import diffusers
+
+    cls_name, extra, _, _ = SCHEDULERS[name]
+    return getattr(diffusers, cls_name).from_config(base_config, **extra)
+
+
+def _is_oom(e: Exception) -> bool:
+    import torch
+
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def _default_budget_gb(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_properties(0).total_memory / 2**30 * 1.5  # offloaded models live in RAM too
+    try:
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 * 0.5
+    except (ValueError, OSError):
+        return 8.0

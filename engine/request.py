@@ -1,0 +1,202 @@
+"""The one `Request` that carries a generation from the browser or CLI to the sampler, and its checks.
+
+`check_request` is the single place that validates user input; every message a user can get for
+bad settings is written here, naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class UserError(Exception):
+    """A problem the user can fix. Its message is shown as-is in the chat and on the CLI."""
+
+
+FAMILIES = ("builtin", "sd15", "sdxl", "flux")
+
+
+@dataclass(frozen=True)
+class FamilyDefaults:
+    steps: int
+    guidance: float
+    size: int  # native square size
+    multiple: int  # width/height must be a multiple of this
+    max_size: int
+    scheduler: str
+
+
+DEFAULTS: dict[str, FamilyDefaults] = {
+    "builtin": FamilyDefaults(steps=15, guidance=5.0, size=64, multiple=8, max_size=512, scheduler="dpm++2m"),
+    "sd15": FamilyDefaults(steps=30, guidance=7.5, size=512, multiple=8, max_size=2048, scheduler="dpm++2m-karras"),
+    "sdxl": FamilyDefaults(steps=30, guidance=7.0, size=1024, multiple=8, max_size=2048, scheduler="euler"),
+    "flux": FamilyDefaults(steps=28, guidance=3.5, size=1024, multiple=16, max_size=2048, scheduler="flow-euler"),
+}
+FLUX_SCHNELL = FamilyDefaults(steps=4, guidance=0.0, size=1024, multiple=16, max_size=2048, scheduler="flow-euler")
+
+# name -> (diffusers class, extra config, AUTOMATIC1111 sampler name, A1111 schedule type)
+SCHEDULERS: dict[str, tuple[str, dict, str, str]] = {
+    "euler": ("EulerDiscreteScheduler", {}, "Euler", "Automatic"),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}, "Euler a", "Automatic"),
+    "dpm++2m": ("DPMSolverMultistepScheduler", {}, "DPM++ 2M", "Automatic"),
+    "dpm++2m-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, "DPM++ 2M", "Karras"),
+    "dpm++2m-sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, "DPM++ 2M SDE", "Automatic"),
+    "unipc": ("UniPCMultistepScheduler", {}, "UniPC", "Automatic"),
+    "ddim": ("DDIMScheduler", {}, "DDIM", "Automatic"),
+    "heun": ("HeunDiscreteScheduler", {}, "Heun", "Automatic"),
+    "lms": ("LMSDiscreteScheduler", {}, "LMS", "Automatic"),
+    "flow-euler": ("FlowMatchEulerDiscreteScheduler", {}, "Euler", "Simple"),
+}
+FLOW_SCHEDULERS = ("flow-euler",)
+MAX_STEPS = 200
+MAX_COUNT = 16
+CONTROL_KINDS = ("pose", "edge", "depth")
+MAX_CONTROLS = 3
+
+
+@dataclass
+class ControlUnit:
+    """One ControlNet unit: what it controls, its image, how strongly and over which part of the steps."""
+
+    kind: str  # pose | edge | depth
+    image: Any  # a path or a PIL image; a ready map when preprocessor == "none"
+    preprocessor: str = "auto"  # auto (the kind's default) | none | a name from engine.control.PREPROCESSORS
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    low: int = 100  # canny thresholds
+    high: int = 200
+
+
+@dataclass
+class LoraSpec:
+    name: str  # plugin name, or a local .safetensors path (CLI only)
+    weight: float = 1.0
+
+
+@dataclass
+class Request:
+    """Everything one generation needs. None means "the model family's default"."""
+
+    prompt: str
+    negative: str = ""
+    model: str = "builtin"
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+    scheduler: str | None = None
+    count: int = 1
+    init_image: Any = None  # a path or PIL image: image-to-image from it
+    strength: float = 0.6
+    controls: list[ControlUnit] = field(default_factory=list)
+    loras: list[LoraSpec] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """The settings as plain JSON (images are not included; the PNG itself is the result)."""
+        data = dataclasses.asdict(self)
+        data["init_image"] = None
+        for unit in data["controls"]:
+            unit["image"] = None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> Request:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise UserError(f"Unknown setting(s) {sorted(unknown)} in saved settings; known: {sorted(known)}.")
+        data = dict(data)
+        data["controls"] = [ControlUnit(**u) for u in data.get("controls") or []]
+        data["loras"] = [LoraSpec(**x) for x in data.get("loras") or []]
+        return cls(**data)
+
+
+def defaults_for(family: str, model_name: str = "") -> FamilyDefaults:
+    if family == "flux" and "schnell" in model_name.lower():
+        return FLUX_SCHNELL
+    return DEFAULTS[family]
+
+
+def _number(name: str, value, kind, low, high, fix: str):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{name} must be a number, got {value!r}. {fix}")
+    if kind is int and int(value) != value:
+        raise UserError(f"{name} must be a whole number, got {value}. {fix}")
+    if not (low <= value <= high):
+        raise UserError(f"{name} = {value} is out of range. {fix}")
+    return kind(value)
+
+
+def check_request(req: Request, family: str, model_name: str = "") -> Request:
+    """Validate `req` for a model of `family` and return a copy with every default filled in."""
+    d = defaults_for(family, model_name)
+    out = dataclasses.replace(req, controls=list(req.controls), loras=list(req.loras))
+    if not isinstance(out.prompt, str) or not out.prompt.strip():
+        raise UserError("The prompt is empty. Describe the image you want, e.g. "
+                        "'a big red circle on the left, blue background'.")
+    out.prompt = out.prompt.strip()
+    out.negative = (out.negative or "").strip()
+    out.steps = d.steps if out.steps is None else _number(
+        "steps", out.steps, int, 1, MAX_STEPS, f"Use 1 to {MAX_STEPS} steps (this model's default is {d.steps}).")
+    out.guidance = d.guidance if out.guidance is None else _number(
+        "guidance", out.guidance, float, 0.0, 30.0,
+        f"Use a guidance scale from 0 to 30 (this model's default is {d.guidance}).")
+    for name in ("width", "height"):
+        value = getattr(out, name)
+        if value is None:
+            value = d.size
+        value = _number(name, value, int, d.multiple, d.max_size,
+                        f"Use {d.multiple} to {d.max_size} pixels for this model (native {d.size}).")
+        if value % d.multiple:
+            raise UserError(f"{name} = {value} is not a multiple of {d.multiple}, which this model needs. "
+                            f"Try {max(d.multiple, value // d.multiple * d.multiple)}.")
+        setattr(out, name, value)
+    out.count = _number("count", out.count, int, 1, MAX_COUNT, f"Ask for 1 to {MAX_COUNT} images at a time.")
+    if out.seed is not None:
+        out.seed = _number("seed", out.seed, int, 0, 2**32 - 1, "Use a seed from 0 to 4294967295, or leave it empty "
+                           "for a random one.")
+    scheduler = out.scheduler or d.scheduler
+    if scheduler == "default":
+        scheduler = d.scheduler
+    if scheduler not in SCHEDULERS:
+        raise UserError(f"Unknown scheduler {scheduler!r}. Choose one of: {', '.join(valid_schedulers(family))}.")
+    if (scheduler in FLOW_SCHEDULERS) != (family == "flux"):
+        raise UserError(f"Scheduler {scheduler!r} does not work with {family} models. "
+                        f"Choose one of: {', '.join(valid_schedulers(family))}.")
+    out.scheduler = scheduler
+    if out.init_image is not None:
+        out.strength = _number("strength", out.strength, float, 0.01, 1.0,
+                               "Image-to-image strength goes from 0.01 (keep the image) to 1 (ignore it).")
+    if len(out.controls) > MAX_CONTROLS:
+        raise UserError(f"{len(out.controls)} control units given; use at most {MAX_CONTROLS}.")
+    for i, unit in enumerate(out.controls, 1):
+        check_control(unit, i)
+    for lora in out.loras:
+        lora.weight = _number(f"LoRA {lora.name!r} weight", lora.weight, float, -4.0, 4.0,
+                              "Use a LoRA weight from -4 to 4 (1 is full strength, 0 is off).")
+    return out
+
+
+def check_control(unit: ControlUnit, i: int = 1) -> None:
+    where = f"Control unit {i} ({unit.kind})"
+    if unit.kind not in CONTROL_KINDS:
+        raise UserError(f"Control unit {i}: unknown type {unit.kind!r}; use one of {', '.join(CONTROL_KINDS)}.")
+    if unit.image is None:
+        raise UserError(f"{where} has no image. Upload a photo or a ready {unit.kind} map.")
+    unit.scale = _number(f"{where} scale", unit.scale, float, 0.0, 2.0, "Use a conditioning scale from 0 to 2.")
+    unit.start = _number(f"{where} start", unit.start, float, 0.0, 1.0, "Start is a fraction of the steps, 0 to 1.")
+    unit.end = _number(f"{where} end", unit.end, float, 0.0, 1.0, "End is a fraction of the steps, 0 to 1.")
+    if unit.start >= unit.end:
+        raise UserError(f"{where}: start ({unit.start}) must be before end ({unit.end}), e.g. start=0 end=0.6.")
+    for name in ("low", "high"):
+        _number(f"{where} {name} threshold", getattr(unit, name), int, 0, 255, "Canny thresholds go from 0 to 255.")
+    if unit.low >= unit.high:
+        raise UserError(f"{where}: the low threshold ({unit.low}) must be below the high one ({unit.high}).")
+
+
+def valid_schedulers(family: str) -> list[str]:
+    return [n for n in SCHEDULERS if (n in FLOW_SCHEDULERS) == (family == "flux")]

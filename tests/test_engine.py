@@ -1,0 +1,152 @@
+"""Engine on tiny SD1.5 / SDXL / Flux pipelines: loading paths, reproducibility, metadata, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine import models
+from engine.request import Request, UserError
+
+FAMILIES = ["sd15", "sdxl", "flux"]
+
+
+def small(model, **kw) -> Request:
+    args = dict(prompt="a big red circle on the left", model=str(model), steps=2, width=32, height=32, seed=1)
+    args.update(kw)
+    return Request(**args)
+
+
+def pixels(result) -> np.ndarray:
+    return np.asarray(result.images[0], dtype=np.int16)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_detected_from_folder(tiny_model, family):
+    assert models.resolve(str(tiny_model(family))).family == family
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_same_seed_same_pixels_other_seed_differs(engine, tiny_model, family):
+    folder = tiny_model(family)
+    a = engine.generate(small(folder, seed=7))
+    b = engine.generate(small(folder, seed=7))
+    c = engine.generate(small(folder, seed=8))
+    assert a.images[0].size == (32, 32)
+    assert np.array_equal(pixels(a), pixels(b))
+    assert np.abs(pixels(a) - pixels(c)).mean() > 1.0
+    assert a.seeds == [7] and a.family == family
+
+
+def test_drawn_seed_is_reported_and_reproduces(engine, tiny_model):
+    folder = tiny_model("sd15")
+    first = engine.generate(small(folder, seed=None))
+    again = engine.generate(small(folder, seed=first.seeds[0]))
+    assert np.array_equal(pixels(first), pixels(again))
+
+
+def test_count_gives_consecutive_seeds(engine, tiny_model):
+    folder = tiny_model("sd15")
+    batch = engine.generate(small(folder, seed=3, count=2))
+    single = engine.generate(small(folder, seed=4))
+    assert batch.seeds == [3, 4]
+    assert np.array_equal(np.asarray(batch.images[1], dtype=np.int16), pixels(single))
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl", "flux"])
+def test_img2img_shares_components_and_follows_init(engine, tiny_model, family):
+    folder = tiny_model(family)
+    base = engine.generate(small(folder, seed=5))
+    white = Image.new("RGB", (32, 32), "white")
+    black = Image.new("RGB", (32, 32), "black")
+    w = engine.generate(small(folder, seed=5, init_image=white, strength=0.3, steps=4))
+    k = engine.generate(small(folder, seed=5, init_image=black, strength=0.3, steps=4))
+    w2 = engine.generate(small(folder, seed=5, init_image=white, strength=0.3, steps=4))
+    assert np.array_equal(pixels(w), pixels(w2))
+    assert np.abs(pixels(w) - pixels(k)).mean() > 1.0  # the init image matters (tiny VAEs are random: no colour check)
+    loaded = engine.cache.get(str(folder.resolve()))
+    variant = loaded.variant("img2img")
+    assert variant.unet is loaded.pipe.unet if family != "flux" else variant.transformer is loaded.pipe.transformer
+    assert base.images[0].size == (32, 32)
+
+
+def test_scheduler_choice_changes_output(engine, tiny_model):
+    folder = tiny_model("sd15")
+    a = engine.generate(small(folder, scheduler="euler", steps=3))
+    b = engine.generate(small(folder, scheduler="dpm++2m", steps=3))
+    assert not np.array_equal(pixels(a), pixels(b))
+    assert "Sampler: DPM++ 2M" in b.infotexts[0]
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(steps=0), "steps = 0 is out of range"),
+    (dict(steps=100000), "steps = 100000 is out of range"),
+    (dict(guidance=-1.0), "guidance = -1.0 is out of range"),
+    (dict(width=30), "width = 30 is not a multiple of 8"),
+    (dict(width=99999), "width = 99999 is out of range"),
+    (dict(prompt="   "), "The prompt is empty"),
+    (dict(scheduler="magic"), "Unknown scheduler 'magic'. Choose one of: euler, euler-a"),
+    (dict(scheduler="flow-euler"), "does not work with sd15 models"),
+    (dict(count=0), "count = 0 is out of range"),
+])
+def test_bad_settings_explain_themselves(engine, tiny_model, kw, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        engine.generate(small(tiny_model("sd15"), **kw))
+
+
+def test_flux_needs_multiple_of_16(engine, tiny_model):
+    with pytest.raises(UserError, match="not a multiple of 16"):
+        engine.generate(small(tiny_model("flux"), width=40))
+
+
+def test_bad_model_sources(tmp_path, engine, tiny_model):
+    marker = tmp_path / "pwned"
+    pickle_file = tmp_path / "evil.ckpt"
+    # a pickle that would create `marker` if anything ever unpickled it
+    pickle_file.write_bytes(b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.")
+    cases = {
+        str(tmp_path / "nope.safetensors"): "No such file or folder",
+        str(pickle_file): "is a pickle file",
+        str(tmp_path): "not a diffusers model folder",
+        "some-org/some-model-that-is-not-cached": "not in the local Hugging Face cache",
+    }
+    (tmp_path / "random.safetensors").write_bytes(np.random.default_rng(0).bytes(4096))
+    cases[str(tmp_path / "random.safetensors")] = "not a valid .safetensors file"
+    huge = tmp_path / "huge.safetensors"
+    huge.write_bytes((2**40).to_bytes(8, "little") + b"{}")
+    cases[str(huge)] = "not a valid .safetensors file"
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    cases[str(tmp_path / "empty.safetensors")] = "is empty"
+    ok = engine.generate(small(tiny_model("sd15"), seed=11))
+    for model, message in cases.items():
+        with pytest.raises(UserError, match=message):
+            engine.generate(small(model))
+    assert not marker.exists()
+    again = engine.generate(small(tiny_model("sd15"), seed=11))  # the loaded model still works
+    assert np.array_equal(pixels(ok), pixels(again))
+
+
+def test_cached_model_is_not_reloaded(engine, tiny_model):
+    folder = tiny_model("sdxl")
+    engine.generate(small(folder))
+    first = engine.cache.get(str(folder.resolve())).pipe
+    engine.generate(small(folder, seed=2))
+    assert engine.cache.get(str(folder.resolve())).pipe is first
+
+
+def test_cancel_stops_generation(engine, tiny_model):
+    import threading
+
+    from engine.engine import Cancelled
+
+    stop = threading.Event()
+    seen = []
+
+    def progress(step, total, latents):
+        seen.append(step)
+        stop.set()
+
+    with pytest.raises(Cancelled):
+        engine.generate(small(tiny_model("sd15"), steps=10), progress=progress, cancel=stop)
+    assert seen == [1]

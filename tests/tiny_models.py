@@ -1,0 +1,123 @@
+"""Tiny random-weight SD1.5, SDXL and Flux pipelines built from configs, for offline tests.
+
+The real diffusers classes at toy size (the way diffusers' own tests build `get_dummy_components()`),
+saved with `save_pretrained` so tests drive them through the app's real `--model` loading path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from engine.train.tokenizer import build_tokenizer
+
+
+def clip_tokenizer(folder: Path):
+    from transformers import CLIPTokenizer
+
+    build_tokenizer(folder, max_length=16)
+    return CLIPTokenizer.from_pretrained(folder)
+
+
+def t5_tokenizer(folder: Path):
+    """A small T5 tokenizer trained in a second with `tokenizers`' Unigram trainer (no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import T5TokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=120, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    text = ["a big red circle on the left", "a small blue square at the top", "a cat wearing a top hat",
+            "oil painting of a house", "green background with yellow triangle"] * 20
+    tok.train_from_iterator(text, trainer)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    t5 = T5TokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), pad_token="<pad>", eos_token="</s>",
+                         unk_token="<unk>", extra_ids=0, model_max_length=16)
+    return t5
+
+
+def _clip_text(vocab: int, hidden: int = 32, projection: bool = False, proj_dim: int = 32):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg = CLIPTextConfig(bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1, hidden_size=hidden,
+                         intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2,
+                         vocab_size=vocab, max_position_embeddings=16, projection_dim=proj_dim, hidden_act="gelu")
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg)
+
+
+def _vae(latent: int = 4, **kw):
+    from diffusers import AutoencoderKL
+
+    args = dict(block_out_channels=[8, 16], in_channels=3, out_channels=3, latent_channels=latent, sample_size=32,
+                down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                norm_num_groups=4)
+    args.update(kw)
+    return AutoencoderKL(**args)
+
+
+def sd15(folder: Path, seed: int = 0) -> Path:
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    tok = clip_tokenizer(folder / "_tok")
+    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                norm_num_groups=4, attention_head_dim=2)
+    pipe = StableDiffusionPipeline(vae=_vae(), text_encoder=_clip_text(len(tok)), tokenizer=tok, unet=unet,
+                                   scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
+                                                           beta_end=0.012, clip_sample=False, steps_offset=1),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def sdxl(folder: Path, seed: int = 0) -> Path:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    tok = clip_tokenizer(folder / "_tok")
+    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+                                use_linear_projection=True, addition_embed_type="text_time",
+                                addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+                                projection_class_embeddings_input_dim=80, cross_attention_dim=64, norm_num_groups=4)
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(), text_encoder=_clip_text(len(tok)), text_encoder_2=_clip_text(len(tok), projection=True),
+        tokenizer=tok, tokenizer_2=tok, unet=unet,
+        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                         timestep_spacing="leading", steps_offset=1))
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def flux(folder: Path, seed: int = 0) -> Path:
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tok = clip_tokenizer(folder / "_tok")
+    tok2 = t5_tokenizer(folder / "_t5")
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                         pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tok2), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                 relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+                                 eos_token_id=1))
+    vae = _vae(latent=4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
+               scaling_factor=1.5035)
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=_clip_text(len(tok)),
+                        tokenizer=tok, text_encoder_2=t5, tokenizer_2=tok2, transformer=transformer)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+BUILDERS = {"sd15": sd15, "sdxl": sdxl, "flux": flux}
+
+
+def family_in_index(folder: Path) -> str:
+    return json.loads((folder / "model_index.json").read_text())["_class_name"]
