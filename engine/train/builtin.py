@@ -32,11 +32,11 @@ class TrainConfig:
     out: Path = Path("assets/builtin")
     work: Path = Path("runs/builtin")
     seed: int = 0
-    vae_steps: int = 2500
-    unet_steps: int = 8000
+    vae_steps: int = 2000
+    unet_steps: int = 7000
     pool: int = 40000  # scenes rendered and encoded once for the UNet stage
     batch: int = 32
-    threads: int = 2
+    threads: int = 1
     log_every: int = 100
     save_every: int = 500
 
@@ -109,6 +109,21 @@ def _lr(step: int, total: int, peak: float, warmup: int = 200) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+
+
+def v_loss(denoise, x0: torch.Tensor, alphas: torch.Tensor, gen: torch.Generator,
+           prediction: str = "v_prediction") -> torch.Tensor:
+    """The forward process and its loss: noise x0 at a random t, ask `denoise(xt, t)` for v (or the noise),
+    min-SNR-5 weighted."""
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(0, len(alphas), (x0.shape[0],), generator=gen)
+    a = alphas[t].view(-1, 1, 1, 1)
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    target = a.sqrt() * noise - (1 - a).sqrt() * x0 if prediction == "v_prediction" else noise
+    pred = denoise(xt, t)
+    snr = a / (1 - a)
+    weight = (torch.clamp(snr, max=5.0) / (snr + (1 if prediction == "v_prediction" else 0))).view(-1)
+    return (weight * F.mse_loss(pred.float(), target, reduction="none").mean((1, 2, 3))).mean()
 
 
 # ------------------------------------------------------------------------------------------------ VAE
@@ -225,19 +240,10 @@ def train_unet(cfg: TrainConfig, vae, tokenizer):
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         idx = [rng.randrange(len(scenes)) for _ in range(cfg.batch)]
         caps = ["" if rng.random() < 0.1 else world.caption(scenes[i], rng, drop=0.15) for i in idx]
-        x0 = latents[idx].float()
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, 1000, (cfg.batch,), generator=gen)
-        a = alphas[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v
         for g in opt.param_groups:
             g["lr"] = _lr(step, cfg.unet_steps, 6e-4)
         cond = text_encoder(tokenize(tokenizer, caps))[0]
-        pred = unet(xt, t, cond).sample
-        snr = a / (1 - a)
-        weight = (torch.clamp(snr, max=5.0) / (snr + 1)).view(-1)  # min-SNR-5 for v-prediction
-        loss = (weight * F.mse_loss(pred.float(), target, reduction="none").mean((1, 2, 3))).mean()
+        loss = v_loss(lambda xt, t: unet(xt, t, cond).sample, latents[idx].float(), alphas, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -260,9 +266,9 @@ def train_unet(cfg: TrainConfig, vae, tokenizer):
 
 def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet, notes: dict) -> None:
     """Write the diffusers pipeline folder, fp16 safetensors, plus the file that names its family."""
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-    scheduler = DPMSolverMultistepScheduler(**noise_scheduler_config())
+    scheduler = DPMSolverMultistepScheduler.from_config(DDPMScheduler(**noise_scheduler_config()).config)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)

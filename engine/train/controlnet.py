@@ -1,0 +1,97 @@
+"""Training of the built-in model's ControlNets (edge, depth, pose) on the shapes world.
+
+Each ControlNet starts as a copy of the built-in UNet's encoder (`ControlNetModel.from_unet`) and
+learns, with the base model frozen, to steer it from a control map: Canny edges of the render, its
+depth map (near bright) or an OpenPose-style skeleton of a stick figure.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import world
+from .builtin import _load_ckpt, _lr, _save_ckpt, _to_tensor, noise_scheduler_config, tokenize, v_loss
+
+log = logging.getLogger(__name__)
+KINDS = ("edge", "depth", "pose")
+
+
+def control_map(kind: str, scene: world.Scene, image: np.ndarray) -> np.ndarray:
+    if kind == "edge":
+        return world.render_edges(image)
+    if kind == "depth":
+        return world.render_depth(scene)
+    return world.render_pose(scene)
+
+
+def control_batch(kind: str, rng: random.Random, n: int):
+    """(images in [-1, 1], control maps in [0, 1], captions) for one training step."""
+    images, maps, captions = [], [], []
+    for _ in range(n):
+        scene = world.random_scene(rng, two_objects=0.25, person=(kind == "pose") or None)
+        image = world.render(scene)
+        images.append(image)
+        maps.append(control_map(kind, scene, image))
+        # a third of the captions empty: the control alone must place the object
+        captions.append("" if rng.random() < 0.3 else world.caption(scene, rng, drop=0.3))
+    cond = torch.from_numpy(np.stack(maps)).permute(0, 3, 1, 2).float() / 255.0
+    return _to_tensor(images), cond, captions
+
+
+def train_controlnet(kind: str, pipe_dir: Path, work: Path, steps: int = 800, batch: int = 16, seed: int = 0,
+                     out: Path | None = None) -> Path:
+    """Train one ControlNet for the built-in model in `pipe_dir`; saves it to `out` (fp16 safetensors)."""
+    from diffusers import ControlNetModel, DDPMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(pipe_dir, dtype=torch.float32)
+    vae, unet, text_encoder, tokenizer = pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer
+    for m in (vae, unet, text_encoder):
+        m.requires_grad_(False).eval()
+    torch.manual_seed(seed + 11)
+    # three channel widths = two stride-2 convs = the VAE's 4x downsampling
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64))
+    net.train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.0)
+    alphas = DDPMScheduler(**noise_scheduler_config()).alphas_cumprod
+    ckpt = work / f"controlnet_{kind}.ckpt"
+    start = 0
+    if (ck := _load_ckpt(ckpt)) is not None:
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        start = ck["step"]
+    t0 = time.time()
+    for step in range(start, steps):
+        rng = random.Random(seed * 1_000_003 + 900_000 + step)
+        gen = torch.Generator().manual_seed(seed * 7919 + step)
+        images, cond_maps, captions = control_batch(kind, rng, batch)
+        with torch.no_grad():
+            x0 = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
+            text = text_encoder(tokenize(tokenizer, captions))[0]
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, steps, 2e-4, warmup=50)
+
+        def denoise(xt, t):
+            down, mid = net(xt, t, text, controlnet_cond=cond_maps, return_dict=False)
+            return unet(xt, t, text, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+
+        loss = v_loss(denoise, x0, alphas, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        if (step + 1) % 50 == 0:
+            log.info("controlnet %s step %d/%d loss %.4f (%.2f steps/s)", kind, step + 1, steps, loss.item(),
+                     (step + 1 - start) / (time.time() - t0))
+        if (step + 1) % 200 == 0:
+            _save_ckpt(ckpt, {"model": net.state_dict(), "opt": opt.state_dict(), "step": step + 1})
+    out = out or pipe_dir.parent / f"controlnet-{kind}"
+    net.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    _save_ckpt(ckpt, {"model": net.state_dict(), "opt": opt.state_dict(), "step": steps})
+    log.info("controlnet %s written to %s (%.1f min)", kind, out, (time.time() - t0) / 60)
+    return out
