@@ -1,0 +1,188 @@
+"""Midjourney-style inline parameters: `a red fox --seed 42 --ar 3:2 --no blurry text <lora:pastel:0.8>`.
+
+`parse_message` splits a chat message into the prompt and the settings it overrides for that one turn.
+Every flag is declared once in `FLAGS` (name, aliases, value, help); an unknown or malformed flag raises
+`UserError` with the fix, so nothing a user types is silently ignored. Range checks stay in the engine's
+`check_request`, which words every out-of-range message.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+
+from engine.request import LoraSpec, UserError
+
+FLAG_RE = re.compile(r"(?<!\S)--([A-Za-z][\w-]*)")
+DASH_RE = re.compile(r"(?<!\S)[\u2014\u2013](?=[A-Za-z])")  # phones turn "--" into an em or en dash
+LORA_TAG_RE = re.compile(r"<lora:([^:<>]+)(?::([^:<>]*))?>")
+RATIO_RE = re.compile(r"(\d+(?:\.\d+)?)\s*[:/x]\s*(\d+(?:\.\d+)?)")
+SIZE_RE = re.compile(r"(\d+)(?:\s*[x×*]\s*(\d+))?")
+DEFAULT_REFINE = 0.5
+MAX_RATIO = 4.0
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str
+    aliases: tuple[str, ...]
+    value: str  # what follows the flag, for help and error messages
+    help: str
+
+
+FLAGS = (
+    Flag("seed", (), "N", "seed for the first image (0 to 4294967295); the others use N+1, N+2, ..."),
+    Flag("steps", (), "N", "sampling steps"),
+    Flag("cfg", ("guidance",), "X", "guidance scale (how closely to follow the prompt)"),
+    Flag("ar", ("aspect",), "W:H", "aspect ratio at the model's native size, e.g. 3:2, 16:9, 1:1"),
+    Flag("size", (), "WxH", "exact size in pixels, e.g. 768x512 (or one number for a square)"),
+    Flag("no", (), "WORDS", "things to keep out of the image (added to the negative prompt)"),
+    Flag("n", ("count",), "N", "number of images"),
+    Flag("scheduler", ("sampler",), "NAME", "scheduler, e.g. euler, euler-a, dpm++2m, dpm++2m-karras, unipc"),
+    Flag("refine", (), "[S]", f"image-to-image from the selected (or last) image at strength S "
+                              f"(default {DEFAULT_REFINE}; low keeps more of it)"),
+    Flag("lora", (), "NAME=W", "turn on a LoRA plugin at weight W (repeatable; also <lora:NAME:W> in the text)"),
+)
+_BY_NAME = {alias: f for f in FLAGS for alias in (f.name, *f.aliases)}
+
+
+@dataclass
+class Inline:
+    """What one message asks for: the prompt and the settings it overrides for this turn only."""
+
+    prompt: str
+    overrides: dict = field(default_factory=dict)  # Settings field -> value (seed, steps, guidance, ...)
+    aspect: tuple[float, float] | None = None  # resolved to a size once the model's native size is known
+    negative: str = ""  # from --no, added to the panel's negative prompt
+    loras: list[LoraSpec] = field(default_factory=list)
+    refine: float | None = None  # image-to-image strength when --refine was given
+    command: str | None = None  # "help" for /help
+
+
+def parse_message(text: str) -> Inline:
+    """Split `text` into prompt and flags; raise `UserError` naming a bad flag and how to write it."""
+    text = (text or "").strip()
+    if text.lower() in ("/help", "/?", "help", "--help"):
+        return Inline(prompt="", command="help")
+    if text.startswith("/"):
+        raise UserError(f"Unknown command {text.split()[0]!r}. The only command is /help; anything else is a prompt.")
+    out = Inline(prompt="")
+    text = DASH_RE.sub("--", text)
+    text, out.loras = take_lora_tags(text)
+    matches = list(FLAG_RE.finditer(text))
+    out.prompt = " ".join(text[: matches[0].start() if matches else len(text)].split())
+    for i, match in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+        _apply(out, match.group(1).lower(), text[match.end():end].strip())
+    if "width" in out.overrides and out.aspect:
+        raise UserError("Use either --ar W:H or --size WxH in one message, not both.")
+    return out
+
+
+def take_lora_tags(text: str) -> tuple[str, list[LoraSpec]]:
+    """Remove AUTOMATIC1111-style `<lora:name:weight>` tags from `text` and return them as LoraSpecs."""
+    loras = []
+    for name, weight in LORA_TAG_RE.findall(text):
+        loras.append(LoraSpec(name.strip(), _float(weight, f"<lora:{name}:{weight}>", "a weight such as 0.8")
+                              if weight.strip() else 1.0))
+    return LORA_TAG_RE.sub(" ", text), loras
+
+
+def _apply(out: Inline, name: str, value: str) -> None:
+    flag = _BY_NAME.get(name)
+    if flag is None:
+        close = difflib.get_close_matches(name, list(_BY_NAME), n=1)
+        hint = f" Did you mean --{close[0]}?" if close else ""
+        raise UserError(f"I don't know the flag --{name}.{hint} Flags: "
+                        f"{', '.join('--' + f.name for f in FLAGS)}. Type /help for what each does.")
+    flag_text = f"--{name} {value}".strip()
+    if flag.name == "no":
+        if not value:
+            raise UserError("--no needs the things to avoid, e.g. --no blurry text")
+        out.negative = ", ".join(x for x in (out.negative, value) if x)
+        return
+    if flag.name == "refine":
+        out.refine = DEFAULT_REFINE if not value else _float(value, flag_text, "a strength from 0.01 to 1, e.g. 0.5")
+        return
+    if not value:
+        raise UserError(f"--{name} needs a value: --{flag.name} {flag.value} ({flag.help}).")
+    if len(value.split()) > 1 and flag.name not in ("ar", "size"):
+        raise UserError(f"{flag_text!r}: --{name} takes one value. Put the prompt first and the flags after it, "
+                        f"e.g. 'a red fox in snow --{flag.name} {flag.value}'.")
+    if flag.name == "seed":
+        out.overrides["seed"] = _int(value, flag_text, "a whole number from 0 to 4294967295")
+    elif flag.name == "steps":
+        out.overrides["steps"] = _int(value, flag_text, "a whole number such as 20")
+    elif flag.name == "cfg":
+        out.overrides["guidance"] = _float(value, flag_text, "a number such as 6 or 7.5")
+    elif flag.name == "n":
+        out.overrides["count"] = _int(value, flag_text, "a whole number such as 4")
+    elif flag.name == "scheduler":
+        out.overrides["scheduler"] = value
+    elif flag.name == "ar":
+        out.aspect = parse_ratio(value)
+    elif flag.name == "size":
+        match = SIZE_RE.fullmatch(value)
+        if not match:
+            raise UserError(f"{flag_text!r}: write the size as WIDTHxHEIGHT, e.g. --size 768x512, or one number "
+                            "for a square.")
+        out.overrides["width"] = int(match[1])
+        out.overrides["height"] = int(match[2] or match[1])
+    elif flag.name == "lora":
+        lora_name, sep, weight = value.rpartition("=")
+        if not sep:
+            lora_name, weight = value, "1"
+        if not lora_name.strip():
+            raise UserError(f"{flag_text!r}: write --lora NAME=WEIGHT, e.g. --lora pastel=0.8")
+        out.loras.append(LoraSpec(lora_name.strip(), _float(weight, flag_text, "a weight such as 0.8")))
+
+
+def parse_ratio(value: str) -> tuple[float, float]:
+    match = RATIO_RE.fullmatch(value.strip())
+    if not match or float(match[1]) <= 0 or float(match[2]) <= 0:
+        raise UserError(f"--ar {value}: write the aspect ratio as W:H, e.g. --ar 3:2 or --ar 16:9.")
+    w, h = float(match[1]), float(match[2])
+    if max(w / h, h / w) > MAX_RATIO:
+        raise UserError(f"--ar {value} is too extreme; use ratios from 1:4 to 4:1.")
+    return w, h
+
+
+def size_for_ratio(ratio: tuple[float, float], native: int, multiple: int) -> tuple[int, int]:
+    """Width and height with about the native area, each a multiple of `multiple`."""
+    w, h = ratio
+    width = (native * native * w / h) ** 0.5
+    height = native * native / width
+    return (max(multiple, round(width / multiple) * multiple), max(multiple, round(height / multiple) * multiple))
+
+
+def _int(value: str, flag_text: str, expected: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"{flag_text!r}: expected {expected}.") from None
+
+
+def _float(value: str, flag_text: str, expected: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise UserError(f"{flag_text!r}: expected {expected}.") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise UserError(f"{flag_text!r}: expected {expected}.")
+    return number
+
+
+def help_text() -> str:
+    """The /help reply: how to talk to the studio."""
+    rows = "\n".join(f"| `--{f.name} {f.value}`{''.join(f' / `--{a}`' for a in f.aliases)} | {f.help} |"
+                     for f in FLAGS)
+    return ("**How to use the studio.** Each message is a prompt and gets a picture back. Settings come from the "
+            "panel on the right; flags at the end of a message change them for that message only:\n\n"
+            "| flag | what it does |\n|---|---|\n" + rows + "\n\n"
+            "Example: `a lighthouse at dusk, oil painting --ar 3:2 --steps 25 --seed 42 --no people`\n\n"
+            "Under the chat: **Reroll** (same settings, new seed), **Vary** (a close variation), **Reuse settings** "
+            "(load them into the panel), **Use as control** (ControlNet unit 1) act on the selected image: click "
+            "one in the chat or the gallery, or the latest is used. Drop a PNG into the message box (or the "
+            "'Restore settings' box) to restore the settings it was made with. Every image downloads as a PNG "
+            "that keeps its settings.")

@@ -1,0 +1,143 @@
+"""Per-browser-session state and the panel's settings, as plain dataclasses (no gradio, no torch).
+
+A `Session` lives in one `gr.State`, so two people on one server never share history or images. It owns a
+temporary folder with this session's PNGs (deleted when the session ends). `Settings` is what the side panel
+holds; `Settings.request(prompt)` turns it into the engine's `Request`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.request import ControlUnit, LoraSpec, Request
+
+log = logging.getLogger(__name__)
+
+RANDOM_SEED = -1  # the panel's "random" seed
+
+
+@dataclass
+class Settings:
+    """The side panel's values. Width/height/steps/guidance None = the model family's default."""
+
+    model: str = "builtin"
+    negative: str = ""
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int = RANDOM_SEED
+    width: int | None = None
+    height: int | None = None
+    scheduler: str = "default"
+    count: int = 1
+    refine: bool = False  # the next message refines the selected image (image-to-image)
+    strength: float = 0.5  # refine strength
+    vary_strength: float = 0.35
+    controls: list[ControlUnit] = field(default_factory=list)
+    loras: list[LoraSpec] = field(default_factory=list)
+
+    def request(self, prompt: str) -> Request:
+        """The engine request for `prompt` with these settings (None fields fall back to the family default)."""
+        return Request(prompt=prompt, negative=self.negative, model=self.model, steps=self.steps,
+                       guidance=self.guidance, seed=None if self.seed is None or self.seed < 0 else int(self.seed),
+                       width=self.width, height=self.height,
+                       scheduler=None if self.scheduler in (None, "", "default") else self.scheduler,
+                       count=self.count, controls=list(self.controls), loras=list(self.loras))
+
+    def to_browser(self) -> dict:
+        """The plain values kept in the browser between visits (no images, no plugin choices)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("controls", "loras")}
+
+    @classmethod
+    def from_browser(cls, data: dict | None) -> Settings | None:
+        """Settings saved by `to_browser`, or None when there are none (or they are from another version)."""
+        if not isinstance(data, dict):
+            return None
+        known = {f.name for f in dataclasses.fields(cls)} - {"controls", "loras"}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError:
+            return None
+
+    @classmethod
+    def from_request(cls, request: Request, base: Settings) -> Settings:
+        """`base` with the settings of `request` (a restored PNG or an earlier image) laid over it."""
+        return dataclasses.replace(
+            base, model=request.model or base.model, negative=request.negative or "",
+            steps=request.steps if request.steps is not None else base.steps,
+            guidance=request.guidance if request.guidance is not None else base.guidance,
+            seed=request.seed if request.seed is not None else RANDOM_SEED,
+            width=request.width or base.width, height=request.height or base.height,
+            scheduler=request.scheduler or "default", loras=list(request.loras))
+
+
+@dataclass
+class Shot:
+    """One image of this session: its PNG (with metadata) and the settings that made it."""
+
+    number: int  # 1, 2, ... as shown to the user ("#3")
+    path: str
+    request: Request  # this image's own settings (its seed, count 1)
+    turn: Request  # the whole turn's settings (first seed, count N): what reroll repeats
+    model_name: str
+    message_index: int  # index in Session.history of the chat message showing it
+
+
+@dataclass
+class Session:
+    """Everything one browser session has: chat history, images, which image is selected, a stop switch."""
+
+    workdir: Path
+    history: list[dict] = field(default_factory=list)  # gr.Chatbot messages: {"role", "content"}
+    shots: list[Shot] = field(default_factory=list)
+    selected: int | None = None  # index into shots; None = the latest
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def new(cls) -> Session:
+        return cls(workdir=Path(tempfile.mkdtemp(prefix="studio-session-")))
+
+    def say(self, role: str, content) -> int:
+        """Append a chat message and return its index."""
+        self.history.append({"role": role, "content": content})
+        return len(self.history) - 1
+
+    def selected_shot(self) -> Shot | None:
+        if not self.shots:
+            return None
+        if self.selected is None or not 0 <= self.selected < len(self.shots):
+            return self.shots[-1]
+        return self.shots[self.selected]
+
+    def select_message(self, message_index: int) -> Shot | None:
+        """Select the image shown by chat message `message_index` (a click in the chat); None if it has none."""
+        for i, shot in enumerate(self.shots):
+            if shot.message_index == message_index:
+                self.selected = i
+                return shot
+        return None
+
+    def gallery(self) -> list[tuple[str, str]]:
+        return [(s.path, f"#{s.number} · seed {s.request.seed}") for s in self.shots]
+
+    def close(self) -> None:
+        """Stop any running generation and delete this session's files."""
+        self.cancel.set()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def ensure(session: Session | None) -> Session:
+    """The session of this browser tab, created on its first event (gr.State starts as None)."""
+    return session if isinstance(session, Session) else Session.new()
+
+
+def close_session(session: Session | None) -> None:
+    """gr.State's delete_callback: the tab closed or the session expired."""
+    if isinstance(session, Session):
+        log.info("closing session %s (%d images)", session.workdir.name, len(session.shots))
+        session.close()
