@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 ENGINE_GROUP = "engine"
 MAX_FILE_SIZE = "20mb"
 TITLE = "Diffusion Studio"
-CSS = "#chat {flex-grow: 1} footer {display: none !important}"
+# our images are named studio-*.png / preview-*.jpg: show small ones (the built-in model's 64x64) larger
+CSS = ("#chat {flex-grow: 1} #chat img[src*='studio-'], #chat img[src*='preview-'] {min-width: 192px; "
+       "max-width: 100%; height: auto}")
 
 
 class ModelStatus:
@@ -101,7 +103,8 @@ def build(engine, default_model: str = "builtin", *, local_paths: bool = True, g
                                          value=False, scale=3)
                     strength = gr.Slider(0.05, 1.0, step=0.05, value=0.5, label="Refine strength", scale=2)
                 gallery = gr.Gallery(label="This session's images: click to select; ⬇ downloads the PNG with its "
-                                           "settings", columns=8, height=180, allow_preview=True, elem_id="gallery",
+                                           "settings", columns=8, fit_columns=False, object_fit="contain", height=200,
+                                     allow_preview=True, elem_id="gallery",
                                      buttons=["download", "fullscreen"])
             with gr.Column(scale=1, min_width=320):
                 panel = Panel(studio, start, defaults, local_paths)
@@ -286,10 +289,8 @@ def serve(args) -> int:
     if host not in LOOPBACK and auth is None and not on_space:
         print(f"WARNING: listening on {host}: anyone on your network can use the app. Add --auth USER:PASSWORD.",
               flush=True)
-    # ssr_mode=False: gradio 6.27-6.31 has an auth bypass through server-side rendering.
-    demo.launch(server_name=host, server_port=int(os.environ.get("GRADIO_SERVER_PORT", args.port)) if on_space
-                else args.port, share=args.share, auth=auth, max_file_size=MAX_FILE_SIZE, show_error=False,
-                ssr_mode=False, css=CSS, prevent_thread_lock=True, quiet=False, footer_links=["api"])
+    launch(demo, host, int(os.environ.get("GRADIO_SERVER_PORT", args.port)) if on_space else args.port,
+           share=args.share, auth=auth)
     if args.share:
         print(f"Public link: {demo.share_url}" if demo.share_url else "The share link could not be created.",
               flush=True)
@@ -300,3 +301,11 @@ def serve(args) -> int:
     finally:
         demo.close()
     return 0
+
+
+def launch(demo: gr.Blocks, host: str, port: int, share: bool = False, auth: tuple[str, str] | None = None) -> None:
+    """Start serving without blocking; the one place that sets the server's safety options."""
+    # ssr_mode=False: gradio 6.27-6.31 has an auth bypass through server-side rendering.
+    demo.launch(server_name=host, server_port=port, share=share, auth=auth, max_file_size=MAX_FILE_SIZE,
+                show_error=False, ssr_mode=False, css=CSS, prevent_thread_lock=True, quiet=False,
+                footer_links=["api"])

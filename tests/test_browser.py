@@ -1,0 +1,132 @@
+"""End to end in a real browser: Playwright drives Debian's Chromium against the app on a tiny model.
+
+Needs `apt-get install -y chromium` and `pip install playwright` (no `playwright install`: the system
+Chromium is used). Missing either is a failure with the install hint, never a skip.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+INSTALL_HINT = "Install the browser test's needs: apt-get install -y chromium && pip install playwright"
+IMAGE = "#chat img[src*='studio-{:04d}']"  # the n-th image of a session, as named by ui/handlers.py
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(engine, tiny_model, tmp_path_factory):
+    """The real app (ui.app.build + launch) on a tiny SD1.5 model marked as the built-in family (64x64)."""
+    from ui.app import ModelStatus, build, launch
+
+    folder = tmp_path_factory.mktemp("browser") / "tiny-builtin"
+    shutil.copytree(tiny_model("sd15"), folder)
+    (folder / "studio.json").write_text(json.dumps({"family": "builtin"}))
+    status = ModelStatus(str(folder))
+    status.load(engine)
+    demo = build(engine, str(folder), status=status)
+    demo.queue(max_size=8)
+    port = free_port()
+    launch(demo, "127.0.0.1", port)
+    yield f"http://127.0.0.1:{port}"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing. {INSTALL_HINT}")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail(f"The playwright package is missing. {INSTALL_HINT}")
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def open_chat(browser, url):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(url)
+    page.wait_for_selector("#prompt textarea", timeout=30_000)
+    return context, page
+
+
+def send(page, text: str, image_number: int) -> float:
+    """Type `text`, press Enter, wait for the image; the seconds from Enter to image."""
+    page.fill("#prompt textarea", text)
+    started = time.perf_counter()
+    page.press("#prompt textarea", "Enter")
+    page.wait_for_selector(IMAGE.format(image_number), timeout=60_000)
+    return time.perf_counter() - started
+
+
+def test_prompt_and_enter_gives_an_image(browser, app_url, record_property):
+    context, page = open_chat(browser, app_url)
+    try:
+        seconds = send(page, "a red circle on a blue background", 1)
+        record_property("enter_to_image_s", round(seconds, 2))
+        print(f"\nEnter to image: {seconds:.2f}s")
+        page.wait_for_function("document.querySelector('#chat').innerText.includes('15 steps')")
+        chat = page.inner_text("#chat")
+        assert "a red circle on a blue background" in chat and "64x64" in chat
+        assert page.locator("#gallery img").count() >= 1
+    finally:
+        context.close()
+
+
+def test_inline_seed_then_reroll(browser, app_url):
+    context, page = open_chat(browser, app_url)
+    try:
+        send(page, "a green square --seed 42 --steps 4", 1)
+        page.wait_for_function("document.querySelector('#chat').innerText.includes('seed 42')")
+        assert "4 steps" in page.inner_text("#chat")
+        page.click("#reroll")
+        page.wait_for_selector(IMAGE.format(2), timeout=60_000)
+        second = page.locator(IMAGE.format(2)).get_attribute("src")
+        assert "seed42" not in second  # same settings, new seed
+        page.wait_for_function("document.querySelector('#selected').innerText.includes('#2')")
+        assert page.inner_text("#chat").count("4 steps") == 2
+    finally:
+        context.close()
+
+
+def test_two_browsers_do_not_see_each_other(browser, app_url):
+    (ctx_a, a), (ctx_b, b) = open_chat(browser, app_url), open_chat(browser, app_url)
+    try:
+        send(a, "alice's yellow triangle", 1)
+        send(b, "bob's purple circle", 1)
+        a.wait_for_function("document.querySelector('#chat').innerText.includes('steps')")
+        text_a, text_b = a.inner_text("#chat"), b.inner_text("#chat")
+        assert "alice" in text_a and "bob" not in text_a
+        assert "bob" in text_b and "alice" not in text_b
+        assert a.locator("#gallery img").count() == 1 and b.locator("#gallery img").count() == 1
+    finally:
+        ctx_a.close(), ctx_b.close()
+
+
+def test_api_endpoint_with_gradio_client(app_url, tmp_path):
+    from gradio_client import Client
+
+    from engine import metadata
+
+    client = Client(app_url, verbose=False, download_files=str(tmp_path))
+    files = client.predict("a red circle", "", "", 2, -1, 7, 32, 32, 1, "default", api_name="/generate")
+    paths = [f if isinstance(f, str) else f.get("path") for f in files]
+    assert len(paths) == 1
+    assert metadata.read_png_settings(paths[0])[0].seed == 7
