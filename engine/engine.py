@@ -7,6 +7,7 @@ pipeline variant (text-to-image, image-to-image, ControlNet) and scheduler  4. L
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -54,12 +55,13 @@ class Engine:
     """Loads models on demand, keeps them cached, and runs generations one at a time."""
 
     def __init__(self, device: str | None = None, dtype: str | None = None, memory_budget_gb: float | None = None,
-                 offload: str = "auto"):
+                 offload: str = "auto", plugin_dirs: list | None = None):
         self.device = models.pick_device(device)
         self.dtype = models.pick_dtype(self.device, dtype)
         self.offload = offload  # auto | on | off
         self.cache = models.ModelCache(int((memory_budget_gb or _default_budget_gb(self.device)) * 2**30))
         self._lock = threading.Lock()
+        self.plugin_dirs = plugin_dirs  # None: plugins/ and assets/plugins/
         self.plugins = None  # engine.plugins.PluginManager, made on first LoRA use
         self.controls = None  # engine.control.ControlNets, made on first control use
 
@@ -125,8 +127,10 @@ class Engine:
 
             init = fit_to(load_image(req.init_image, "The init image"), req.width, req.height)
         control = None
-        if req.controls:
-            control = self._control_manager().prepare(loaded, req)
+        # a unit at scale 0 changes nothing: skip it (Flux would otherwise draw different noise for it)
+        active = dataclasses.replace(req, controls=[u for u in req.controls if u.scale > 0])
+        if active.controls:
+            control = self._control_manager().prepare(loaded, active)
             kind = "control_img2img" if init is not None else "control"
             pipe = loaded.variant(kind, controlnet=control.model)
         else:
@@ -200,14 +204,14 @@ class Engine:
         if self.plugins is None:
             from .plugins import PluginManager
 
-            self.plugins = PluginManager()
+            self.plugins = PluginManager(dirs=self.plugin_dirs)
         return self.plugins
 
     def _control_manager(self):
         if self.controls is None:
             from .control import ControlManager
 
-            self.controls = ControlManager(self.device, self.dtype)
+            self.controls = ControlManager(self.device, self.dtype, self.plugin_dirs)
         return self.controls
 
     def defaults(self, model: str) -> dict:

@@ -232,10 +232,9 @@ def load_pipeline(source: Source, device: str, dtype):
     t0 = time.perf_counter()
     try:
         if source.kind == "file":
-            config = SINGLE_FILE_CONFIGS[source.family]
-            config_dir = Path(source.location).with_suffix("")  # a sibling folder with configs, if the user has one
-            kwargs = {"config": str(config_dir)} if (config_dir / "model_index.json").is_file() else {"config": config}
-            pipe = cls.from_single_file(source.location, dtype=dtype, **kwargs)
+            from .single_file import load_single_file
+
+            pipe = load_single_file(source.family, source.location, dtype)
         else:
             extra = {"safety_checker": None, "requires_safety_checker": False} if source.family in ("sd15",) else {}
             pipe = cls.from_pretrained(source.location, dtype=dtype, use_safetensors=True, **extra)

@@ -1,0 +1,226 @@
+"""ControlNet units: preprocessors (controlnet_aux), the ControlNet table per family, and pipeline arguments.
+
+A unit's image is a photo to preprocess or a ready map (preprocessor "none"). Maps follow the usual
+conventions: edge = white lines on black, depth = near bright, pose = OpenPose skeleton on black.
+Maps are matched to the generation size by centre-crop to its aspect, then resize.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .models import ROOT
+from .request import ControlUnit, Request, UserError
+
+log = logging.getLogger(__name__)
+
+ANNOTATORS = "lllyasviel/Annotators"
+# preprocessor name -> kind it makes, how to build it, weights it needs (None = works everywhere)
+PREPROCESSORS: dict[str, dict] = {
+    "canny": {"kind": "edge", "weights": None},
+    "lineart": {"kind": "edge", "weights": ANNOTATORS},
+    "midas": {"kind": "depth", "weights": ANNOTATORS},
+    "depth-anything": {"kind": "depth", "weights": "depth-anything/Depth-Anything-V2-Small-hf"},
+    "openpose": {"kind": "pose", "weights": ANNOTATORS},
+}
+DEFAULT_PREPROCESSOR = {"edge": "canny", "depth": "depth-anything", "pose": "openpose"}
+
+# family -> kind -> (source, union control_mode or None). Plugin manifests (kind = "controlnet") add to it.
+CONTROLNETS: dict[str, dict[str, tuple[str, int | None]]] = {
+    "builtin": {k: (str(ROOT / "assets" / f"controlnet-{k}"), None) for k in ("edge", "depth", "pose")},
+    "sd15": {"edge": ("lllyasviel/control_v11p_sd15_canny", None),
+             "depth": ("lllyasviel/control_v11f1p_sd15_depth", None),
+             "pose": ("lllyasviel/control_v11p_sd15_openpose", None)},
+    "sdxl": {"edge": ("diffusers/controlnet-canny-sdxl-1.0", None),
+             "depth": ("diffusers/controlnet-depth-sdxl-1.0", None),
+             "pose": ("thibaud/controlnet-openpose-sdxl-1.0", None)},
+    "flux": {"edge": ("InstantX/FLUX.1-dev-Controlnet-Union", 0),
+             "depth": ("InstantX/FLUX.1-dev-Controlnet-Union", 2),
+             "pose": ("InstantX/FLUX.1-dev-Controlnet-Union", 4)},
+}
+
+
+@dataclass
+class PreparedControl:
+    """What one generation's ControlNets need: the (multi) model, maps and per-unit settings."""
+
+    model: object
+    maps: list  # PIL control maps at the generation size
+    units: list[ControlUnit]
+    sources: list[str]
+    modes: list[int | None]
+    preprocessors: list[str] = field(default_factory=list)
+
+    def kwargs(self, img2img: bool) -> dict:
+        single = not isinstance(self.model, list)
+        pick = (lambda xs: xs[0]) if single else list
+        args = {"controlnet_conditioning_scale": pick([u.scale for u in self.units]),
+                "control_guidance_start": pick([u.start for u in self.units]),
+                "control_guidance_end": pick([u.end for u in self.units])}
+        first = self.model if single else self.model[0]
+        is_flux = type(first).__name__.startswith("Flux")
+        image_key = "control_image" if (img2img or is_flux) else "image"
+        args[image_key] = pick(self.maps)
+        if is_flux and any(m is not None for m in self.modes):
+            args["control_mode"] = pick([m if m is not None else -1 for m in self.modes])
+        return args
+
+    def infotext(self) -> dict:
+        from .metadata import control_unit_text
+
+        return {f"ControlNet {i}": control_unit_text(u, model=Path(s).name, module=p)
+                for i, (u, s, p) in enumerate(zip(self.units, self.sources, self.preprocessors))}
+
+
+class ControlManager:
+    """Loads ControlNets once (cached by source) and turns control units into pipeline arguments."""
+
+    def __init__(self, device: str, dtype, plugin_dirs: list[Path] | None = None):
+        self.device, self.dtype = device, dtype
+        self.plugin_dirs = plugin_dirs
+        self.nets: dict[str, object] = {}
+        self.detectors: dict[str, object] = {}
+
+    def table(self, family: str) -> dict[str, tuple[str, int | None]]:
+        """The family's ControlNets, with plugin manifests of kind controlnet added (they win)."""
+        table = dict(CONTROLNETS.get(family, {}))
+        try:
+            from .plugins import load_manifests
+        except ImportError:
+            return table
+        for m in load_manifests(self.plugin_dirs):
+            if getattr(m, "kind", None) == "controlnet" and m.family == family and m.control:
+                source = m.source
+                if m.path is not None and not str(source).count("/") == 1:
+                    source = str((Path(m.path).parent / source).resolve())
+                table[m.control] = (source, m.mode)
+        return table
+
+    def prepare(self, loaded, req: Request) -> PreparedControl:
+        family = loaded.source.family
+        table = self.table(family)
+        nets, maps, sources, modes, pres = [], [], [], [], []
+        for i, unit in enumerate(req.controls, 1):
+            if unit.kind not in table:
+                raise UserError(f"Control unit {i}: there is no {unit.kind} ControlNet for {family} models. Add one "
+                                "with a plugin manifest (kind = \"controlnet\") in plugins/, or remove the unit.")
+            source, mode = table[unit.kind]
+            nets.append(self._load_net(source, family, loaded))
+            pre = self._preprocessor_name(unit)
+            maps.append(self.make_map(unit, req.width, req.height, pre))
+            sources.append(source)
+            modes.append(mode)
+            pres.append(pre)
+        model = self._combine(nets, family)
+        return PreparedControl(model, maps, list(req.controls), sources, modes, pres)
+
+    @staticmethod
+    def _combine(nets: list, family: str):
+        """One net, or a list that the pipeline wraps in its multi-ControlNet model."""
+        return nets[0] if len(nets) == 1 else list(nets)
+
+    def _load_net(self, source: str, family: str, loaded):
+        if source in self.nets:
+            self._check_fits(self.nets[source], source, family, loaded)
+            return self.nets[source]
+        import diffusers
+
+        cls = diffusers.FluxControlNetModel if family == "flux" else diffusers.ControlNetModel
+        path = Path(source)
+        if family == "builtin" and not (path / "config.json").is_file():
+            raise UserError(f"The built-in {path.name} is missing from assets/. Restore it with `git checkout assets` "
+                            "or train it with `python app.py train controlnets`.")
+        if path.suffix.lower() in (".ckpt", ".bin", ".pt", ".pth"):
+            raise UserError(f"{path.name} is a pickle file; ControlNets load from .safetensors only.")
+        try:
+            net = cls.from_pretrained(source, dtype=self.dtype, use_safetensors=True)
+        except Exception as e:  # offline, not a ControlNet, wrong layout
+            first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+            if "offline" in first.lower() or "cache" in first.lower() or "LocalEntryNotFound" in type(e).__name__:
+                raise UserError(f"ControlNet {source} is not cached and the Hub is offline. Connect once to "
+                                "download it.") from None
+            raise UserError(f"Could not load ControlNet {source}: {first}. Is it a {cls.__name__} in diffusers "
+                            "format with .safetensors weights?") from None
+        self._check_fits(net, source, family, loaded)
+        net.to(self.device)
+        self.nets[source] = net
+        log.info("loaded ControlNet %s", source)
+        return net
+
+    @staticmethod
+    def _check_fits(net, source: str, family: str, loaded) -> None:
+        """Refuse a ControlNet made for another model before it meets the pipeline's tensors."""
+        base = getattr(loaded.pipe, "unet", None) or getattr(loaded.pipe, "transformer", None)
+        for key in ("cross_attention_dim", "joint_attention_dim", "in_channels"):
+            want, have = base.config.get(key), net.config.get(key)
+            if want is not None and have is not None and want != have:
+                raise UserError(f"ControlNet {Path(source).name} does not fit this {family} model ({key} {have} vs "
+                                f"{want}): it was made for another model family. Pick a {family} ControlNet.")
+
+    # --------------------------------------------------------------------------------- maps
+    @staticmethod
+    def _preprocessor_name(unit: ControlUnit) -> str:
+        pre = unit.preprocessor or "auto"
+        if pre == "auto":
+            return DEFAULT_PREPROCESSOR[unit.kind]
+        if pre != "none" and pre not in PREPROCESSORS:
+            raise UserError(f"Unknown preprocessor {pre!r} for {unit.kind}; use none or one of "
+                            f"{', '.join(n for n, p in PREPROCESSORS.items() if p['kind'] == unit.kind)}.")
+        if pre != "none" and PREPROCESSORS[pre]["kind"] != unit.kind:
+            raise UserError(f"Preprocessor {pre!r} makes {PREPROCESSORS[pre]['kind']} maps, not {unit.kind}. Use "
+                            f"{DEFAULT_PREPROCESSOR[unit.kind]} or none.")
+        return pre
+
+    def make_map(self, unit: ControlUnit, width: int, height: int, pre: str):
+        from .images import fit_to, load_image
+
+        image = load_image(unit.image, f"The {unit.kind} control image", background="black")
+        if pre == "none":
+            return fit_to(image, width, height)
+        if pre == "canny":  # detect at the generation size so line widths match what the ControlNet saw
+            side = max(64, min(width, height))  # controlnet_aux works in multiples of 64
+            edges = self._detector("canny")(fit_to(image, width, height), low_threshold=unit.low,
+                                            high_threshold=unit.high, detect_resolution=side,
+                                            image_resolution=side, output_type="pil")
+            return fit_to(edges.convert("RGB"), width, height)
+        detected = self._detector(pre)(fit_to(image, 512, 512 * height // width))
+        return fit_to(detected.convert("RGB"), width, height)
+
+    def _detector(self, name: str):
+        if name in self.detectors:
+            return self.detectors[name]
+        spec = PREPROCESSORS[name]
+        try:
+            if name == "canny":
+                from controlnet_aux import CannyDetector
+
+                det = CannyDetector()
+            elif name == "depth-anything":
+                det = _DepthAnything(spec["weights"])
+            else:
+                import controlnet_aux
+
+                cls = {"lineart": "LineartDetector", "midas": "MidasDetector", "openpose": "OpenposeDetector"}[name]
+                det = getattr(controlnet_aux, cls).from_pretrained(spec["weights"])
+        except UserError:
+            raise
+        except Exception as e:  # offline with no cached weights raises several types
+            raise UserError(f"The {name} preprocessor needs weights from {spec['weights']}, which are not on this "
+                            "machine, and the Hub cannot be reached. Connect once to download them, or upload a "
+                            f"ready {spec['kind']} map and choose preprocessor 'none'. ({type(e).__name__})") from None
+        self.detectors[name] = det
+        return det
+
+
+class _DepthAnything:
+    """Depth-Anything through transformers' depth-estimation pipeline (near = bright, as MiDaS draws it)."""
+
+    def __init__(self, repo: str):
+        from transformers import pipeline
+
+        self.pipe = pipeline("depth-estimation", model=repo)
+
+    def __call__(self, image):
+        return self.pipe(image)["depth"]
