@@ -1,0 +1,125 @@
+"""Adherence and speed of the built-in model: scores generated images against their prompts.
+
+    python benchmarks/eval_builtin.py                 # defaults + guidance 1, 200 prompts, appends RESULTS.md
+    python benchmarks/eval_builtin.py --sweep         # also steps/guidance/scheduler candidates (picks defaults)
+
+Prompts are drawn from the grammar with a fixed seed; each image has its own fixed seed. The scorer
+(engine/train/evaluate.py) is checked on ground-truth renders first and must score ~100% there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def run_config(pipe, scenes, steps: int, guidance: float, scheduler: str, batch: int = 25) -> dict:
+    import torch
+    from PIL import Image  # noqa: F401  (images come back as PIL)
+
+    from engine.engine import make_scheduler
+    from engine.train import evaluate, world
+
+    pipe.scheduler = make_scheduler(scheduler, dict(pipe.scheduler.config))
+    scores, t0 = [], time.perf_counter()
+    for i in range(0, len(scenes), batch):
+        chunk = scenes[i:i + batch]
+        gens = [torch.Generator().manual_seed(1000 + i + j) for j in range(len(chunk))]
+        images = pipe([world.caption(s) for s in chunk], num_inference_steps=steps, guidance_scale=guidance,
+                      generator=gens).images
+        scores += [evaluate.score_image(im, s.things[0], s.background) for im, s in zip(images, chunk)]
+    out = evaluate.summarize(scores)
+    out["s_per_image_batched"] = (time.perf_counter() - t0) / len(scenes)
+    return out
+
+
+def latency(engine, threads: int, runs: int = 7) -> float:
+    import torch
+
+    from engine.request import Request
+
+    torch.set_num_threads(threads)
+    req = Request(prompt="a big red circle on the left, blue background", seed=0)
+    engine.generate(req)  # warm
+    times = []
+    for i in range(runs):
+        t0 = time.perf_counter()
+        engine.generate(Request(prompt=req.prompt, seed=i))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def table(rows: list[tuple[str, dict]]) -> str:
+    keys = ["background", "color", "position", "shape", "size", "bg+color+position", "all"]
+    lines = ["| setting | " + " | ".join(keys) + " | s/image (batched) |", "|" + "---|" * (len(keys) + 2)]
+    for name, r in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{100 * r[k]:.0f}%" for k in keys)
+                     + f" | {r['s_per_image_batched']:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--sweep", action="store_true")
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from PIL import Image
+
+    from engine.engine import Engine
+    from engine.request import DEFAULTS
+    from engine.train import evaluate, world
+
+    truth = evaluate.summarize([evaluate.score_image(Image.fromarray(world.render(s)), s.things[0], s.background)
+                                for s in evaluate.eval_scenes(args.n)])
+    print("scorer on ground-truth renders:", truth, flush=True)
+    engine = Engine(device="cpu")
+    pipe = engine.load("builtin").pipe
+    d = DEFAULTS["builtin"]
+    scenes = evaluate.eval_scenes(args.n)
+    configs = [(f"default ({d.steps} steps, cfg {d.guidance:g}, {d.scheduler})", d.steps, d.guidance, d.scheduler),
+               (f"guidance 1 ({d.steps} steps, {d.scheduler})", d.steps, 1.0, d.scheduler)]
+    if args.sweep:
+        configs += [(f"{s} steps, cfg {g:g}, {sch}", s, g, sch) for s, g, sch in
+                    [(10, 5.0, "dpm++2m"), (20, 5.0, "dpm++2m"), (15, 3.0, "dpm++2m"), (15, 7.5, "dpm++2m"),
+                     (15, 5.0, "unipc"), (20, 5.0, "euler"), (30, 5.0, "euler-a")]]
+    rows = []
+    for name, steps, guidance, scheduler in configs:
+        r = run_config(pipe, scenes, steps, guidance, scheduler)
+        rows.append((name, r))
+        print(f"{name}: {r}", flush=True)
+    lat1 = latency(engine, 1)
+    lat2 = latency(engine, 2)
+    print(f"latency warm, default settings: {lat1:.3f} s (1 thread), {lat2:.3f} s (2 threads)")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=ROOT).stdout.strip()
+    section = (f"\n## Built-in model adherence ({date.today()}, commit {commit}, {args.n} prompts, CPU)\n\n"
+               f"Scorer on ground-truth renders: bg {100 * truth['background']:.0f}%, colour "
+               f"{100 * truth['color']:.0f}%, position {100 * truth['position']:.0f}%, shape "
+               f"{100 * truth['shape']:.0f}%.\n\n{table(rows)}\n\n"
+               f"Latency, one image at default settings, warm (median of 7): **{lat1:.3f} s** on 1 thread, "
+               f"{lat2:.3f} s on 2 threads (goal <= 0.5 s).\n")
+    print(section)
+    if not args.no_write:
+        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
+            f.write(section)
+        (ROOT / "benchmarks" / "builtin_eval_latest.md").write_text(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
