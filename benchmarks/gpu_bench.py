@@ -7,6 +7,11 @@ fp8 dynamic quantization (torchao), VAE decode and LoRA fused vs unfused.
 
     python benchmarks/gpu_bench.py --out results.md           # both models, on CUDA
     python benchmarks/gpu_bench.py --device cpu --tiny        # shrunken configs: a smoke test
+    python benchmarks/gpu_bench.py --only flux --skip lora    # one model, fewer stages
+
+Compilation dominates the cost: on an H200 (torch 2.11) the regional compile took ~10 s of warm-up for
+SDXL, ~200 s for Flux, and SDXL's fp8 + compile ~120 s, so both models with every stage need more than
+one 10-minute device call; split them with --only and --skip.
 
 Every stage is guarded: an error is recorded in its table row and the run goes on. Stages that
 would not fit in --budget-s are skipped and listed as such. The Markdown file is rewritten after
@@ -84,6 +89,11 @@ TINY = {
     "T5": {"d_model": 32, "d_kv": 8, "d_ff": 37, "num_layers": 2, "num_heads": 4},
 }
 
+# Warm-up seconds (compilation) for the compile and fp8+compile rows, as seen on an H200 with torch 2.11
+# (2026-11-26; the Flux fp8 figure is a guess). Used only to decide whether a stage still fits the budget.
+COMPILE_S = {"SDXL": (20.0, 130.0), "Flux-dev": (200.0, 200.0)}
+STAGE_GROUPS = ("lora", "layout", "compile", "fp8")  # what --skip can name
+
 ANCHORS = """Public anchors (H100, 1024x1024, batch 1): SDXL 30 steps 2.50 s plain diffusers, 1.47 s TensorRT;
 Flux-dev 28 steps 6.57 s eager, 4.21 s compiled, 2.97 s fp8 + compile.
 Our goals: SDXL <= 1.2 s, Flux-dev <= 2.8 s."""
@@ -101,6 +111,7 @@ class Setup:
     sdxl_steps: int = 30
     flux_steps: int = 28
     t5_tokens: int = 512
+    skip: frozenset[str] = frozenset()
     started: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
@@ -280,7 +291,8 @@ class Bench:
                 row.peak_gib = torch.cuda.max_memory_allocated() / 2**30
             notes.append("NaN/inf in output!" if bad else "")
             row.note = "; ".join(n for n in notes if n)
-            log(f"{model} | {config}: median {row.median_s:.3f} s ({', '.join(f'{t:.3f}' for t in times)})")
+            row.note += ("; " if row.note else "") + "runs " + "/".join(f"{t:.2f}" for t in times)
+            log(f"{model} | {config}: median {row.median_s:.3f} s; {row.note}")
         except Exception as e:  # noqa: BLE001  record and go on: one failure must not lose the other numbers
             traceback.print_exc()
             row.note = "error: " + f"{type(e).__name__}: {e}".replace("\n", " ").replace("|", "/")[:300]
@@ -313,8 +325,10 @@ def fp8_quantize(model: torch.nn.Module) -> str:
         quantize_,
     )
 
-    quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
-    return "torchao fp8 e4m3 dynamic activations, per-row weights"
+    # The lower bound keeps an all-zero activation row (SDXL's zeroed negative prompt under CFG) from
+    # getting a zero scale, i.e. 0/0 = NaN; the first H200 run, without it, gave NaN for SDXL.
+    quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), activation_value_lb=1e-12))
+    return "torchao fp8 e4m3, per-row dynamic activations and weights"
 
 
 def torchao_problem() -> str | None:
@@ -395,15 +409,26 @@ def run_stages(b: Bench, name: str, pipe, denoiser: torch.nn.Module, deadline: f
         pipe.fuse_lora(lora_scale=1.0)
         return "fuse_lora (adapter kept, merged)"
 
+    def skipped(config: str, group: str) -> bool:
+        if group in s.skip:
+            b.rows.append(Row(name, config, note=f"skipped: --skip {group}"))
+        return group in s.skip
+
     # LoRA rows run only if the compile and fp8 rows (the ones our goals hang on) still fit after them.
-    compile_s = 60.0 if not s.tiny else 5.0
-    reserve = 2 * est(compile_s) + (2 if name == "SDXL" else 1) * est()
-    b.stage(name, "LoRA unfused (peft)", lora_load, run, warmup=warm, deadline=deadline - reserve, est_s=est(10))
-    b.stage(name, "LoRA fused", lora_fuse, run, warmup=warm, deadline=deadline - reserve, est_s=est(5))
-    with contextlib.suppress(Exception):  # back to the plain model for the stages below
-        pipe.unfuse_lora()
-    with contextlib.suppress(Exception):
-        pipe.unload_lora_weights()
+    compile_s, fp8_s = (5.0, 5.0) if s.tiny else COMPILE_S[name]
+    reserve = ("layout" not in s.skip) * (2 if name == "SDXL" else 1) * est()
+    reserve += ("compile" not in s.skip) * est(compile_s) + ("fp8" not in s.skip) * est(fp8_s)
+    if not skipped("LoRA unfused / fused", "lora"):
+        lora = b.stage(name, "LoRA unfused (peft)", lora_load, run, warmup=warm, deadline=deadline - reserve,
+                       est_s=est(10))
+        if lora.median_s is None:
+            b.rows.append(Row(name, "LoRA fused", note="skipped: no LoRA loaded (row above)"))
+        else:
+            b.stage(name, "LoRA fused", lora_fuse, run, warmup=warm, deadline=deadline, est_s=est(5))
+        with contextlib.suppress(Exception):  # back to the plain model for the stages below
+            pipe.unfuse_lora()
+        with contextlib.suppress(Exception):
+            pipe.unload_lora_weights()
 
     def channels_last():
         pipe.vae.to(memory_format=torch.channels_last)
@@ -417,7 +442,9 @@ def run_stages(b: Bench, name: str, pipe, denoiser: torch.nn.Module, deadline: f
         pipe.vae.fuse_qkv_projections()
         return "denoiser + VAE attention"
 
-    if name == "SDXL":
+    if skipped("+ channels_last + fused QKV", "layout"):
+        pass
+    elif name == "SDXL":
         b.stage(name, "+ channels_last", channels_last, run, warmup=warm, deadline=deadline, est_s=est())
         b.stage(name, "+ fused QKV", fuse_qkv, run, warmup=warm, deadline=deadline, est_s=est())
     else:  # channels_last touches only Flux's VAE: one row for both saves a full stage of device time
@@ -430,8 +457,9 @@ def run_stages(b: Bench, name: str, pipe, denoiser: torch.nn.Module, deadline: f
         denoiser.compile_repeated_blocks(**compile_kw)
         return f"compile_repeated_blocks({', '.join(f'{k}={v}' for k, v in compile_kw.items())})"
 
-    b.stage(name, "+ torch.compile (regional)", regional_compile, run, warmup=warm, deadline=deadline,
-            est_s=est(compile_s))
+    if not skipped("+ torch.compile (regional)", "compile"):
+        b.stage(name, "+ torch.compile (regional)", regional_compile, run, warmup=warm, deadline=deadline,
+                est_s=est(compile_s))
 
     def fp8_then_compile():
         note = fp8_quantize(denoiser)
@@ -439,14 +467,17 @@ def run_stages(b: Bench, name: str, pipe, denoiser: torch.nn.Module, deadline: f
         denoiser.compile_repeated_blocks(**compile_kw)
         return note
 
-    ao_problem = torchao_problem()
-    if ao_problem is None:
+    ao_problem = None if "fp8" in s.skip else torchao_problem()
+    if skipped("+ fp8 dynamic quant (torchao) + compile", "fp8"):
+        pass
+    elif ao_problem is None:
         b.stage(name, "+ fp8 dynamic quant (torchao) + compile", fp8_then_compile, run, warmup=warm,
-                deadline=deadline, est_s=est(compile_s))
+                deadline=deadline, est_s=est(fp8_s))
     else:
         b.rows.append(Row(name, "+ fp8 dynamic quant (torchao) + compile",
                           note=f"skipped: torchao not present ({ao_problem})"))
-    b.stage(name, "VAE decode only (channels_last + fused QKV)", None, vae_decode, deadline=deadline, est_s=5)
+    if "layout" not in s.skip:
+        b.stage(name, "VAE decode only (channels_last + fused QKV)", None, vae_decode, deadline=deadline, est_s=5)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -511,12 +542,16 @@ def main() -> None:
     ap.add_argument("--out", help="write the Markdown section here (rewritten after each stage)")
     ap.add_argument("--budget-s", type=float, default=480.0, help="skip stages that would end past this")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--skip", default="", help=f"comma-separated stage groups to leave out: {','.join(STAGE_GROUPS)}")
     args = ap.parse_args()
+    skip = frozenset(x for x in args.skip.split(",") if x)
+    if skip - set(STAGE_GROUPS):
+        raise SystemExit(f"--skip: unknown {sorted(skip - set(STAGE_GROUPS))}; choose from {','.join(STAGE_GROUPS)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for but torch sees no GPU; use --device cpu --tiny")
     if args.runs < 1:
         raise SystemExit("--runs must be at least 1")
-    s = Setup(device=args.device, tiny=args.tiny, budget_s=args.budget_s, runs=args.runs)
+    s = Setup(device=args.device, tiny=args.tiny, budget_s=args.budget_s, runs=args.runs, skip=skip)
     b = Bench(s, args.out)
     models = ["SDXL", "Flux-dev"] if args.only is None else ["SDXL" if args.only == "sdxl" else "Flux-dev"]
     gpu = f" ({torch.cuda.get_device_name()})" if s.device.startswith("cuda") else ""
