@@ -86,6 +86,9 @@ def test_prompt_and_enter_gives_an_image(browser, app_url, record_property):
         chat = page.inner_text("#chat")
         assert "a red circle on a blue background" in chat and "64x64" in chat
         assert page.locator("#gallery img").count() >= 1
+        # what the browser downloads is the PNG with its settings
+        png = page.request.get(page.locator(IMAGE.format(1)).get_attribute("src")).body()
+        assert png.startswith(b"\x89PNG") and b"parameters" in png and b"Steps: 15" in png
     finally:
         context.close()
 
@@ -130,3 +133,18 @@ def test_api_endpoint_with_gradio_client(app_url, tmp_path):
     paths = [f if isinstance(f, str) else f.get("path") for f in files]
     assert len(paths) == 1
     assert metadata.read_png_settings(paths[0])[0].seed == 7
+
+
+def test_settings_survive_a_reload(browser, app_url):
+    context, page = open_chat(browser, app_url)
+    try:
+        steps = page.locator("#steps input[type='number']")
+        page.wait_for_function("document.querySelector('#steps input[type=number]').value == '15'")
+        steps.fill("7")
+        steps.press("Enter")
+        page.wait_for_timeout(1500)  # the change is written to the browser's storage
+        page.reload()
+        page.wait_for_selector("#prompt textarea")
+        page.wait_for_function("document.querySelector('#steps input[type=number]').value == '7'", timeout=15_000)
+    finally:
+        context.close()

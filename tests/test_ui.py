@@ -10,8 +10,8 @@ from PIL.PngImagePlugin import PngInfo
 
 from engine import metadata
 from engine.request import ControlUnit, UserError
-from ui import handlers, inline
-from ui.handlers import Studio
+from ui import handlers, inline, runner
+from ui.runner import Studio
 from ui.state import Session, Settings
 
 
@@ -215,13 +215,13 @@ def test_progress_preview_and_stop(studio, session, settings):
 def test_shared_server_refuses_server_paths(studio, settings, tmp_path):
     shared = dataclasses.replace(studio, local_paths=False)
     with pytest.raises(UserError, match="shared server"):
-        handlers.check_model_allowed(shared, str(tmp_path))
-    handlers.check_model_allowed(shared, "stabilityai/stable-diffusion-xl-base-1.0")
-    handlers.check_model_allowed(shared, shared.default_model)
+        runner.check_model_allowed(shared, str(tmp_path))
+    runner.check_model_allowed(shared, "stabilityai/stable-diffusion-xl-base-1.0")
+    runner.check_model_allowed(shared, shared.default_model)
 
 
 def test_api_generate_returns_pngs_with_metadata(studio, tmp_path):
-    paths = handlers.api_generate(studio, tmp_path, "a red circle", steps=2, seed=9, width=32, height=32, count=2)
+    paths = runner.api_generate(studio, tmp_path, "a red circle", steps=2, seed=9, width=32, height=32, count=2)
     assert len(paths) == 2
     assert metadata.read_png_settings(paths[1])[0].seed == 10
 
@@ -243,3 +243,4 @@ def test_build_has_the_named_api_endpoint(engine, studio):
     demo = build(engine, studio.default_model)
     names = [d.get("api_name") for d in demo.config["dependencies"]]
     assert "generate" in names
+    assert build(engine, "/no/such/model") is not None  # a missing default model: the page still comes up

@@ -18,10 +18,10 @@ from pathlib import Path
 import gradio as gr
 
 from engine.request import DEFAULTS, UserError, valid_schedulers
-from ui import handlers
-from ui.handlers import Studio, Update
+from ui import handlers, runner
 from ui.panel import Panel
 from ui.panel_events import wire_panel
+from ui.runner import Studio, Update
 from ui.state import Settings, close_session, ensure
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,8 @@ ENGINE_GROUP = "engine"
 MAX_FILE_SIZE = "20mb"
 TITLE = "Diffusion Studio"
 # our images are named studio-*.png / preview-*.jpg: show small ones (the built-in model's 64x64) larger
-CSS = ("#chat {flex-grow: 1} #chat img[src*='studio-'], #chat img[src*='preview-'] {min-width: 192px; "
-       "max-width: 100%; height: auto}")
+CSS = ("#chat {flex-grow: 1} #chat img[src*='studio-'], #chat img[src*='preview-'] {min-width: 192px !important; "
+       "height: auto !important; max-height: 512px !important; object-fit: contain}")
 
 
 class ModelStatus:
@@ -67,7 +67,7 @@ def build(engine, default_model: str = "builtin", *, local_paths: bool = True, g
     studio = Studio(engine, default_model, local_paths, gpu)
     start = Settings(model=default_model)
     try:
-        defaults = handlers.panel_defaults(studio, default_model)
+        defaults = runner.panel_defaults(studio, default_model)
         status_text = status.text if status else f"Model **{default_model}** loads on first use."
     except UserError as e:
         d = DEFAULTS["builtin"]
@@ -154,7 +154,7 @@ def build(engine, default_model: str = "builtin", *, local_paths: bool = True, g
                     for update in work(session, values):
                         yield render(session, update, values)
                 except Exception as e:
-                    session.say("assistant", handlers.error_message(e))
+                    session.say("assistant", runner.error_message(e))
                     yield view(session)
                 if status and status.done:
                     yield {status_md: status.text}
@@ -227,7 +227,7 @@ def build(engine, default_model: str = "builtin", *, local_paths: bool = True, g
         # ------------------------------------------------------------------------------------ the API
         def api(prompt, negative, model, steps, guidance, seed, width, height, count, scheduler):
             try:
-                return handlers.api_generate(studio, api_dir, prompt, negative, model, steps, guidance, seed, width,
+                return runner.api_generate(studio, api_dir, prompt, negative, model, steps, guidance, seed, width,
                                              height, count, scheduler)
             except UserError as e:
                 raise gr.Error(str(e)) from None

@@ -13,17 +13,22 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from engine.control import DEFAULT_PREPROCESSOR, PREPROCESSORS
 from engine.request import CONTROL_KINDS, MAX_CONTROLS, MAX_COUNT, MAX_STEPS, ControlUnit, LoraSpec, UserError
-from ui.handlers import Studio, panel_defaults
+from ui.runner import Studio, panel_defaults
 from ui.state import RANDOM_SEED, Settings
 
 log = logging.getLogger(__name__)
 
 MAX_PLUGIN_ROWS = 8
 ASPECTS = ["1:1", "3:2", "2:3", "4:3", "3:4", "16:9", "9:16"]
-# "auto" = the type's default preprocessor, "none" = the upload is already a control map
-PREPROCESSORS = {"edge": ["auto", "canny", "lineart", "none"], "depth": ["auto", "midas", "depth_anything", "none"],
-                 "pose": ["auto", "openpose", "dwpose", "none"]}
+
+
+def preprocessor_choices(kind: str) -> list[tuple[str, str]]:
+    """(label, value): "auto" = the type's default preprocessor, "none" = the upload is already a control map."""
+    names = [name for name, p in PREPROCESSORS.items() if p["kind"] == kind]
+    return ([(f"auto ({DEFAULT_PREPROCESSOR[kind]})", "auto")] + [(n, n) for n in names]
+            + [("none: my image is a ready map", "none")])
 
 
 def model_choices(default_model: str) -> list[tuple[str, str]]:
@@ -44,11 +49,12 @@ def model_choices(default_model: str) -> list[tuple[str, str]]:
 def plugin_rows(engine, model: str) -> list[dict]:
     """LoRA plugins for the panel: name, family, weight, status, compatible, why, description.
 
-    Asks the engine's plugin manager when there is one; no plugin system yet (or a failing one) means no rows.
+    Asks the engine's plugin manager (judged against the model's family); no plugin system, or a failing one,
+    means no rows, never a broken page.
     """
     try:
         family = engine.defaults(model)["family"]
-        listing = engine._plugin_manager().listing()
+        listing = engine._plugin_manager().listing(family)
     except (ImportError, AttributeError, UserError) as e:
         log.info("no plugin list for %s: %s", model, e)
         return []
@@ -59,12 +65,12 @@ def plugin_rows(engine, model: str) -> list[dict]:
     for item in listing:
         if item.get("kind", "lora") != "lora":
             continue
-        compatible = item.get("compatible", item.get("family") in (family, None, "any"))
-        status = str(item.get("status", "ok"))
-        why = item.get("why") or ("" if compatible else f"made for {item.get('family')} models, this one is {family}")
+        status = str(item.get("status", "ready"))
+        why = item.get("why") or (status[len("error: "):] if status.startswith("error") else "")
+        trigger = f" Trigger: {item['trigger']}." if item.get("trigger") else ""
         rows.append({"name": item["name"], "family": item.get("family"), "weight": float(item.get("weight", 1.0)),
-                     "status": status, "compatible": bool(compatible), "why": why,
-                     "description": item.get("description", "")})
+                     "status": status, "compatible": bool(item.get("compatible", not why)), "why": why,
+                     "description": (item.get("description") or "") + trigger})
     rows.sort(key=lambda r: not r["compatible"])
     return rows
 
@@ -103,7 +109,8 @@ class Panel:
         self.negative = gr.Textbox(label="Negative prompt", lines=2, value=settings.negative,
                                    placeholder="what to keep out of the image (--no in a message adds to it)")
         with gr.Row():
-            self.steps = gr.Slider(1, MAX_STEPS, step=1, value=settings.steps or defaults["steps"], label="Steps")
+            self.steps = gr.Slider(1, MAX_STEPS, step=1, value=settings.steps or defaults["steps"], label="Steps",
+                                   elem_id="steps")
             self.guidance = gr.Slider(0, 30, step=0.5, value=defaults["guidance"] if settings.guidance is None
                                       else settings.guidance, label="Guidance (CFG)")
         with gr.Row(equal_height=True):
@@ -125,8 +132,8 @@ class Panel:
                                                                                          ".webp"], type="filepath")
         with gr.Accordion("ControlNet units: pose / edge / depth", open=False) as self.control_box:
             gr.Markdown("Upload a photo (it is preprocessed into a map) or a ready map with preprocessor "
-                        "*none*. Images are centre-cropped to the generation size. Coming with the ControlNet "
-                        "issue for every model family.")
+                        "*none*. Images are centre-cropped to the generation size's aspect, then resized. The map the "
+                        "model was given is shown with the result.")
             self.units = [self._control_unit(i) for i in range(MAX_CONTROLS)]
         with gr.Accordion("Plugins (LoRA)", open=False):
             self.plugin_note = gr.Markdown("No plugins found for this model. Add manifests to plugins/.")
@@ -145,8 +152,7 @@ class Panel:
                 kind = gr.Radio(list(CONTROL_KINDS), value="edge", label="Type", min_width=160)
             image = gr.Image(type="filepath", sources=["upload", "clipboard"], label=f"Unit {i + 1} image",
                              height=160)
-            preprocessor = gr.Dropdown(PREPROCESSORS["edge"], value="auto", label="Preprocessor",
-                                       allow_custom_value=True)
+            preprocessor = gr.Dropdown(preprocessor_choices("edge"), value="auto", label="Preprocessor")
             with gr.Row():
                 scale = gr.Slider(0, 2, step=0.05, value=1.0, label="Scale")
                 start = gr.Slider(0, 1, step=0.05, value=0.0, label="Start")
@@ -154,7 +160,7 @@ class Panel:
             with gr.Row():
                 low = gr.Slider(0, 255, step=1, value=100, label="Canny low (edge)")
                 high = gr.Slider(0, 255, step=1, value=200, label="Canny high (edge)")
-        kind.input(lambda k: gr.update(choices=PREPROCESSORS[k], value="auto"), kind, preprocessor,
+        kind.input(lambda k: gr.update(choices=preprocessor_choices(k), value="auto"), kind, preprocessor,
                    api_visibility="private", queue=False)
         return ControlRow(enabled, kind, image, preprocessor, scale, start, end, low, high)
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import gradio as gr
 
 from engine.request import UserError
-from ui import handlers
-from ui.handlers import Studio
+from ui import runner
 from ui.inline import parse_ratio, size_for_ratio
 from ui.panel import Panel
+from ui.runner import Studio
 from ui.state import RANDOM_SEED, Settings, ensure
 
 PRIVATE = dict(api_visibility="private")
@@ -53,7 +53,7 @@ def wire_panel(demo: gr.Blocks, panel: Panel, studio: Studio, state: gr.State, s
 
     def on_aspect(values: dict):
         try:
-            d = handlers.panel_defaults(studio, values[panel.model])
+            d = runner.panel_defaults(studio, values[panel.model])
         except UserError as e:
             return {status_md: f"⚠️ {e}"}
         width, height = size_for_ratio(parse_ratio(values[panel.aspect]), d["width"], d["multiple"])
@@ -75,7 +75,7 @@ def wire_panel(demo: gr.Blocks, panel: Panel, studio: Studio, state: gr.State, s
         try:
             out.update(panel.show_plugins(studio, studio.default_model))
             if remembered is not None:
-                handlers.check_model_allowed(studio, remembered.model)
+                runner.check_model_allowed(studio, remembered.model)
                 out.update(panel.show_model(studio, remembered.model, keep=remembered))
                 out.update(panel.show(remembered))
         except UserError:
