@@ -66,9 +66,9 @@ class Engine:
         self.controls = None  # engine.control.ControlNets, made on first control use
 
     # ------------------------------------------------------------------------------------ models
-    def load(self, model: str) -> models.LoadedModel:
+    def load(self, model: str | models.Source) -> models.LoadedModel:
         """The loaded model for a `--model` string; a failed load leaves the cache as it was."""
-        source = models.resolve(model)
+        source = model if isinstance(model, models.Source) else models.resolve(model)
         key = source.location
         loaded = self.cache.get(key)
         if loaded is not None:
@@ -112,11 +112,12 @@ class Engine:
         import torch
 
         t0 = time.perf_counter()
-        # 1. model
-        loaded = self.load(request.model)
-        family, name = loaded.source.family, loaded.source.name
-        # 2. checks and defaults
+        # 1. which model, and the checks that need only its family (before any slow load)
+        source = models.resolve(request.model)
+        family, name = source.family, source.name
         req = check_request(request, family, name)
+        # 2. the model itself, from the cache when it was used before
+        loaded = self.load(source)
         if req.seed is None:
             req.seed = random.SystemRandom().randrange(2**32)
         notes = []
