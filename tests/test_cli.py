@@ -28,6 +28,7 @@ def test_generate_writes_png_with_metadata_and_reproduces(tiny_model, tmp_path):
     a = app(*common, "--out", str(tmp_path / "a.png"))
     assert a.returncode == 0, a.stderr
     b = app(*common, "--out", str(tmp_path / "b.png"))
+    assert b.returncode == 0, b.stderr
     image = Image.open(tmp_path / "a.png")
     params = image.text["parameters"]
     assert params.startswith("a cat wearing a top hat, oil painting\nNegative prompt: blurry\n")
