@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mod = sub.add_parser("models", help="list known, cached and loadable models")
     mod.add_argument("--json", action="store_true")
+    mod.add_argument("--download", metavar="HUB_ID", help="fetch a Hub model's pipeline files into the cache")
 
     plug = sub.add_parser("plugins", help="list plugins with their family and status")
     plug.add_argument("--json", action="store_true")

@@ -105,6 +105,10 @@ def _output_paths(out: Path, n: int) -> list[Path]:
 def cmd_models(args) -> int:
     from engine import models
 
+    if args.download:
+        path = models.download(args.download)
+        print(f"{args.download} is cached at {path}")
+        return 0
     rows = []
     try:
         builtin = models.resolve("builtin")

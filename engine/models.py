@@ -329,6 +329,21 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def download(repo_id: str) -> str:
+    """Fetch only the files a Hub pipeline needs (safetensors weights, configs) into the Hugging Face cache."""
+    from diffusers import DiffusionPipeline
+
+    if _offline():
+        raise UserError("HF_HUB_OFFLINE is set, so nothing can be downloaded. Unset it and try again.")
+    family = hub_family(repo_id)
+    try:
+        path = DiffusionPipeline.download(repo_id, use_safetensors=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"Could not download {repo_id}: {str(e).splitlines()[0][:200]}") from None
+    log.info("downloaded %s (%s) to %s", repo_id, family, path)
+    return str(path)
+
+
 def cached_hub_models() -> list[tuple[str, str]]:
     """(repo id, family) of diffusers pipelines in the local Hugging Face cache."""
     from huggingface_hub import scan_cache_dir
