@@ -140,7 +140,7 @@ class Engine:
         # 4. LoRAs
         lora_info = self._plugin_manager().apply(loaded, req) if (req.loras or self.plugins) else {}
         prompt = lora_info.get("prompt", req.prompt) if lora_info else req.prompt
-        if family in ("sdxl", "sd15", "builtin") and loaded.pipe.vae is not None:
+        if getattr(pipe, "vae", None) is not None:  # tiled VAE decode only where the size needs it
             big = req.width * req.height > 1536 * 1536
             (pipe.vae.enable_tiling if big else pipe.vae.disable_tiling)()
         # 5. sample
