@@ -105,6 +105,8 @@ def test_inline_seed_then_reroll(browser, app_url):
         assert "seed42" not in second  # same settings, new seed
         page.wait_for_function("document.querySelector('#selected').innerText.includes('#2')")
         assert page.inner_text("#chat").count("4 steps") == 2
+        page.locator("#gallery img").first.click()  # select #1: actions now act on it
+        page.wait_for_function("document.querySelector('#selected').innerText.includes('#1')")
     finally:
         context.close()
 
@@ -140,11 +142,27 @@ def test_settings_survive_a_reload(browser, app_url):
     try:
         steps = page.locator("#steps input[type='number']")
         page.wait_for_function("document.querySelector('#steps input[type=number]').value == '15'")
+        page.wait_for_timeout(300)  # let the page's own first save happen
+        before = page.evaluate("localStorage.getItem('studio-settings')")
         steps.fill("7")
         steps.press("Enter")
-        page.wait_for_timeout(1500)  # the change is written to the browser's storage
+        page.wait_for_function("before => localStorage.getItem('studio-settings') !== before", arg=before)
         page.reload()
         page.wait_for_selector("#prompt textarea")
         page.wait_for_function("document.querySelector('#steps input[type=number]').value == '7'", timeout=15_000)
+    finally:
+        context.close()
+
+
+def test_stop_cancels_a_long_generation(browser, app_url):
+    context, page = open_chat(browser, app_url)
+    try:
+        page.fill("#prompt textarea", "a slow red circle --steps 200")
+        page.press("#prompt textarea", "Enter")
+        page.wait_for_function("document.querySelector('#chat').innerText.includes('Step ')", timeout=60_000)
+        page.click("#stop")
+        page.wait_for_function("document.querySelector('#chat').innerText.includes('Stopped')", timeout=30_000)
+        assert page.locator("#chat img[src*='studio-']").count() == 0
+        send(page, "a quick blue square --steps 4", 1)  # the session goes on
     finally:
         context.close()

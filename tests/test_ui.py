@@ -106,6 +106,10 @@ def test_reroll_keeps_settings_with_a_new_seed(studio, session, settings):
 def test_vary_and_refine_run_image_to_image(studio, session, settings):
     replies = say(studio, session, "make it brighter --refine", settings)
     assert "no image to refine yet" in replies[-1]
+    say(studio, session, "a red circle", settings)
+    list(handlers.vary(studio, session, settings))  # 2 steps x 0.35 is no step at all: explained, not crashed
+    assert "less than one" in session.history[-1]["content"]
+    session.shots.clear()
     settings = dataclasses.replace(settings, steps=4)  # image-to-image runs steps x strength of them
     say(studio, session, "a red circle", settings)
     list(handlers.vary(studio, session, settings))

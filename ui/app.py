@@ -279,7 +279,10 @@ def serve(args) -> int:
     auth = parse_auth(args.auth)
     engine = Engine(device=args.device, dtype=args.dtype, offload=args.offload)
     status = ModelStatus(args.model)
-    status.start(engine)
+    if has_spaces and on_space:  # ZeroGPU: CUDA exists only inside spaces.GPU calls, so load on first use
+        status.text, status.done = f"Model **{args.model}** loads with the first message.", True
+    else:
+        status.start(engine)
     demo = build(engine, args.model, local_paths=host in LOOPBACK and not args.share and not on_space,
                  gpu=zero_gpu(engine) if has_spaces and on_space else None, status=status)
     demo.queue(max_size=args.max_queue, default_concurrency_limit=1)

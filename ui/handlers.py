@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from engine import metadata
-from engine.request import Request, UserError, defaults_for
+from engine.request import Request, UserError, defaults_for, valid_schedulers
 from ui import inline
 from ui.runner import Studio, Update, check_model_allowed, model_family, run
 from ui.state import Session, Settings
@@ -164,6 +164,13 @@ def restore(studio: Studio, session: Session, file: str, settings: Settings) -> 
             notes.append(f"its model {request.model!r} isn't available here, so {settings.model!r} is kept")
             request = dataclasses.replace(request, model=settings.model)
     restored = Settings.from_request(request, settings)
+    try:
+        family, _ = model_family(studio, restored.model)
+        if restored.scheduler != "default" and restored.scheduler not in valid_schedulers(family):
+            notes.append(f"its scheduler {restored.scheduler} doesn't fit {family} models, so the default is used")
+            restored.scheduler = "default"
+    except UserError:
+        pass
     loras = ", ".join(f"{x.name} {x.weight:g}" for x in request.loras)
     parts = [f"{restored.width}x{restored.height}" if restored.width else "",
              f"{restored.steps} steps" if restored.steps else "",

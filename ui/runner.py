@@ -52,6 +52,12 @@ class Update:
 def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
     """Generate `request`, streaming progress into the chat, then show the images and one settings line."""
     session.cancel.clear()
+    if request.init_image is not None and request.steps and int(request.steps * request.strength) < 1:
+        session.say("assistant", f"⚠️ Image-to-image runs steps × strength = {request.steps} × {request.strength:g} "
+                                 f"steps, which is less than one. Use at least {int(1 / request.strength) + 1} "
+                                 "steps or a higher strength.")
+        yield Update()
+        return
     pending = session.say("assistant", "⏳ Starting…")
     events: queue.Queue = queue.Queue()
     outcome: dict[str, Any] = {}
