@@ -121,6 +121,9 @@ class Engine:
         if req.seed is None:
             req.seed = random.SystemRandom().randrange(2**32)
         notes = []
+        if loaded.offload:
+            notes.append(f"{name} is larger than the free GPU memory: model CPU offload is on (slower). Start with "
+                         "--offload off to force it onto the GPU.")
         # 3. pipeline variant, scheduler
         init = None
         if req.init_image is not None:
