@@ -281,8 +281,6 @@ def serve(args) -> int:
     status = ModelStatus(args.model)
     if has_spaces and on_space:  # ZeroGPU: CUDA exists only inside spaces.GPU calls, so load on first use
         status.text, status.done = f"Model **{args.model}** loads with the first message.", True
-    else:
-        status.start(engine)
     demo = build(engine, args.model, local_paths=host in LOOPBACK and not args.share and not on_space,
                  gpu=zero_gpu(engine) if has_spaces and on_space else None, status=status)
     demo.queue(max_size=args.max_queue, default_concurrency_limit=1)
@@ -294,6 +292,8 @@ def serve(args) -> int:
               flush=True)
     launch(demo, host, int(os.environ.get("GRADIO_SERVER_PORT", args.port)) if on_space else args.port,
            share=args.share, auth=auth)
+    if not status.done:
+        status.start(engine)  # after the page is up, so loading never delays it
     if args.share:
         print(f"Public link: {demo.share_url}" if demo.share_url else "The share link could not be created.",
               flush=True)
