@@ -68,10 +68,22 @@ def open_chat(browser, url):
 
 
 def send(page, text: str, image_number: int) -> float:
-    """Type `text`, press Enter, wait for the image; the seconds from Enter to image."""
+    """Type `text`, press Enter, wait for the image; the seconds from Enter to image.
+
+    The box ignores Enter while this tab's previous message is still being answered (the text stays), and
+    the app empties it once it takes the message: so Enter is pressed again if the text is still there.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     page.fill("#prompt textarea", text)
-    started = time.perf_counter()
-    page.press("#prompt textarea", "Enter")
+    for _ in range(10):
+        started = time.perf_counter()
+        page.press("#prompt textarea", "Enter")
+        try:
+            page.wait_for_function("document.querySelector('#prompt textarea').value === ''", timeout=3_000)
+            break
+        except PlaywrightTimeout:
+            continue
     page.wait_for_selector(IMAGE.format(image_number), timeout=60_000)
     return time.perf_counter() - started
 
