@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 PREVIEWS_PER_RUN = 4
+API_FILES_TTL_S = 3600
 
 
 @dataclass
@@ -201,6 +202,9 @@ def api_generate(studio: Studio, folder: Path, prompt: str, negative: str = "", 
                       scheduler=None if scheduler in (None, "", "default") else scheduler, count=int(count or 1))
     result = studio.gpu(request) if studio.gpu is not None else studio.engine.generate(request)
     folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("studio-*.png"):  # gradio has served (copied) them long since
+        if time.time() - old.stat().st_mtime > API_FILES_TTL_S:
+            old.unlink(missing_ok=True)
     paths = []
     for i, (image, s) in enumerate(zip(result.images, result.seeds)):
         path = folder / f"studio-{time.strftime('%Y%m%d-%H%M%S')}-{i}-seed{s}.png"
