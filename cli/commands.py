@@ -13,7 +13,7 @@ from engine.request import ControlUnit, LoraSpec, Request, UserError
 def _engine(args):
     from engine.engine import Engine
 
-    return Engine(device=args.device, dtype=args.dtype, offload=args.offload)
+    return Engine(device=args.device, dtype=args.dtype, offload=args.offload, allow_local_paths=True)
 
 
 def parse_control(text: str) -> ControlUnit:
@@ -51,8 +51,6 @@ def parse_lora(text: str) -> LoraSpec:
 
 
 def cmd_generate(args) -> int:
-    from engine import metadata
-
     if bool(args.prompt) == bool(args.prompt_file):
         raise UserError("Give either --prompt \"...\" or --prompt-file FILE (one prompt per line).")
     base = Request(prompt=args.prompt or "", negative=args.negative, model=args.model, steps=args.steps,
@@ -85,9 +83,8 @@ def cmd_generate(args) -> int:
         result = engine.generate(request)
         paths = _output_paths(out, len(result.images))
         out.parent.mkdir(parents=True, exist_ok=True)
-        for image, seed, path in zip(result.images, result.seeds, paths):
-            per = Request(**{**result.request.__dict__, "seed": seed})
-            metadata.save_png(image, path, per, seed, result.model_name)
+        for i, path in enumerate(paths):
+            result.save_png(i, path)
         for i, cmap in enumerate(result.control_maps):
             cmap.save(out.with_name(f"{out.stem}.control{i}.png"))
         print(f"{', '.join(map(str, paths))}  ({result.settings_line()}, total {time.perf_counter() - t0:.1f}s)")

@@ -77,30 +77,23 @@ class PreparedControl:
 class ControlManager:
     """Loads ControlNets once (cached by source) and turns control units into pipeline arguments."""
 
-    def __init__(self, device: str, dtype, plugin_dirs: list[Path] | None = None):
+    def __init__(self, device: str, dtype):
         self.device, self.dtype = device, dtype
-        self.plugin_dirs = plugin_dirs
         self.nets: dict[str, object] = {}
         self.detectors: dict[str, object] = {}
 
-    def table(self, family: str) -> dict[str, tuple[str, int | None]]:
+    def table(self, family: str, manifests: list | None = None) -> dict[str, tuple[str, int | None]]:
         """The family's ControlNets, with plugin manifests of kind controlnet added (they win)."""
         table = dict(CONTROLNETS.get(family, {}))
-        try:
-            from .plugins import load_manifests
-        except ImportError:
-            return table
-        for m in load_manifests(self.plugin_dirs):
-            if getattr(m, "kind", None) == "controlnet" and m.family == family and m.control:
-                source = m.source
-                if m.path is not None and not str(source).count("/") == 1:
-                    source = str((Path(m.path).parent / source).resolve())
-                table[m.control] = (source, m.mode)
+        for m in manifests or []:
+            if m.kind == "controlnet" and m.family == family and m.control and m.error is None:
+                table[m.control] = (str(m.file) if m.file is not None else m.source, m.mode)
         return table
 
-    def prepare(self, loaded, req: Request) -> PreparedControl:
+    def prepare(self, loaded, req: Request, manifests: list | None = None) -> PreparedControl:
+        """Load the units' ControlNets and make their maps; `manifests` are the plugins (kind controlnet)."""
         family = loaded.source.family
-        table = self.table(family)
+        table = self.table(family, manifests)
         nets, maps, sources, modes, pres = [], [], [], [], []
         for i, unit in enumerate(req.controls, 1):
             if unit.kind not in table:

@@ -13,6 +13,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from . import models
@@ -34,15 +35,30 @@ class Result:
     control_maps: list = field(default_factory=list)  # the maps the ControlNets were given (PIL)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)  # things the user should know (offload turned on, ...)
+    triggers: list[str] = field(default_factory=list)  # LoRA trigger words added to the prompt
+    extra: dict = field(default_factory=dict)  # infotext keys the engine knows (Lora hashes, ControlNet units)
+
+    def image_request(self, i: int) -> Request:
+        """The settings that remake image i on its own (its seed, count 1)."""
+        return dataclasses.replace(self.request, seed=self.seeds[i], count=1)
+
+    def save_png(self, i: int, path_or_file) -> None:
+        """Image i as a PNG with the A1111 `parameters` text (LoRA hashes, control units) and our JSON chunk."""
+        from . import metadata
+
+        metadata.save_png(self.images[i], path_or_file, self.image_request(i), self.seeds[i], self.model_name,
+                          None, self.extra)
 
     def settings_line(self) -> str:
         r = self.request
         seeds = str(self.seeds[0]) if len(self.seeds) == 1 else f"{self.seeds[0]}..{self.seeds[-1]}"
-        parts = [f"{self.model_name}", f"{r.width}x{r.height}", f"{r.steps} steps", f"cfg {r.guidance:g}",
-                 f"seed {seeds}", r.scheduler]
+        parts = [Path(self.model_name).name or self.model_name, f"{r.width}x{r.height}", f"{r.steps} steps",
+                 f"cfg {r.guidance:g}", f"seed {seeds}", r.scheduler]
         if r.init_image is not None:
             parts.append(f"strength {r.strength:g}")
         parts += [f"<lora:{x.name}:{x.weight:g}>" for x in r.loras]
+        if self.triggers:
+            parts.append("+ " + ", ".join(self.triggers))
         parts += [f"{u.kind} x{u.scale:g}" for u in r.controls]
         return " · ".join(parts) + f" · {self.seconds:.1f}s"
 
@@ -55,13 +71,14 @@ class Engine:
     """Loads models on demand, keeps them cached, and runs generations one at a time."""
 
     def __init__(self, device: str | None = None, dtype: str | None = None, memory_budget_gb: float | None = None,
-                 offload: str = "auto", plugin_dirs: list | None = None):
+                 offload: str = "auto", plugin_dirs: list | None = None, allow_local_paths: bool = False):
         self.device = models.pick_device(device)
         self.dtype = models.pick_dtype(self.device, dtype)
         self.offload = offload  # auto | on | off
         self.cache = models.ModelCache(int((memory_budget_gb or _default_budget_gb(self.device)) * 2**30))
         self._lock = threading.Lock()
-        self.plugin_dirs = plugin_dirs  # None: plugins/ and assets/plugins/
+        self.plugin_dirs = plugin_dirs  # None: plugins/ and assets/plugins/ (or $STUDIO_PLUGINS)
+        self.allow_local_paths = allow_local_paths  # only the CLI may name LoRA files by path
         self.plugins = None  # engine.plugins.PluginManager, made on first LoRA use
         self.controls = None  # engine.control.ControlNets, made on first control use
 
@@ -78,6 +95,15 @@ class Engine:
         self._place(loaded)
         self.cache.put(key, loaded)
         return loaded
+
+    def warm(self, model: str) -> models.LoadedModel:
+        """Load a model ahead of its first use (e.g. in a background thread), never alongside a generation."""
+        with self._lock:
+            return self.load(model)
+
+    def plugin_listing(self, model: str) -> list[dict]:
+        """Plugins with `compatible`/`why` judged against the model's family, for the UI panel."""
+        return self._plugin_manager().listing(models.resolve(model).family)
 
     def _place(self, loaded: models.LoadedModel) -> None:
         """Move to the device; on a GPU too small for the model, model CPU offload instead (and say so)."""
@@ -134,15 +160,17 @@ class Engine:
         # a unit at scale 0 changes nothing: skip it (Flux would otherwise draw different noise for it)
         active = dataclasses.replace(req, controls=[u for u in req.controls if u.scale > 0])
         if active.controls:
-            control = self._control_manager().prepare(loaded, active)
+            control = self._control_manager().prepare(loaded, active, self._plugin_manager().manifests())
             kind = "control_img2img" if init is not None else "control"
             pipe = loaded.variant(kind, controlnet=control.model)
         else:
             pipe = loaded.variant("img2img" if init is not None else "txt2img")
         pipe.scheduler = make_scheduler(req.scheduler, loaded.scheduler_config)
         # 4. LoRAs
-        lora_info = self._plugin_manager().apply(loaded, req) if (req.loras or self.plugins) else {}
-        prompt = lora_info.get("prompt", req.prompt) if lora_info else req.prompt
+        lora_info = (self._plugin_manager().apply(loaded, req, allow_paths=self.allow_local_paths)
+                     if (req.loras or self.plugins) else {})
+        prompt = lora_info.get("prompt", req.prompt)
+        notes += lora_info.get("notes", [])  # e.g. "fused for speed"
         if getattr(pipe, "vae", None) is not None:  # tiled VAE decode only where the size needs it
             big = req.width * req.height > 1536 * 1536
             (pipe.vae.enable_tiling if big else pipe.vae.disable_tiling)()
@@ -179,7 +207,8 @@ class Engine:
         log.info("generated %d image(s) %dx%d, %d steps with %s in %.2f s", req.count, req.width, req.height,
                  req.steps, name, seconds)
         return Result(out.images, seeds, req, name, family, infotexts,
-                      control.maps if control is not None else [], seconds, notes)
+                      control.maps if control is not None else [], seconds, notes,
+                      triggers=lora_info.get("triggers", []), extra=extra)
 
     def _callback(self, req: Request, progress: Progress | None, cancel: threading.Event | None):
         def on_step_end(pipe, step, timestep, callback_kwargs):
@@ -215,7 +244,7 @@ class Engine:
         if self.controls is None:
             from .control import ControlManager
 
-            self.controls = ControlManager(self.device, self.dtype, self.plugin_dirs)
+            self.controls = ControlManager(self.device, self.dtype)
         return self.controls
 
     def defaults(self, model: str) -> dict:

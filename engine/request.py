@@ -171,6 +171,10 @@ def check_request(req: Request, family: str, model_name: str = "") -> Request:
     if out.init_image is not None:
         out.strength = _number("strength", out.strength, float, 0.01, 1.0,
                                "Image-to-image strength goes from 0.01 (keep the image) to 1 (ignore it).")
+        if int(out.steps * out.strength) < 1:
+            need = int(1 / out.strength) + 1
+            raise UserError(f"At strength {out.strength:g}, {out.steps} steps leave no denoising step to run. Use "
+                            f"at least {need} steps, or a higher strength.")
     if len(out.controls) > MAX_CONTROLS:
         raise UserError(f"{len(out.controls)} control units given; use at most {MAX_CONTROLS}.")
     for i, unit in enumerate(out.controls, 1):

@@ -43,12 +43,7 @@ class ModelStatus:
     def load(self, engine) -> None:
         started = time.perf_counter()
         try:
-            lock = getattr(engine, "_lock", None)  # the engine's own generation lock: no double load
-            if lock is not None:
-                with lock:
-                    engine.load(self.model)
-            else:
-                engine.load(self.model)
+            engine.warm(self.model)  # under the engine's own lock: never beside a generation
             self.text = f"✅ **{self.model}** ready (loaded in {time.perf_counter() - started:.1f}s)"
         except UserError as e:
             self.text = f"⚠️ {e}"

@@ -53,8 +53,7 @@ def plugin_rows(engine, model: str) -> list[dict]:
     means no rows, never a broken page.
     """
     try:
-        family = engine.defaults(model)["family"]
-        listing = engine._plugin_manager().listing(family)
+        listing = engine.plugin_listing(model)
     except (ImportError, AttributeError, UserError) as e:
         log.info("no plugin list for %s: %s", model, e)
         return []

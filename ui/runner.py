@@ -6,7 +6,6 @@ the model checks every handler uses, and the named API endpoint.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import queue
 import re
@@ -16,9 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from PIL.PngImagePlugin import PngInfo
-
-from engine import metadata
 from engine.engine import Cancelled
 from engine.request import DEFAULTS, Request, UserError, valid_schedulers
 from ui.state import Session, Settings, Shot
@@ -121,11 +117,11 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
 def show_result(session: Session, result) -> None:
     """Save each image as a PNG with its metadata into the session folder and add it to the chat."""
     turn = dataclasses.replace(result.request)
-    for i, (image, seed) in enumerate(zip(result.images, result.seeds)):
+    for i, seed in enumerate(result.seeds):
         number = len(session.shots) + 1
-        own = dataclasses.replace(result.request, seed=seed, count=1)
+        own = result.image_request(i)
         path = session.workdir / f"studio-{number:04d}-seed{seed}.png"
-        save_png(image, path, own, seed, result.model_name, result.infotexts[i] if i < len(result.infotexts) else "")
+        result.save_png(i, path)
         index = session.say("assistant", {"path": str(path), "alt_text": f"#{number}: {own.prompt}"})
         session.shots.append(Shot(number, str(path), own, turn, result.model_name, index))
     for cmap in result.control_maps:
@@ -136,17 +132,6 @@ def show_result(session: Session, result) -> None:
     notes = "".join(f"\n\nℹ️ {n}" for n in result.notes)
     session.say("assistant", f"{numbers} · `{result.settings_line()}`{notes}")
     session.selected = None  # actions follow the newest image
-
-
-def save_png(image, path: Path, request: Request, seed: int, model_name: str, infotext: str) -> None:
-    """The PNG with the engine's own infotext (it knows LoRA hashes and control details) and our JSON chunk."""
-    if not infotext:
-        metadata.save_png(image, path, request, seed, model_name)
-        return
-    info = PngInfo()
-    info.add_text(metadata.PARAMETERS_KEY, infotext)
-    info.add_text(metadata.STUDIO_KEY, json.dumps(metadata.studio_json(request, seed, model_name)))
-    image.save(path, format="PNG", pnginfo=info)
 
 
 def error_message(error: BaseException) -> str:
@@ -206,9 +191,8 @@ def api_generate(studio: Studio, folder: Path, prompt: str, negative: str = "", 
         if time.time() - old.stat().st_mtime > API_FILES_TTL_S:
             old.unlink(missing_ok=True)
     paths = []
-    for i, (image, s) in enumerate(zip(result.images, result.seeds)):
+    for i, s in enumerate(result.seeds):
         path = folder / f"studio-{time.strftime('%Y%m%d-%H%M%S')}-{i}-seed{s}.png"
-        own = dataclasses.replace(result.request, seed=s, count=1)
-        save_png(image, path, own, s, result.model_name, result.infotexts[i] if i < len(result.infotexts) else "")
+        result.save_png(i, path)
         paths.append(str(path))
     return paths
