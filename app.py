@@ -90,13 +90,15 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     if not getattr(args, "verbose", False):  # keep the terminal to results and errors (downloads still show)
-        from diffusers.utils import logging as diffusers_logging
-        from transformers.utils import logging as transformers_logging
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        if args.command in ("generate", "train", "train-lora"):  # they load models: quiet the loading bars
+            from diffusers.utils import logging as diffusers_logging
+            from transformers.utils import logging as transformers_logging
 
-        diffusers_logging.disable_progress_bar()
-        diffusers_logging.set_verbosity_error()
-        transformers_logging.disable_progress_bar()
-        transformers_logging.set_verbosity_error()
+            diffusers_logging.disable_progress_bar()
+            transformers_logging.disable_progress_bar()
     from engine.request import UserError
 
     try:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 from . import models
-from .request import SCHEDULERS, Request, UserError, check_request, defaults_for
+from .models import make_scheduler  # noqa: F401  (benchmarks use it from here)
+from .request import Request, UserError, check_request, defaults_for
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ class Engine:
             pipe = loaded.variant(kind, controlnet=control.model)
         else:
             pipe = loaded.variant("img2img" if init is not None else "txt2img")
-        pipe.scheduler = make_scheduler(req.scheduler, loaded.scheduler_config)
+        pipe.scheduler = loaded.scheduler(req.scheduler)
         # 4. LoRAs
         lora_info = (self._plugin_manager().apply(loaded, req, allow_paths=self.allow_local_paths)
                      if (req.loras or self.plugins) else {})
@@ -253,13 +254,6 @@ class Engine:
         d = defaults_for(source.family, source.name)
         return {"family": source.family, "steps": d.steps, "guidance": d.guidance, "width": d.size,
                 "height": d.size, "scheduler": d.scheduler}
-
-
-def make_scheduler(name: str, base_config: dict):
-    import diffusers
-
-    cls_name, extra, _, _ = SCHEDULERS[name]
-    return getattr(diffusers, cls_name).from_config(base_config, **extra)
 
 
 def _is_oom(e: Exception) -> bool:

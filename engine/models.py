@@ -276,6 +276,13 @@ class LoadedModel:
     scheduler_config: dict
     variants: dict = field(default_factory=dict)  # (kind, controlnet ids) -> pipeline sharing `pipe`'s components
     offload: bool = False
+    schedulers: dict = field(default_factory=dict)  # name -> scheduler made from this model's config
+
+    def scheduler(self, name: str):
+        """The named scheduler for this model, made once (set_timesteps resets its state on every call)."""
+        if name not in self.schedulers:
+            self.schedulers[name] = make_scheduler(name, self.scheduler_config)
+        return self.schedulers[name]
 
     def variant(self, kind: str, controlnet=None):
         """The image-to-image or ControlNet pipeline for this model, sharing the loaded components."""
@@ -295,6 +302,16 @@ class LoadedModel:
         pipe = getattr(diffusers, name).from_pipe(self.pipe, controlnet=controlnet)
         pipe.set_progress_bar_config(disable=True)
         return pipe
+
+
+def make_scheduler(name: str, base_config: dict):
+    """A scheduler by our name (see request.SCHEDULERS) from a model's scheduler config."""
+    import diffusers
+
+    from .request import SCHEDULERS
+
+    cls_name, extra, _, _ = SCHEDULERS[name]
+    return getattr(diffusers, cls_name).from_config(base_config, **extra)
 
 
 class ModelCache:

@@ -703,7 +703,7 @@ class PluginManager:
         once the same set has been asked for `fuse_after` times in a row; True when it fused just now."""
         same = active == state.active
         state.streak = state.streak + 1 if same else 1
-        if not (same and state.fused and not force):
+        if force or not same:  # an unchanged set needs no module walk (diffusers' set_adapters is the slow part)
             self._unfuse(pipe, state)
             if state.adapters or force:
                 if active:

@@ -34,7 +34,7 @@ class TrainConfig:
     seed: int = 0
     vae_steps: int = 2000
     decoder_steps: int = 1000  # decoder-only fine-tuning: sharper images, same latent space
-    unet_steps: int = 5000
+    unet_steps: int = 4000
     pool: int = 40000  # scenes rendered and encoded once for the UNet stage
     batch: int = 32
     threads: int = 1

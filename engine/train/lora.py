@@ -87,7 +87,7 @@ def world_batches(style: str, trigger: str):
     return batches
 
 
-def train_demo_loras(pipe_dir: Path, out: Path, steps: int = 500, seed: int = 0) -> list[Path]:
+def train_demo_loras(pipe_dir: Path, out: Path, steps: int = 400, seed: int = 0) -> list[Path]:
     """The built-in model's demo plugins (see DEMO_LORAS), written into `out` (e.g. assets/plugins)."""
     from diffusers import StableDiffusionPipeline
 
