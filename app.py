@@ -19,6 +19,10 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16")
     p.add_argument("--offload", default="auto", choices=("auto", "on", "off"),
                    help="model CPU offload: auto turns it on when the GPU is too small")
+    p.add_argument("--compile", default="off", choices=("on", "off"),
+                   help="torch.compile the denoiser (regional where supported); pays off in long sessions")
+    p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
+                   help="channels_last memory format for the UNet (auto: on for CPU)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("-v", "--verbose", action="store_true", help="log loading and timing details")
 

@@ -13,7 +13,8 @@ from engine.request import ControlUnit, LoraSpec, Request, UserError
 def _engine(args):
     from engine.engine import Engine
 
-    return Engine(device=args.device, dtype=args.dtype, offload=args.offload, allow_local_paths=True)
+    return Engine(device=args.device, dtype=args.dtype, offload=args.offload, allow_local_paths=True,
+                  compile=args.compile, channels_last=args.channels_last)
 
 
 def parse_control(text: str) -> ControlUnit:

@@ -72,10 +72,15 @@ class Engine:
     """Loads models on demand, keeps them cached, and runs generations one at a time."""
 
     def __init__(self, device: str | None = None, dtype: str | None = None, memory_budget_gb: float | None = None,
-                 offload: str = "auto", plugin_dirs: list | None = None, allow_local_paths: bool = False):
+                 offload: str = "auto", plugin_dirs: list | None = None, allow_local_paths: bool = False,
+                 compile: str = "off", channels_last: str = "auto"):
         self.device = models.pick_device(device)
         self.dtype = models.pick_dtype(self.device, dtype)
         self.offload = offload  # auto | on | off
+        # speed settings, defaults by device (benchmarks/RESULTS.md): compile's warm-up (~2 min on this CPU, 10 s
+        # to 3 min on an H200) pays only for long sessions, so it is opt-in; channels_last helped the CPU UNet
+        self.compile = compile == "on"
+        self.channels_last = channels_last == "on" or (channels_last == "auto" and self.device == "cpu")
         self.cache = models.ModelCache(int((memory_budget_gb or _default_budget_gb(self.device)) * 2**30))
         self._lock = threading.Lock()
         self.plugin_dirs = plugin_dirs  # None: plugins/ and assets/plugins/ (or $STUDIO_PLUGINS)
@@ -120,6 +125,22 @@ class Engine:
                             loaded.source.name, loaded.nbytes / 2**30, free / 2**30)
                 return
         pipe.to(self.device)
+        self._optimize(loaded)
+
+    def _optimize(self, loaded: models.LoadedModel) -> None:
+        """Speed settings that keep outputs (channels_last) or change them only within float rounding (compile)."""
+        import torch
+
+        denoiser = getattr(loaded.pipe, "unet", None) or getattr(loaded.pipe, "transformer", None)
+        if self.channels_last and hasattr(loaded.pipe, "unet"):
+            loaded.pipe.unet.to(memory_format=torch.channels_last)
+        if self.compile and denoiser is not None:
+            if hasattr(denoiser, "compile_repeated_blocks") and getattr(denoiser, "_repeated_blocks", None):
+                denoiser.compile_repeated_blocks(fullgraph=True)  # regional: compiles one block, reuses it
+            else:
+                setattr(loaded.pipe, "unet" if hasattr(loaded.pipe, "unet") else "transformer",
+                        torch.compile(denoiser))
+            log.info("%s: torch.compile on (the first generation pays the warm-up)", loaded.source.name)
 
     # ---------------------------------------------------------------------------------- generate
     def generate(self, request: Request, progress: Progress | None = None,
@@ -200,6 +221,8 @@ class Engine:
         extra = dict(lora_info.get("infotext", {})) if lora_info else {}
         if control is not None:
             extra.update(control.infotext())
+        if str(self.dtype) != "torch.float32":  # half precision changes pixels a little: say so
+            extra["Precision"] = str(self.dtype).replace("torch.", "")
         infotexts = []
         for s in seeds:
             per_image = Request(**{**req.__dict__, "seed": s})
@@ -238,7 +261,8 @@ class Engine:
         if self.plugins is None:
             from .plugins import PluginManager
 
-            self.plugins = PluginManager(dirs=self.plugin_dirs)
+            # compiled models swap LoRA weights in place (hot-swap) so the compiled graph survives a change
+            self.plugins = PluginManager(dirs=self.plugin_dirs, hotswap=self.compile)
         return self.plugins
 
     def _control_manager(self):

@@ -51,7 +51,8 @@ def test_count_gives_consecutive_seeds(engine, tiny_model):
     batch = engine.generate(small(folder, seed=3, count=2))
     single = engine.generate(small(folder, seed=4))
     assert batch.seeds == [3, 4]
-    assert np.array_equal(np.asarray(batch.images[1], dtype=np.int16), pixels(single))
+    # a batch of 2 may pick other CPU conv kernels than a batch of 1: equal up to float rounding
+    assert np.abs(np.asarray(batch.images[1], dtype=np.int16) - pixels(single)).max() <= 2
 
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl", "flux"])

@@ -272,7 +272,8 @@ def serve(args) -> int:
 
     host = os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0") if on_space else args.host
     auth = parse_auth(args.auth)
-    engine = Engine(device=args.device, dtype=args.dtype, offload=args.offload)
+    engine = Engine(device=args.device, dtype=args.dtype, offload=args.offload,
+                    compile=getattr(args, "compile", "off"), channels_last=getattr(args, "channels_last", "auto"))
     status = ModelStatus(args.model)
     if has_spaces and on_space:  # ZeroGPU: CUDA exists only inside spaces.GPU calls, so load on first use
         status.text, status.done = f"Model **{args.model}** loads with the first message.", True
