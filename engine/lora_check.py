@@ -1,0 +1,197 @@
+"""LoRA file checks: what a .safetensors LoRA is, read before it touches a model.
+
+The header is read without loading tensors; the family (SD1.5, SD2, SDXL, Flux, the built-in model) is told from
+tensor names and widths; `check_lora_file` refuses pickles, non-LoRAs and LoRAs of another family, and
+`_match_layers` converts the keys the way diffusers will and compares every target layer with the model's own.
+`engine.plugins.check_lora` runs both; `engine.plugins.PluginManager` loads what passes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import models
+from .request import UserError
+
+FAMILY_NAMES = {"builtin": "the built-in model", "sd15": "SD 1.5", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "Flux"}
+# cross-attention width (the input of attn2.to_k) of each UNet family; the built-in model's is read from its config
+CROSS_WIDTHS = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
+LORA_A = (".lora_A.", ".lora_down.", ".lora.down.", "_lora.down.", ".lora_linear_layer.down.")
+
+_HEADERS: dict[tuple[str, int, int], dict[str, list[int]]] = {}
+
+
+def _header(path: Path, label: str) -> dict[str, list[int]]:
+    """Tensor names and shapes from a .safetensors header (no tensor read); a clear error if corrupt or truncated."""
+    from safetensors import safe_open
+
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key in _HEADERS:
+        return _HEADERS[key]
+    if stat.st_size == 0:
+        raise UserError(f"{label}: the file is empty (0 bytes). Download or copy it again.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for bad headers and offsets
+        raise UserError(f"{label}: not a valid .safetensors file ({str(e).splitlines()[0][:120]}). It may be "
+                        "truncated or corrupt: download or copy it again.") from None
+    if len(_HEADERS) > 256:
+        _HEADERS.clear()
+    _HEADERS[key] = shapes
+    return shapes
+
+
+def builtin_cross_width() -> int | None:
+    """The built-in UNet's cross-attention width, from its config (None while the model is not there)."""
+    try:
+        return int(json.loads((models.BUILTIN_DIR / "unet" / "config.json").read_text())["cross_attention_dim"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def detect_lora_family(shapes: dict[str, list[int]]) -> str | None:
+    """The family a LoRA was made for, from its tensor names and shapes (kohya or diffusers naming); None if unsure.
+
+    Flux LoRAs target a transformer (`transformer.`, kohya `double_blocks`/`single_blocks`); UNet LoRAs are told
+    apart by the width of the cross-attention key/value input: 768 SD1.5, 1024 SD2, 2048 SDXL, the built-in's own.
+    """
+    keys = list(shapes)
+    if any(k.startswith("transformer.") or "single_transformer_blocks" in k or "double_blocks" in k
+           or "single_blocks" in k for k in keys):
+        return "flux"
+    widths = dict(CROSS_WIDTHS)
+    builtin = builtin_cross_width()
+    if builtin:
+        widths[builtin] = "builtin"
+    for k, shape in shapes.items():
+        if re.search(r"attn2[._](?:processor[._])?to_[kv]", k) and any(s in k for s in LORA_A) and len(shape) == 2:
+            return widths.get(shape[1])
+    if any(k.startswith(("text_encoder_2.", "lora_te2_")) for k in keys):
+        return "sdxl"
+    for k, shape in shapes.items():  # text-encoder-only LoRA (768 wide fits SD1.5 and SDXL's first encoder alike)
+        if re.search(r"(?:self_attn|mlp)[._]", k) and any(s in k for s in LORA_A) and len(shape) == 2:
+            return {1024: "sd2"}.get(shape[1]) or ("builtin" if shape[1] == builtin else None)
+    return None
+
+
+@dataclass
+class LoraCheck:
+    """What the checks found: the LoRA layers per pipeline component, and layers that match nothing (ignored)."""
+
+    layers: dict[str, int]
+    ignored: list[str]
+
+
+
+def check_lora_file(path: Path, family: str, declared: str, label: str) -> None:
+    """What the file alone tells (format, LoRA layers, family) against the current model's `family` and the
+    manifest's `declared` one. Raises UserError naming `label` (the plugin and its file) and the reason."""
+    suffix = path.suffix.lower()
+    if suffix in models.PICKLE_SUFFIXES:
+        raise UserError(f"{label}: {_pickle_text(path.name)}")
+    if suffix != ".safetensors":
+        raise UserError(f"{label}: LoRAs are loaded only from .safetensors files.")
+    shapes = _header(path, label)
+    if not any("lora" in k.lower() for k in shapes):
+        kind = models.family_of_keys(shapes)
+        hint = f" It looks like a full {FAMILY_NAMES.get(kind, kind)} checkpoint: use it with --model." if kind else ""
+        raise UserError(f"{label}: this is not a LoRA (none of its {len(shapes)} tensors is a LoRA layer).{hint}")
+    detected = detect_lora_family(shapes)
+    if detected and declared not in ("unknown", detected):
+        raise UserError(f"{label}: the manifest says it is for {FAMILY_NAMES[declared]}, but its tensors are those of "
+                        f"a {FAMILY_NAMES.get(detected, detected)} LoRA. Fix the manifest's 'family'.")
+    made_for = detected or (declared if declared != "unknown" else None)
+    if made_for and made_for != family:
+        raise UserError(f"{label}: made for {FAMILY_NAMES.get(made_for, made_for)}, but the current model is "
+                        f"{FAMILY_NAMES[family]}. Pick a {FAMILY_NAMES.get(made_for, made_for)} model, or a LoRA "
+                        f"made for {FAMILY_NAMES[family]}.")
+
+
+def _match_layers(path: Path, pipe, label: str) -> LoraCheck:
+    """Convert the file's keys the way diffusers will (kohya and older formats included) and compare every target
+    layer with the model's own modules: missing layers and shape mismatches are found here, not inside diffusers."""
+    import diffusers
+    import torch
+    from diffusers.utils.state_dict_utils import (
+        convert_state_dict_to_diffusers,
+        convert_state_dict_to_peft,
+        convert_unet_state_dict_to_peft,
+    )
+
+    kwargs = {"use_safetensors": True, "return_lora_metadata": True}
+    if getattr(pipe, "unet", None) is not None:
+        kwargs["unet_config"] = pipe.unet.config  # SDXL kohya files name blocks the SGM way
+    try:
+        state = type(pipe).lora_state_dict(str(path), **kwargs)
+    except Exception as e:  # any failure of diffusers' converters
+        raise UserError(f"{label}: diffusers {diffusers.__version__} cannot read this LoRA's format "
+                        f"({_first_line(e)}). Kohya/Civitai LoRAs load as far as diffusers converts them; LyCORIS "
+                        "(LoHa/LoKr) and some trainer-specific layouts do not. Try a diffusers or kohya LoRA "
+                        "export.") from None
+    state = state[0] if isinstance(state, tuple) else state
+    layers, ignored, total = {}, [], 0
+    claimed: set[str] = set()
+    for name in pipe._lora_loadable_modules:
+        model = getattr(pipe, name, None)
+        part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+        claimed |= {f"{name}.{k}" for k in part}
+        if model is None or not part:
+            continue
+        try:
+            if isinstance(model, diffusers.ModelMixin):
+                if "lora_A" not in next(iter(part)):
+                    part = convert_unet_state_dict_to_peft(part)
+            else:  # a transformers text encoder
+                part = convert_state_dict_to_peft(convert_state_dict_to_diffusers(part))
+                if not hasattr(model, "text_model"):  # CLIP is flattened in transformers 5
+                    part = {k.removeprefix("text_model."): v for k, v in part.items()}
+        except Exception as e:
+            raise UserError(f"{label}: diffusers {diffusers.__version__} cannot convert this LoRA's {name} layers "
+                            f"({_first_line(e)}). Re-export it in diffusers or kohya format.") from None
+        modules = dict(model.named_modules())
+        matched = 0
+        for key, tensor in part.items():
+            if ".lora_A." not in key:
+                continue
+            total += 1
+            module_name = key.split(".lora_A.")[0]
+            module = modules.get(module_name)
+            if module is None:
+                ignored.append(f"{name}.{module_name}")
+                continue
+            base = getattr(module, "base_layer", module)
+            b = part.get(key.replace(".lora_A.", ".lora_B."))
+            want = None
+            if isinstance(base, torch.nn.Linear):
+                want = (base.in_features, base.out_features)
+            elif isinstance(base, torch.nn.Conv2d):
+                want = (base.in_channels, base.out_channels)
+            got = (tensor.shape[1] if tensor.ndim > 1 else None, b.shape[0] if b is not None else None)
+            if want is not None and got != want:
+                raise UserError(f"{label}: its layer {name}.{module_name} is {got[0]}->{got[1]} wide, the model's is "
+                                f"{want[0]}->{want[1]}. The LoRA was made for a different model (another family or "
+                                "size).")
+            matched += 1
+        if matched:
+            layers[name] = matched
+    stray = [k for k in state if k not in claimed]
+    if not layers:
+        example = (ignored or stray or ["?"])[0]
+        raise UserError(f"{label}: none of its {total or len(state)} LoRA layers match anything in this model (e.g. "
+                        f"{example!r}), so it would do nothing. It was made for another model.")
+    ignored += sorted({k.rsplit(".lora", 1)[0] for k in stray})
+    return LoraCheck(layers, ignored)
+
+
+def _pickle_text(name: str) -> str:
+    return (f"{Path(name).name} is a pickle file, which can run code when loaded; plugins load only .safetensors "
+            "files. Download the .safetensors version, or convert it once in a trusted environment.")
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]

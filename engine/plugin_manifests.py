@@ -1,0 +1,286 @@
+"""Plugin manifests: the TOML files in plugins/ and assets/plugins/, bare LoRA files, and where a LoRA's file is.
+
+A manifest describes one plugin (a LoRA, or a ControlNet that engine/control.py loads through `load_manifests`);
+a bare LoRA `.safetensors` dropped into a plugin folder is found too, its family read from its tensors. Every field
+is checked here, and every local path must stay inside its plugin folder or assets/. `find_lora` resolves a
+requested name to its plugin and `fetch_lora_file` gives its local file (downloaded from the Hub on first use).
+The manifest format is documented in plugins/README.md; engine/plugins.py applies the LoRAs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import models
+from .lora_check import _first_line, _header, _pickle_text, detect_lora_family
+from .request import CONTROL_KINDS, FAMILIES, UserError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+ROOT = models.ROOT
+ASSETS = ROOT / "assets"
+DEFAULT_DIRS = (ROOT / "plugins", ASSETS / "plugins")
+ENV_DIRS = "STUDIO_PLUGINS"  # os.pathsep-separated folders that replace DEFAULT_DIRS
+KINDS = ("lora", "controlnet")
+# manifest field -> accepted TOML types; anything else in a manifest is an error that names the field
+FIELDS: dict[str, tuple[type, ...]] = {
+    "name": (str,), "kind": (str,), "family": (str,), "source": (str,), "weight_name": (str,),
+    "weight": (int, float), "trigger": (str, list), "description": (str,), "preview": (str,),
+    "control": (str,), "mode": (int,),
+}
+REQUIRED = ("name", "kind", "family", "source")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+HUB_RE = re.compile(r"[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*")
+
+
+@dataclass
+class Manifest:
+    """One plugin as read from its manifest (or from a bare LoRA file). `error` says why it cannot be used."""
+
+    name: str
+    kind: str = "lora"
+    family: str = "unknown"  # builtin | sd15 | sdxl | flux; "unknown" for a bare file whose family can't be read
+    source: str = ""  # as written: a path relative to the manifest, or a Hub id
+    weight: float = 1.0
+    trigger: str = ""
+    description: str = ""
+    preview: Path | None = None
+    control: str | None = None  # pose | edge | depth (controlnet only)
+    mode: int | None = None  # control mode of a union ControlNet (controlnet only)
+    path: Path | None = None  # the manifest file; the .safetensors itself for a bare LoRA
+    weight_name: str | None = None  # the file inside a Hub repo
+    file: Path | None = None  # local source, resolved; checked to stay inside its plugin folder or assets/
+    hub: bool = False  # source is a Hub id (downloaded on first use)
+    error: str | None = None
+
+
+def load_manifests(dirs: list[Path]) -> list[Manifest]:
+    """Every plugin in `dirs`: `*.toml` manifests (in subfolders too), then bare `.safetensors` LoRAs and refused
+    pickle files at the top level of each folder that no manifest uses. A later duplicate name gets an error."""
+    found: list[Manifest] = []
+    for folder in [Path(d).expanduser() for d in dirs]:
+        if not folder.is_dir():
+            continue
+        root = folder.resolve()
+        manifests = [_read_manifest(p, root) for p in sorted(folder.rglob("*.toml")) if not _hidden(p, folder)]
+        claimed = {m.file for m in manifests if m.file is not None and m.error is None}
+        found += manifests
+        for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+            suffix = path.suffix.lower()
+            if suffix == ".safetensors" and path.resolve() not in claimed:
+                found.append(_bare_lora(path, root))
+            elif suffix in models.PICKLE_SUFFIXES:
+                found.append(Manifest(name=path.stem, path=path, source=path.name, error=_pickle_text(path.name)))
+    seen: dict[str, Path | None] = {}
+    for m in found:
+        if m.name in seen and m.error is None:
+            m.error = f"the name {m.name!r} is already used by {_show(seen[m.name])}; rename one of them"
+        seen.setdefault(m.name, m.path)
+    return found
+
+
+def _hidden(path: Path, folder: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(folder).parts)
+
+
+def _read_manifest(path: Path, root: Path) -> Manifest:
+    m = Manifest(name=path.stem, path=path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
+        m.error = f"{path.name} is not valid TOML ({e})"
+        return m
+    if isinstance(data.get("name"), str) and data["name"].strip():
+        m.name = data["name"].strip()
+    m.error = _manifest_error(m, data, root)
+    return m
+
+
+def _manifest_error(m: Manifest, data: dict, root: Path) -> str | None:
+    """Fill `m` from the manifest's fields; the first problem found, naming the field, or None."""
+    for key in data:
+        if key not in FIELDS:
+            close = difflib.get_close_matches(key, FIELDS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            return f"unknown field '{key}'{hint}; the fields are: {', '.join(FIELDS)}"
+    for key in REQUIRED:
+        if key not in data:
+            return f"missing field '{key}' (required: {', '.join(REQUIRED)})"
+    for key, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, FIELDS[key]):
+            kinds = " or ".join({str: "text", int: "a whole number", float: "a number", list: "a list"}[t]
+                                for t in FIELDS[key])
+            return f"field '{key}' must be {kinds}, got {value!r}"
+    if not NAME_RE.fullmatch(m.name):
+        return (f"field 'name' = {m.name!r}: use 1-64 letters, digits, '_', '.' or '-' (it is typed as "
+                "<lora:NAME:0.8> and --lora NAME=0.8)")
+    m.kind, m.family, m.source = data["kind"], data["family"], data["source"].strip()
+    if m.kind not in KINDS:
+        return f"field 'kind' = {m.kind!r}: use one of {', '.join(KINDS)}"
+    if m.family not in FAMILIES:
+        return f"field 'family' = {m.family!r}: use one of {', '.join(FAMILIES)}"
+    m.weight = float(data.get("weight", 1.0))
+    if not -4.0 <= m.weight <= 4.0:
+        return f"field 'weight' = {m.weight:g}: use -4 to 4 (1 is full strength)"
+    trigger = data.get("trigger", "")
+    if isinstance(trigger, list):
+        if not all(isinstance(t, str) for t in trigger):
+            return "field 'trigger' must be text or a list of texts"
+        trigger = ", ".join(t.strip() for t in trigger if t.strip())
+    m.trigger, m.description = trigger.strip(), data.get("description", "").strip()
+    m.weight_name = data.get("weight_name")
+    m.control, m.mode = data.get("control"), data.get("mode")
+    if m.kind == "controlnet" and m.control not in CONTROL_KINDS:
+        return f"field 'control' = {m.control!r}: a controlnet needs one of {', '.join(CONTROL_KINDS)}"
+    if m.kind == "lora" and ("control" in data or "mode" in data):
+        return f"field '{'control' if 'control' in data else 'mode'}' is only for controlnet manifests"
+    if "preview" in data:
+        preview, error = _inside(m.path.parent / data["preview"], root, "field 'preview'")
+        if error:
+            return error
+        m.preview = preview if preview.is_file() else None
+    return _source_error(m, root)
+
+
+def _source_error(m: Manifest, root: Path) -> str | None:
+    src = m.source
+    if m.weight_name is not None:  # a file in a Hub repo
+        if not HUB_RE.fullmatch(src):
+            return f"field 'source' = {src!r}: with weight_name, the source is a Hub id like 'org/repo'"
+        if Path(m.weight_name).suffix.lower() != ".safetensors":
+            return f"field 'weight_name' = {m.weight_name!r}: {_pickle_text(m.weight_name)}"
+        m.hub = True
+        return None
+    suffix = Path(src).suffix.lower()
+    if suffix in models.PICKLE_SUFFIXES:
+        return f"field 'source' = {src!r}: {_pickle_text(src)}"
+    local = m.path.parent / Path(src).expanduser()
+    if suffix == ".safetensors" or local.exists() or src.startswith((".", "/", "~")) or not HUB_RE.fullmatch(src):
+        m.file, error = _inside(local, root, "field 'source'")
+        if error:
+            return error
+        if m.kind == "lora" and suffix != ".safetensors":
+            return f"field 'source' = {src!r}: a LoRA source must be a .safetensors file"
+        return None
+    if m.kind == "lora":
+        return (f"missing field 'weight_name': the source {src!r} is a Hub repo, so name the LoRA file in it, e.g. "
+                "weight_name = \"pytorch_lora_weights.safetensors\"")
+    m.hub = True  # a ControlNet repo in diffusers layout
+    return None
+
+
+def _inside(path: Path, root: Path, what: str) -> tuple[Path, str | None]:
+    """`path` resolved (symlinks and '..' followed); an error unless it stays inside `root` or assets/."""
+    resolved = path.resolve()
+    if any(resolved.is_relative_to(r) for r in (root, ASSETS.resolve())):
+        return resolved, None
+    return resolved, (f"{what} leads outside the plugin folder {_show(root)} and assets/ (to {resolved}); keep "
+                      "plugin files inside the plugin folder")
+
+
+def _bare_lora(path: Path, root: Path) -> Manifest:
+    m = Manifest(name=path.stem, source=path.name, path=path, description=f"LoRA file in {_show(path.parent)}")
+    m.file, m.error = _inside(path, root, "this file (a link?)")
+    if m.error is None and not NAME_RE.fullmatch(m.name):
+        m.error = ("its file name is not a usable plugin name: rename it to letters, digits, '_', '.' or '-', or "
+                   "write a manifest for it")
+    if m.error is None:
+        try:
+            m.family = detect_lora_family(_header(m.file, path.name)) or "unknown"
+        except UserError as e:
+            m.error = str(e)
+    return m
+
+
+def find_lora(name: str, catalog: dict[str, Manifest], family: str, allow_paths: bool) -> Manifest:
+    """The LoRA plugin `name` in `catalog` (or, where `allow_paths`, a local file named by its path); a
+    UserError naming the usable LoRAs for `family` if there is none."""
+    plugin = catalog.get(name)
+    if plugin is not None:
+        if plugin.error:
+            raise UserError(f"Plugin {name!r} ({_show(plugin.path)}) cannot be used: {plugin.error}.")
+        if plugin.kind != "lora":
+            raise UserError(f"Plugin {name!r} is a {plugin.kind}, not a LoRA; use it as a control instead.")
+        return plugin
+    path = Path(name).expanduser()
+    if (path.suffix.lower() in (".safetensors", *models.PICKLE_SUFFIXES) or "/" in name or os.sep in name
+            or name.startswith(("~", "."))):
+        if not allow_paths:
+            raise UserError(f"LoRA {name!r}: LoRAs are chosen by plugin name here; only the command line may load "
+                            "a file by its path. Put the file in plugins/ to use it from the app.")
+        if path.suffix.lower() in models.PICKLE_SUFFIXES:
+            raise UserError(f"LoRA {name!r}: {_pickle_text(path.name)}")
+        if not path.is_file():
+            raise UserError(f"LoRA {name!r}: no such file.")
+        return Manifest(name=name, source=name, path=path, file=path.resolve())
+    usable = sorted(m.name for m in catalog.values() if m.kind == "lora" and not m.error
+                    and m.family in (family, "unknown"))
+    close = difflib.get_close_matches(name, list(catalog), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise UserError(f"There is no LoRA plugin named {name!r}.{hint} For this model: "
+                    f"{', '.join(usable) or 'none'} (see `python app.py plugins`).")
+
+
+def fetch_lora_file(plugin: Manifest) -> Path:
+    """The plugin's local file, downloaded from the Hub on first use."""
+    if not plugin.hub:
+        if plugin.file is None or not plugin.file.is_file():
+            raise UserError(f"LoRA {plugin.name!r}: its file {plugin.source!r} is missing ({_show(plugin.file)}).")
+        return plugin.file
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    where = f"{plugin.source}/{plugin.weight_name}"
+    try:
+        return Path(hf_hub_download(plugin.source, plugin.weight_name))
+    except LocalEntryNotFoundError:
+        raise UserError(f"LoRA {plugin.name!r}: {where} is not downloaded yet and the Hub cannot be reached "
+                        f"(offline). Connect once, or fetch it with `hf download {plugin.source} "
+                        f"{plugin.weight_name}`.") from None
+    except GatedRepoError:
+        raise UserError(f"LoRA {plugin.name!r}: {plugin.source} is gated; accept its licence on huggingface.co "
+                        "and set HF_TOKEN.") from None
+    except RepositoryNotFoundError:
+        raise UserError(f"LoRA {plugin.name!r}: there is no Hub repo {plugin.source!r} (or it is private: set "
+                        "HF_TOKEN). Fix the manifest's 'source'.") from None
+    except EntryNotFoundError:
+        raise UserError(f"LoRA {plugin.name!r}: {plugin.source} has no file {plugin.weight_name!r}. Fix the "
+                        "manifest's 'weight_name'.") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"LoRA {plugin.name!r}: could not download {where} ({_first_line(e)}).") from None
+
+
+def manifest_status(m: Manifest) -> str:
+    """One plugin's status as `app.py plugins` lists it: "ready", "download on use" or "error: <why>"."""
+    if m.error:
+        return f"error: {m.error}"
+    if m.hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(m.source, m.weight_name or "config.json")  # config.json: a ControlNet repo
+        return "ready" if isinstance(cached, str) else "download on use"
+    if m.file is None or not m.file.exists():
+        return f"error: its file {m.source!r} is missing (looked for {_show(m.file)})"
+    return "ready"
+
+
+def _show(path: Path | None) -> str:
+    """A path for messages: relative to the project when inside it."""
+    if path is None:
+        return "?"
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
