@@ -97,12 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-        if args.command in ("generate", "train", "train-lora"):  # they load models: quiet the loading bars
-            from diffusers.utils import logging as diffusers_logging
-            from transformers.utils import logging as transformers_logging
-
-            diffusers_logging.disable_progress_bar()
-            transformers_logging.disable_progress_bar()
+        os.environ.setdefault("STUDIO_QUIET_LOADING", "1")  # cli.commands turns the loading bars off
     from engine.request import UserError
 
     try:

@@ -10,8 +10,22 @@ from pathlib import Path
 from engine.request import ControlUnit, LoraSpec, Request, UserError
 
 
+def _quiet_loading() -> None:
+    """No "Loading pipeline components" bars for local loads (Hub downloads keep theirs), unless --verbose."""
+    import os
+
+    if os.environ.get("STUDIO_QUIET_LOADING") == "1":
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
+
+
 def _engine(args):
     from engine.engine import Engine
+
+    _quiet_loading()
 
     return Engine(device=args.device, dtype=args.dtype, offload=args.offload, allow_local_paths=True,
                   compile=args.compile, channels_last=args.channels_last)
@@ -78,6 +92,12 @@ def cmd_generate(args) -> int:
             jobs.append((r, out_dir / f"{i:04d}.png"))
     else:
         jobs.append((base, Path(args.out)))
+    from engine import models
+    from engine.request import check_request
+
+    source = models.resolve(base.model)  # settings errors answer at once, before torch and the model load
+    for request, _ in jobs:
+        check_request(request, source.family, source.name)
     engine = _engine(args)
     for request, out in jobs:
         t0 = time.perf_counter()
@@ -147,6 +167,7 @@ def cmd_plugins(args) -> int:
 def cmd_train(args) -> int:
     import logging
 
+    _quiet_loading()
     logging.getLogger().setLevel(logging.INFO)
     from engine.train import run
 
