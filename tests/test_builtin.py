@@ -1,0 +1,88 @@
+"""The shipped built-in model, its ControlNets and demo LoRAs: quick adherence checks on real outputs.
+
+The full evaluation is benchmarks/eval_builtin.py and benchmarks/eval_controlnets.py; these catch regressions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.request import ControlUnit, LoraSpec, Request
+from engine.train import evaluate, world
+from engine.train.controlnet import control_map
+from tests.test_cli import app
+
+
+def test_cli_default_model_draws_the_prompt(tmp_path):
+    out = tmp_path / "x.png"
+    r = app("generate", "--prompt", "a big red circle on the left, blue background", "--seed", "0", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    seen = evaluate.analyse(Image.open(out))
+    # colours are reliable; position and shape are not yet (see the model card and benchmarks/RESULTS.md)
+    assert (seen["background"], seen["color"]) == ("blue", "red")
+    assert Image.open(out).text["parameters"].startswith("a big red circle on the left, blue background\n")
+
+
+def test_quick_adherence(engine):
+    scenes = evaluate.eval_scenes(8, seed=99)
+    scores = []
+    for i, s in enumerate(scenes):
+        result = engine.generate(Request(prompt=world.caption(s), seed=i))
+        assert result.images[0].size == (64, 64)
+        scores.append(evaluate.score_image(result.images[0], s.things[0], s.background))
+    summary = evaluate.summarize(scores)
+    # regression floor on 8 prompts; the full evaluation (200 prompts) is benchmarks/eval_builtin.py
+    assert summary["background"] >= 0.75 and summary["color"] >= 0.75
+
+
+def _controlled(engine, kind: str, thing, prompt: str):
+    scene = world.Scene("white", [thing])
+    cmap = Image.fromarray(control_map(kind, scene, world.render(scene)))
+    return engine.generate(Request(prompt=prompt, seed=3, controls=[ControlUnit(kind, cmap, preprocessor="none")]))
+
+
+def test_builtin_depth_controlnet_places_the_object(engine):
+    from benchmarks.eval_controlnets import iou
+
+    thing = world.Thing("square", "blue", "big", "on the right", 0.73, 0.5, 0.9)
+    free = engine.generate(Request(prompt="a blue square, white background", seed=3))
+    controlled = _controlled(engine, "depth", thing, "a blue square, white background")
+    truth = world.render_mask(thing)
+    assert controlled.control_maps[0].size == (64, 64)
+    assert iou(evaluate.analyse(controlled.images[0])["mask"], truth) > iou(evaluate.analyse(free.images[0])["mask"],
+                                                                            truth) + 0.15
+
+
+def test_builtin_edge_controlnet_is_applied(engine):
+    # the edge ControlNet is loaded and applied, but barely changes the image yet (IoU at chance, see RESULTS.md)
+    thing = world.Thing("square", "blue", "big", "on the left", 0.27, 0.5, 0.9)
+    free = engine.generate(Request(prompt="a blue square, white background", seed=3))
+    controlled = _controlled(engine, "edge", thing, "a blue square, white background")
+    diff = np.abs(np.asarray(free.images[0], dtype=np.int16) - np.asarray(controlled.images[0], dtype=np.int16))
+    assert diff.mean() > 0.5  # measured 1.1: applied, but weak (its training is unfinished, see RESULTS.md)
+    assert "ControlNet 0" in controlled.infotexts[0]
+
+
+def _fill_and_saturation(image) -> tuple[float, float]:
+    seen = evaluate.analyse(image)
+    mask = seen["mask"]
+    ys, xs = np.nonzero(mask) if mask.any() else ([0], [0])
+    box = (max(ys) - min(ys) + 1) * (max(xs) - min(xs) + 1)
+    hsv = np.asarray(image.convert("HSV"), dtype=np.float32)
+    return mask.sum() / box, hsv[..., 1].mean()
+
+
+def test_demo_loras_visibly_change_the_output(engine):
+    prompt = "a big green square in the center, black background"
+    base = engine.generate(Request(prompt=prompt, seed=5)).images[0]
+    outline = engine.generate(Request(prompt=prompt, seed=5, loras=[LoraSpec("outline", 1.0)])).images[0]
+    pastel = engine.generate(Request(prompt=prompt, seed=5, loras=[LoraSpec("pastel", 1.0)])).images[0]
+    again = engine.generate(Request(prompt=prompt, seed=5)).images[0]
+    fill_base, sat_base = _fill_and_saturation(base)
+    fill_outline, _ = _fill_and_saturation(outline)
+    _, sat_pastel = _fill_and_saturation(pastel)
+    assert fill_outline < fill_base - 0.2  # hollow shapes
+    assert sat_pastel < sat_base * 0.8  # softer colours
+    assert np.array_equal(np.asarray(base), np.asarray(again))  # off again = the base model exactly
