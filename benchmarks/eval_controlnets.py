@@ -86,7 +86,8 @@ def main() -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=ROOT).stdout.strip()
     lines = [f"\n## Built-in ControlNets adherence ({date.today()}, commit {commit}, {args.n} held-out maps each)\n",
-             "| control | IoU with control | IoU without (chance) | pose keypoint hits | goal |", "|---|---|---|---|---|"]
+             "| control | IoU with control | IoU without (chance) | pose keypoint hits | goal |",
+             "|---|---|---|---|---|"]
     for kind, r in rows.items():
         kp = f"{100 * r['keypoint_hits']:.0f}%" if "keypoint_hits" in r else "-"
         goal = "IoU >= 0.7" if kind != "pose" else "keypoint hits reported"

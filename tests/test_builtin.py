@@ -6,7 +6,6 @@ The full evaluation is benchmarks/eval_builtin.py and benchmarks/eval_controlnet
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from engine.request import ControlUnit, LoraSpec, Request
