@@ -315,6 +315,10 @@ def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet, notes: dict) ->
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    # weights stay fp16 on disk, but transformers would load the text encoder as fp16 by default while diffusers
+    # loads the rest as fp32: record fp32 so a plain `from_pretrained(folder)` gives a consistent pipeline
+    te_config = out / "text_encoder" / "config.json"
+    te_config.write_text(te_config.read_text().replace('"dtype": "float16"', '"dtype": "float32"'))
     studio = {"family": "builtin", **notes}
     (out / "studio.json").write_text(json.dumps(studio, indent=2) + "\n")
 
