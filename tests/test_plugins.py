@@ -486,7 +486,8 @@ def test_family_detection_from_tensor_names_and_widths(tmp_path, monkeypatch):
     te_only = {"lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": [4, 768]}
     assert detect_lora_family(te_only) is None  # SD1.5's and SDXL's first text encoders are both 768 wide
     builtin_like = {"unet.up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_v.lora_A.weight": [4, 128]}
-    assert detect_lora_family(builtin_like) is None  # no built-in model here (yet)
+    monkeypatch.setattr(models, "BUILTIN_DIR", tmp_path / "no-builtin-model-here")
+    assert detect_lora_family(builtin_like) is None  # the width alone names no family without the built-in model
     (tmp_path / "unet").mkdir()
     (tmp_path / "unet" / "config.json").write_text(json.dumps({"cross_attention_dim": 128}))
     monkeypatch.setattr(models, "BUILTIN_DIR", tmp_path)
