@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 from datetime import date
@@ -21,6 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from benchmarks import common  # noqa: E402
 
 
 def run_config(pipe, scenes, steps: int, guidance: float, scheduler: str, batch: int = 25) -> dict:
@@ -105,18 +106,15 @@ def main() -> int:
     lat1 = latency(engine, 1)
     lat2 = latency(engine, 2)
     print(f"latency warm, default settings: {lat1:.3f} s (1 thread), {lat2:.3f} s (2 threads)")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip()
+    commit = common.commit()
     section = (f"\n## Built-in model adherence ({date.today()}, commit {commit}, {args.n} prompts, CPU)\n\n"
                f"Scorer on ground-truth renders: bg {100 * truth['background']:.0f}%, colour "
                f"{100 * truth['color']:.0f}%, position {100 * truth['position']:.0f}%, shape "
                f"{100 * truth['shape']:.0f}%.\n\n{table(rows)}\n\n"
                f"Latency, one image at default settings, warm (median of 7): **{lat1:.3f} s** on 1 thread, "
                f"{lat2:.3f} s on 2 threads (goal <= 0.5 s).\n")
-    print(section)
+    common.report(section, args)  # prints it; appends to RESULTS.md unless --no-write
     if not args.no_write:
-        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write(section)
         (ROOT / "benchmarks" / "builtin_eval_latest.md").write_text(section)
     return 0
 

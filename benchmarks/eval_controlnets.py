@@ -14,7 +14,6 @@ import argparse
 import os
 import random
 import statistics
-import subprocess
 import sys
 from datetime import date
 from pathlib import Path
@@ -24,6 +23,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from benchmarks import common  # noqa: E402
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -83,8 +84,7 @@ def main() -> int:
     for kind in ("edge", "depth", "pose"):
         rows[kind] = evaluate_kind(engine, kind, args.n)
         print(kind, rows[kind], flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip()
+    commit = common.commit()
     lines = [f"\n## Built-in ControlNets adherence ({date.today()}, commit {commit}, {args.n} held-out maps each)\n",
              "| control | IoU with control | IoU without (chance) | pose keypoint hits | goal |",
              "|---|---|---|---|---|"]
@@ -93,10 +93,8 @@ def main() -> int:
         goal = "IoU >= 0.7" if kind != "pose" else "keypoint hits reported"
         lines.append(f"| {kind} | {r['iou_control']:.2f} | {r['iou_none']:.2f} | {kp} | {goal} |")
     section = "\n".join(lines) + "\n"
-    print(section)
+    common.report(section, args)  # prints it; appends to RESULTS.md unless --no-write
     if not args.no_write:
-        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write(section)
         (ROOT / "benchmarks" / "controlnet_eval_latest.md").write_text(section)
     return 0
 
