@@ -42,16 +42,18 @@ black; also two objects joined by "and" (left/right or top/bottom). Words outsid
    and at every level up) and a CLIP text encoder ({text['num_hidden_layers']} layers, width
    {text['hidden_size']}) trained jointly: {notes.get('unet_steps')} steps, batch {cfg.batch}, AdamW 6e-4
    cosine, v-prediction on a cosine noise schedule (flat backgrounds need a near-zero terminal SNR),
-   min-SNR-5 weighting, EMA 0.999, captions dropped entirely 10% of the time (classifier-free guidance) and
-   partly (size/position/background) otherwise; latents of {cfg.pool} pre-rendered scenes;
-   {notes.get('unet_minutes')} min on one CPU thread.
+   an unweighted v-loss with half of each batch drawn from the noisiest 30% of timesteps (where the
+   layout is decided: with min-SNR weighting those steps weighed ~0 and position words were ignored),
+   EMA 0.999, captions dropped entirely 10% of the time (classifier-free guidance) and partly
+   (size/position/background) otherwise; latents of {cfg.pool} pre-rendered scenes;
+   {notes.get('unet_minutes')} min on two CPU threads.
 4. ControlNets (edge, depth, pose; `ControlNetModel.from_unet`, conditioning embedding (16, 32, 64) for the
    VAE's 4x downsampling): see `assets/controlnet-*/` and the adherence table below.
 5. LoRA plugins `outline` and `pastel` (rank 4 on attention projections, trigger words "outline style",
    "pastel style"): `assets/plugins/`.
 
 Every stage is seeded and resumable from `runs/builtin/*.ckpt`; the same commands reproduce these weights on
-this machine (2-core CPU, one torch thread), up to floating-point differences between machines.
+this machine (2-core CPU, `--threads 2` for the UNet), up to floating-point differences between machines.
 
 ## Scores (benchmarks/eval_builtin.py, benchmarks/eval_controlnets.py)
 {eval_md or "(not measured yet)"}

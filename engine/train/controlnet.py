@@ -44,7 +44,7 @@ def control_batch(kind: str, rng: random.Random, n: int):
     return _to_tensor(images), cond, captions
 
 
-def train_controlnet(kind: str, pipe_dir: Path, work: Path, steps: int = 800, batch: int = 16, seed: int = 0,
+def train_controlnet(kind: str, pipe_dir: Path, work: Path, steps: int = 1200, batch: int = 16, seed: int = 0,
                      out: Path | None = None) -> Path:
     """Train one ControlNet for the built-in model in `pipe_dir`; saves it to `out` (fp16 safetensors)."""
     from diffusers import ControlNetModel, DDPMScheduler, StableDiffusionPipeline
