@@ -92,6 +92,8 @@ class _PipeState:
     streak: int = 0  # consecutive requests with this same `active`
     fused: bool = False
     snapshots: list = field(default_factory=list)  # (parameter, its unfused value on CPU) while fused
+    layers: list = field(default_factory=list)  # the pipeline's peft LoRA layers (see _set_adapters)
+    layers_key: tuple = ()
 
 
 class PluginManager:
@@ -305,8 +307,7 @@ class PluginManager:
             self._unfuse(pipe, state)
             if state.adapters or force:
                 if active:
-                    pipe.enable_lora()
-                    pipe.set_adapters([a for a, _ in active], [w for _, w in active])
+                    self._set_adapters(pipe, state, [a for a, _ in active], [w for _, w in active])
                 else:
                     pipe.disable_lora()
             state.active = active
@@ -317,6 +318,24 @@ class PluginManager:
             self._fuse(pipe, state)
             return True
         return False
+
+    def _set_adapters(self, pipe, state: _PipeState, names: list[str], weights: list[float]) -> None:
+        """What `pipe.enable_lora()` + `pipe.set_adapters(names, weights)` do, through the same peft layer methods,
+        on a cached list of the LoRA layers: diffusers walks every module of every component three times per
+        call (16.7 vs 7.1 ms per switch on the built-in model). The list is rebuilt whenever a file was loaded
+        or the adapter names changed."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        models = [getattr(pipe, c) for c in self._components(pipe)]
+        key = (self.loads,) + tuple((id(m), tuple(getattr(m, "peft_config", {}))) for m in models)
+        if state.layers_key != key:
+            state.layers = [x for m in models for x in m.modules() if isinstance(x, BaseTunerLayer)]
+            state.layers_key = key
+        for layer in state.layers:
+            layer.enable_adapters(True)
+            layer.set_adapter(names)
+            for name, weight in zip(names, weights):
+                layer.set_scale(name, weight)
 
     def _fuse_after(self, pipe) -> int:
         if self.fuse_after is not None:

@@ -141,6 +141,25 @@ def test_two_loras_combine_and_weights_grade(tmp_path, tiny_model, lora_store):
     assert engine.plugins.loads == 2
 
 
+def test_the_fast_switch_sets_the_layers_as_diffusers_set_adapters_does(tmp_path, tiny_model, lora_store):
+    # the engine re-weights cached adapters on its own list of peft layers; diffusers' own call must agree
+    model = tiny_model("sd15")
+    put(lora_store("sd15", seed=1, text_encoder=True), tmp_path, "a")
+    put(lora_store("sd15", seed=2), tmp_path, "b")
+    engine = studio(tmp_path)
+    pixels(engine, model, ("a", 1.0))
+    pixels(engine, model, ("b", 1.0))
+    ours, _ = pixels(engine, model, ("a", 0.5), ("b", 0.7))  # a cached switch: no file read
+    assert engine.plugins.loads == 2
+    pipe = engine.load(str(model)).pipe
+    names = pipe.get_active_adapters()
+    assert len(names) == 2
+    pipe.enable_lora()
+    pipe.set_adapters(names, [0.5, 0.7])
+    theirs, _ = pixels(engine, model, ("a", 0.5), ("b", 0.7))  # same set: the engine leaves the layers alone
+    assert np.array_equal(ours, theirs)
+
+
 def test_switching_back_uses_the_cached_adapter_without_reading_the_file(tmp_path, tiny_model, lora_store):
     model = tiny_model("sd15")
     put(lora_store("sd15", seed=1), tmp_path / "a", "weights")
