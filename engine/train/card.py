@@ -48,7 +48,10 @@ black; also two objects joined by "and" (left/right or top/bottom). Words outsid
    (size/position/background) otherwise; latents of {cfg.pool} pre-rendered scenes;
    {notes.get('unet_minutes')} min on two CPU threads.
 4. ControlNets (edge, depth, pose; `ControlNetModel.from_unet`, conditioning embedding (16, 32, 64) for the
-   VAE's 4x downsampling): see `assets/controlnet-*/` and the adherence table below.
+   VAE's 4x downsampling), base model frozen: 1200 steps each, batch 16, AdamW 3e-4 cosine, the same loss;
+   captions never name the position and half are empty (with the position in the caption the base model
+   places the object itself and the ControlNet learns nothing); edge maps thickened to 1-3 px half the
+   time. See `assets/controlnet-*/` and the adherence table below.
 5. LoRA plugins `outline` and `pastel` (rank 4 on attention projections, trigger words "outline style",
    "pastel style"): `assets/plugins/`.
 
