@@ -5,7 +5,10 @@ The full evaluation is benchmarks/eval_builtin.py and benchmarks/eval_controlnet
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
+import pytest
 from PIL import Image
 
 from engine.request import ControlUnit, LoraSpec, Request
@@ -42,26 +45,30 @@ def _controlled(engine, kind: str, thing, prompt: str):
     return engine.generate(Request(prompt=prompt, seed=3, controls=[ControlUnit(kind, cmap, preprocessor="none")]))
 
 
-def test_builtin_depth_controlnet_places_the_object(engine):
+@pytest.mark.parametrize("kind", ["edge", "depth"])
+def test_builtin_controlnet_places_the_object(engine, kind):
     from benchmarks.eval_controlnets import iou
 
+    # the prompt names no place: where the square goes (on the right) must come from the map
     thing = world.Thing("square", "blue", "big", "on the right", 0.73, 0.5, 0.9)
     free = engine.generate(Request(prompt="a blue square, white background", seed=3))
-    controlled = _controlled(engine, "depth", thing, "a blue square, white background")
+    controlled = _controlled(engine, kind, thing, "a blue square, white background")
     truth = world.render_mask(thing)
     assert controlled.control_maps[0].size == (64, 64)
-    assert iou(evaluate.analyse(controlled.images[0])["mask"], truth) > iou(evaluate.analyse(free.images[0])["mask"],
-                                                                            truth) + 0.15
-
-
-def test_builtin_edge_controlnet_is_applied(engine):
-    # the edge ControlNet is loaded and applied, but barely changes the image yet (IoU at chance, see RESULTS.md)
-    thing = world.Thing("square", "blue", "big", "on the left", 0.27, 0.5, 0.9)
-    free = engine.generate(Request(prompt="a blue square, white background", seed=3))
-    controlled = _controlled(engine, "edge", thing, "a blue square, white background")
-    diff = np.abs(np.asarray(free.images[0], dtype=np.int16) - np.asarray(controlled.images[0], dtype=np.int16))
-    assert diff.mean() > 0.5  # measured 1.1: applied, but weak (its training is unfinished, see RESULTS.md)
     assert "ControlNet 0" in controlled.infotexts[0]
+    assert iou(evaluate.analyse(controlled.images[0])["mask"], truth) > max(
+        0.4, iou(evaluate.analyse(free.images[0])["mask"], truth) + 0.15)
+
+
+def test_builtin_pose_controlnet_draws_the_figure_on_the_skeleton(engine):
+    from benchmarks.eval_controlnets import keypoint_hits
+
+    thing = world.random_thing(random.Random(5), "person", position="on the left", avoid_color="white")
+    prompt = f"a {thing.color} person, white background"
+    free = engine.generate(Request(prompt=prompt, seed=3))
+    controlled = _controlled(engine, "pose", thing, prompt)
+    hits = keypoint_hits(evaluate.analyse(controlled.images[0])["mask"], thing.pose)
+    assert hits >= 0.5 and hits > keypoint_hits(evaluate.analyse(free.images[0])["mask"], thing.pose) + 0.2
 
 
 def _fill_and_saturation(image) -> tuple[float, float]:
