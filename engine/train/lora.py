@@ -1,6 +1,7 @@
 """LoRA training (peft adapters on the UNet's attention): the built-in demo plugins and `app.py train-lora`.
 
-The base model stays frozen; only low-rank adapters on to_q/to_k/to_v/to_out learn. The result is a
+The base model stays frozen; only low-rank adapters on to_q/to_k/to_v/to_out (and, for structural
+styles, the ResNet convolutions) learn. The result is a
 diffusers-format LoRA `.safetensors` plus a manifest, so it appears in `plugins/` like any other plugin.
 """
 
@@ -22,15 +23,19 @@ from .builtin import _lr, _to_tensor, tokenize, v_loss
 log = logging.getLogger(__name__)
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
-# the built-in demo plugins: name -> (render style, trigger words, description)
+# the built-in demo plugins: name -> (render style, trigger words, description, steps, rank, extra target layers).
+# Outlines change the shape's structure, which attention alone did not learn (it swapped colours instead): its
+# LoRA also adapts the ResNet convolutions.
 DEMO_LORAS = {
-    "outline": ("outline", "outline style", "Draws shapes and figures as outlines instead of filled."),
-    "pastel": ("pastel", "pastel style", "Turns the palette to soft pastel colours."),
+    "outline": ("outline", "outline style", "Draws shapes and figures as outlines instead of filled.", 1000, 8,
+                ["conv1", "conv2"]),
+    "pastel": ("pastel", "pastel style", "Turns the palette to soft pastel colours.", 400, 4, []),
 }
 
 
 def train_lora(pipe, batches: Callable[[random.Random, int], tuple[torch.Tensor, list[str]]], steps: int,
-               rank: int = 4, batch: int = 16, lr: float = 1e-3, seed: int = 0) -> dict[str, torch.Tensor]:
+               rank: int = 4, batch: int = 16, lr: float = 1e-3, seed: int = 0,
+               targets: list[str] | None = None) -> dict[str, torch.Tensor]:
     """Train a LoRA on `pipe.unet`; `batches(rng, n)` gives (images in [-1, 1], captions). Returns its state dict."""
     from diffusers import DDPMScheduler
     from peft import LoraConfig
@@ -40,7 +45,7 @@ def train_lora(pipe, batches: Callable[[random.Random, int], tuple[torch.Tensor,
     for m in (vae, unet, text_encoder):
         m.requires_grad_(False).eval()
     torch.manual_seed(seed)
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGETS, init_lora_weights="gaussian"),
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets or TARGETS, init_lora_weights="gaussian"),
                      adapter_name="new_lora")
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)
@@ -87,14 +92,15 @@ def world_batches(style: str, trigger: str):
     return batches
 
 
-def train_demo_loras(pipe_dir: Path, out: Path, steps: int = 400, seed: int = 0) -> list[Path]:
+def train_demo_loras(pipe_dir: Path, out: Path, steps: int | None = None, seed: int = 0) -> list[Path]:
     """The built-in model's demo plugins (see DEMO_LORAS), written into `out` (e.g. assets/plugins)."""
     from diffusers import StableDiffusionPipeline
 
     paths = []
-    for name, (style, trigger, description) in DEMO_LORAS.items():
+    for name, (style, trigger, description, n, rank, extra) in DEMO_LORAS.items():
         pipe = StableDiffusionPipeline.from_pretrained(pipe_dir, dtype=torch.float32)
-        state = train_lora(pipe, world_batches(style, trigger), steps, seed=seed)
+        state = train_lora(pipe, world_batches(style, trigger), steps or n, rank=rank, seed=seed,
+                           targets=TARGETS + extra)
         manifest = {"name": name, "kind": "lora", "family": "builtin", "source": f"{name}.safetensors",
                     "weight": 1.0, "trigger": trigger, "description": description}
         paths.append(save_lora(StableDiffusionPipeline, state, out, name, manifest))
