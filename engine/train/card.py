@@ -52,8 +52,11 @@ black; also two objects joined by "and" (left/right or top/bottom). Words outsid
    captions never name the position and half are empty (with the position in the caption the base model
    places the object itself and the ControlNet learns nothing); edge maps thickened to 1-3 px half the
    time. See `assets/controlnet-*/` and the adherence table below.
-5. LoRA plugins `outline` and `pastel` (rank 4 on attention projections, trigger words "outline style",
-   "pastel style"): `assets/plugins/`.
+5. LoRA plugins (`assets/plugins/`, the same loss, base frozen): `pastel` (rank 4 on the attention
+   projections, 400 steps, trigger "pastel style") and `outline` (rank 8 on the attention projections and the
+   ResNet convolutions, 1000 steps, trigger "outline style": attention alone could not turn filled into
+   hollow). On 30 held-out prompts: hollow objects 17% -> 77% with outline at 1.0; mean saturation 188 -> 88
+   with pastel at 1.0.
 
 Every stage is seeded and resumable from `runs/builtin/*.ckpt`; the same commands reproduce these weights on
 this machine (2-core CPU, `--threads 2` for the UNet), up to floating-point differences between machines.
