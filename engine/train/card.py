@@ -48,7 +48,8 @@ black; also two objects joined by "and" (left/right or top/bottom). Words outsid
    (size/position/background) otherwise; latents of {cfg.pool} pre-rendered scenes;
    {notes.get('unet_minutes')} min on two CPU threads.
 4. ControlNets (edge, depth, pose; `ControlNetModel.from_unet`, conditioning embedding (16, 32, 64) for the
-   VAE's 4x downsampling), base model frozen: 1200 steps each, batch 16, AdamW 3e-4 cosine, the same loss;
+   VAE's 4x downsampling), base model frozen: edge and depth 2000 steps (1200, then resumed under a
+   2000-step schedule), pose 1200; batch 16, AdamW 3e-4 cosine, the same loss;
    captions never name the position and half are empty (with the position in the caption the base model
    places the object itself and the ControlNet learns nothing); edge maps thickened to 1-3 px half the
    time. See `assets/controlnet-*/` and the adherence table below.

@@ -21,6 +21,9 @@ from .builtin import _load_ckpt, _lr, _save_ckpt, _to_tensor, noise_scheduler_co
 
 log = logging.getLogger(__name__)
 KINDS = ("edge", "depth", "pose")
+# steps per ControlNet. The shipped edge and depth ControlNets ran 1200 steps, then were resumed to 2000 under the
+# longer schedule; a fresh run of 2000 follows one cosine schedule, so its weights differ slightly.
+STEPS = {"edge": 2000, "depth": 2000, "pose": 1200}
 
 
 def control_map(kind: str, scene: world.Scene, image: np.ndarray) -> np.ndarray:
@@ -54,11 +57,12 @@ def control_batch(kind: str, rng: random.Random, n: int):
     return _to_tensor(images), cond, captions
 
 
-def train_controlnet(kind: str, pipe_dir: Path, work: Path, steps: int = 1200, batch: int = 16, seed: int = 0,
+def train_controlnet(kind: str, pipe_dir: Path, work: Path, steps: int | None = None, batch: int = 16, seed: int = 0,
                      out: Path | None = None) -> Path:
     """Train one ControlNet for the built-in model in `pipe_dir`; saves it to `out` (fp16 safetensors)."""
     from diffusers import ControlNetModel, DDPMScheduler, StableDiffusionPipeline
 
+    steps = steps or STEPS[kind]
     pipe = StableDiffusionPipeline.from_pretrained(pipe_dir, dtype=torch.float32)
     vae, unet, text_encoder, tokenizer = pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer
     for m in (vae, unet, text_encoder):

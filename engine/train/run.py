@@ -47,8 +47,8 @@ def smoke(folder: Path) -> Path:
     from ..engine import Engine
     from ..request import Request
 
-    cfg = TrainConfig(out=folder / "builtin", work=folder / "work", vae_steps=3, unet_steps=3, pool=64, batch=4,
-                      log_every=1, save_every=2)
+    cfg = TrainConfig(out=folder / "builtin", work=folder / "work", vae_steps=3, decoder_steps=3, unet_steps=3,
+                      pool=64, batch=4, log_every=1, save_every=2)
     train_all(cfg)
     cn = train_controlnet("edge", cfg.out, cfg.work, steps=2, batch=2)
     train_demo_loras(cfg.out, folder / "plugins", steps=2)
