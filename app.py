@@ -72,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--vae-steps", type=int, default=None)
     train.add_argument("--unet-steps", type=int, default=None)
     train.add_argument("--threads", type=int, default=1)
+    train.add_argument("--stage", choices=("all", "vae", "decoder", "unet", "pipeline"), default="all",
+                       help="builtin: one stage only (decoder and unet can run at once, each after vae)")
+    train.add_argument("--kind", choices=("edge", "depth", "pose"), help="controlnets: only this one")
+    train.add_argument("--device", default="cpu", help="cpu or cuda")
+    train.add_argument("--minutes", type=float, default=None,
+                       help="time budget instead of step counts (builtin: split over its stages)")
+    train.add_argument("--batch", type=int, default=None, help="UNet / ControlNet batch size")
+    train.add_argument("--vae-batch", type=int, default=None)
+    train.add_argument("--pool", type=int, default=None, help="scenes pre-rendered for the UNet stage")
+    train.add_argument("--workers", type=int, default=0, help="processes rendering batches ahead of the trainer")
 
     lora = sub.add_parser("train-lora", help="train a LoRA plugin from a folder of captioned images")
     lora.add_argument("folder", help="images with a .txt caption beside each (same name)")

@@ -1,9 +1,10 @@
 """Training of the built-in model: the forward process (add noise, learn to remove it) on the shapes world.
 
-Stages, each resumable from `work/<stage>.ckpt` and each writing its finished part into the output
-pipeline folder: tokenizer -> vae -> unet (+ jointly trained CLIP text encoder) -> pipeline.
-Run through `python app.py train builtin`; every stage is seeded, so the same command reproduces
-the shipped weights (up to floating-point differences between machines).
+Stages, each resumable from `work/<stage>.ckpt`: tokenizer -> vae -> decoder (fine-tuned, encoder frozen)
+and unet (+ jointly trained CLIP text encoder; independent of the decoder, so the two can run at once) ->
+pipeline (assembles the diffusers folder). Run through `python app.py train builtin [--stage S]`;
+every stage is seeded, so the same command reproduces the shipped weights (up to floating-point
+differences between machines and devices).
 """
 
 from __future__ import annotations
@@ -11,10 +12,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import random
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from . import world
+from .loop import (Budget, batches, cosine_lr, ema_update, load_ckpt, optimizer, save_ckpt, set_lr,
+                   setup_device, step_fn)
 from .tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -36,16 +37,24 @@ class TrainConfig:
     decoder_steps: int = 1000  # decoder-only fine-tuning: sharper images, same latent space
     unet_steps: int = 5000
     pool: int = 40000  # scenes rendered and encoded once for the UNet stage
-    batch: int = 32
+    batch: int = 32  # UNet stage
+    vae_batch: int = 16  # VAE and decoder stages
     threads: int = 1
+    device: str = "cpu"
+    workers: int = 0  # processes that render batches ahead of the trainer (useful with a GPU)
+    minutes: dict = field(default_factory=dict)  # stage -> time budget; replaces that stage's step count
     log_every: int = 100
     save_every: int = 500
 
 
+STAGES = ("vae", "decoder", "unet", "pipeline")
+MINUTE_SHARES = {"vae": 0.25, "decoder": 0.15, "unet": 0.6}  # how `--minutes` splits over a whole run
+
+
 def vae_config() -> dict:
-    return dict(in_channels=3, out_channels=3, latent_channels=4, sample_size=world.SIZE, layers_per_block=1,
+    return dict(in_channels=3, out_channels=3, latent_channels=4, sample_size=world.SIZE, layers_per_block=2,
                 down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-                block_out_channels=(16, 32, 64), norm_num_groups=16)
+                block_out_channels=(32, 64, 128), norm_num_groups=16)
 
 
 def unet_config(cross_dim: int) -> dict:
@@ -92,25 +101,24 @@ def vae_batch(rng: random.Random, n: int) -> torch.Tensor:
     return _to_tensor(images)
 
 
-# ----------------------------------------------------------------------------------------- checkpoints
-
-def _save_ckpt(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+def _vae_step(seed: int, n: int, offset: int, step: int) -> torch.Tensor:
+    return vae_batch(random.Random(seed * 1_000_003 + offset + step), n)
 
 
-def _load_ckpt(path: Path) -> dict | None:
-    # our own checkpoint, written by _save_ckpt above: the only pickle this project ever reads
-    return torch.load(path, weights_only=False) if path.exists() else None
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
 
 
-def _lr(step: int, total: int, peak: float, warmup: int = 200) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+def _unet_step(seed: int, batch: int, scenes: list, tokenizer, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which pooled latents step `step` trains on, and its captions' token ids (10% empty: guidance)."""
+    rng = random.Random(seed * 1_000_003 + 500_000 + step)
+    idx = [rng.randrange(len(scenes)) for _ in range(batch)]
+    caps = ["" if rng.random() < 0.1 else world.caption(scenes[i], rng, drop=0.15) for i in idx]
+    return torch.tensor(idx), tokenize(tokenizer, caps)
 
+
+# ------------------------------------------------------------------------------------------------ loss
 
 def sample_timesteps(n: int, total: int, gen: torch.Generator, high_from: float = 0.7) -> torch.Tensor:
     """Half the batch uniform over [0, total), half from the noisiest 30%: that is where the layout (where the
@@ -124,85 +132,125 @@ def v_loss(denoise, x0: torch.Tensor, alphas: torch.Tensor, gen: torch.Generator
            prediction: str = "v_prediction") -> torch.Tensor:
     """The forward process and its loss: noise x0 at a random t, ask `denoise(xt, t)` for v (or the noise).
 
-    Unweighted on purpose. Min-SNR weighting (tried first) gives the high-noise steps a weight near zero, and
-    those are the only steps where position words matter: the model then placed objects by the noise, not
-    the prompt (position at chance), and the ControlNets learned little."""
-    noise = torch.randn(x0.shape, generator=gen)
+    Noise and timesteps come from a CPU generator (the same on every device). Unweighted on purpose.
+    Min-SNR weighting (tried first) gives the high-noise steps a weight near zero, and those are the only steps
+    where position words matter: the model then placed objects by the noise, not the prompt (position at
+    chance), and the ControlNets learned little."""
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
     t = sample_timesteps(x0.shape[0], len(alphas), gen)
-    a = alphas[t].view(-1, 1, 1, 1)
+    a = alphas[t].view(-1, 1, 1, 1).to(x0.device)
     xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
     target = a.sqrt() * noise - (1 - a).sqrt() * x0 if prediction == "v_prediction" else noise
-    pred = denoise(xt, t)
+    pred = denoise(xt, t.to(x0.device))
     return F.mse_loss(pred.float(), target)
 
 
 # ------------------------------------------------------------------------------------------------ VAE
 
-def train_vae(cfg: TrainConfig):
+def vae_quality(vae, device: str) -> dict:
+    """Held-out reconstruction MSE, the latents' scaling factor, and how often the shape scorer still reads the
+    right shape after encode + decode of ground-truth renders (the ceiling for the whole model's shape score)."""
+    from .evaluate import eval_scenes, score_image
+
+    with torch.no_grad():
+        x = vae_batch(random.Random(12345), 256).to(device)
+        z = vae.encode(x).latent_dist.mean
+        mse = F.mse_loss(vae.decode(z).sample, x).item()
+        scenes = eval_scenes(200)
+        rec = vae.decode(vae.encode(_to_tensor([world.render(s) for s in scenes]).to(device)).latent_dist.mean).sample
+    rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    shape = float(np.mean([score_image(r, s.things[0], s.background)["shape"] for r, s in zip(rec, scenes)]))
+    return {"mse": round(mse, 5), "scaling_factor": float(1.0 / z.std()), "roundtrip_shape": shape}
+
+
+def _new_vae():
     from diffusers import AutoencoderKL
 
-    torch.manual_seed(cfg.seed)
     vae = AutoencoderKL(**vae_config())
     with torch.no_grad():  # start the log-variance near -8: without this the KL term stalls training
         vae.quant_conv.bias[4:] = -8.0
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    return vae
+
+
+def load_vae(cfg: TrainConfig, name: str = "vae"):
+    """The finished VAE of stage `name` (vae or decoder), with its scaling factor, on cfg.device."""
+    ck = load_ckpt(cfg.work / f"{name}.ckpt")
+    if ck is None or not ck.get("done"):
+        raise RuntimeError(f"the {name} stage has not finished: run `python app.py train builtin --stage {name}`")
+    vae = _new_vae()
+    vae.load_state_dict(ck["model"])
+    vae.register_to_config(scaling_factor=ck["info"]["scaling_factor"])
+    return vae.to(cfg.device).requires_grad_(False).eval(), ck["info"]
+
+
+def train_vae(cfg: TrainConfig):
+    dev = cfg.device
     ckpt_path = cfg.work / "vae.ckpt"
+    ck = load_ckpt(ckpt_path)
+    if ck is not None and ck.get("done"):
+        return load_vae(cfg)
+    torch.manual_seed(cfg.seed)
+    vae = _new_vae().to(dev)
+    opt = optimizer(vae.parameters(), 1e-3, dev)
     start = 0
-    if (ck := _load_ckpt(ckpt_path)) is not None:
+    if ck is not None:
         vae.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         start = ck["step"]
         log.info("vae: resumed at step %d", start)
-    t0 = time.time()
-    for step in range(start, cfg.vae_steps):
-        rng = random.Random(cfg.seed * 1_000_003 + step)
-        x = vae_batch(rng, 16)
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, cfg.vae_steps, 1e-3)
+    budget = Budget(cfg.vae_steps, cfg.minutes.get("vae"), start)
+    step = start
+    for x in batches(step_fn(_vae_step, cfg.seed, cfg.vae_batch, 0), start, cfg.workers):
+        if step >= budget.total:
+            break
+        x = x.to(dev, non_blocking=True)
+        set_lr(opt, cosine_lr(step, budget.total, 1e-3))
         post = vae.encode(x).latent_dist
-        z = post.sample()
-        rec = vae.decode(z).sample
+        rec = vae.decode(post.sample()).sample
         mse = F.mse_loss(rec, x)
         loss = mse + 0.5 * F.l1_loss(rec, x) + 1e-6 * post.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if (step + 1) % cfg.log_every == 0:
-            log.info("vae step %d/%d mse %.5f (%.2f steps/s)", step + 1, cfg.vae_steps, mse.item(),
-                     (step + 1 - start) / (time.time() - t0))
-        if (step + 1) % cfg.save_every == 0:
-            _save_ckpt(ckpt_path, {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1})
-    _save_ckpt(ckpt_path, {"model": vae.state_dict(), "opt": opt.state_dict(), "step": cfg.vae_steps})
+        budget.after(step)
+        step += 1
+        if step % cfg.log_every == 0:
+            log.info("vae step %d/%d mse %.5f", step, budget.total, mse.item())
+        if step % cfg.save_every == 0:
+            save_ckpt(ckpt_path, {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step})
     vae.eval()
-    with torch.no_grad():  # scaling factor = 1 / std of the latents, as Stable Diffusion does
-        z = vae.encode(vae_batch(random.Random(12345), 256)).latent_dist.mean
-        rec = vae.decode(z).sample
-        mse = F.mse_loss(rec, vae_batch(random.Random(12345), 256)).item()
-    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
-    log.info("vae: held-out reconstruction mse %.5f, scaling factor %.3f", mse, vae.config.scaling_factor)
-    return vae, mse
+    info = {"steps": budget.total, "batch": cfg.vae_batch, "minutes": budget.minutes_spent(), **vae_quality(vae, dev)}
+    vae.register_to_config(scaling_factor=info["scaling_factor"])
+    save_ckpt(ckpt_path, {"model": vae.state_dict(), "step": budget.total, "done": True, "info": info})
+    log.info("vae: %s", info)
+    return vae.requires_grad_(False), info
 
 
-def finetune_decoder(cfg: TrainConfig, vae):
+def finetune_decoder(cfg: TrainConfig):
     """Train the decoder longer with the encoder frozen: the latent space (what the UNet learns) is unchanged,
     so this stage is independent of the UNet stage and sharpens every image the model makes."""
-    vae.requires_grad_(False)
+    ckpt_path = cfg.work / "decoder.ckpt"
+    ck = load_ckpt(ckpt_path)
+    if ck is not None and ck.get("done"):
+        return load_vae(cfg, "decoder")
+    dev = cfg.device
+    vae, vae_info = load_vae(cfg)
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.0)
-    ckpt_path = cfg.work / "vae_decoder.ckpt"
+    opt = optimizer(params, 5e-4, dev)
     start = 0
-    if (ck := _load_ckpt(ckpt_path)) is not None:
+    if ck is not None:
         vae.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         start = ck["step"]
-    t0 = time.time()
-    for step in range(start, cfg.decoder_steps):
-        rng = random.Random(cfg.seed * 1_000_003 + 300_000 + step)
-        x = vae_batch(rng, 16)
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, cfg.decoder_steps, 5e-4, warmup=50)
+    budget = Budget(cfg.decoder_steps, cfg.minutes.get("decoder"), start)
+    step = start
+    for x in batches(step_fn(_vae_step, cfg.seed, cfg.vae_batch, 300_000), start, cfg.workers):
+        if step >= budget.total:
+            break
+        x = x.to(dev, non_blocking=True)
+        set_lr(opt, cosine_lr(step, budget.total, 5e-4, warmup=50))
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mean
         rec = vae.decode(z).sample
@@ -210,18 +258,18 @@ def finetune_decoder(cfg: TrainConfig, vae):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if (step + 1) % cfg.log_every == 0:
-            log.info("decoder step %d/%d loss %.5f (%.2f steps/s)", step + 1, cfg.decoder_steps, loss.item(),
-                     (step + 1 - start) / (time.time() - t0))
-        if (step + 1) % cfg.save_every == 0:
-            _save_ckpt(ckpt_path, {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1})
-    _save_ckpt(ckpt_path, {"model": vae.state_dict(), "opt": opt.state_dict(), "step": cfg.decoder_steps})
+        budget.after(step)
+        step += 1
+        if step % cfg.log_every == 0:
+            log.info("decoder step %d/%d loss %.5f", step, budget.total, loss.item())
+        if step % cfg.save_every == 0:
+            save_ckpt(ckpt_path, {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step})
     vae.requires_grad_(False).eval()
-    with torch.no_grad():
-        x = vae_batch(random.Random(12345), 256)
-        mse = F.mse_loss(vae.decode(vae.encode(x).latent_dist.mean).sample, x).item()
-    log.info("vae after decoder fine-tuning: held-out reconstruction mse %.5f", mse)
-    return vae, mse
+    info = {"steps": budget.total, "batch": cfg.vae_batch, "minutes": budget.minutes_spent(),
+            **vae_quality(vae, dev), "scaling_factor": vae_info["scaling_factor"]}
+    save_ckpt(ckpt_path, {"model": vae.state_dict(), "step": budget.total, "done": True, "info": info})
+    log.info("vae after decoder fine-tuning: %s", info)
+    return vae, info
 
 
 # ----------------------------------------------------------------------------------------------- UNet
@@ -229,23 +277,18 @@ def finetune_decoder(cfg: TrainConfig, vae):
 def encode_pool(vae, cfg: TrainConfig) -> tuple[list[world.Scene], torch.Tensor]:
     """Render `cfg.pool` scenes once and keep their latents (the VAE is frozen from here on)."""
     cache = cfg.work / f"pool_{cfg.pool}_{cfg.seed}.pt"
-    if (ck := _load_ckpt(cache)) is not None:
+    if (ck := load_ckpt(cache)) is not None:
         return ck["scenes"], ck["latents"]
     rng = random.Random(cfg.seed + 7)
     scenes = [world.random_scene(rng) for _ in range(cfg.pool)]
     chunks = []
     with torch.no_grad():
-        for i in range(0, cfg.pool, 256):
-            x = _to_tensor([world.render(s) for s in scenes[i:i + 256]])
-            chunks.append((vae.encode(x).latent_dist.mean * vae.config.scaling_factor).half())
+        for i in range(0, cfg.pool, 512):
+            x = _to_tensor([world.render(s) for s in scenes[i:i + 512]]).to(cfg.device)
+            chunks.append((vae.encode(x).latent_dist.mean * vae.config.scaling_factor).half().cpu())
     latents = torch.cat(chunks)
-    _save_ckpt(cache, {"scenes": scenes, "latents": latents})
+    save_ckpt(cache, {"scenes": scenes, "latents": latents})
     return scenes, latents
-
-
-def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
-    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids
 
 
 def build_unet_and_text(tokenizer):
@@ -258,59 +301,76 @@ def build_unet_and_text(tokenizer):
     return unet, text_encoder
 
 
-def train_unet(cfg: TrainConfig, vae, tokenizer):
+def train_unet(cfg: TrainConfig, tokenizer) -> dict:
+    """The UNet and the text encoder, jointly, on the VAE encoder's latents (the decoder does not matter here)."""
     from diffusers import DDPMScheduler
 
+    ckpt_path = cfg.work / "unet.ckpt"
+    ck = load_ckpt(ckpt_path)
+    if ck is not None and ck.get("done"):
+        return ck["info"]
+    dev = cfg.device
     torch.manual_seed(cfg.seed + 1)
     unet, text_encoder = build_unet_and_text(tokenizer)
+    unet, text_encoder = unet.to(dev), text_encoder.to(dev)
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.01)
-    sched = DDPMScheduler(**noise_scheduler_config())
-    alphas = sched.alphas_cumprod
-    ckpt_path = cfg.work / "unet.ckpt"
+    opt = optimizer(params, 5e-4, dev, weight_decay=0.01)
+    alphas = DDPMScheduler(**noise_scheduler_config()).alphas_cumprod
     start = 0
-    if (ck := _load_ckpt(ckpt_path)) is not None:
+    if ck is not None:
         for m, k in ((unet, "unet"), (text_encoder, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
             m.load_state_dict(ck[k])
         opt.load_state_dict(ck["opt"])
         start = ck["step"]
         log.info("unet: resumed at step %d", start)
+    vae, _ = load_vae(cfg)
     scenes, latents = encode_pool(vae, cfg)
+    del vae
+    latents = latents.to(dev)
     log.info("unet: %.1fM params, text encoder %.1fM, pool %d", sum(p.numel() for p in unet.parameters()) / 1e6,
              sum(p.numel() for p in text_encoder.parameters()) / 1e6, len(scenes))
 
-    def save(step):
-        _save_ckpt(ckpt_path, {"unet": unet.state_dict(), "text": text_encoder.state_dict(),
-                               "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
-                               "opt": opt.state_dict(), "step": step})
+    def save(step, **extra):
+        save_ckpt(ckpt_path, {"unet": unet.state_dict(), "text": text_encoder.state_dict(),
+                              "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
+                              "opt": opt.state_dict(), "step": step, **extra})
 
-    t0 = time.time()
-    for step in range(start, cfg.unet_steps):
-        rng = random.Random(cfg.seed * 1_000_003 + 500_000 + step)
+    budget = Budget(cfg.unet_steps, cfg.minutes.get("unet"), start)
+    step = start
+    for idx, ids in batches(step_fn(_unet_step, cfg.seed, cfg.batch, scenes, tokenizer), start, cfg.workers):
+        if step >= budget.total:
+            break
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        idx = [rng.randrange(len(scenes)) for _ in range(cfg.batch)]
-        caps = ["" if rng.random() < 0.1 else world.caption(scenes[i], rng, drop=0.15) for i in idx]
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, cfg.unet_steps, 6e-4)
-        cond = text_encoder(tokenize(tokenizer, caps))[0]
-        loss = v_loss(lambda xt, t: unet(xt, t, cond).sample, latents[idx].float(), alphas, gen)
+        set_lr(opt, cosine_lr(step, budget.total, 6e-4))
+        cond = text_encoder(ids.to(dev))[0]
+        loss = v_loss(lambda xt, t: unet(xt, t, cond).sample, latents[idx.to(dev)].float(), alphas, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        with torch.no_grad():
-            decay = min(0.999, (1 + step) / (10 + step))
-            for ema, m in ((ema_unet, unet), (ema_text, text_encoder)):
-                for pe, pm in zip(ema.parameters(), m.parameters()):
-                    pe.lerp_(pm, 1 - decay)
-        if (step + 1) % cfg.log_every == 0:
-            log.info("unet step %d/%d loss %.4f (%.2f steps/s)", step + 1, cfg.unet_steps, loss.item(),
-                     (step + 1 - start) / (time.time() - t0))
-        if (step + 1) % cfg.save_every == 0:
-            save(step + 1)
-    save(cfg.unet_steps)
-    return ema_unet, ema_text
+        ema_update(ema_unet, unet, step)
+        ema_update(ema_text, text_encoder, step)
+        budget.after(step)
+        step += 1
+        if step % cfg.log_every == 0:
+            log.info("unet step %d/%d loss %.4f", step, budget.total, loss.item())
+        if step % cfg.save_every == 0:
+            save(step)
+    info = {"steps": budget.total, "batch": cfg.batch, "minutes": budget.minutes_spent(), "pool": cfg.pool}
+    save(budget.total, done=True, info=info)
+    return info
+
+
+def load_unet(cfg: TrainConfig, tokenizer):
+    """The EMA weights of the finished UNet stage (on the CPU)."""
+    ck = load_ckpt(cfg.work / "unet.ckpt")
+    if ck is None or not ck.get("done"):
+        raise RuntimeError("the unet stage has not finished: run `python app.py train builtin --stage unet`")
+    unet, text_encoder = build_unet_and_text(tokenizer)
+    unet.load_state_dict(ck["ema_unet"])
+    text_encoder.load_state_dict(ck["ema_text"])
+    return unet, text_encoder, ck["info"]
 
 
 # ------------------------------------------------------------------------------------------- pipeline
@@ -334,25 +394,41 @@ def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet, notes: dict) ->
     (out / "studio.json").write_text(json.dumps(studio, indent=2) + "\n")
 
 
-def train_all(cfg: TrainConfig) -> Path:
+def assemble(cfg: TrainConfig, tokenizer) -> Path:
+    """The pipeline folder from the finished stages: the fine-tuned decoder (or the plain VAE), the EMA UNet."""
+    enc, vae_info = load_vae(cfg)
+    try:
+        vae, dec = load_vae(cfg, "decoder")
+    except RuntimeError:  # no decoder stage: ship the VAE as trained
+        vae, dec = enc, {**vae_info, "steps": 0, "minutes": 0}
+    unet, text_encoder, unet_info = load_unet(cfg, tokenizer)
+    notes = {"native_size": world.SIZE, "seed": cfg.seed, "device": cfg.device,
+             "vae_steps": vae_info["steps"], "vae_batch": vae_info["batch"], "vae_minutes": vae_info["minutes"],
+             "vae_mse_before_decoder_finetune": vae_info["mse"], "decoder_steps": dec["steps"],
+             "decoder_minutes": dec["minutes"], "vae_mse": dec["mse"], "roundtrip_shape": dec["roundtrip_shape"],
+             "unet_steps": unet_info["steps"], "unet_batch": unet_info["batch"], "unet_minutes": unet_info["minutes"],
+             "pool": unet_info["pool"]}
+    save_pipeline(cfg.out, vae.cpu(), text_encoder, tokenizer, unet, notes)
+    log.info("built-in model written to %s (%s)", cfg.out, notes)
+    return cfg.out
+
+
+def train_all(cfg: TrainConfig, stage: str = "all") -> Path:
+    """Run one stage, or all of them in order; a finished stage is skipped, an interrupted one resumed."""
     from transformers import CLIPTokenizer
 
     torch.set_num_threads(cfg.threads)
+    setup_device(cfg.device)
     cfg.work.mkdir(parents=True, exist_ok=True)
     build_tokenizer(cfg.work / "tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(cfg.work / "tokenizer")
-    t0 = time.time()
-    vae, vae_mse = train_vae(cfg)
-    t_vae = time.time() - t0
-    vae.requires_grad_(False)
-    unet, text_encoder = train_unet(cfg, vae, tokenizer)  # on the encoder's latents; the decoder does not matter
-    t_unet = time.time() - t0 - t_vae
-    t1 = time.time()
-    vae, decoder_mse = finetune_decoder(cfg, vae)
-    notes = {"native_size": world.SIZE, "seed": cfg.seed, "vae_steps": cfg.vae_steps, "unet_steps": cfg.unet_steps,
-             "decoder_steps": cfg.decoder_steps, "vae_mse_before_decoder_finetune": round(vae_mse, 5),
-             "vae_mse": round(decoder_mse, 5), "vae_minutes": round(t_vae / 60, 1),
-             "decoder_minutes": round((time.time() - t1) / 60, 1), "unet_minutes": round(t_unet / 60, 1)}
-    save_pipeline(cfg.out, vae, text_encoder, tokenizer, unet, notes)
-    log.info("built-in model written to %s (%s)", cfg.out, notes)
+    for name in STAGES if stage == "all" else (stage,):
+        if name == "vae":
+            train_vae(cfg)
+        elif name == "decoder":
+            finetune_decoder(cfg)
+        elif name == "unet":
+            train_unet(cfg, tokenizer)
+        else:
+            assemble(cfg, tokenizer)
     return cfg.out

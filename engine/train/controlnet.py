@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,8 @@ import torch
 from PIL import Image, ImageFilter
 
 from . import world
-from .builtin import _load_ckpt, _lr, _save_ckpt, _to_tensor, noise_scheduler_config, tokenize, v_loss
+from .builtin import _to_tensor, noise_scheduler_config, tokenize, v_loss
+from .loop import Budget, batches, cosine_lr, load_ckpt, optimizer, save_ckpt, set_lr, setup_device, step_fn
 
 log = logging.getLogger(__name__)
 KINDS = ("edge", "depth", "pose")
@@ -57,38 +57,45 @@ def control_batch(kind: str, rng: random.Random, n: int):
     return _to_tensor(images), cond, captions
 
 
+def _control_step(kind: str, seed: int, batch: int, tokenizer, step: int):
+    images, maps, captions = control_batch(kind, random.Random(seed * 1_000_003 + 900_000 + step), batch)
+    return images, maps, tokenize(tokenizer, captions)
+
+
 def train_controlnet(kind: str, pipe_dir: Path, work: Path, steps: int | None = None, batch: int = 16, seed: int = 0,
-                     out: Path | None = None) -> Path:
+                     out: Path | None = None, device: str = "cpu", minutes: float | None = None,
+                     workers: int = 0) -> Path:
     """Train one ControlNet for the built-in model in `pipe_dir`; saves it to `out` (fp16 safetensors)."""
     from diffusers import ControlNetModel, DDPMScheduler, StableDiffusionPipeline
 
-    steps = steps or STEPS[kind]
-    pipe = StableDiffusionPipeline.from_pretrained(pipe_dir, dtype=torch.float32)
+    setup_device(device)
+    pipe = StableDiffusionPipeline.from_pretrained(pipe_dir, dtype=torch.float32).to(device)
     vae, unet, text_encoder, tokenizer = pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer
     for m in (vae, unet, text_encoder):
         m.requires_grad_(False).eval()
     torch.manual_seed(seed + 11)
     # three channel widths = two stride-2 convs = the VAE's 4x downsampling
-    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64))
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64)).to(device)
     net.train()
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.0)
+    opt = optimizer(net.parameters(), 1e-4, device)
     alphas = DDPMScheduler(**noise_scheduler_config()).alphas_cumprod
     ckpt = work / f"controlnet_{kind}.ckpt"
     start = 0
-    if (ck := _load_ckpt(ckpt)) is not None:
+    if (ck := load_ckpt(ckpt)) is not None:
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         start = ck["step"]
-    t0 = time.time()
-    for step in range(start, steps):
-        rng = random.Random(seed * 1_000_003 + 900_000 + step)
+    budget = Budget(steps or STEPS[kind], minutes, start)
+    step = start
+    for images, cond_maps, ids in batches(step_fn(_control_step, kind, seed, batch, tokenizer), start, workers):
+        if step >= budget.total:
+            break
         gen = torch.Generator().manual_seed(seed * 7919 + step)
-        images, cond_maps, captions = control_batch(kind, rng, batch)
+        images, cond_maps = images.to(device), cond_maps.to(device)
         with torch.no_grad():
             x0 = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
-            text = text_encoder(tokenize(tokenizer, captions))[0]
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, steps, 3e-4, warmup=50)
+            text = text_encoder(ids.to(device))[0]
+        set_lr(opt, cosine_lr(step, budget.total, 3e-4, warmup=50))
 
         def denoise(xt, t):
             down, mid = net(xt, t, text, controlnet_cond=cond_maps, return_dict=False)
@@ -99,13 +106,15 @@ def train_controlnet(kind: str, pipe_dir: Path, work: Path, steps: int | None = 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
-        if (step + 1) % 50 == 0:
-            log.info("controlnet %s step %d/%d loss %.4f (%.2f steps/s)", kind, step + 1, steps, loss.item(),
-                     (step + 1 - start) / (time.time() - t0))
-        if (step + 1) % 200 == 0:
-            _save_ckpt(ckpt, {"model": net.state_dict(), "opt": opt.state_dict(), "step": step + 1})
+        budget.after(step)
+        step += 1
+        if step % 50 == 0:
+            log.info("controlnet %s step %d/%d loss %.4f", kind, step, budget.total, loss.item())
+        if step % 200 == 0:
+            save_ckpt(ckpt, {"model": net.state_dict(), "opt": opt.state_dict(), "step": step})
     out = out or pipe_dir.parent / f"controlnet-{kind}"
     net.to(torch.float16).save_pretrained(out, safe_serialization=True)
-    _save_ckpt(ckpt, {"model": net.state_dict(), "opt": opt.state_dict(), "step": steps})
-    log.info("controlnet %s written to %s (%.1f min)", kind, out, (time.time() - t0) / 60)
+    save_ckpt(ckpt, {"model": net.state_dict(), "opt": opt.state_dict(), "step": budget.total})
+    log.info("controlnet %s: %d steps, batch %d, written to %s (%.1f min)", kind, budget.total, batch, out,
+             budget.minutes_spent())
     return out

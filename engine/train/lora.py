@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from . import world
-from .builtin import _lr, _to_tensor, tokenize, v_loss
+from .builtin import _to_tensor, tokenize, v_loss
+from .loop import cosine_lr
 
 log = logging.getLogger(__name__)
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -60,7 +61,7 @@ def train_lora(pipe, batches: Callable[[random.Random, int], tuple[torch.Tensor,
             x0 = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
             text = text_encoder(tokenize(tokenizer, captions))[0]
         for g in opt.param_groups:
-            g["lr"] = _lr(step, steps, lr, warmup=30)
+            g["lr"] = cosine_lr(step, steps, lr, warmup=30)
         loss = v_loss(lambda xt, t: unet(xt, t, text).sample, x0, alphas, gen, prediction)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,6 +1,7 @@
 """`python app.py train {builtin,controlnets,loras,smoke}`: run the training stages, resumably.
 
-builtin      tokenizer, VAE, UNet + text encoder -> assets/builtin (a diffusers pipeline folder)
+builtin      tokenizer, VAE, decoder, UNet + text encoder -> assets/builtin (a diffusers pipeline folder);
+             `--stage` runs one, `--device cuda --minutes M --workers N` trains on a GPU in a time budget
 controlnets  edge, depth, pose ControlNets for it -> assets/controlnet-{edge,depth,pose}
 loras        the demo LoRA plugins -> assets/plugins
 smoke        all of the above at toy step counts into a temporary folder, then load and generate (CI)
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .builtin import TrainConfig, train_all
+from .builtin import MINUTE_SHARES, TrainConfig, train_all
 from .controlnet import KINDS, train_controlnet
 from .lora import train_demo_loras
 
@@ -28,15 +29,18 @@ def main(args) -> int:
         smoke(Path(tempfile.mkdtemp(prefix="studio-smoke-")))
         return 0
     if args.what == "builtin":
-        cfg = TrainConfig(out=out, work=work, threads=args.threads)
-        if args.vae_steps:
-            cfg.vae_steps = args.vae_steps
-        if args.unet_steps:
-            cfg.unet_steps = args.unet_steps
-        train_all(cfg)
+        cfg = TrainConfig(out=out, work=work, threads=args.threads, device=args.device, workers=args.workers)
+        for name in ("vae_steps", "unet_steps", "batch", "vae_batch", "pool"):
+            if getattr(args, name, None):
+                setattr(cfg, name, getattr(args, name))
+        if args.minutes:
+            cfg.minutes = ({args.stage: args.minutes} if args.stage != "all"
+                           else {k: args.minutes * share for k, share in MINUTE_SHARES.items()})
+        train_all(cfg, args.stage)
     elif args.what == "controlnets":
-        for kind in KINDS:
-            train_controlnet(kind, out, work)
+        for kind in (args.kind,) if args.kind else KINDS:
+            train_controlnet(kind, out, work, batch=args.batch or 16, device=args.device, minutes=args.minutes,
+                             workers=args.workers)
     elif args.what == "loras":
         train_demo_loras(out, out.parent / "plugins")
     return 0

@@ -1,0 +1,112 @@
+"""What every training stage shares: checkpoints, the learning-rate schedule, step budgets, batches, EMA.
+
+A stage runs a fixed number of steps, or as many as fit in a time budget (`--minutes`): the rate is
+measured over the first 50 steps, the total is then fixed (and recorded), and the cosine schedule follows
+it. The batch for step `s` depends only on the seed and `s`, so it can be made in worker processes
+(`--workers`) while the GPU trains, and a resumed run sees the same data as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def save_ckpt(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_ckpt(path: Path) -> dict | None:
+    # our own checkpoint, written by save_ckpt above: the only pickle this project ever reads
+    return torch.load(path, weights_only=False, map_location="cpu") if path.exists() else None
+
+
+def cosine_lr(step: int, total: int, peak: float, warmup: int = 200) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+
+
+class Budget:
+    """The number of steps of a stage: `steps`, or when `minutes` is set, what fits in that time.
+
+    The measurement ends at step start+50, inside every stage's warm-up, so the learning rate of the
+    steps before it does not depend on the total."""
+
+    PROBE = 50
+
+    def __init__(self, steps: int, minutes: float | None, start: int):
+        self.total, self.minutes, self.start, self.t0 = steps, minutes, start, time.time()
+
+    def after(self, step: int) -> None:
+        """Call after finishing step `step` (0-based)."""
+        if self.minutes and step + 1 == self.start + self.PROBE:
+            spent = time.time() - self.t0
+            more = int(self.PROBE / spent * (self.minutes * 60 - spent))
+            self.total = max(step + 1, (step + 1 + more) // 100 * 100)
+            log.info("budget: %.2f steps/s -> %d steps in %.1f min", self.PROBE / spent, self.total, self.minutes)
+
+    def minutes_spent(self) -> float:
+        return round((time.time() - self.t0) / 60, 1)
+
+
+class _Steps(torch.utils.data.Dataset):
+    def __init__(self, make: Callable[[int], object], start: int):
+        self.make, self.start = make, start
+
+    def __len__(self) -> int:
+        return 10**9
+
+    def __getitem__(self, i: int):
+        return self.make(self.start + i)
+
+
+def batches(make: Callable[[int], object], start: int, workers: int = 0) -> Iterator:
+    """make(start), make(start + 1), ...: in this process, or prefetched by `workers` processes."""
+    if workers <= 0:
+        step = start
+        while True:
+            yield make(step)
+            step += 1
+    loader = torch.utils.data.DataLoader(_Steps(make, start), batch_size=None, num_workers=workers,
+                                         prefetch_factor=4)
+    yield from loader
+
+
+def step_fn(fn: Callable, *args) -> Callable[[int], object]:
+    """A picklable `make(step)` for `batches`: fn(*args, step)."""
+    return partial(fn, *args)
+
+
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, top: float = 0.999) -> None:
+    decay = min(top, (1 + step) / (10 + step))
+    with torch.no_grad():
+        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
+
+
+def optimizer(params, lr: float, device: str, weight_decay: float = 0.0) -> torch.optim.AdamW:
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.startswith("cuda"))
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def setup_device(device: str) -> str:
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions
+    return device
