@@ -41,21 +41,28 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int = 200) -> float:
 class Budget:
     """The number of steps of a stage: `steps`, or when `minutes` is set, what fits in that time.
 
-    The measurement ends at step start+50, inside every stage's warm-up, so the learning rate of the
-    steps before it does not depend on the total."""
+    The rate is measured over steps start+10 .. start+40 (after the first steps' one-off costs: CUDA and cuDNN
+    warm-up, worker start-up, which made an earlier probe from step 0 guess 8x too few steps), inside every
+    stage's warm-up, so the learning rate of the steps before it does not depend on the total."""
 
-    PROBE = 50
+    SKIP, PROBE = 10, 30
 
     def __init__(self, steps: int, minutes: float | None, start: int):
         self.total, self.minutes, self.start, self.t0 = steps, minutes, start, time.time()
+        self.t_skip = self.t0
 
     def after(self, step: int) -> None:
         """Call after finishing step `step` (0-based)."""
-        if self.minutes and step + 1 == self.start + self.PROBE:
-            spent = time.time() - self.t0
-            more = int(self.PROBE / spent * (self.minutes * 60 - spent))
-            self.total = max(step + 1, (step + 1 + more) // 100 * 100)
-            log.info("budget: %.2f steps/s -> %d steps in %.1f min", self.PROBE / spent, self.total, self.minutes)
+        done = step + 1 - self.start
+        if not self.minutes:
+            return
+        if done == self.SKIP:
+            self.t_skip = time.time()
+        elif done == self.SKIP + self.PROBE:
+            rate = self.PROBE / (time.time() - self.t_skip)
+            left = self.minutes * 60 - (time.time() - self.t0)
+            self.total = max(step + 1, (step + 1 + int(rate * left)) // 100 * 100)
+            log.info("budget: %.2f steps/s -> %d steps in %.1f min", rate, self.total, self.minutes)
 
     def minutes_spent(self) -> float:
         return round((time.time() - self.t0) / 60, 1)
