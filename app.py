@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch", type=int, default=None, help="UNet / ControlNet batch size")
     train.add_argument("--vae-batch", type=int, default=None)
     train.add_argument("--pool", type=int, default=None, help="scenes pre-rendered for the UNet stage")
+    train.add_argument("--init", default=None, help="builtin: continue the UNet stage from this pipeline folder")
+    train.add_argument("--unet-lr", type=float, default=None)
     train.add_argument("--workers", type=int, default=0, help="processes rendering batches ahead of the trainer")
 
     lora = sub.add_parser("train-lora", help="train a LoRA plugin from a folder of captioned images")

@@ -75,6 +75,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--sweep", action="store_true")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--model", default="builtin", help="builtin, or a pipeline folder (a candidate before it ships)")
     args = p.parse_args()
     import torch
 
@@ -89,7 +90,7 @@ def main() -> int:
                                 for s in evaluate.eval_scenes(args.n)])
     print("scorer on ground-truth renders:", truth, flush=True)
     engine = Engine(device="cpu")
-    pipe = engine.load("builtin").pipe
+    pipe = engine.load(args.model).pipe
     d = DEFAULTS["builtin"]
     scenes = evaluate.eval_scenes(args.n)
     configs = [(f"default ({d.steps} steps, cfg {d.guidance:g}, {d.scheduler})", d.steps, d.guidance, d.scheduler),

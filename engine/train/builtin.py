@@ -43,6 +43,8 @@ class TrainConfig:
     device: str = "cpu"
     workers: int = 0  # processes that render batches ahead of the trainer (useful with a GPU)
     minutes: dict = field(default_factory=dict)  # stage -> time budget; replaces that stage's step count
+    unet_lr: float = 6e-4
+    init: Path | None = None  # a finished pipeline folder to continue from (its VAE, UNet and text encoder)
     log_every: int = 100
     save_every: int = 500
 
@@ -175,6 +177,17 @@ def _new_vae():
 def load_vae(cfg: TrainConfig, name: str = "vae"):
     """The finished VAE of stage `name` (vae or decoder), with its scaling factor, on cfg.device."""
     ck = load_ckpt(cfg.work / f"{name}.ckpt")
+    if ck is None and cfg.init is not None:  # continuing a finished model: its VAE as shipped
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(cfg.init, subfolder="vae", torch_dtype=torch.float32)
+        notes = json.loads((cfg.init / "studio.json").read_text())
+        info = {"steps": notes["vae_steps"], "batch": notes.get("vae_batch"), "minutes": notes["vae_minutes"],
+                "mse": notes["vae_mse_before_decoder_finetune"], "scaling_factor": vae.config.scaling_factor}
+        if name == "decoder":
+            info.update(steps=notes["decoder_steps"], minutes=notes["decoder_minutes"], mse=notes["vae_mse"],
+                        roundtrip_shape=notes["roundtrip_shape"])
+        return vae.to(cfg.device).requires_grad_(False).eval(), info
     if ck is None or not ck.get("done"):
         raise RuntimeError(f"the {name} stage has not finished: run `python app.py train builtin --stage {name}`")
     vae = _new_vae()
@@ -315,7 +328,16 @@ def train_unet(cfg: TrainConfig, tokenizer) -> dict:
     unet, text_encoder = unet.to(dev), text_encoder.to(dev)
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = optimizer(params, 5e-4, dev, weight_decay=0.01)
+    opt = optimizer(params, cfg.unet_lr, dev, weight_decay=0.01)
+    if ck is None and cfg.init is not None:  # a second phase on a finished model: its weights, a fresh optimizer
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(cfg.init, subfolder="unet").state_dict())
+        text_encoder.load_state_dict(CLIPTextModel.from_pretrained(cfg.init, subfolder="text_encoder").state_dict())
+        ema_unet.load_state_dict(unet.state_dict())
+        ema_text.load_state_dict(text_encoder.state_dict())
+        log.info("unet: continuing from %s", cfg.init)
     alphas = DDPMScheduler(**noise_scheduler_config()).alphas_cumprod
     start = 0
     if ck is not None:
@@ -342,7 +364,7 @@ def train_unet(cfg: TrainConfig, tokenizer) -> dict:
         if step >= budget.total:
             break
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        set_lr(opt, cosine_lr(step, budget.total, 6e-4))
+        set_lr(opt, cosine_lr(step, budget.total, cfg.unet_lr))
         cond = text_encoder(ids.to(dev))[0]
         loss = v_loss(lambda xt, t: unet(xt, t, cond).sample, latents[idx.to(dev)].float(), alphas, gen)
         opt.zero_grad(set_to_none=True)
@@ -357,7 +379,12 @@ def train_unet(cfg: TrainConfig, tokenizer) -> dict:
             log.info("unet step %d/%d loss %.4f", step, budget.total, loss.item())
         if step % cfg.save_every == 0:
             save(step)
-    info = {"steps": budget.total, "batch": cfg.batch, "minutes": budget.minutes_spent(), "pool": cfg.pool}
+    info = {"steps": budget.total, "batch": cfg.batch, "minutes": budget.minutes_spent(), "pool": cfg.pool,
+            "lr": cfg.unet_lr, "device": dev}
+    if cfg.init is not None:  # the phases before this one, as the model being continued recorded them
+        before = json.loads((cfg.init / "studio.json").read_text())
+        info["before"] = before.get("unet_phases") or [{k: before.get(f"unet_{k}") for k in ("steps", "batch", "minutes")}
+                                                       | {"device": before.get("device"), "pool": before.get("pool")}]
     save(budget.total, done=True, info=info)
     return info
 
@@ -407,7 +434,9 @@ def assemble(cfg: TrainConfig, tokenizer) -> Path:
              "vae_mse_before_decoder_finetune": vae_info["mse"], "decoder_steps": dec["steps"],
              "decoder_minutes": dec["minutes"], "vae_mse": dec["mse"], "roundtrip_shape": dec["roundtrip_shape"],
              "unet_steps": unet_info["steps"], "unet_batch": unet_info["batch"], "unet_minutes": unet_info["minutes"],
-             "pool": unet_info["pool"]}
+             "pool": unet_info["pool"],
+             "unet_phases": unet_info.get("before", []) + [{k: unet_info.get(k) for k in
+                                                            ("steps", "batch", "minutes", "device", "pool", "lr")}]}
     save_pipeline(cfg.out, vae.cpu(), text_encoder, tokenizer, unet, notes)
     log.info("built-in model written to %s (%s)", cfg.out, notes)
     return cfg.out

@@ -30,7 +30,9 @@ def main(args) -> int:
         return 0
     if args.what == "builtin":
         cfg = TrainConfig(out=out, work=work, threads=args.threads, device=args.device, workers=args.workers)
-        for name in ("vae_steps", "unet_steps", "batch", "vae_batch", "pool"):
+        if args.init:
+            cfg.init = Path(args.init)
+        for name in ("vae_steps", "unet_steps", "batch", "vae_batch", "pool", "unet_lr"):
             if getattr(args, name, None):
                 setattr(cfg, name, getattr(args, name))
         if args.minutes:
