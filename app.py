@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default="assets/builtin")
     train.add_argument("--work", default="runs/builtin", help="checkpoints to resume from")
     train.add_argument("--vae-steps", type=int, default=None)
+    train.add_argument("--decoder-steps", type=int, default=None)
     train.add_argument("--unet-steps", type=int, default=None)
     train.add_argument("--threads", type=int, default=1)
     train.add_argument("--stage", choices=("all", "vae", "decoder", "unet", "pipeline"), default="all",

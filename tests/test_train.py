@@ -24,8 +24,8 @@ def test_smoke_run_trains_every_stage_and_the_result_loads(tmp_path):
     assert pipe.unet.dtype.is_floating_point and pipe.text_encoder.config.hidden_size == 128
     # the saved tokenizer carries no padding state from training
     assert json.loads((folder / "builtin" / "tokenizer" / "tokenizer.json").read_text())["padding"] is None
-    assert tuple(ControlNetModel.from_pretrained(folder / "controlnet-edge").config.conditioning_embedding_out_channels) \
-        == (16, 32, 64)
+    cn = ControlNetModel.from_pretrained(folder / "controlnet-edge")
+    assert tuple(cn.config.conditioning_embedding_out_channels) == (16, 32, 64)
     for name in ("outline", "pastel"):
         assert (folder / "plugins" / f"{name}.safetensors").stat().st_size > 0
         assert f'name = "{name}"' in (folder / "plugins" / f"{name}.toml").read_text()

@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import world
-from .loop import (Budget, batches, cosine_lr, ema_update, load_ckpt, optimizer, save_ckpt, set_lr,
-                   setup_device, step_fn)
+from .loop import Budget, batches, cosine_lr, ema_update, load_ckpt, optimizer, save_ckpt, set_lr, setup_device, step_fn
 from .tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -33,12 +32,14 @@ class TrainConfig:
     out: Path = Path("assets/builtin")
     work: Path = Path("runs/builtin")
     seed: int = 0
-    vae_steps: int = 2000
-    decoder_steps: int = 1000  # decoder-only fine-tuning: sharper images, same latent space
-    unet_steps: int = 5000
-    pool: int = 40000  # scenes rendered and encoded once for the UNet stage
-    batch: int = 32  # UNet stage
-    vae_batch: int = 16  # VAE and decoder stages
+    # the shipped model's numbers (studio.json records them): its first phase ran on a lent GPU
+    # (tools/train_on_gpu.sh, in time budgets), its second continued the UNet on this CPU (--init)
+    vae_steps: int = 2200
+    decoder_steps: int = 3300  # decoder-only fine-tuning: sharper images, same latent space
+    unet_steps: int = 1700
+    pool: int = 100000  # scenes rendered and encoded once for the UNet stage
+    batch: int = 256  # UNet stage
+    vae_batch: int = 64  # VAE and decoder stages
     threads: int = 1
     device: str = "cpu"
     workers: int = 0  # processes that render batches ahead of the trainer (useful with a GPU)
@@ -383,8 +384,9 @@ def train_unet(cfg: TrainConfig, tokenizer) -> dict:
             "lr": cfg.unet_lr, "device": dev}
     if cfg.init is not None:  # the phases before this one, as the model being continued recorded them
         before = json.loads((cfg.init / "studio.json").read_text())
-        info["before"] = before.get("unet_phases") or [{k: before.get(f"unet_{k}") for k in ("steps", "batch", "minutes")}
-                                                       | {"device": before.get("device"), "pool": before.get("pool")}]
+        first = {k: before.get(f"unet_{k}") for k in ("steps", "batch", "minutes")}
+        info["before"] = before.get("unet_phases") or [{**first, "device": before.get("device"),
+                                                        "pool": before.get("pool")}]
     save(budget.total, done=True, info=info)
     return info
 

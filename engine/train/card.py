@@ -6,15 +6,22 @@ import json
 from pathlib import Path
 
 from ..request import DEFAULTS
-from .builtin import TrainConfig, text_config, unet_config, vae_config
+from .builtin import text_config, unet_config, vae_config
 
 
 def write_card(folder: Path, eval_md: str = "", controlnet_md: str = "") -> Path:
     notes = json.loads((folder / "studio.json").read_text())
     d = DEFAULTS["builtin"]
-    cfg = TrainConfig()
     size_mb = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
     unet, vae, text = unet_config(128), vae_config(), text_config(0, 0, 0)
+    phases = "; then ".join(
+        f"{ph['steps']} steps at batch {ph['batch']}, peak lr {ph.get('lr') or 6e-4:g}, pool {ph.get('pool')}, "
+        f"{ph['minutes']} min on {'a lent H200 GPU' if ph.get('device') == 'cuda' else 'one CPU thread'}"
+        for ph in notes.get("unet_phases", []))
+    from .controlnet import STEPS
+
+    cn_steps = ", ".join(f"{k} {v} steps" for k, v in STEPS.items())
+    cpu_note = notes.get("cpu_note", "not measured")
     card = f"""# The built-in model
 
 A small latent diffusion model trained by this project, from scratch, on its own synthetic "shapes world"
@@ -31,36 +38,40 @@ black; also two objects joined by "and" (left/right or top/bottom). Words outsid
 ## Default settings (chosen by measurement, see below)
 {d.steps} steps, guidance {d.guidance:g}, scheduler `{d.scheduler}` (DPM-Solver++ 2M), v-prediction.
 
-## How it was made (`python app.py train builtin`, then `train controlnets`, `train loras`)
+## How it was made (`tools/train_on_gpu.sh`, then `python app.py train builtin --stage unet --init ...`)
 1. Tokenizer: CLIP-format BPE (vocab.json + merges.txt), 400 merges learned from the grammar's words.
-2. VAE (`AutoencoderKL`, channels {vae['block_out_channels']}, 4 latent channels, 64x64 -> 16x16x4):
-   {notes.get('vae_steps')} steps, batch 16, AdamW 1e-3 cosine, MSE + 0.5 L1 + 1e-6 KL, log-variance bias
-   started at -8; trained on varied images (outlines, pastels, random colour maps) so LoRA styles fit in
-   its latent space. Held-out reconstruction MSE {notes.get('vae_mse')} (images in [-1, 1]);
-   {notes.get('vae_minutes')} min.
+2. VAE (`AutoencoderKL`, channels {vae['block_out_channels']}, {vae['layers_per_block']} layers per block, 4 latent
+   channels, 64x64 -> 16x16x4): {notes.get('vae_steps')} steps, batch {notes.get('vae_batch')}, AdamW 1e-3 cosine,
+   MSE + 0.5 L1 + 1e-6 KL, log-variance bias started at -8; trained on varied images (outlines, pastels, random
+   colour maps) so LoRA styles fit in its latent space. Then the decoder alone, encoder frozen (same latent
+   space): {notes.get('decoder_steps')} steps. Held-out reconstruction MSE
+   {notes.get('vae_mse_before_decoder_finetune')} -> {notes.get('vae_mse')} (images in [-1, 1]);
+   the shape scorer reads {notes.get('roundtrip_shape', 0):.0%} of
+   encoded-and-decoded ground-truth renders right (the ceiling for the model's shape score; the first, narrower
+   VAE (16, 32, 64) x1 trained on the CPU allowed only 73.5%).
 3. UNet (`UNet2DConditionModel`, channels {unet['block_out_channels']}, cross-attention at 8x8 and 4x4 down
    and at every level up) and a CLIP text encoder ({text['num_hidden_layers']} layers, width
-   {text['hidden_size']}) trained jointly: {notes.get('unet_steps')} steps, batch {cfg.batch}, AdamW 6e-4
-   cosine, v-prediction on a cosine noise schedule (flat backgrounds need a near-zero terminal SNR),
+   {text['hidden_size']}) trained jointly, in phases: {phases}.
+   AdamW cosine, v-prediction on a cosine noise schedule (flat backgrounds need a near-zero terminal SNR),
    an unweighted v-loss with half of each batch drawn from the noisiest 30% of timesteps (where the
    layout is decided: with min-SNR weighting those steps weighed ~0 and position words were ignored),
    EMA 0.999, captions dropped entirely 10% of the time (classifier-free guidance) and partly
-   (size/position/background) otherwise; latents of {cfg.pool} pre-rendered scenes;
-   {notes.get('unet_minutes')} min on two CPU threads.
+   (size/position/background) otherwise; latents of pre-rendered scenes.
 4. ControlNets (edge, depth, pose; `ControlNetModel.from_unet`, conditioning embedding (16, 32, 64) for the
-   VAE's 4x downsampling), base model frozen: edge and depth 2000 steps (1200, then resumed under a
-   2000-step schedule), pose 1200; batch 16, AdamW 3e-4 cosine, the same loss;
-   captions never name the position and half are empty (with the position in the caption the base model
-   places the object itself and the ControlNet learns nothing); edge maps thickened to 1-3 px half the
+   VAE's 4x downsampling), base model frozen, on the GPU at once, batch 64, AdamW 3e-4 cosine, the same loss:
+   {cn_steps}; captions never name the position and half are empty (with the position in the caption the base
+   model places the object itself and the ControlNet learns nothing); edge maps thickened to 1-3 px half the
    time. See `assets/controlnet-*/` and the adherence table below.
-5. LoRA plugins (`assets/plugins/`, the same loss, base frozen): `pastel` (rank 4 on the attention
+5. LoRA plugins (`assets/plugins/`, the same loss, base frozen, on the CPU): `pastel` (rank 4 on the attention
    projections, 400 steps, trigger "pastel style") and `outline` (rank 8 on the attention projections and the
    ResNet convolutions, 1000 steps, trigger "outline style": attention alone could not turn filled into
-   hollow). On 30 held-out prompts: hollow objects 17% -> 77% with outline at 1.0; mean saturation 188 -> 88
-   with pastel at 1.0.
+   hollow). Their effect is measured by `benchmarks/lora_plugins.py`.
 
-Every stage is seeded and resumable from `runs/builtin/*.ckpt`; the same commands reproduce these weights on
-this machine (2-core CPU, `--threads 2` for the UNet), up to floating-point differences between machines.
+Timing: {notes.get('timing_note', '')}. Every stage is seeded and resumable from `runs/builtin/*.ckpt`;
+`--minutes` gives a stage a time budget instead of a step count (the steps it reached are recorded in
+`studio.json`, and the defaults of `TrainConfig` and `controlnet.STEPS` are the shipped runs' numbers). The same
+commands reproduce these weights on any device up to floating-point differences (GPU kernels are not
+bit-reproducible). On this 2-core CPU the whole first phase would take hours, not minutes: {cpu_note}.
 
 ## Scores (benchmarks/eval_builtin.py, benchmarks/eval_controlnets.py)
 {eval_md or "(not measured yet)"}

@@ -46,8 +46,8 @@ def train_lora(pipe, batches: Callable[[random.Random, int], tuple[torch.Tensor,
     for m in (vae, unet, text_encoder):
         m.requires_grad_(False).eval()
     torch.manual_seed(seed)
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets or TARGETS, init_lora_weights="gaussian"),
-                     adapter_name="new_lora")
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets or TARGETS, init_lora_weights="gaussian")
+    unet.add_adapter(config, adapter_name="new_lora")
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)

@@ -32,7 +32,7 @@ def main(args) -> int:
         cfg = TrainConfig(out=out, work=work, threads=args.threads, device=args.device, workers=args.workers)
         if args.init:
             cfg.init = Path(args.init)
-        for name in ("vae_steps", "unet_steps", "batch", "vae_batch", "pool", "unet_lr"):
+        for name in ("vae_steps", "decoder_steps", "unet_steps", "batch", "vae_batch", "pool", "unet_lr"):
             if getattr(args, name, None):
                 setattr(cfg, name, getattr(args, name))
         if args.minutes:
@@ -41,7 +41,7 @@ def main(args) -> int:
         train_all(cfg, args.stage)
     elif args.what == "controlnets":
         for kind in (args.kind,) if args.kind else KINDS:
-            train_controlnet(kind, out, work, batch=args.batch or 16, device=args.device, minutes=args.minutes,
+            train_controlnet(kind, out, work, batch=args.batch or 64, device=args.device, minutes=args.minutes,
                              workers=args.workers)
     elif args.what == "loras":
         train_demo_loras(out, out.parent / "plugins")
