@@ -21,8 +21,9 @@ from .loop import Budget, batches, cosine_lr, load_ckpt, optimizer, save_ckpt, s
 
 log = logging.getLogger(__name__)
 KINDS = ("edge", "depth", "pose")
-# steps per ControlNet at batch 64: what the shipped ones ran on a lent GPU, each in a 1.6-minute budget
-STEPS = {"edge": 1000, "depth": 1300, "pose": 1100}
+# steps per ControlNet at batch 64: what the shipped ones ran on a lent GPU, the three at once, each in a
+# 1.6-minute budget (tools/train_on_gpu.sh)
+STEPS = {"edge": 900, "depth": 900, "pose": 900}
 
 
 def control_map(kind: str, scene: world.Scene, image: np.ndarray) -> np.ndarray:
