@@ -3,7 +3,8 @@
     python benchmarks/eval_builtin.py                 # defaults + guidance 1, 200 prompts, appends RESULTS.md
     python benchmarks/eval_builtin.py --sweep         # also steps/guidance/scheduler candidates (picks defaults)
 
-Prompts are drawn from the grammar with a fixed seed; each image has its own fixed seed. The scorer
+Prompts are drawn from the grammar with a fixed seed; each image has its own fixed seed. A second set of
+two-object prompts ("pairs") tests binding words to places, where guidance matters more. The scorer
 (engine/train/evaluate.py) is checked on ground-truth renders first and must score ~100% there.
 """
 
@@ -24,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from benchmarks import common  # noqa: E402
 
 
-def run_config(pipe, scenes, steps: int, guidance: float, scheduler: str, batch: int = 25) -> dict:
+def run_config(pipe, scenes, steps: int, guidance: float, scheduler: str, batch: int = 25, pairs=()) -> dict:
     import torch
     from PIL import Image  # noqa: F401  (images come back as PIL)
 
@@ -41,6 +42,14 @@ def run_config(pipe, scenes, steps: int, guidance: float, scheduler: str, batch:
         scores += [evaluate.score_image(im, s.things[0], s.background) for im, s in zip(images, chunk)]
     out = evaluate.summarize(scores)
     out["s_per_image_batched"] = (time.perf_counter() - t0) / len(scenes)
+    right = []  # two-object prompts: a harder test of what guidance is for (binding words to places)
+    for i in range(0, len(pairs), batch):
+        chunk = pairs[i:i + batch]
+        gens = [torch.Generator().manual_seed(5000 + i + j) for j in range(len(chunk))]
+        images = pipe([world.caption(s) for s in chunk], num_inference_steps=steps, guidance_scale=guidance,
+                      generator=gens).images
+        right += [evaluate.score_pair(im, s) for im, s in zip(images, chunk)]
+    out["pairs"] = sum(right) / len(right) if right else float("nan")
     return out
 
 
@@ -61,22 +70,25 @@ def latency(engine, threads: int, runs: int = 7) -> float:
 
 
 def table(rows: list[tuple[str, dict]]) -> str:
-    keys = ["background", "color", "position", "shape", "size", "bg+color+position", "all"]
-    lines = ["| setting | " + " | ".join(keys) + " | s/image (batched) |", "|" + "---|" * (len(keys) + 2)]
+    keys = ["background", "color", "position", "shape", "size", "bg+color+position", "all", "pairs"]
+    lines = ["| setting | " + " | ".join(keys) + " | colour error | s/image (batched) |",
+             "|" + "---|" * (len(keys) + 3)]
     for name, r in rows:
         lines.append(f"| {name} | " + " | ".join(f"{100 * r[k]:.0f}%" for k in keys)
-                     + f" | {r['s_per_image_batched']:.3f} |")
+                     + f" | {r['color_error']:.1f} | {r['s_per_image_batched']:.3f} |")
     return "\n".join(lines)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=200)
+    p.add_argument("--pairs", type=int, default=100, help="two-object prompts per setting")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--sweep", action="store_true")
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--model", default="builtin", help="builtin, or a pipeline folder (a candidate before it ships)")
     args = p.parse_args()
+    import numpy as np
     import torch
 
     torch.set_num_threads(args.threads)
@@ -88,20 +100,24 @@ def main() -> int:
 
     truth = evaluate.summarize([evaluate.score_image(Image.fromarray(world.render(s)), s.things[0], s.background)
                                 for s in evaluate.eval_scenes(args.n)])
+    truth["pairs"] = float(np.mean([evaluate.score_pair(Image.fromarray(world.render(s)), s)
+                                    for s in evaluate.pair_scenes(args.pairs)]))
     print("scorer on ground-truth renders:", truth, flush=True)
     engine = Engine(device="cpu")
     pipe = engine.load(args.model).pipe
     d = DEFAULTS["builtin"]
     scenes = evaluate.eval_scenes(args.n)
+    pairs = evaluate.pair_scenes(args.pairs)
     configs = [(f"default ({d.steps} steps, cfg {d.guidance:g}, {d.scheduler})", d.steps, d.guidance, d.scheduler),
                (f"guidance 1 ({d.steps} steps, {d.scheduler})", d.steps, 1.0, d.scheduler)]
     if args.sweep:
         configs += [(f"{s} steps, cfg {g:g}, {sch}", s, g, sch) for s, g, sch in
-                    [(10, 5.0, "dpm++2m"), (20, 5.0, "dpm++2m"), (15, 3.0, "dpm++2m"), (15, 7.5, "dpm++2m"),
-                     (15, 5.0, "unipc"), (20, 5.0, "euler"), (30, 5.0, "euler-a")]]
+                    [(12, 1.0, "dpm++2m"), (12, 1.5, "dpm++2m"), (12, 2.0, "dpm++2m"), (12, 3.0, "dpm++2m"),
+                     (12, 5.0, "dpm++2m"), (10, 2.0, "dpm++2m"), (20, 2.0, "dpm++2m"), (12, 2.0, "unipc"),
+                     (30, 2.0, "euler-a")]]
     rows = []
     for name, steps, guidance, scheduler in configs:
-        r = run_config(pipe, scenes, steps, guidance, scheduler)
+        r = run_config(pipe, scenes, steps, guidance, scheduler, pairs=pairs)
         rows.append((name, r))
         print(f"{name}: {r}", flush=True)
     lat1 = latency(engine, 1)
@@ -111,7 +127,10 @@ def main() -> int:
     section = (f"\n## Built-in model adherence ({date.today()}, commit {commit}, {args.n} prompts, CPU)\n\n"
                f"Scorer on ground-truth renders: bg {100 * truth['background']:.0f}%, colour "
                f"{100 * truth['color']:.0f}%, position {100 * truth['position']:.0f}%, shape "
-               f"{100 * truth['shape']:.0f}%.\n\n{table(rows)}\n\n"
+               f"{100 * truth['shape']:.0f}%, two-object pairs {100 * truth['pairs']:.0f}%.\n\n"
+               f"`pairs`: {args.pairs} two-object prompts (\"a ... on the left and a ... on the right, ... "
+               f"background\"), right when each half holds its named colour on the named background.\n\n"
+               f"{table(rows)}\n\n"
                f"Latency, one image at default settings, warm (median of 7): **{lat1:.3f} s** on 1 thread, "
                f"{lat2:.3f} s on 2 threads (goal <= 0.5 s).\n")
     common.report(section, args)  # prints it; appends to RESULTS.md unless --no-write

@@ -94,7 +94,7 @@ def test_prompt_and_enter_gives_an_image(browser, app_url, record_property):
         seconds = send(page, "a red circle on a blue background", 1)
         record_property("enter_to_image_s", round(seconds, 2))
         print(f"\nEnter to image: {seconds:.2f}s")
-        page.wait_for_function("document.querySelector('#chat').innerText.includes('15 steps')")
+        page.wait_for_function("document.querySelector('#chat').innerText.includes('12 steps')")
         chat = page.inner_text("#chat")
         assert "a red circle on a blue background" in chat and "64x64" in chat
         assert page.locator("#gallery img").count() >= 1

@@ -28,6 +28,21 @@ def test_cli_default_model_draws_the_prompt(tmp_path):
     assert Image.open(out).text["parameters"].startswith("a big red circle on the left, blue background\n")
 
 
+def test_scorer_reads_ground_truth_renders_right_and_wrong_captions_wrong():
+    scenes = evaluate.eval_scenes(30, seed=7)
+    truth = evaluate.summarize([evaluate.score_image(Image.fromarray(world.render(s)), s.things[0], s.background)
+                                for s in scenes])
+    assert min(truth[k] for k in ("background", "color", "position", "shape", "size")) == 1.0
+    assert truth["color_error"] == 0.0
+    # the same renders against the next scene's caption: mostly wrong
+    swapped = evaluate.summarize([evaluate.score_image(Image.fromarray(world.render(a)), b.things[0], b.background)
+                                  for a, b in zip(scenes, scenes[1:] + scenes[:1])])
+    assert swapped["all"] < 0.2 and swapped["color_error"] > 50
+    pairs = evaluate.pair_scenes(30)
+    assert sum(evaluate.score_pair(Image.fromarray(world.render(s)), s) for s in pairs) >= 29
+    assert sum(evaluate.score_pair(Image.fromarray(world.render(a)), b) for a, b in zip(pairs, pairs[1:])) <= 5
+
+
 def test_quick_adherence(engine):
     scenes = evaluate.eval_scenes(8, seed=99)
     scores = []
@@ -39,6 +54,13 @@ def test_quick_adherence(engine):
     # regression floor on 8 prompts; the full evaluation (200 prompts) is benchmarks/eval_builtin.py
     assert summary["background"] >= 0.75 and summary["color"] >= 0.75 and summary["position"] >= 0.75
     assert summary["shape"] >= 0.6 and summary["size"] >= 0.75
+
+
+def test_quick_two_object_prompts(engine):
+    pairs = evaluate.pair_scenes(4, seed=11)
+    right = [evaluate.score_pair(engine.generate(Request(prompt=world.caption(s), seed=i)).images[0], s)
+             for i, s in enumerate(pairs)]
+    assert sum(right) >= 3, [world.caption(s) for s in pairs]
 
 
 def _controlled(engine, kind: str, thing, prompt: str):

@@ -38,7 +38,10 @@ black; also two objects joined by "and" (left/right or top/bottom). Words outsid
 ## Default settings (chosen by measurement, see below)
 {d.steps} steps, guidance {d.guidance:g}, scheduler `{d.scheduler}` (DPM-Solver++ 2M), v-prediction.
 
-## How it was made (`tools/train_on_gpu.sh`, then `python app.py train builtin --stage unet --init ...`)
+## How it was made
+`tools/train_on_gpu.sh` (phase 1: every stage on a lent GPU), `python app.py train builtin --stage unet --init
+<phase-1 folder>` (phase 2: the UNet continued on the CPU), `INIT=<phase-2 folder> UNET_MIN=4
+tools/train_on_gpu.sh` (phase 3: the UNet continued on the GPU, then the ControlNets on the finished UNet).
 1. Tokenizer: CLIP-format BPE (vocab.json + merges.txt), 400 merges learned from the grammar's words.
 2. VAE (`AutoencoderKL`, channels {vae['block_out_channels']}, {vae['layers_per_block']} layers per block, 4 latent
    channels, 64x64 -> 16x16x4): {notes.get('vae_steps')} steps, batch {notes.get('vae_batch')}, AdamW 1e-3 cosine,
@@ -58,10 +61,10 @@ black; also two objects joined by "and" (left/right or top/bottom). Words outsid
    EMA 0.999, captions dropped entirely 10% of the time (classifier-free guidance) and partly
    (size/position/background) otherwise; latents of pre-rendered scenes.
 4. ControlNets (edge, depth, pose; `ControlNetModel.from_unet`, conditioning embedding (16, 32, 64) for the
-   VAE's 4x downsampling), base model frozen, on the GPU at once, batch 64, AdamW 3e-4 cosine, the same loss:
-   {cn_steps}; captions never name the position and half are empty (with the position in the caption the base
-   model places the object itself and the ControlNet learns nothing); edge maps thickened to 1-3 px half the
-   time. See `assets/controlnet-*/` and the adherence table below.
+   VAE's 4x downsampling), base model (the finished UNet) frozen, on the GPU at once, batch 64, AdamW 3e-4
+   cosine, the same loss: {cn_steps}; captions never name the position and half are empty (with the
+   position in the caption the base model places the object itself and the ControlNet learns nothing); edge
+   maps thickened to 1-3 px half the time. See `assets/controlnet-*/` and the adherence table below.
 5. LoRA plugins (`assets/plugins/`, the same loss, base frozen, on the CPU): `pastel` (rank 4 on the attention
    projections, 400 steps, trigger "pastel style") and `outline` (rank 8 on the attention projections and the
    ResNet convolutions, 1000 steps, trigger "outline style": attention alone could not turn filled into

@@ -16,6 +16,7 @@ from . import world
 
 _PALETTE = np.array(list(world.COLORS.values()), dtype=np.float32)
 _NAMES = list(world.COLORS)
+_MAX_DIST = float(np.linalg.norm([255.0, 255.0, 255.0]))
 
 
 def nearest_color(rgb: np.ndarray, exclude: str | None = None) -> str:
@@ -25,20 +26,28 @@ def nearest_color(rgb: np.ndarray, exclude: str | None = None) -> str:
     return _NAMES[int(np.argmin(d))]
 
 
+def _pixels(image) -> np.ndarray:
+    """A PIL image (any size, shrunk to 64x64) or an RGB array, as float32 pixels."""
+    if hasattr(image, "convert"):
+        image = image.convert("RGB").resize((world.SIZE, world.SIZE), Image.BOX)
+    return np.asarray(image, dtype=np.float32)
+
+
 def analyse(image) -> dict:
     """What a 64x64 image shows: background, object colour, position, shape and size (None where unclear)."""
-    img = np.asarray(image.convert("RGB").resize((world.SIZE, world.SIZE), Image.BOX) if hasattr(image, "convert")
-                     else image, dtype=np.float32)
+    img = _pixels(image)
     border = np.concatenate([img[:3].reshape(-1, 3), img[-3:].reshape(-1, 3), img[:, :3].reshape(-1, 3),
                              img[:, -3:].reshape(-1, 3)])
     bg_rgb = np.median(border, axis=0)
     background = nearest_color(bg_rgb)
     diff = np.linalg.norm(img - bg_rgb[None, None, :], axis=2)
     mask = diff > 70
-    out = {"background": background, "color": None, "position": None, "shape": None, "size": None, "mask": mask}
+    out = {"background": background, "color": None, "position": None, "shape": None, "size": None, "mask": mask,
+           "bg_rgb": bg_rgb, "rgb": None}
     if mask.sum() < 20:
         return out
-    out["color"] = nearest_color(np.median(img[mask], axis=0), exclude=background)
+    out["rgb"] = np.median(img[mask], axis=0)
+    out["color"] = nearest_color(out["rgb"], exclude=background)
     ys, xs = np.nonzero(mask)
     cx, cy = xs.mean() / world.SIZE, ys.mean() / world.SIZE
     out["position"] = min(world.POSITIONS, key=lambda p: (world.POSITIONS[p][0] - cx) ** 2
@@ -50,11 +59,41 @@ def analyse(image) -> dict:
     return out
 
 
-def score_image(image, thing: world.Thing, background: str) -> dict[str, bool]:
+def score_image(image, thing: world.Thing, background: str) -> dict:
+    """Right/wrong per attribute, plus `color_error`: how far (RGB distance, 0-441) the object's and the
+    background's colours are from the named ones, averaged; a finer measure than right/wrong once those saturate."""
     seen = analyse(image)
+    obj = _MAX_DIST if seen["rgb"] is None else float(np.linalg.norm(seen["rgb"] - world.COLORS[thing.color]))
+    bg = float(np.linalg.norm(seen["bg_rgb"] - np.asarray(world.COLORS[background], dtype=np.float32)))
     return {"background": seen["background"] == background, "color": seen["color"] == thing.color,
             "position": seen["position"] == thing.position, "shape": seen["shape"] == thing.kind,
-            "size": seen["size"] == thing.size}
+            "size": seen["size"] == thing.size, "color_error": (obj + bg) / 2}
+
+
+_HALVES = {"on the left": (slice(None), slice(0, world.SIZE // 2)),
+           "on the right": (slice(None), slice(world.SIZE // 2, None)),
+           "at the top": (slice(0, world.SIZE // 2), slice(None)),
+           "at the bottom": (slice(world.SIZE // 2, None), slice(None))}
+
+
+def score_pair(image, scene: world.Scene) -> bool:
+    """A two-object scene is right when each object's half of the image (left/right or top/bottom) holds an
+    object of its named colour, on the named background."""
+    seen = analyse(image)
+    if seen["background"] != scene.background:
+        return False
+    img = _pixels(image)
+    for thing in scene.things:
+        half, mask = img[_HALVES[thing.position]], seen["mask"][_HALVES[thing.position]]
+        if mask.sum() < 8 or nearest_color(np.median(half[mask], axis=0), exclude=seen["background"]) != thing.color:
+            return False
+    return True
+
+
+def pair_scenes(n: int, seed: int = 4321) -> list[world.Scene]:
+    """n two-object scenes (left/right or top/bottom) with a fixed seed: the harder evaluation set."""
+    rng = random.Random(seed)
+    return [world.random_scene(rng, two_objects=1.0) for _ in range(n)]
 
 
 def eval_scenes(n: int, seed: int = 1234) -> list[world.Scene]:
@@ -63,9 +102,10 @@ def eval_scenes(n: int, seed: int = 1234) -> list[world.Scene]:
     return [world.random_scene(rng, two_objects=0.0, person=False) for _ in range(n)]
 
 
-def summarize(scores: list[dict[str, bool]]) -> dict[str, float]:
+def summarize(scores: list[dict]) -> dict[str, float]:
     keys = ["background", "color", "position", "shape", "size"]
     out = {k: float(np.mean([s[k] for s in scores])) for k in keys}
     out["bg+color+position"] = float(np.mean([s["background"] and s["color"] and s["position"] for s in scores]))
     out["all"] = float(np.mean([all(s[k] for k in keys) for s in scores]))
+    out["color_error"] = float(np.mean([s["color_error"] for s in scores]))
     return out
