@@ -29,7 +29,7 @@ class FamilyDefaults:
 
 
 DEFAULTS: dict[str, FamilyDefaults] = {
-    "builtin": FamilyDefaults(steps=12, guidance=2.0, size=64, multiple=8, max_size=512, scheduler="dpm++2m"),
+    "builtin": FamilyDefaults(steps=10, guidance=2.0, size=64, multiple=8, max_size=512, scheduler="dpm++2m"),
     "sd15": FamilyDefaults(steps=30, guidance=7.5, size=512, multiple=8, max_size=2048, scheduler="dpm++2m-karras"),
     "sdxl": FamilyDefaults(steps=30, guidance=7.0, size=1024, multiple=8, max_size=2048, scheduler="euler"),
     "flux": FamilyDefaults(steps=28, guidance=3.5, size=1024, multiple=16, max_size=2048, scheduler="flow-euler"),

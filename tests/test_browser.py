@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from engine.request import DEFAULTS
+
 CHROMIUM = "/usr/bin/chromium"
+STEPS = DEFAULTS["builtin"].steps  # the built-in model's default steps, as the page shows them
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 INSTALL_HINT = "Install the browser test's needs: apt-get install -y chromium && pip install playwright"
@@ -94,13 +97,13 @@ def test_prompt_and_enter_gives_an_image(browser, app_url, record_property):
         seconds = send(page, "a red circle on a blue background", 1)
         record_property("enter_to_image_s", round(seconds, 2))
         print(f"\nEnter to image: {seconds:.2f}s")
-        page.wait_for_function("document.querySelector('#chat').innerText.includes('12 steps')")
+        page.wait_for_function(f"document.querySelector('#chat').innerText.includes('{STEPS} steps')")
         chat = page.inner_text("#chat")
         assert "a red circle on a blue background" in chat and "64x64" in chat
         assert page.locator("#gallery img").count() >= 1
         # what the browser downloads is the PNG with its settings
         png = page.request.get(page.locator(IMAGE.format(1)).get_attribute("src")).body()
-        assert png.startswith(b"\x89PNG") and b"parameters" in png and b"Steps: 15" in png
+        assert png.startswith(b"\x89PNG") and b"parameters" in png and f"Steps: {STEPS},".encode() in png
     finally:
         context.close()
 
@@ -153,7 +156,7 @@ def test_settings_survive_a_reload(browser, app_url):
     context, page = open_chat(browser, app_url)
     try:
         steps = page.locator("#steps input[type='number']")
-        page.wait_for_function("document.querySelector('#steps input[type=number]').value == '15'")
+        page.wait_for_function(f"document.querySelector('#steps input[type=number]').value == '{STEPS}'")
         page.wait_for_timeout(300)  # let the page's own first save happen
         before = page.evaluate("localStorage.getItem('studio-settings')")
         steps.fill("7")

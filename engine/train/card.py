@@ -68,13 +68,15 @@ tools/train_on_gpu.sh` (phase 3: the UNet continued on the GPU, then the Control
 5. LoRA plugins (`assets/plugins/`, the same loss, base frozen, on the CPU): `pastel` (rank 4 on the attention
    projections, 400 steps, trigger "pastel style") and `outline` (rank 8 on the attention projections and the
    ResNet convolutions, 1000 steps, trigger "outline style": attention alone could not turn filled into
-   hollow). Their effect is measured by `benchmarks/lora_plugins.py`.
+   hollow). Trained on the finished UNet; their effect is measured by `benchmarks/eval_loras.py` (see
+   `benchmarks/RESULTS.md`), their loading and switching cost by `benchmarks/lora_plugins.py`.
 
 Timing: {notes.get('timing_note', '')}. Every stage is seeded and resumable from `runs/builtin/*.ckpt`;
 `--minutes` gives a stage a time budget instead of a step count (the steps it reached are recorded in
-`studio.json`, and the defaults of `TrainConfig` and `controlnet.STEPS` are the shipped runs' numbers). The same
-commands reproduce these weights on any device up to floating-point differences (GPU kernels are not
-bit-reproducible). On this 2-core CPU the whole first phase would take hours, not minutes: {cpu_note}.
+`studio.json`; the defaults of `TrainConfig` are phase 1's numbers, `controlnet.STEPS` the shipped
+ControlNets'). The same commands reproduce these weights on any device up to floating-point differences
+(GPU kernels are not bit-reproducible). On this 2-core CPU the whole first phase would take hours, not
+minutes: {cpu_note}.
 
 ## Scores (benchmarks/eval_builtin.py, benchmarks/eval_controlnets.py)
 {eval_md or "(not measured yet)"}

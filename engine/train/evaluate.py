@@ -96,6 +96,12 @@ def pair_scenes(n: int, seed: int = 4321) -> list[world.Scene]:
     return [world.random_scene(rng, two_objects=1.0) for _ in range(n)]
 
 
+def person_scenes(n: int, seed: int = 77) -> list[world.Scene]:
+    """n stick-figure scenes ("a small blue person on the right, ...") with a fixed seed."""
+    rng = random.Random(seed)
+    return [world.random_scene(rng, person=True) for _ in range(n)]
+
+
 def eval_scenes(n: int, seed: int = 1234) -> list[world.Scene]:
     """n single-shape scenes drawn from the grammar with a fixed seed (the evaluation set)."""
     rng = random.Random(seed)
