@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
         os.environ.setdefault("STUDIO_QUIET_LOADING", "1")  # cli.commands turns the loading bars off
+    from engine.network import offline_unless_hub_reachable
+
+    offline_unless_hub_reachable()  # no network: fail fast with our message instead of 25 s of Hub retries
     from engine.request import UserError
 
     try:

@@ -98,3 +98,15 @@ def test_generate_does_not_import_gradio_or_controlnet_aux(tiny_model):
                        text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_unreachable_hub_gives_the_message_at_once_without_retries(tmp_path):
+    # HF_HUB_OFFLINE unset and the Hub's address refusing connections: a laptop that lost its network
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE" and "proxy" not in k.lower()}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, str(ROOT / "app.py"), "generate", "--model", "someone/some-model",
+                        "--prompt", "x", "--out", str(tmp_path / "x.png")], capture_output=True, text=True,
+                       timeout=120, env=env, cwd=ROOT)
+    assert r.returncode == 2
+    assert "someone/some-model" in r.stderr and "cannot be reached" in r.stderr
+    assert "Retrying" not in r.stderr and "Traceback" not in r.stderr
