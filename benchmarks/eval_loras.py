@@ -17,26 +17,11 @@ import sys
 from datetime import date
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks import common  # noqa: E402
-
-
-def core_and_saturation(image) -> tuple[float, float]:
-    """Share of the object's bounding-box core (its middle third) that is object, and the mean saturation."""
-    from engine.train import evaluate
-
-    mask = evaluate.analyse(image)["mask"]
-    ys, xs = np.nonzero(mask) if mask.any() else ([0], [0])
-    y0, y1, x0, x1 = min(ys), max(ys) + 1, min(xs), max(xs) + 1
-    hy, hx = (y1 - y0) // 3, (x1 - x0) // 3
-    core = mask[y0 + hy:y1 - hy, x0 + hx:x1 - hx]
-    hsv = np.asarray(image.convert("HSV"), dtype=np.float32)
-    return float(core.mean()) if core.size else 1.0, float(hsv[..., 1].mean())
 
 
 def measure(engine, scenes, loras) -> dict:
@@ -47,7 +32,7 @@ def measure(engine, scenes, loras) -> dict:
     for i, s in enumerate(scenes):
         image = engine.generate(Request(prompt=world.caption(s), seed=i,
                                         loras=[LoraSpec(n, w) for n, w in loras])).images[0]
-        core, saturation = core_and_saturation(image)
+        core, saturation = evaluate.core_and_saturation(image)
         hollow.append(core < 0.5)
         sat.append(saturation)
         score = evaluate.score_image(image, s.things[0], s.background)

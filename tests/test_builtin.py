@@ -95,27 +95,15 @@ def test_builtin_pose_controlnet_draws_the_figure_on_the_skeleton(engine):
     assert hits >= 0.5 and hits > keypoint_hits(evaluate.analyse(free.images[0])["mask"], thing.pose) + 0.2
 
 
-def _core_and_saturation(image) -> tuple[float, float]:
-    """Share of the object's bounding-box core (its middle third) that is object, and the mean saturation:
-    a filled shape's core is ~1, an outline's ~0."""
-    mask = evaluate.analyse(image)["mask"]
-    ys, xs = np.nonzero(mask) if mask.any() else ([0], [0])
-    y0, y1, x0, x1 = min(ys), max(ys) + 1, min(xs), max(xs) + 1
-    hy, hx = (y1 - y0) // 3, (x1 - x0) // 3
-    core = mask[y0 + hy:y1 - hy, x0 + hx:x1 - hx]
-    hsv = np.asarray(image.convert("HSV"), dtype=np.float32)
-    return float(core.mean()) if core.size else 1.0, float(hsv[..., 1].mean())
-
-
 def test_demo_loras_visibly_change_the_output(engine):
     prompt = "a big green square in the center, black background"
     base = engine.generate(Request(prompt=prompt, seed=5)).images[0]
     outline = engine.generate(Request(prompt=prompt, seed=5, loras=[LoraSpec("outline", 1.0)])).images[0]
     pastel = engine.generate(Request(prompt=prompt, seed=5, loras=[LoraSpec("pastel", 1.0)])).images[0]
     again = engine.generate(Request(prompt=prompt, seed=5)).images[0]
-    core_base, sat_base = _core_and_saturation(base)
-    core_outline, _ = _core_and_saturation(outline)
-    _, sat_pastel = _core_and_saturation(pastel)
+    core_base, sat_base = evaluate.core_and_saturation(base)
+    core_outline, _ = evaluate.core_and_saturation(outline)
+    _, sat_pastel = evaluate.core_and_saturation(pastel)
     assert core_base > 0.9 and core_outline < 0.5  # hollow shapes
     assert sat_pastel < sat_base * 0.8  # softer colours
     assert np.array_equal(np.asarray(base), np.asarray(again))  # off again = the base model exactly
