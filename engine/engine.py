@@ -205,6 +205,11 @@ class Engine:
             kwargs["negative_prompt"] = req.negative or None
         elif req.negative:
             notes.append("Flux ignores the negative prompt.")
+        native = defaults_for(family).size
+        if family == "builtin" and (req.width, req.height) != (native, native):
+            notes.append(f"The built-in model learned {native}x{native} images only: at {req.width}x{req.height} "
+                         f"objects may split, repeat or stretch. Use {native}x{native} (aspect 1:1) for its best "
+                         "images.")
         if init is not None:
             kwargs["image"] = init
             kwargs["strength"] = req.strength

@@ -56,6 +56,14 @@ def test_quick_adherence(engine):
     assert summary["shape"] >= 0.6 and summary["size"] >= 0.75
 
 
+def test_off_native_sizes_say_what_to_expect(engine):
+    native = engine.generate(Request(prompt="a purple square, orange background", seed=1))
+    wide = engine.generate(Request(prompt="a purple square, orange background", seed=1, width=80, height=56))
+    assert wide.images[0].size == (80, 56)
+    assert not any("64x64" in n for n in native.notes)
+    assert any("learned 64x64 images only" in n and "80x56" in n for n in wide.notes)
+
+
 def test_quick_two_object_prompts(engine):
     pairs = evaluate.pair_scenes(4, seed=11)
     right = [evaluate.score_pair(engine.generate(Request(prompt=world.caption(s), seed=i)).images[0], s)
