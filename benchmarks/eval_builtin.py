@@ -56,10 +56,9 @@ def run_config(pipe, sets: dict, steps: int, guidance: float, scheduler: str) ->
                                                           sets["pairs"])]
     out["pairs"] = sum(right) / max(len(right), 1)
     # stick figures: thin, few pixels, the hardest to colour and place (the scorer's size rule is for shapes)
-    seen = [evaluate.score_image(im, s.things[0], s.background)
-            for im, s in zip(images_for(pipe, sets["people"], steps, guidance, 7000), sets["people"])]
-    out["people"] = sum(x["background"] and x["color"] and x["position"] for x in seen) / max(len(seen), 1)
-    out["people_color_error"] = sum(x["color_error"] for x in seen) / max(len(seen), 1)
+    people = evaluate.summarize([evaluate.score_image(im, s.things[0], s.background) for im, s in
+                                 zip(images_for(pipe, sets["people"], steps, guidance, 7000), sets["people"])])
+    out["people"], out["people_color_error"] = people["bg+color+position"], people["color_error"]
     return out
 
 
@@ -112,9 +111,9 @@ def main() -> int:
                                 for s in evaluate.eval_scenes(args.n)])
     truth["pairs"] = float(np.mean([evaluate.score_pair(Image.fromarray(world.render(s)), s)
                                     for s in evaluate.pair_scenes(args.pairs)]))
-    people = [evaluate.score_image(Image.fromarray(world.render(s)), s.things[0], s.background)
-              for s in evaluate.person_scenes(args.pairs)]
-    truth["people"] = float(np.mean([x["background"] and x["color"] and x["position"] for x in people]))
+    truth["people"] = evaluate.summarize([evaluate.score_image(Image.fromarray(world.render(s)), s.things[0],
+                                                               s.background)
+                                          for s in evaluate.person_scenes(args.pairs)])["bg+color+position"]
     print("scorer on ground-truth renders:", truth, flush=True)
     engine = Engine(device="cpu")
     pipe = engine.load(args.model).pipe

@@ -85,3 +85,13 @@ minutes: {cpu_note}.
     path = folder / "README.md"
     path.write_text(card)
     return path
+
+
+if __name__ == "__main__":  # python -m engine.train.card [SECTION.md ...]: rewrite the card with these score sections
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    files = [Path(a) for a in sys.argv[1:]] or [root / "benchmarks" / "builtin_eval_latest.md"]
+    sections = [f.read_text().strip().replace("\n## ", "\n### ").replace("## ", "### ", 1) for f in files]
+    cn = (root / "benchmarks" / "controlnet_eval_latest.md").read_text().strip().replace("## ", "### ", 1)
+    print(write_card(root / "assets" / "builtin", "\n\n".join(sections), "\n" + cn))
