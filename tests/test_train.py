@@ -31,6 +31,48 @@ def test_smoke_run_trains_every_stage_and_the_result_loads(tmp_path):
         assert f'name = "{name}"' in (folder / "plugins" / f"{name}.toml").read_text()
 
 
+def _toy_run(ckpt, steps: int, stop_after: int | None = None):
+    """A linear model fitted by the shared training loop; `stop_after` interrupts it like a killed process."""
+    import torch
+
+    from engine.train.loop import train_loop
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    target = torch.tensor([[1.0], [-2.0], [0.5]])
+
+    def make(step):
+        if stop_after is not None and step >= stop_after:
+            raise KeyboardInterrupt
+        return torch.randn(8, 3, generator=torch.Generator().manual_seed(step))
+
+    def loss_fn(step, x):
+        return ((model(x) - x @ target) ** 2).mean()
+
+    info = train_loop("toy", {"model": model}, torch.optim.AdamW(model.parameters(), lr=0.1), make, loss_fn,
+                      steps=steps, lr=0.1, warmup=2, ckpt=ckpt, save_every=2, log_every=1,
+                      finish=lambda budget: {"steps": budget.total})
+    return model, info
+
+
+def test_the_training_loop_resumes_where_it_stopped_and_marks_the_end_done(tmp_path):
+    import pytest
+    import torch
+
+    target = torch.tensor([[1.0, -2.0, 0.5]])
+    untrained, _ = _toy_run(None, 0)
+    straight, info = _toy_run(tmp_path / "a.ckpt", 25)
+    assert info == {"steps": 25} and torch.load(tmp_path / "a.ckpt", weights_only=False)["done"]
+    assert (straight.weight - target).norm() < 0.5 * (untrained.weight - target).norm()  # it learned
+    with pytest.raises(KeyboardInterrupt):
+        _toy_run(tmp_path / "b.ckpt", 25, stop_after=13)
+    assert torch.load(tmp_path / "b.ckpt", weights_only=False)["step"] == 12  # the last periodic save
+    resumed, _ = _toy_run(tmp_path / "b.ckpt", 25)
+    assert torch.equal(resumed.weight, straight.weight)  # same batches, same schedule: the same weights
+    again, info = _toy_run(tmp_path / "b.ckpt", 25, stop_after=0)  # done: loads the weights, trains nothing
+    assert torch.equal(again.weight, straight.weight) and info == {"steps": 25}
+
+
 def test_train_lora_from_a_folder_makes_a_plugin_that_changes_the_image(tmp_path, monkeypatch):
     data = tmp_path / "data"
     data.mkdir()

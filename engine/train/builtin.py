@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import world
-from .loop import Budget, batches, cosine_lr, ema_update, load_ckpt, optimizer, save_ckpt, set_lr, setup_device, step_fn
+from .loop import Budget, finished, load_ckpt, optimizer, save_ckpt, setup_device, step_fn, train_loop
 from .tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -199,91 +199,56 @@ def load_vae(cfg: TrainConfig, name: str = "vae"):
 
 def train_vae(cfg: TrainConfig):
     dev = cfg.device
-    ckpt_path = cfg.work / "vae.ckpt"
-    ck = load_ckpt(ckpt_path)
-    if ck is not None and ck.get("done"):
-        return load_vae(cfg)
     torch.manual_seed(cfg.seed)
     vae = _new_vae().to(dev)
-    opt = optimizer(vae.parameters(), 1e-3, dev)
-    start = 0
-    if ck is not None:
-        vae.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        start = ck["step"]
-        log.info("vae: resumed at step %d", start)
-    budget = Budget(cfg.vae_steps, cfg.minutes.get("vae"), start)
-    step = start
-    for x in batches(step_fn(_vae_step, cfg.seed, cfg.vae_batch, 0), start, cfg.workers):
-        if step >= budget.total:
-            break
+
+    def loss_fn(step: int, x: torch.Tensor) -> torch.Tensor:
         x = x.to(dev, non_blocking=True)
-        set_lr(opt, cosine_lr(step, budget.total, 1e-3))
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
-        mse = F.mse_loss(rec, x)
-        loss = mse + 0.5 * F.l1_loss(rec, x) + 1e-6 * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        budget.after(step)
-        step += 1
-        if step % cfg.log_every == 0:
-            log.info("vae step %d/%d mse %.5f", step, budget.total, mse.item())
-        if step % cfg.save_every == 0:
-            save_ckpt(ckpt_path, {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step})
-    vae.eval()
-    info = {"steps": budget.total, "batch": cfg.vae_batch, "minutes": budget.minutes_spent(), **vae_quality(vae, dev)}
+        return F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-6 * post.kl().mean()
+
+    def finish(budget: Budget) -> dict:
+        vae.eval()
+        return {"steps": budget.total, "batch": cfg.vae_batch, "minutes": budget.minutes_spent(),
+                **vae_quality(vae, dev)}
+
+    info = train_loop("vae", {"model": vae}, optimizer(vae.parameters(), 1e-3, dev),
+                      step_fn(_vae_step, cfg.seed, cfg.vae_batch, 0), loss_fn, steps=cfg.vae_steps, lr=1e-3,
+                      minutes=cfg.minutes.get("vae"), ckpt=cfg.work / "vae.ckpt", workers=cfg.workers,
+                      log_every=cfg.log_every, save_every=cfg.save_every, finish=finish)
     vae.register_to_config(scaling_factor=info["scaling_factor"])
-    save_ckpt(ckpt_path, {"model": vae.state_dict(), "step": budget.total, "done": True, "info": info})
     log.info("vae: %s", info)
-    return vae.requires_grad_(False), info
+    return vae.requires_grad_(False).eval(), info
 
 
 def finetune_decoder(cfg: TrainConfig):
     """Train the decoder longer with the encoder frozen: the latent space (what the UNet learns) is unchanged,
     so this stage is independent of the UNet stage and sharpens every image the model makes."""
-    ckpt_path = cfg.work / "decoder.ckpt"
-    ck = load_ckpt(ckpt_path)
-    if ck is not None and ck.get("done"):
-        return load_vae(cfg, "decoder")
     dev = cfg.device
     vae, vae_info = load_vae(cfg)
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     for p in params:
         p.requires_grad_(True)
-    opt = optimizer(params, 5e-4, dev)
-    start = 0
-    if ck is not None:
-        vae.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        start = ck["step"]
-    budget = Budget(cfg.decoder_steps, cfg.minutes.get("decoder"), start)
-    step = start
-    for x in batches(step_fn(_vae_step, cfg.seed, cfg.vae_batch, 300_000), start, cfg.workers):
-        if step >= budget.total:
-            break
+
+    def loss_fn(step: int, x: torch.Tensor) -> torch.Tensor:
         x = x.to(dev, non_blocking=True)
-        set_lr(opt, cosine_lr(step, budget.total, 5e-4, warmup=50))
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mean
         rec = vae.decode(z).sample
-        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        budget.after(step)
-        step += 1
-        if step % cfg.log_every == 0:
-            log.info("decoder step %d/%d loss %.5f", step, budget.total, loss.item())
-        if step % cfg.save_every == 0:
-            save_ckpt(ckpt_path, {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step})
-    vae.requires_grad_(False).eval()
-    info = {"steps": budget.total, "batch": cfg.vae_batch, "minutes": budget.minutes_spent(),
-            **vae_quality(vae, dev), "scaling_factor": vae_info["scaling_factor"]}
-    save_ckpt(ckpt_path, {"model": vae.state_dict(), "step": budget.total, "done": True, "info": info})
+        return F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+
+    def finish(budget: Budget) -> dict:
+        vae.eval()
+        return {"steps": budget.total, "batch": cfg.vae_batch, "minutes": budget.minutes_spent(),
+                **vae_quality(vae, dev), "scaling_factor": vae_info["scaling_factor"]}
+
+    info = train_loop("decoder", {"model": vae}, optimizer(params, 5e-4, dev),
+                      step_fn(_vae_step, cfg.seed, cfg.vae_batch, 300_000), loss_fn, steps=cfg.decoder_steps,
+                      lr=5e-4, warmup=50, minutes=cfg.minutes.get("decoder"), ckpt=cfg.work / "decoder.ckpt",
+                      workers=cfg.workers, log_every=cfg.log_every, save_every=cfg.save_every, finish=finish)
     log.info("vae after decoder fine-tuning: %s", info)
-    return vae, info
+    return vae.requires_grad_(False).eval(), info
 
 
 # ----------------------------------------------------------------------------------------------- UNet
@@ -320,9 +285,8 @@ def train_unet(cfg: TrainConfig, tokenizer) -> dict:
     from diffusers import DDPMScheduler
 
     ckpt_path = cfg.work / "unet.ckpt"
-    ck = load_ckpt(ckpt_path)
-    if ck is not None and ck.get("done"):
-        return ck["info"]
+    if (info := finished(ckpt_path)) is not None:
+        return info
     dev = cfg.device
     torch.manual_seed(cfg.seed + 1)
     unet, text_encoder = build_unet_and_text(tokenizer)
@@ -330,7 +294,7 @@ def train_unet(cfg: TrainConfig, tokenizer) -> dict:
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = optimizer(params, cfg.unet_lr, dev, weight_decay=0.01)
-    if ck is None and cfg.init is not None:  # a second phase on a finished model: its weights, a fresh optimizer
+    if not ckpt_path.exists() and cfg.init is not None:  # continuing a finished model: its weights, a fresh optimizer
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextModel
 
@@ -340,13 +304,6 @@ def train_unet(cfg: TrainConfig, tokenizer) -> dict:
         ema_text.load_state_dict(text_encoder.state_dict())
         log.info("unet: continuing from %s", cfg.init)
     alphas = DDPMScheduler(**noise_scheduler_config()).alphas_cumprod
-    start = 0
-    if ck is not None:
-        for m, k in ((unet, "unet"), (text_encoder, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
-            m.load_state_dict(ck[k])
-        opt.load_state_dict(ck["opt"])
-        start = ck["step"]
-        log.info("unet: resumed at step %d", start)
     vae, _ = load_vae(cfg)
     scenes, latents = encode_pool(vae, cfg)
     del vae
@@ -354,41 +311,27 @@ def train_unet(cfg: TrainConfig, tokenizer) -> dict:
     log.info("unet: %.1fM params, text encoder %.1fM, pool %d", sum(p.numel() for p in unet.parameters()) / 1e6,
              sum(p.numel() for p in text_encoder.parameters()) / 1e6, len(scenes))
 
-    def save(step, **extra):
-        save_ckpt(ckpt_path, {"unet": unet.state_dict(), "text": text_encoder.state_dict(),
-                              "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
-                              "opt": opt.state_dict(), "step": step, **extra})
-
-    budget = Budget(cfg.unet_steps, cfg.minutes.get("unet"), start)
-    step = start
-    for idx, ids in batches(step_fn(_unet_step, cfg.seed, cfg.batch, scenes, tokenizer), start, cfg.workers):
-        if step >= budget.total:
-            break
+    def loss_fn(step: int, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        idx, ids = batch
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        set_lr(opt, cosine_lr(step, budget.total, cfg.unet_lr))
         cond = text_encoder(ids.to(dev))[0]
-        loss = v_loss(lambda xt, t: unet(xt, t, cond).sample, latents[idx.to(dev)].float(), alphas, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema_update(ema_unet, unet, step)
-        ema_update(ema_text, text_encoder, step)
-        budget.after(step)
-        step += 1
-        if step % cfg.log_every == 0:
-            log.info("unet step %d/%d loss %.4f", step, budget.total, loss.item())
-        if step % cfg.save_every == 0:
-            save(step)
-    info = {"steps": budget.total, "batch": cfg.batch, "minutes": budget.minutes_spent(), "pool": cfg.pool,
-            "lr": cfg.unet_lr, "device": dev}
-    if cfg.init is not None:  # the phases before this one, as the model being continued recorded them
-        before = json.loads((cfg.init / "studio.json").read_text())
-        first = {k: before.get(f"unet_{k}") for k in ("steps", "batch", "minutes")}
-        info["before"] = before.get("unet_phases") or [{**first, "device": before.get("device"),
-                                                        "pool": before.get("pool")}]
-    save(budget.total, done=True, info=info)
-    return info
+        return v_loss(lambda xt, t: unet(xt, t, cond).sample, latents[idx.to(dev)].float(), alphas, gen)
+
+    def finish(budget: Budget) -> dict:
+        info = {"steps": budget.total, "batch": cfg.batch, "minutes": budget.minutes_spent(), "pool": cfg.pool,
+                "lr": cfg.unet_lr, "device": dev}
+        if cfg.init is not None:  # the phases before this one, as the model being continued recorded them
+            before = json.loads((cfg.init / "studio.json").read_text())
+            first = {k: before.get(f"unet_{k}") for k in ("steps", "batch", "minutes")}
+            info["before"] = before.get("unet_phases") or [{**first, "device": before.get("device"),
+                                                            "pool": before.get("pool")}]
+        return info
+
+    modules = {"unet": unet, "text": text_encoder, "ema_unet": ema_unet, "ema_text": ema_text}
+    return train_loop("unet", modules, opt, step_fn(_unet_step, cfg.seed, cfg.batch, scenes, tokenizer), loss_fn,
+                      steps=cfg.unet_steps, lr=cfg.unet_lr, minutes=cfg.minutes.get("unet"), ckpt=ckpt_path,
+                      workers=cfg.workers, clip=1.0, ema=[(ema_unet, unet), (ema_text, text_encoder)],
+                      log_every=cfg.log_every, save_every=cfg.save_every, finish=finish)
 
 
 def load_unet(cfg: TrainConfig, tokenizer):

@@ -17,7 +17,7 @@ from PIL import Image, ImageFilter
 
 from . import world
 from .builtin import _to_tensor, noise_scheduler_config, tokenize, v_loss
-from .loop import Budget, batches, cosine_lr, load_ckpt, optimizer, save_ckpt, set_lr, setup_device, step_fn
+from .loop import Budget, optimizer, setup_device, step_fn, train_loop
 
 log = logging.getLogger(__name__)
 KINDS = ("edge", "depth", "pose")
@@ -77,44 +77,30 @@ def train_controlnet(kind: str, pipe_dir: Path, work: Path, steps: int | None = 
     # three channel widths = two stride-2 convs = the VAE's 4x downsampling
     net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64)).to(device)
     net.train()
-    opt = optimizer(net.parameters(), 1e-4, device)
     alphas = DDPMScheduler(**noise_scheduler_config()).alphas_cumprod
-    ckpt = work / f"controlnet_{kind}.ckpt"
-    start = 0
-    if (ck := load_ckpt(ckpt)) is not None:
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        start = ck["step"]
-    budget = Budget(steps or STEPS[kind], minutes, start)
-    step = start
-    for images, cond_maps, ids in batches(step_fn(_control_step, kind, seed, batch, tokenizer), start, workers):
-        if step >= budget.total:
-            break
+
+    def loss_fn(step: int, batch) -> torch.Tensor:
+        images, cond_maps, ids = batch
         gen = torch.Generator().manual_seed(seed * 7919 + step)
         images, cond_maps = images.to(device), cond_maps.to(device)
         with torch.no_grad():
             x0 = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
             text = text_encoder(ids.to(device))[0]
-        set_lr(opt, cosine_lr(step, budget.total, 3e-4, warmup=50))
 
         def denoise(xt, t):
             down, mid = net(xt, t, text, controlnet_cond=cond_maps, return_dict=False)
             return unet(xt, t, text, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
 
-        loss = v_loss(denoise, x0, alphas, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        budget.after(step)
-        step += 1
-        if step % 50 == 0:
-            log.info("controlnet %s step %d/%d loss %.4f", kind, step, budget.total, loss.item())
-        if step % 200 == 0:
-            save_ckpt(ckpt, {"model": net.state_dict(), "opt": opt.state_dict(), "step": step})
+        return v_loss(denoise, x0, alphas, gen)
+
+    def finish(budget: Budget) -> dict:
+        return {"steps": budget.total, "batch": batch, "minutes": budget.minutes_spent()}
+
+    info = train_loop(f"controlnet {kind}", {"model": net}, optimizer(net.parameters(), 1e-4, device),
+                      step_fn(_control_step, kind, seed, batch, tokenizer), loss_fn, steps=steps or STEPS[kind],
+                      lr=3e-4, warmup=50, minutes=minutes, ckpt=work / f"controlnet_{kind}.ckpt", workers=workers,
+                      clip=1.0, log_every=50, save_every=200, finish=finish)
     out = out or pipe_dir.parent / f"controlnet-{kind}"
     net.to(torch.float16).save_pretrained(out, safe_serialization=True)
-    save_ckpt(ckpt, {"model": net.state_dict(), "opt": opt.state_dict(), "step": budget.total})
-    log.info("controlnet %s: %d steps, batch %d, written to %s (%.1f min)", kind, budget.total, batch, out,
-             budget.minutes_spent())
+    log.info("controlnet %s: %s, written to %s", kind, info, out)
     return out

@@ -1,4 +1,5 @@
-"""What every training stage shares: checkpoints, the learning-rate schedule, step budgets, batches, EMA.
+"""What every training stage shares: the training loop (`train_loop`), checkpoints, the learning-rate schedule,
+step budgets, batches, EMA.
 
 A stage runs a fixed number of steps, or as many as fit in a time budget (`--minutes`): the rate is
 measured over the first 50 steps, the total is then fixed (and recorded), and the cosine schedule follows
@@ -13,7 +14,7 @@ import math
 import time
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -109,6 +110,69 @@ def optimizer(params, lr: float, device: str, weight_decay: float = 0.0) -> torc
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for g in opt.param_groups:
         g["lr"] = lr
+
+
+def finished(path: Path | None) -> dict | None:
+    """The `info` of a stage whose checkpoint is marked done, else None (a stage with costly set-up asks first)."""
+    ck = load_ckpt(path) if path is not None else None
+    return ck["info"] if ck is not None and ck.get("done") else None
+
+
+def train_loop(name: str, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer,
+               make: Callable[[int], object], loss_fn: Callable[[int, object], torch.Tensor], *, steps: int,
+               lr: float, warmup: int = 200, minutes: float | None = None, ckpt: Path | None = None,
+               workers: int = 0, clip: float | None = None, ema: Sequence[tuple[torch.nn.Module, torch.nn.Module]] = (),
+               log_every: int = 100, save_every: int = 500,
+               finish: Callable[[Budget], dict] | None = None) -> dict:
+    """The one training loop of every stage; returns the stage's `info` (what `finish(budget)` reports).
+
+    Resumes from `ckpt` (the `modules`' states under their keys, the optimizer, the step); a checkpoint marked
+    done loads its weights into `modules` and returns its info without training. Each step: the cosine learning
+    rate, `loss_fn(step, make(step))`, backward, optional gradient clipping, the optimizer, the `(ema, model)`
+    updates; then the `Budget`, logging every `log_every` and saving every `save_every` steps. At the end
+    `finish(budget)` (the stage's own measurements) and a checkpoint marked `done`. `ckpt=None`: no resume, no
+    saving (LoRAs)."""
+    ck = load_ckpt(ckpt) if ckpt is not None else None
+    if ck is not None:
+        for key, module in modules.items():
+            module.load_state_dict(ck[key])
+        if ck.get("done"):
+            log.info("%s: finished before (%s)", name, ckpt)
+            return ck["info"]
+        opt.load_state_dict(ck["opt"])
+        log.info("%s: resumed at step %d", name, ck["step"])
+    start = ck["step"] if ck is not None else 0
+
+    def save(step: int, **extra) -> None:
+        if ckpt is not None:
+            save_ckpt(ckpt, {**{k: m.state_dict() for k, m in modules.items()}, "opt": opt.state_dict(),
+                             "step": step, **extra})
+
+    params = [p for g in opt.param_groups for p in g["params"]]
+    budget = Budget(steps, minutes, start)
+    step = start
+    for batch in batches(make, start, workers):
+        if step >= budget.total:
+            break
+        set_lr(opt, cosine_lr(step, budget.total, lr, warmup))
+        loss = loss_fn(step, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        for average, model in ema:
+            ema_update(average, model, step)
+        budget.after(step)
+        step += 1
+        if step % log_every == 0:
+            log.info("%s step %d/%d loss %.5f (%.2f steps/s)", name, step, budget.total, loss.item(),
+                     (step - start) / max(1e-9, time.time() - budget.t0))
+        if step % save_every == 0:
+            save(step)
+    info = finish(budget) if finish is not None else {}
+    save(budget.total, done=True, info=info)
+    return info
 
 
 def setup_device(device: str) -> str:

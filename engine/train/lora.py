@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +18,7 @@ import torch
 
 from . import world
 from .builtin import _to_tensor, tokenize, v_loss
-from .loop import cosine_lr
+from .loop import train_loop
 
 log = logging.getLogger(__name__)
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -49,26 +48,23 @@ def train_lora(pipe, batches: Callable[[random.Random, int], tuple[torch.Tensor,
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets or TARGETS, init_lora_weights="gaussian")
     unet.add_adapter(config, adapter_name="new_lora")
     params = [p for p in unet.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr)
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
     alphas, prediction = noise_sched.alphas_cumprod, noise_sched.config.prediction_type
-    t0 = time.time()
-    for step in range(steps):
-        rng = random.Random(seed * 1_000_003 + 700_000 + step)
+
+    def make(step: int):
+        return batches(random.Random(seed * 1_000_003 + 700_000 + step), batch)
+
+    def loss_fn(step: int, images_captions) -> torch.Tensor:
+        images, captions = images_captions
         gen = torch.Generator().manual_seed(seed * 104729 + step)
-        images, captions = batches(rng, batch)
         with torch.no_grad():
             x0 = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
             text = text_encoder(tokenize(tokenizer, captions))[0]
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, steps, lr, warmup=30)
-        loss = v_loss(lambda xt, t: unet(xt, t, text).sample, x0, alphas, gen, prediction)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if (step + 1) % 50 == 0:
-            log.info("lora step %d/%d loss %.4f (%.2f steps/s)", step + 1, steps, loss.item(),
-                     (step + 1) / (time.time() - t0))
+        return v_loss(lambda xt, t: unet(xt, t, text).sample, x0, alphas, gen, prediction)
+
+    # no checkpoint: a LoRA trains in minutes, and `train-lora` users expect a fresh run each time
+    train_loop("lora", {}, torch.optim.AdamW(params, lr=lr), make, loss_fn, steps=steps, lr=lr, warmup=30,
+               log_every=50)
     state = get_peft_model_state_dict(unet, adapter_name="new_lora")
     unet.delete_adapters("new_lora")
     return state
@@ -110,7 +106,7 @@ def train_demo_loras(pipe_dir: Path, out: Path, steps: int | None = None, seed: 
 
 def folder_batches(folder: Path, size: int):
     """Images with a same-named .txt caption beside each, resized to the model's native size."""
-    from ..images import fit_to, load_image
+    from ..images.loading import fit_to, load_image
     from ..request import UserError
 
     items = []
@@ -132,15 +128,15 @@ def folder_batches(folder: Path, size: int):
 def train_lora_from_folder(folder: Path, name: str, model: str = "builtin", steps: int = 600, rank: int = 4,
                            trigger: str = "", out: Path = Path("plugins")) -> Path:
     """`app.py train-lora`: a LoRA plugin for an SD-family model (builtin or SD1.5) from captioned images."""
-    from .. import models
     from ..request import UserError
+    from ..sources.loading import load_pipeline, resolve
 
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder. Give a folder of images with .txt captions.")
-    source = models.resolve(model)
+    source = resolve(model)
     if source.family not in ("builtin", "sd15"):
         raise UserError(f"train-lora supports the built-in and SD1.5 models; {model} is {source.family}.")
-    pipe = models.load_pipeline(source, "cpu", torch.float32)
+    pipe = load_pipeline(source, "cpu", torch.float32)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     base = folder_batches(folder, size)
 
