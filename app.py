@@ -24,6 +24,8 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
                    help="channels_last memory format for the UNet (auto: on for CPU)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--plugins", action="append", default=None, metavar="DIR",
+                   help="a folder of plugin manifests (repeatable; default: plugins/ and assets/plugins/)")
     p.add_argument("-v", "--verbose", action="store_true", help="log loading and timing details")
 
 
@@ -64,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     plug = sub.add_parser("plugins", help="list plugins with their family and status")
     plug.add_argument("--json", action="store_true")
+    plug.add_argument("--plugins", action="append", default=None, metavar="DIR",
+                      help="a folder of plugin manifests (repeatable; default: plugins/ and assets/plugins/)")
 
     train = sub.add_parser("train", help="train the built-in model (and its ControlNets/LoRAs)")
     train.add_argument("what", choices=("builtin", "controlnets", "loras", "smoke"))
@@ -97,6 +101,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def engine_config(args, serving: bool):
+    """The one EngineConfig of this process, from the command line (and Hugging Face's own HF_HUB_OFFLINE)."""
+    from engine.config import DEFAULT_PLUGIN_DIRS, EngineConfig
+    from engine.sources.network import decide_offline
+
+    offline, why = decide_offline()  # no network: fail fast with our message instead of 25 s of Hub retries
+    if offline:  # for the libraries that ask the Hub themselves (controlnet_aux, transformers' pipelines)
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    # may users name files and folders on this machine? Yes from the CLI; when serving only on loopback, unshared
+    local_paths = not serving or (args.host in LOOPBACK and not args.share and not os.environ.get("SPACE_ID"))
+    flag = lambda name, default: getattr(args, name, None) or default  # noqa: E731 (models/plugins lack some)
+    return EngineConfig(device=flag("device", "auto"), dtype=flag("dtype", "auto"), offload=flag("offload", "auto"),
+                        compile=flag("compile", "off"), channels_last=flag("channels_last", "auto"),
+                        plugin_dirs=tuple(flag("plugins", DEFAULT_PLUGIN_DIRS)), offline=offline,
+                        offline_reason=why, local_paths=local_paths, quiet_loading=not flag("verbose", False))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
@@ -110,17 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-        os.environ.setdefault("STUDIO_QUIET_LOADING", "1")  # cli.commands turns the loading bars off
-    from engine.network import offline_unless_hub_reachable
-
-    offline_unless_hub_reachable()  # no network: fail fast with our message instead of 25 s of Hub retries
     from engine.request import UserError
 
     try:
         from cli import commands
 
-        handler = commands.HANDLERS[args.command or "serve"]
-        return handler(args)
+        command = args.command or "serve"
+        config = None if command.startswith("train") else engine_config(args, serving=command == "serve")
+        return commands.HANDLERS[command](args, config)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

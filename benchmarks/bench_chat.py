@@ -94,7 +94,7 @@ def main() -> None:
     from engine.request import Request
     from ui import app as ui_app
 
-    engine = Engine(device="cpu")
+    engine = Engine(device="cpu", local_paths=True)
     engine.load(args.model)
     generate, inside, handler = engine.generate, [], []
     engine.generate = probe(generate, inside)

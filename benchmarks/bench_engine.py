@@ -51,9 +51,10 @@ def checked_request(engine, args, **kw):
 def engine_vs_pipeline(args) -> str:
     import torch
 
-    from engine.engine import Engine, make_scheduler
+    from engine.engine import Engine
+    from engine.sources.loading import make_scheduler
 
-    engine = Engine(device="cpu")
+    engine = Engine(device="cpu", local_paths=True)
     load_s, _ = timed(lambda: engine.load(args.model))
     loaded, req = checked_request(engine, args, steps=args.steps, width=args.size, height=args.size)
     pipe, scheduler = loaded.pipe, make_scheduler(req.scheduler, loaded.scheduler_config)
@@ -115,7 +116,7 @@ def whole_process(args) -> str:
     from engine.engine import Engine
     from engine.request import SCHEDULERS
 
-    engine = Engine(device="cpu")
+    engine = Engine(device="cpu", local_paths=True)
     _, req = checked_request(engine, args, steps=args.steps, width=args.size, height=args.size)
     folder = common.model_folder(args.model)
     cls, extra, _, _ = SCHEDULERS[req.scheduler]
@@ -156,9 +157,10 @@ def whole_process(args) -> str:
 def variants(args) -> str:
     import torch
 
-    from engine.engine import Engine, make_scheduler
+    from engine.engine import Engine
+    from engine.sources.loading import make_scheduler
 
-    engine = Engine(device="cpu")
+    engine = Engine(device="cpu", local_paths=True)
     loaded, req = checked_request(engine, args, steps=args.steps, width=args.size, height=args.size)
     pipe, base = loaded.pipe, loaded.pipe.unet
 

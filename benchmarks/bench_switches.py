@@ -3,7 +3,8 @@
     python benchmarks/bench_switches.py --model builtin
     python benchmarks/bench_switches.py --model /tmp/tiny-sd15 --size 64 --steps 4 --runs 3 --no-write   # a trial
 
-(a) A, B, A again: the switch back reads nothing from disk (calls to `engine.models.load_pipeline` are counted).
+(a) A, B, A again: the switch back reads nothing from disk (calls to
+    `engine.sources.loading.load_pipeline` are counted).
 (b) `engine.plugins.apply` switching between two loaded LoRAs vs loading them from their files (the built-in demo
 LoRAs when present, else two made with peft in a temp plugin folder). (c) a ControlNet unit added and removed: no base
 reload. (d) peak RSS of txt2img + ControlNet + img2img in a fresh process vs the weights' size on disk.
@@ -162,23 +163,23 @@ def rss_child(spec: dict) -> None:
     torch.set_num_threads(spec["threads"])
     for name in ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionControlNetPipeline"):
         getattr(diffusers, name)  # diffusers imports lazily: pay for the classes before the baseline
-    from engine import models
     from engine.engine import Engine
     from engine.request import ControlUnit, Request
+    from engine.sources import loading
 
     def status(key: str) -> int:  # VmRSS: now; VmHWM: the peak so far (kB in /proc/self/status)
         line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(key))
         return int(line.split()[1]) * 1024
 
     base = status("VmRSS")
-    engine = Engine(device="cpu", plugin_dirs=spec["plugin_dirs"])
+    engine = Engine(device="cpu", plugin_dirs=spec["plugin_dirs"], local_paths=True)
     req = Request(prompt=PROMPT, model=spec["model"], seed=0, steps=spec["steps"], width=spec["size"],
                   height=spec["size"])
     image = engine.generate(req).images[0]
     engine.generate(Request(**{**req.__dict__, "controls": [ControlUnit("edge", edge_map(image.size),
                                                                         preprocessor="none")]}))
     engine.generate(Request(**{**req.__dict__, "init_image": image, "strength": 0.6}))
-    params = models.pipeline_bytes(engine.load(spec["model"]).pipe)
+    params = loading.pipeline_bytes(engine.load(spec["model"]).pipe)
     print(json.dumps({"base": base, "peak": status("VmHWM"), "now": status("VmRSS"), "params": params}))
 
 
@@ -210,32 +211,33 @@ def main() -> None:
     args = p.parse_args()
     common.setup(args)
 
-    from engine import models
+    from engine.config import DEFAULT_PLUGIN_DIRS as DEFAULT_DIRS
     from engine.engine import Engine
-    from engine.plugins import DEFAULT_DIRS
     from engine.request import Request
+    from engine.sources import loading
+    from engine.sources.resolve import Resolver
 
     calls: list = []
-    load_pipeline = models.load_pipeline
+    load_pipeline = loading.load_pipeline
 
     def counted(*a, **kw):
         calls.append(a[0])
         return load_pipeline(*a, **kw)
 
-    models.load_pipeline = counted  # the benchmark's own probe: every disk load of a base model passes here
+    loading.load_pipeline = counted  # the benchmark's own probe: every disk load of a base model passes here
 
     def request(**kw) -> Request:
         return Request(prompt=PROMPT, model=args.model, seed=0, steps=args.steps, width=args.size,
                        height=args.size, **kw)
 
-    folder, family = common.model_folder(args.model), models.resolve(args.model).family
+    folder, family = common.model_folder(args.model), Resolver(local_paths=True).resolve(args.model).family
     tmp = Path(tempfile.mkdtemp(prefix="bench-plugins-"))
     demo = ASSETS_LORAS if family == "builtin" and all((DEFAULT_DIRS[1] / f"{n}.toml").is_file()
                                                        for n in ASSETS_LORAS) else None
     names = demo or ([] if "lora" in args.skip.split(",") else make_loras(folder, tmp, family))
     cn_folder = edge_controlnet(folder, tmp, family)
     plugin_dirs = [str(d) for d in DEFAULT_DIRS] + [str(tmp)]
-    engine = Engine(device="cpu", plugin_dirs=plugin_dirs)
+    engine = Engine(device="cpu", plugin_dirs=plugin_dirs, local_paths=True)
     common.run_sections("Switches and memory (bench_switches.py)", args, [
         ("model", lambda: model_switch(args, engine, calls, request)),
         ("lora", lambda: lora_switch(args, engine, names, request)),

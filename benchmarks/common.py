@@ -164,9 +164,9 @@ def run_sections(title: str, args, sections: list[tuple[str, Callable[[], str]]]
 
 def model_folder(model: str) -> Path:
     """The folder a `--model` string loads from (benchmarks need a diffusers folder: builtin or a path)."""
-    from engine import models
+    from engine.sources.resolve import Resolver
 
-    source = models.resolve(model)
+    source = Resolver(local_paths=True).resolve(model)
     if source.kind not in ("builtin", "folder"):
         sys.exit(f"--model {model}: the benchmarks need a local diffusers folder (or builtin), got a {source.kind}.")
     return Path(source.location)

@@ -79,7 +79,7 @@ def main() -> int:
     torch.set_num_threads(1)
     from engine.engine import Engine
 
-    engine = Engine(device="cpu")
+    engine = Engine(device="cpu", local_paths=True)
     rows = {}
     for kind in ("edge", "depth", "pose"):
         rows[kind] = evaluate_kind(engine, kind, args.n)

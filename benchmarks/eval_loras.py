@@ -51,7 +51,7 @@ def main() -> int:
     from engine.engine import Engine
     from engine.train import evaluate
 
-    engine = Engine(device="cpu")
+    engine = Engine(device="cpu", local_paths=True)
     scenes = evaluate.eval_scenes(args.n, seed=777)
     rows = {"none": measure(engine, scenes, [])}
     for name in ("outline", "pastel"):

@@ -66,7 +66,7 @@ def main() -> int:
     from diffusers.utils import logging as diffusers_logging
 
     from engine.engine import Engine
-    from engine.plugins import PluginManager
+    from engine.plugins.manager import PluginManager
     from engine.request import LoraSpec, Request
 
     torch.set_num_threads(args.threads)
@@ -78,7 +78,7 @@ def main() -> int:
         from tests import tiny_models
 
         model = str(tiny_models.sdxl(work / "tiny-sdxl"))
-    engine = Engine(device=args.device)
+    engine = Engine(device=args.device, local_paths=True)
     loaded = engine.load(model)
     plugins = work / "plugins"
     plugins.mkdir()

@@ -10,11 +10,9 @@ from pathlib import Path
 from engine.request import ControlUnit, LoraSpec, Request, UserError
 
 
-def _quiet_loading() -> None:
+def _quiet_loading(quiet: bool = True) -> None:
     """No "Loading pipeline components" bars for local loads (Hub downloads keep theirs), unless --verbose."""
-    import os
-
-    if os.environ.get("STUDIO_QUIET_LOADING") == "1":
+    if quiet:
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
 
@@ -22,13 +20,11 @@ def _quiet_loading() -> None:
         transformers_logging.disable_progress_bar()
 
 
-def _engine(args):
+def _engine(config):
     from engine.engine import Engine
 
-    _quiet_loading()
-
-    return Engine(device=args.device, dtype=args.dtype, offload=args.offload, allow_local_paths=True,
-                  compile=args.compile, channels_last=args.channels_last)
+    _quiet_loading(config.quiet_loading)
+    return Engine(config)
 
 
 def parse_control(text: str) -> ControlUnit:
@@ -65,7 +61,7 @@ def parse_lora(text: str) -> LoraSpec:
         raise UserError(f"--lora {text!r}: the weight must be a number, e.g. --lora pastel=0.8") from None
 
 
-def cmd_generate(args) -> int:
+def cmd_generate(args, config) -> int:
     if bool(args.prompt) == bool(args.prompt_file):
         raise UserError("Give either --prompt \"...\" or --prompt-file FILE (one prompt per line).")
     base = Request(prompt=args.prompt or "", negative=args.negative, model=args.model, steps=args.steps,
@@ -79,7 +75,7 @@ def cmd_generate(args) -> int:
         pf = Path(args.prompt_file)
         if not pf.is_file():
             raise UserError(f"--prompt-file {pf}: no such file.")
-        lines = [ln.strip() for ln in pf.read_text().splitlines() if ln.strip()]
+        lines = [ln.strip() for ln in pf.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
         if not lines:
             raise UserError(f"{pf} has no prompts (one per line).")
         out_dir = Path(args.out if args.out != "out.png" else "out")
@@ -92,18 +88,12 @@ def cmd_generate(args) -> int:
             jobs.append((r, out_dir / f"{i:04d}.png"))
     else:
         jobs.append((base, Path(args.out)))
-    from engine import models
-    from engine.request import check_request
-
-    source = models.resolve(base.model)  # settings errors answer at once, before torch and the model load
-    for request, _ in jobs:
-        check_request(request, source.family, source.name)
-    engine = _engine(args)
+    _check_early(config, jobs[0][0], [out for _, out in jobs])
+    engine = _engine(config)
     for request, out in jobs:
         t0 = time.perf_counter()
         result = engine.generate(request)
         paths = _output_paths(out, len(result.images))
-        out.parent.mkdir(parents=True, exist_ok=True)
         for i, path in enumerate(paths):
             result.save_png(i, path)
         for i, cmap in enumerate(result.control_maps):
@@ -114,32 +104,57 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _check_early(config, base: Request, outs: list[Path]) -> None:
+    """Every mistake that needs no model answers at once, before torch loads and the model with it (seconds)."""
+    from engine.plugins.manifests import find_lora, load_manifests
+    from engine.request import check_request
+    from engine.sources.hub import Hub
+    from engine.sources.resolve import Resolver
+
+    source = Resolver(Hub(config.offline, config.offline_reason), config.local_paths).resolve(base.model)
+    check_request(base, source.family, source.variant)
+    for i, unit in enumerate(base.controls, 1):
+        if not Path(unit.image).is_file():
+            raise UserError(f"--control {unit.kind}={unit.image}: no such file (control unit {i}).")
+    if base.loras:
+        catalog = {m.name: m for m in load_manifests(list(config.plugin_dirs))}
+        for spec in base.loras:
+            find_lora(spec.name, catalog, source.family, config.local_paths)
+    for out in outs:
+        folder = out.parent if out.suffix else out
+        if out.suffix and not folder.is_dir():
+            raise UserError(f"--out {out}: the folder {folder} does not exist. Create it first, or pick another "
+                            "path.")
+
+
 def _output_paths(out: Path, n: int) -> list[Path]:
     if n == 1:
         return [out]
     return [out.with_name(f"{out.stem}-{i}{out.suffix or '.png'}") for i in range(n)]
 
 
-def cmd_models(args) -> int:
-    from engine import models
+def cmd_models(args, config) -> int:
+    from engine.sources.hub import Hub, cached_hub_models
+    from engine.sources.resolve import KNOWN_MODELS, Resolver
 
+    hub = Hub(config.offline, config.offline_reason)
     if args.download:
-        path = models.download(args.download)
+        path = hub.download(args.download)
         print(f"{args.download} is cached at {path}")
         return 0
     rows = []
     try:
-        builtin = models.resolve("builtin")
+        builtin = Resolver(hub).resolve("builtin")
         rows.append({"model": "builtin", "family": "builtin", "status": "ready", "where": builtin.location})
     except UserError as e:
         rows.append({"model": "builtin", "family": "builtin", "status": "missing", "where": str(e)})
-    cached = dict(models.cached_hub_models())
-    for repo, family in models.KNOWN_MODELS.items():
+    cached = dict(cached_hub_models())
+    for repo, family in KNOWN_MODELS.items():
         if repo != "builtin":
             rows.append({"model": repo, "family": family, "status": "cached" if repo in cached else "download on use",
                          "where": "hub"})
     for repo, family in cached.items():
-        if repo not in models.KNOWN_MODELS:
+        if repo not in KNOWN_MODELS:
             rows.append({"model": repo, "family": family, "status": "cached", "where": "hub"})
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -151,10 +166,10 @@ def cmd_models(args) -> int:
     return 0
 
 
-def cmd_plugins(args) -> int:
-    from engine.plugins import PluginManager
+def cmd_plugins(args, config) -> int:
+    from engine.plugins.manager import PluginManager
 
-    rows = PluginManager().listing()
+    rows = PluginManager(list(config.plugin_dirs)).listing()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -164,7 +179,7 @@ def cmd_plugins(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
+def cmd_train(args, config=None) -> int:
     import logging
 
     _quiet_loading()
@@ -174,7 +189,7 @@ def cmd_train(args) -> int:
     return run.main(args)
 
 
-def cmd_train_lora(args) -> int:
+def cmd_train_lora(args, config=None) -> int:
     import logging
 
     logging.getLogger().setLevel(logging.INFO)
@@ -186,10 +201,10 @@ def cmd_train_lora(args) -> int:
     return 0
 
 
-def cmd_serve(args) -> int:
+def cmd_serve(args, config) -> int:
     from ui.app import serve
 
-    return serve(args)
+    return serve(args, config)
 
 
 HANDLERS = {"generate": cmd_generate, "models": cmd_models, "plugins": cmd_plugins, "train": cmd_train,

@@ -11,21 +11,12 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .models import ROOT
-from .request import ControlUnit, Request, UserError
+from .config import ROOT
+from .request import DEFAULT_PREPROCESSOR, PREPROCESSORS, ControlUnit, Request, UserError
+from .sources.checkpoint import refuse_pickle
+from .sources.hub import Hub
 
 log = logging.getLogger(__name__)
-
-ANNOTATORS = "lllyasviel/Annotators"
-# preprocessor name -> kind it makes, how to build it, weights it needs (None = works everywhere)
-PREPROCESSORS: dict[str, dict] = {
-    "canny": {"kind": "edge", "weights": None},
-    "lineart": {"kind": "edge", "weights": ANNOTATORS},
-    "midas": {"kind": "depth", "weights": ANNOTATORS},
-    "depth-anything": {"kind": "depth", "weights": "depth-anything/Depth-Anything-V2-Small-hf"},
-    "openpose": {"kind": "pose", "weights": ANNOTATORS},
-}
-DEFAULT_PREPROCESSOR = {"edge": "canny", "depth": "depth-anything", "pose": "openpose"}
 
 # family -> kind -> (source, union control_mode or None). Plugin manifests (kind = "controlnet") add to it.
 CONTROLNETS: dict[str, dict[str, tuple[str, int | None]]] = {
@@ -68,7 +59,7 @@ class PreparedControl:
         return args
 
     def infotext(self) -> dict:
-        from .metadata import control_unit_text
+        from .images.infotext import control_unit_text
 
         return {f"ControlNet {i}": control_unit_text(u, model=Path(s).name, module=p)
                 for i, (u, s, p) in enumerate(zip(self.units, self.sources, self.preprocessors))}
@@ -77,8 +68,8 @@ class PreparedControl:
 class ControlManager:
     """Loads ControlNets once (cached by source) and turns control units into pipeline arguments."""
 
-    def __init__(self, device: str, dtype):
-        self.device, self.dtype = device, dtype
+    def __init__(self, device: str, dtype, hub: Hub | None = None):
+        self.device, self.dtype, self.hub = device, dtype, hub or Hub()
         self.nets: dict[str, object] = {}
         self.detectors: dict[str, object] = {}
 
@@ -125,15 +116,15 @@ class ControlManager:
         if family == "builtin" and not (path / "config.json").is_file():
             raise UserError(f"The built-in {path.name} is missing from assets/. Restore it with `git checkout assets` "
                             "or train it with `python app.py train controlnets`.")
-        if path.suffix.lower() in (".ckpt", ".bin", ".pt", ".pth"):
-            raise UserError(f"{path.name} is a pickle file; ControlNets load from .safetensors only.")
+        refuse_pickle(path, "ControlNet")
+        local = path.exists()
         try:
-            net = cls.from_pretrained(source, dtype=self.dtype, use_safetensors=True)
+            net = cls.from_pretrained(source, dtype=self.dtype, use_safetensors=True,
+                                      local_files_only=self.hub.offline and not local)
         except Exception as e:  # offline, not a ControlNet, wrong layout
             first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-            if "offline" in first.lower() or "cache" in first.lower() or "LocalEntryNotFound" in type(e).__name__:
-                raise UserError(f"ControlNet {source} is not cached and the Hub is offline. Connect once to "
-                                "download it.") from None
+            if not local and isinstance(e, (OSError, ValueError)) and _hub_failure(e):
+                raise self.hub.explain(e, f"ControlNet {source}", source) from None
             raise UserError(f"Could not load ControlNet {source}: {first}. Is it a {cls.__name__} in diffusers "
                             "format with .safetensors weights?") from None
         self._check_fits(net, source, family, loaded)
@@ -155,19 +146,12 @@ class ControlManager:
     # --------------------------------------------------------------------------------- maps
     @staticmethod
     def _preprocessor_name(unit: ControlUnit) -> str:
+        """The unit's preprocessor by name (check_request has refused unknown and mismatched names)."""
         pre = unit.preprocessor or "auto"
-        if pre == "auto":
-            return DEFAULT_PREPROCESSOR[unit.kind]
-        if pre != "none" and pre not in PREPROCESSORS:
-            raise UserError(f"Unknown preprocessor {pre!r} for {unit.kind}; use none or one of "
-                            f"{', '.join(n for n, p in PREPROCESSORS.items() if p['kind'] == unit.kind)}.")
-        if pre != "none" and PREPROCESSORS[pre]["kind"] != unit.kind:
-            raise UserError(f"Preprocessor {pre!r} makes {PREPROCESSORS[pre]['kind']} maps, not {unit.kind}. Use "
-                            f"{DEFAULT_PREPROCESSOR[unit.kind]} or none.")
-        return pre
+        return DEFAULT_PREPROCESSOR[unit.kind] if pre == "auto" else pre
 
     def make_map(self, unit: ControlUnit, width: int, height: int, pre: str):
-        from .images import fit_to, load_image
+        from .images.loading import fit_to, load_image
 
         image = load_image(unit.image, f"The {unit.kind} control image", background="black")
         if pre == "none":
@@ -205,6 +189,11 @@ class ControlManager:
                             f"ready {spec['kind']} map and choose preprocessor 'none'. ({type(e).__name__})") from None
         self.detectors[name] = det
         return det
+
+
+def _hub_failure(e: Exception) -> bool:
+    """Did `from_pretrained` fail in huggingface_hub (offline, not found, gated), not in the weights?"""
+    return type(e).__module__.startswith("huggingface_hub") or "LocalEntryNotFound" in type(e).__name__
 
 
 class _DepthAnything:

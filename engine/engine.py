@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import models
-from .models import make_scheduler  # noqa: F401  (benchmarks use it from here)
+from .config import EngineConfig
 from .request import Request, UserError, check_request, defaults_for
+from .sources import loading
+from .sources.hub import Hub
+from .sources.resolve import Resolver, Source
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ class Result:
 
     def save_png(self, i: int, path_or_file) -> None:
         """Image i as a PNG with the A1111 `parameters` text (LoRA hashes, control units) and our JSON chunk."""
-        from . import metadata
+        from .images import metadata
 
         metadata.save_png(self.images[i], path_or_file, self.image_request(i), self.seeds[i], self.model_name,
                           None, self.extra)
@@ -71,47 +73,54 @@ class Cancelled(Exception):
 class Engine:
     """Loads models on demand, keeps them cached, and runs generations one at a time."""
 
-    def __init__(self, device: str | None = None, dtype: str | None = None, memory_budget_gb: float | None = None,
-                 offload: str = "auto", plugin_dirs: list | None = None, allow_local_paths: bool = False,
-                 compile: str = "off", channels_last: str = "auto"):
-        self.device = models.pick_device(device)
-        self.dtype = models.pick_dtype(self.device, dtype)
-        self.offload = offload  # auto | on | off
+    def __init__(self, config: EngineConfig | None = None, **settings):
+        """`Engine(config)`, or `Engine(device="cpu", ...)` with EngineConfig's fields (an unknown one fails)."""
+        if config is not None and settings:
+            raise TypeError("Give an EngineConfig or its fields as keywords, not both.")
+        self.config = config or EngineConfig(**settings)
+        cfg = self.config
+        self.device = loading.pick_device(cfg.device)
+        self.dtype = loading.pick_dtype(self.device, cfg.dtype)
+        self.offload = cfg.offload  # auto | on | off
         # speed settings, defaults by device (benchmarks/RESULTS.md): compile's warm-up (~2 min on this CPU, 10 s
         # to 3 min on an H200) pays only for long sessions, so it is opt-in; channels_last helped the CPU UNet
-        self.compile = compile == "on"
-        self.channels_last = channels_last == "on" or (channels_last == "auto" and self.device == "cpu")
-        self.cache = models.ModelCache(int((memory_budget_gb or _default_budget_gb(self.device)) * 2**30))
+        self.compile = cfg.compile == "on"
+        self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and self.device == "cpu")
+        self.cache = loading.ModelCache(int((cfg.memory_budget_gb or _default_budget_gb(self.device)) * 2**30))
+        self.hub = Hub(cfg.offline, cfg.offline_reason)
+        self.sources = Resolver(self.hub, local_paths=cfg.local_paths)
         self._lock = threading.Lock()
-        self.plugin_dirs = plugin_dirs  # None: plugins/ and assets/plugins/ (or $STUDIO_PLUGINS)
-        self.allow_local_paths = allow_local_paths  # only the CLI may name LoRA files by path
-        self.plugins = None  # engine.plugins.PluginManager, made on first LoRA use
-        self.controls = None  # engine.control.ControlNets, made on first control use
+        self.plugins = None  # engine.plugins.manager.PluginManager, made on first LoRA use
+        self.controls = None  # engine.control.ControlManager, made on first control use
 
     # ------------------------------------------------------------------------------------ models
-    def load(self, model: str | models.Source) -> models.LoadedModel:
+    def resolve(self, model: str | None) -> Source:
+        """Which model a `--model` string names (cached; local paths only where the config allows them)."""
+        return self.sources.resolve(model)
+
+    def load(self, model: str | Source) -> loading.LoadedModel:
         """The loaded model for a `--model` string; a failed load leaves the cache as it was."""
-        source = model if isinstance(model, models.Source) else models.resolve(model)
+        source = model if isinstance(model, Source) else self.resolve(model)
         key = source.location
         loaded = self.cache.get(key)
         if loaded is not None:
             return loaded
-        pipe = models.load_pipeline(source, self.device, self.dtype)
-        loaded = models.LoadedModel(source, pipe, models.pipeline_bytes(pipe), dict(pipe.scheduler.config))
+        pipe = loading.load_pipeline(source, self.device, self.dtype, self.hub)
+        loaded = loading.LoadedModel(source, pipe, loading.pipeline_bytes(pipe), dict(pipe.scheduler.config))
         self._place(loaded)
         self.cache.put(key, loaded)
         return loaded
 
-    def warm(self, model: str) -> models.LoadedModel:
+    def warm(self, model: str) -> loading.LoadedModel:
         """Load a model ahead of its first use (e.g. in a background thread), never alongside a generation."""
         with self._lock:
             return self.load(model)
 
     def plugin_listing(self, model: str) -> list[dict]:
         """Plugins with `compatible`/`why` judged against the model's family, for the UI panel."""
-        return self._plugin_manager().listing(models.resolve(model).family)
+        return self._plugin_manager().listing(self.resolve(model).family)
 
-    def _place(self, loaded: models.LoadedModel) -> None:
+    def _place(self, loaded: loading.LoadedModel) -> None:
         """Move to the device; on a GPU too small for the model, model CPU offload instead (and say so)."""
         import torch
 
@@ -127,7 +136,7 @@ class Engine:
         pipe.to(self.device)
         self._optimize(loaded)
 
-    def _optimize(self, loaded: models.LoadedModel) -> None:
+    def _optimize(self, loaded: loading.LoadedModel) -> None:
         """Speed settings that keep outputs (channels_last) or change them only within float rounding (compile)."""
         import torch
 
@@ -150,7 +159,7 @@ class Engine:
                 return self._generate(request, progress, cancel)
             except Exception as e:
                 if _is_oom(e):
-                    models._free_memory()
+                    loading.free_memory()
                     raise UserError(f"Out of {self.device.upper()} memory at {request.width}x{request.height}, "
                                     f"{request.count} image(s). Try a smaller size or fewer images, or start with "
                                     "--offload on.") from None
@@ -160,10 +169,10 @@ class Engine:
         import torch
 
         t0 = time.perf_counter()
-        # 1. which model, and the checks that need only its family (before any slow load)
-        source = models.resolve(request.model)
+        # 1. which model, and every check of the request (before any slow load)
+        source = self.resolve(request.model)
         family, name = source.family, source.name
-        req = check_request(request, family, name)
+        req = check_request(request, family, source.variant)
         # 2. the model itself, from the cache when it was used before
         loaded = self.load(source)
         if req.seed is None:
@@ -175,7 +184,7 @@ class Engine:
         # 3. pipeline variant, scheduler
         init = None
         if req.init_image is not None:
-            from .images import fit_to, load_image
+            from .images.loading import fit_to, load_image
 
             init = fit_to(load_image(req.init_image, "The init image"), req.width, req.height)
         control = None
@@ -189,10 +198,10 @@ class Engine:
             pipe = loaded.variant("img2img" if init is not None else "txt2img")
         pipe.scheduler = loaded.scheduler(req.scheduler)
         # 4. LoRAs
-        lora_info = (self._plugin_manager().apply(loaded, req, allow_paths=self.allow_local_paths)
-                     if (req.loras or self.plugins) else {})
-        prompt = lora_info.get("prompt", req.prompt)
-        notes += lora_info.get("notes", [])  # e.g. "fused for speed"
+        loras = (self._plugin_manager().apply(loaded, req, allow_paths=self.config.local_paths)
+                 if (req.loras or self.plugins) else None)
+        prompt = loras.prompt if loras else req.prompt
+        notes += loras.notes if loras else []  # e.g. "fused for speed"
         if getattr(pipe, "vae", None) is not None:  # tiled VAE decode only where the size needs it
             big = req.width * req.height > 1536 * 1536
             (pipe.vae.enable_tiling if big else pipe.vae.disable_tiling)()
@@ -220,24 +229,23 @@ class Engine:
         if cancel is not None and cancel.is_set():
             raise Cancelled()
         # 6. metadata
-        from . import metadata
+        from .images import infotext
 
         seeds = [req.seed + i for i in range(req.count)]
-        extra = dict(lora_info.get("infotext", {})) if lora_info else {}
+        extra = dict(loras.infotext) if loras else {}
         if control is not None:
             extra.update(control.infotext())
         if str(self.dtype) != "torch.float32":  # half precision changes pixels a little: say so
             extra["Precision"] = str(self.dtype).replace("torch.", "")
         infotexts = []
         for s in seeds:
-            per_image = Request(**{**req.__dict__, "seed": s})
-            infotexts.append(metadata.infotext(per_image, s, name, None, extra))
+            infotexts.append(infotext.infotext(dataclasses.replace(req, seed=s), s, name, None, extra))
         seconds = time.perf_counter() - t0
         log.info("generated %d image(s) %dx%d, %d steps with %s in %.2f s", req.count, req.width, req.height,
                  req.steps, name, seconds)
         return Result(out.images, seeds, req, name, family, infotexts,
                       control.maps if control is not None else [], seconds, notes,
-                      triggers=lora_info.get("triggers", []), extra=extra)
+                      triggers=loras.triggers if loras else [], extra=extra)
 
     def _callback(self, req: Request, progress: Progress | None, cancel: threading.Event | None):
         def on_step_end(pipe, step, timestep, callback_kwargs):
@@ -254,7 +262,7 @@ class Engine:
         """A quick RGB preview of in-progress latents (full VAE decode for small models)."""
         import torch
 
-        loaded = self.cache.get(models.resolve(model).location)
+        loaded = self.cache.get(self.resolve(model).location)
         if loaded is None or latents is None or loaded.source.family == "flux":
             return None
         vae = loaded.pipe.vae
@@ -264,23 +272,23 @@ class Engine:
 
     def _plugin_manager(self):
         if self.plugins is None:
-            from .plugins import PluginManager
+            from .plugins.manager import PluginManager
 
             # compiled models swap LoRA weights in place (hot-swap) so the compiled graph survives a change
-            self.plugins = PluginManager(dirs=self.plugin_dirs, hotswap=self.compile)
+            self.plugins = PluginManager(list(self.config.plugin_dirs), hotswap=self.compile, hub=self.hub)
         return self.plugins
 
     def _control_manager(self):
         if self.controls is None:
             from .control import ControlManager
 
-            self.controls = ControlManager(self.device, self.dtype)
+            self.controls = ControlManager(self.device, self.dtype, self.hub)
         return self.controls
 
     def defaults(self, model: str) -> dict:
         """Default settings of a model's family, for the UI panel."""
-        source = models.resolve(model)
-        d = defaults_for(source.family, source.name)
+        source = self.resolve(model)
+        d = defaults_for(source.family, source.variant)
         return {"family": source.family, "steps": d.steps, "guidance": d.guidance, "width": d.size,
                 "height": d.size, "scheduler": d.scheduler}
 

@@ -1,7 +1,7 @@
 """The one `Request` that carries a generation from the browser or CLI to the sampler, and its checks.
 
 `check_request` is the single place that validates user input; every message a user can get for
-bad settings is written here, naming the problem and the fix.
+bad settings is written here, naming the problem and the fix. It is pure: it returns a new, complete Request.
 """
 
 from __future__ import annotations
@@ -54,6 +54,16 @@ MAX_STEPS = 200
 MAX_COUNT = 16
 CONTROL_KINDS = ("pose", "edge", "depth")
 MAX_CONTROLS = 3
+ANNOTATORS = "lllyasviel/Annotators"
+# preprocessor name -> kind of map it makes, Hub weights it needs (None = works everywhere); engine/control.py runs them
+PREPROCESSORS: dict[str, dict] = {
+    "canny": {"kind": "edge", "weights": None},
+    "lineart": {"kind": "edge", "weights": ANNOTATORS},
+    "midas": {"kind": "depth", "weights": ANNOTATORS},
+    "depth-anything": {"kind": "depth", "weights": "depth-anything/Depth-Anything-V2-Small-hf"},
+    "openpose": {"kind": "pose", "weights": ANNOTATORS},
+}
+DEFAULT_PREPROCESSOR = {"edge": "canny", "depth": "depth-anything", "pose": "openpose"}
 
 
 @dataclass
@@ -115,8 +125,9 @@ class Request:
         return cls(**data)
 
 
-def defaults_for(family: str, model_name: str = "") -> FamilyDefaults:
-    if family == "flux" and "schnell" in model_name.lower():
+def defaults_for(family: str, variant: str = "") -> FamilyDefaults:
+    """The family's defaults; `variant` "schnell" (read from the model, see engine.sources) for Flux-schnell."""
+    if family == "flux" and variant == "schnell":
         return FLUX_SCHNELL
     return DEFAULTS[family]
 
@@ -131,75 +142,86 @@ def _number(name: str, value, kind, low, high, fix: str):
     return kind(value)
 
 
-def check_request(req: Request, family: str, model_name: str = "") -> Request:
-    """Validate `req` for a model of `family` and return a copy with every default filled in."""
-    d = defaults_for(family, model_name)
-    out = dataclasses.replace(req, controls=list(req.controls), loras=list(req.loras))
-    if not isinstance(out.prompt, str) or not out.prompt.strip():
+def check_request(req: Request, family: str, variant: str = "") -> Request:
+    """Validate `req` for a model of `family` (and `variant`) and return a new Request with every default filled
+    in; `req` itself, its control units and LoRA specs are never changed. Every settings message lives here."""
+    d = defaults_for(family, variant)
+    if not isinstance(req.prompt, str) or not req.prompt.strip():
         raise UserError("The prompt is empty. Describe the image you want, e.g. "
                         "'a big red circle on the left, blue background'.")
-    out.prompt = out.prompt.strip()
-    out.negative = (out.negative or "").strip()
-    out.steps = d.steps if out.steps is None else _number(
-        "steps", out.steps, int, 1, MAX_STEPS, f"Use 1 to {MAX_STEPS} steps (this model's default is {d.steps}).")
-    out.guidance = d.guidance if out.guidance is None else _number(
-        "guidance", out.guidance, float, 0.0, 30.0,
+    if not isinstance(req.negative or "", str):
+        raise UserError(f"The negative prompt must be text, got {type(req.negative).__name__}.")
+    steps = d.steps if req.steps is None else _number(
+        "steps", req.steps, int, 1, MAX_STEPS, f"Use 1 to {MAX_STEPS} steps (this model's default is {d.steps}).")
+    guidance = d.guidance if req.guidance is None else _number(
+        "guidance", req.guidance, float, 0.0, 30.0,
         f"Use a guidance scale from 0 to 30 (this model's default is {d.guidance}).")
+    size = {}
     for name in ("width", "height"):
-        value = getattr(out, name)
-        if value is None:
-            value = d.size
-        value = _number(name, value, int, d.multiple, d.max_size,
-                        f"Use {d.multiple} to {d.max_size} pixels for this model (native {d.size}).")
+        value = getattr(req, name)
+        value = d.size if value is None else _number(name, value, int, d.multiple, d.max_size,
+                                                     f"Use {d.multiple} to {d.max_size} pixels for this model "
+                                                     f"(native {d.size}).")
         if value % d.multiple:
             raise UserError(f"{name} = {value} is not a multiple of {d.multiple}, which this model needs. "
                             f"Try {max(d.multiple, value // d.multiple * d.multiple)}.")
-        setattr(out, name, value)
-    out.count = _number("count", out.count, int, 1, MAX_COUNT, f"Ask for 1 to {MAX_COUNT} images at a time.")
-    if out.seed is not None:
-        out.seed = _number("seed", out.seed, int, 0, 2**32 - 1, "Use a seed from 0 to 4294967295, or leave it empty "
-                           "for a random one.")
-    scheduler = out.scheduler or d.scheduler
-    if scheduler == "default":
-        scheduler = d.scheduler
+        size[name] = value
+    count = _number("count", req.count, int, 1, MAX_COUNT, f"Ask for 1 to {MAX_COUNT} images at a time.")
+    seed = None if req.seed is None else _number(
+        "seed", req.seed, int, 0, 2**32 - 1, "Use a seed from 0 to 4294967295, or leave it empty for a random one.")
+    scheduler = req.scheduler if req.scheduler not in (None, "", "default") else d.scheduler
     if scheduler not in SCHEDULERS:
         raise UserError(f"Unknown scheduler {scheduler!r}. Choose one of: {', '.join(valid_schedulers(family))}.")
     if (scheduler in FLOW_SCHEDULERS) != (family == "flux"):
         raise UserError(f"Scheduler {scheduler!r} does not work with {family} models. "
                         f"Choose one of: {', '.join(valid_schedulers(family))}.")
-    out.scheduler = scheduler
-    if out.init_image is not None:
-        out.strength = _number("strength", out.strength, float, 0.01, 1.0,
-                               "Image-to-image strength goes from 0.01 (keep the image) to 1 (ignore it).")
-        if int(out.steps * out.strength) < 1:
-            need = int(1 / out.strength) + 1
-            raise UserError(f"At strength {out.strength:g}, {out.steps} steps leave no denoising step to run. Use "
-                            f"at least {need} steps, or a higher strength.")
-    if len(out.controls) > MAX_CONTROLS:
-        raise UserError(f"{len(out.controls)} control units given; use at most {MAX_CONTROLS}.")
-    for i, unit in enumerate(out.controls, 1):
-        check_control(unit, i)
-    for lora in out.loras:
-        lora.weight = _number(f"LoRA {lora.name!r} weight", lora.weight, float, -4.0, 4.0,
-                              "Use a LoRA weight from -4 to 4 (1 is full strength, 0 is off).")
-    return out
+    strength = req.strength
+    if req.init_image is not None:
+        strength = _number("strength", req.strength, float, 0.01, 1.0,
+                           "Image-to-image strength goes from 0.01 (keep the image) to 1 (ignore it).")
+        if int(steps * strength) < 1:
+            need = int(1 / strength) + 1
+            raise UserError(f"At strength {strength:g}, {steps} steps leave no denoising step to run (image-to-image "
+                            f"runs steps x strength of them). Use at least {need} steps, or a higher strength.")
+    if len(req.controls) > MAX_CONTROLS:
+        raise UserError(f"{len(req.controls)} control units given; use at most {MAX_CONTROLS}.")
+    controls = [check_control(unit, i) for i, unit in enumerate(req.controls, 1)]
+    names = [lora.name for lora in req.loras]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"LoRA {twice[0]!r} is asked for twice; give each LoRA once with its weight.")
+    loras = [LoraSpec(lora.name, _number(f"LoRA {lora.name!r} weight", lora.weight, float, -4.0, 4.0,
+                                         "Use a LoRA weight from -4 to 4 (1 is full strength, 0 is off)."))
+             for lora in req.loras]
+    return dataclasses.replace(req, prompt=req.prompt.strip(), negative=(req.negative or "").strip(), steps=steps,
+                               guidance=guidance, count=count, seed=seed, scheduler=scheduler, strength=strength,
+                               controls=controls, loras=loras, **size)
 
 
-def check_control(unit: ControlUnit, i: int = 1) -> None:
+def check_control(unit: ControlUnit, i: int = 1) -> ControlUnit:
+    """A checked copy of one control unit (numbers as their types, the preprocessor's name known and fitting)."""
     where = f"Control unit {i} ({unit.kind})"
     if unit.kind not in CONTROL_KINDS:
         raise UserError(f"Control unit {i}: unknown type {unit.kind!r}; use one of {', '.join(CONTROL_KINDS)}.")
     if unit.image is None:
         raise UserError(f"{where} has no image. Upload a photo or a ready {unit.kind} map.")
-    unit.scale = _number(f"{where} scale", unit.scale, float, 0.0, 2.0, "Use a conditioning scale from 0 to 2.")
-    unit.start = _number(f"{where} start", unit.start, float, 0.0, 1.0, "Start is a fraction of the steps, 0 to 1.")
-    unit.end = _number(f"{where} end", unit.end, float, 0.0, 1.0, "End is a fraction of the steps, 0 to 1.")
-    if unit.start >= unit.end:
-        raise UserError(f"{where}: start ({unit.start}) must be before end ({unit.end}), e.g. start=0 end=0.6.")
-    for name in ("low", "high"):
-        _number(f"{where} {name} threshold", getattr(unit, name), int, 0, 255, "Canny thresholds go from 0 to 255.")
-    if unit.low >= unit.high:
-        raise UserError(f"{where}: the low threshold ({unit.low}) must be below the high one ({unit.high}).")
+    pre = unit.preprocessor or "auto"
+    if pre not in ("auto", "none") and pre not in PREPROCESSORS:
+        raise UserError(f"Unknown preprocessor {pre!r} for {unit.kind}; use auto, none or one of "
+                        f"{', '.join(n for n, p in PREPROCESSORS.items() if p['kind'] == unit.kind)}.")
+    if pre in PREPROCESSORS and PREPROCESSORS[pre]["kind"] != unit.kind:
+        raise UserError(f"Preprocessor {pre!r} makes {PREPROCESSORS[pre]['kind']} maps, not {unit.kind}. Use "
+                        f"{DEFAULT_PREPROCESSOR[unit.kind]} or none.")
+    scale = _number(f"{where} scale", unit.scale, float, 0.0, 2.0, "Use a conditioning scale from 0 to 2.")
+    start = _number(f"{where} start", unit.start, float, 0.0, 1.0, "Start is a fraction of the steps, 0 to 1.")
+    end = _number(f"{where} end", unit.end, float, 0.0, 1.0, "End is a fraction of the steps, 0 to 1.")
+    if start >= end:
+        raise UserError(f"{where}: start ({start}) must be before end ({end}), e.g. start=0 end=0.6.")
+    low, high = (_number(f"{where} {name} threshold", getattr(unit, name), int, 0, 255,
+                         "Canny thresholds go from 0 to 255.") for name in ("low", "high"))
+    if low >= high:
+        raise UserError(f"{where}: the low threshold ({low}) must be below the high one ({high}).")
+    return dataclasses.replace(unit, preprocessor=pre, scale=scale, start=start, end=end, low=low, high=high)
 
 
 def valid_schedulers(family: str) -> list[str]:

@@ -42,4 +42,4 @@ def tiny_model(tiny_dir):
 def engine():
     from engine.engine import Engine
 
-    return Engine(device="cpu")
+    return Engine(device="cpu", local_paths=True)  # the tests load their tiny models from folders

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import models
 from engine.request import Request, UserError
+from engine.sources.resolve import Resolver
 
 FAMILIES = ["sd15", "sdxl", "flux"]
 
@@ -24,7 +24,7 @@ def pixels(result) -> np.ndarray:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_detected_from_folder(tiny_model, family):
-    assert models.resolve(str(tiny_model(family))).family == family
+    assert Resolver().resolve(str(tiny_model(family))).family == family
 
 
 @pytest.mark.parametrize("family", FAMILIES)

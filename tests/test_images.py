@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.images import fit_to, load_image
+from engine.images.loading import fit_to, load_image
 from engine.request import UserError
 
 

@@ -12,17 +12,10 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from engine import metadata
-from engine.metadata import (
-    NO_SETTINGS,
-    infotext,
-    model_hash,
-    parse_infotext,
-    png_bytes,
-    read_png_settings,
-    request_from_infotext,
-    save_png,
-)
+from engine.images import infotext as infotext_module
+from engine.images import metadata
+from engine.images.infotext import infotext, parse_infotext, request_from_infotext
+from engine.images.metadata import NO_SETTINGS, model_hash, png_bytes, read_png_settings, save_png
 from engine.request import ControlUnit, LoraSpec, Request, UserError
 
 REQUEST = Request(prompt="a red circle\non the left", negative="blurry, dark\nlow quality", steps=20,
@@ -153,7 +146,7 @@ def test_parse_real_world_a1111():
     assert (request.steps, request.guidance, request.seed) == (28, 6.5, 3551235482)
     assert (request.width, request.height, request.strength) == (512, 768, 0.45)
     assert (request.scheduler, request.model) == ("dpm++2m-karras", "v1-5-pruned-emaonly")
-    assert metadata.describe_source(params) == "AUTOMATIC1111 parameters (model v1-5-pruned-emaonly)"
+    assert infotext_module.describe_source(params) == "AUTOMATIC1111 parameters (model v1-5-pruned-emaonly)"
 
 
 def test_parse_sdnext_and_fooocus():
@@ -161,14 +154,14 @@ def test_parse_sdnext_and_fooocus():
     request = request_from_infotext(sdnext)
     assert (request.scheduler, request.width, request.loras) == ("euler-a", 1024, [LoraSpec("outline_xl", 1.5)])
     assert request.prompt == "a lighthouse at dusk, line art"
-    assert metadata.describe_source(sdnext) == "SD.Next parameters (model hassakuXL)"
+    assert infotext_module.describe_source(sdnext) == "SD.Next parameters (model hassakuXL)"
 
     fooocus = parse_infotext(FOOOCUS_A1111)
     request = request_from_infotext(fooocus)
     assert request.prompt == "a cat wearing a hat" and request.negative == "unrealistic, saturated"
     assert request.scheduler == "dpm++2m-karras"  # old-style "DPM++ 2M Karras" sampler name
     assert request.loras == [LoraSpec("sd_xl_offset", 0.1)] and (request.width, request.height) == (1152, 896)
-    assert metadata.describe_source(fooocus) == "Fooocus parameters (model juggernautXL_v8Rundiffusion)"
+    assert infotext_module.describe_source(fooocus) == "Fooocus parameters (model juggernautXL_v8Rundiffusion)"
 
     request, source = read_png_settings(_png_with_text(parameters=FOOOCUS_JSON))
     assert (request.prompt, request.negative, request.steps, request.guidance) == ("a cat wearing a hat", "blurry",

@@ -21,10 +21,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine import metadata, models
 from engine.engine import Engine
-from engine.plugins import PluginManager, detect_lora_family, load_manifests
+from engine.images import metadata
+from engine.plugins.lora_files import detect_lora_family
+from engine.plugins.manager import PluginManager
+from engine.plugins.manifests import fetch_lora_file, load_manifests
 from engine.request import LoraSpec, Request, UserError
+from engine.sources import resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "flux": "FluxPipeline"}
@@ -89,8 +92,8 @@ def manifest(folder: Path, file_name: str, **fields) -> Path:
 
 
 def studio(plugin_dir: Path, **kw) -> Engine:
-    engine = Engine(device="cpu")
-    engine.plugins = PluginManager(dirs=[plugin_dir], **kw)
+    engine = Engine(device="cpu", local_paths=True)
+    engine.plugins = PluginManager([plugin_dir], hub=engine.hub, **kw)
     return engine
 
 
@@ -194,11 +197,11 @@ def test_trigger_words_join_the_prompt_once(tmp_path, tiny_model, lora_store):
     engine = studio(tmp_path)
     loaded = engine.load(str(model))
     info = engine.plugins.apply(loaded, Request(prompt="a red circle", loras=[LoraSpec("zebra", 0.7)]))
-    assert info["prompt"] == "a red circle, zebra stripes" and info["triggers"] == ["zebra stripes"]
+    assert info.prompt == "a red circle, zebra stripes" and info.triggers == ["zebra stripes"]
     info = engine.plugins.apply(loaded, Request(prompt="Zebra Stripes, a circle", loras=[LoraSpec("zebra", 1.0)]))
-    assert info["prompt"] == "Zebra Stripes, a circle"
+    assert info.prompt == "Zebra Stripes, a circle"
     info = engine.plugins.apply(loaded, Request(prompt="a red circle", loras=[LoraSpec("zebra", 0.0)]))
-    assert info["prompt"] == "a red circle"  # a plugin at weight 0 is off
+    assert info.prompt == "a red circle"  # a plugin at weight 0 is off
     # the trigger changes what is sampled: the same as typing it
     typed, _ = pixels(engine, model, ("zebra", 0.7), prompt="a red circle, zebra stripes")
     added, result = pixels(engine, model, ("zebra", 0.7))
@@ -401,18 +404,23 @@ def test_bad_manifests_are_listed_with_the_field_and_refused(sdxl_studio, tmp_pa
     assert_unchanged(engine, model, before, state)
 
 
-def test_remote_users_cannot_name_server_paths(sdxl_studio, lora_store):
+def test_remote_users_cannot_name_server_paths(sdxl_studio, lora_store, tiny_model):
     engine, model, plugins, before = sdxl_studio
     state = adapters(engine, model)
     path = str(lora_store("sdxl", seed=5))
+    served = Engine(device="cpu", local_paths=False)  # what app.py gives a shared or non-loopback server
+    served.sources.allow_path(str(model))  # the server's own --model may be a folder
+    served.plugins = PluginManager([plugins], hub=served.hub)
     with pytest.raises(UserError, match=r"only the command line may load a file by its path"):
-        pixels(engine, model, ("good", 0.9), (path, 1.0))
+        pixels(served, model, ("good", 0.9), (path, 1.0))
+    with pytest.raises(UserError, match=r"on this server models are chosen by Hub id"):
+        pixels(served, tiny_model("sd15"), ("good", 0.9))
     with pytest.raises(UserError, match=r"no LoRA plugin named 'godo'. Did you mean 'good'"):
         pixels(engine, model, ("godo", 1.0))
     assert_unchanged(engine, model, before, state)
     loaded = engine.load(str(model))
     info = engine.plugins.apply(loaded, Request(prompt="x", loras=[LoraSpec(path, 1.0)]), allow_paths=True)
-    assert info["infotext"]["Lora hashes"] == f"{path}: {metadata.model_hash(path, 12)}"
+    assert info.infotext["Lora hashes"] == f"{path}: {metadata.model_hash(path, 12)}"
 
 
 def test_a_format_diffusers_cannot_convert_is_refused_before_loading(tmp_path, tiny_model, lora_store):
@@ -435,7 +443,7 @@ def test_a_format_diffusers_cannot_convert_is_refused_before_loading(tmp_path, t
 
 def test_a_failure_inside_diffusers_is_rolled_back(tmp_path, tiny_model, lora_store, monkeypatch):
     """The checks pass, then diffusers fails half-way (UNet loaded, text encoder not): nothing may remain."""
-    import engine.plugins as plugins_module
+    import engine.plugins.lora_files as plugins_module
 
     model = tiny_model("sd15")
     put(lora_store("sd15", seed=1), tmp_path, "ok")
@@ -447,7 +455,7 @@ def test_a_failure_inside_diffusers_is_rolled_back(tmp_path, tiny_model, lora_st
     before, _ = pixels(engine, model, ("ok", 1.0))
     state = adapters(engine, model)
     # only the pre-check is skipped, so that diffusers' real load runs into its real failure
-    monkeypatch.setattr(plugins_module, "_match_layers", lambda path, pipe, label: plugins_module.LoraCheck({}, []))
+    monkeypatch.setattr(plugins_module, "match_layers", lambda path, pipe, label: plugins_module.LoraCheck({}, []))
     with pytest.raises(UserError, match=r"'odd' could not be loaded by diffusers.*Nothing was changed"):
         pixels(engine, model, ("ok", 1.0), ("odd", 1.0))
     assert adapters(engine, model) == state
@@ -504,11 +512,11 @@ def test_family_detection_from_tensor_names_and_widths(tmp_path, monkeypatch):
     te_only = {"lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": [4, 768]}
     assert detect_lora_family(te_only) is None  # SD1.5's and SDXL's first text encoders are both 768 wide
     builtin_like = {"unet.up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_v.lora_A.weight": [4, 128]}
-    monkeypatch.setattr(models, "BUILTIN_DIR", tmp_path / "no-builtin-model-here")
+    monkeypatch.setattr(resolve, "BUILTIN_DIR", tmp_path / "no-builtin-model-here")
     assert detect_lora_family(builtin_like) is None  # the width alone names no family without the built-in model
     (tmp_path / "unet").mkdir()
     (tmp_path / "unet" / "config.json").write_text(json.dumps({"cross_attention_dim": 128}))
-    monkeypatch.setattr(models, "BUILTIN_DIR", tmp_path)
+    monkeypatch.setattr(resolve, "BUILTIN_DIR", tmp_path)
     assert detect_lora_family(builtin_like) == "builtin"
 
 
@@ -530,8 +538,8 @@ def test_manifests_hub_sources_and_bare_files_are_listed(tmp_path, lora_store):
     pose = next(m for m in load_manifests([tmp_path]) if m.name == "pose-xl")
     assert (pose.kind, pose.control, pose.mode, pose.hub, pose.error) == ("controlnet", "pose", 0, True, None)
     engine = studio(tmp_path)
-    with pytest.raises(UserError, match=r"'pixel-xl'.*not downloaded yet.*offline"):
-        engine.plugins._fetch(next(m for m in engine.plugins.manifests() if m.name == "pixel-xl"))
+    with pytest.raises(UserError, match=r"'pixel-xl'.*not in the local Hugging Face cache.*offline"):
+        fetch_lora_file(next(m for m in engine.plugins.manifests() if m.name == "pixel-xl"), engine.hub)
 
 
 def test_the_repo_manifests_parse():
@@ -542,8 +550,9 @@ def test_the_repo_manifests_parse():
 def test_cli_lists_plugins_as_json(tmp_path, lora_store):
     put(lora_store("sd15"), tmp_path, "mine")
     manifest(tmp_path, "bad.toml", name="bad", kind="lora")
-    env = dict(os.environ, STUDIO_PLUGINS=str(tmp_path), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    out = subprocess.run([sys.executable, "app.py", "plugins", "--json"], cwd=ROOT, env=env, capture_output=True,
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "app.py", "plugins", "--json", "--plugins", str(tmp_path)], cwd=ROOT,
+                         env=env, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     rows = {r["name"]: r for r in json.loads(out.stdout)}

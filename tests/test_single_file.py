@@ -19,9 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import models
 from engine.request import Request, UserError
-from engine.single_file import load_single_file
+from engine.sources.resolve import Resolver
+from engine.sources.single_file import load_single_file
 from tests import ldm_export
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,7 +111,7 @@ def test_flux_export_is_the_inverse_of_diffusers_conversion():
 @pytest.mark.parametrize("name", ["sd15", "sdxl", "flux", "flux-bfl"])
 def test_family_detected_from_tensor_names(files, name):
     family, file, _ = files[name]
-    source = models.resolve(str(file))
+    source = Resolver().resolve(str(file))
     assert (source.kind, source.family) == ("file", family)
 
 

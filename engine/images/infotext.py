@@ -2,7 +2,7 @@
 
 `infotext` writes it for one image (prompt with `<lora:name:weight>` tags, negative prompt, the `key: value` line);
 `parse_infotext` reads it back from any of those tools (Fooocus' JSON scheme included) and `request_from_infotext`
-maps it to a `Request`, A1111 sampler and schedule names to our schedulers. engine/metadata.py puts it in PNGs.
+maps it to a `Request`, A1111 sampler and schedule names to our schedulers. engine/images/metadata.py puts it in PNGs.
 """
 
 from __future__ import annotations

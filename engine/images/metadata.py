@@ -2,7 +2,7 @@
 
 Every PNG we save carries two text chunks:
 - `parameters`: the AUTOMATIC1111 "infotext" that A1111, SD.Next, Fooocus, Civitai and most image viewers read
-  (written and parsed by engine/infotext.py, whose public names are importable from here too);
+  (written and parsed by engine/images/infotext.py);
 - `studio`: our own JSON (`{"version": 1, "request": ..., "model": ...}`), which restores every setting exactly.
 Reading prefers `studio` and falls back to `parameters`, so PNGs from those other tools can be dropped in too.
 Also A1111's short file hash (`model_hash`) for the `Model hash` and `Lora hashes` keys.
@@ -23,31 +23,9 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from engine.images import open_image
-from engine.infotext import (
-    KDIFFUSION_SAMPLERS,
-    KDIFFUSION_SCHEDULES,
-    KEY_ORDER,
-    KEY_RE,
-    LORA_TAG_RE,
-    PARAM_RE,
-    SIZE_RE,
-    VERSION,
-    control_unit_text,
-    describe_source,
-    infotext,
-    parse_infotext,
-    request_from_infotext,
-    scheduler_from_a1111,
-)
+from engine.images.infotext import describe_source, infotext, parse_infotext, request_from_infotext
+from engine.images.loading import open_image
 from engine.request import Request, UserError
-
-__all__ = [
-    "KDIFFUSION_SAMPLERS", "KDIFFUSION_SCHEDULES", "KEY_ORDER", "KEY_RE", "LORA_TAG_RE", "NO_SETTINGS",
-    "PARAMETERS_KEY", "PARAM_RE", "SIZE_RE", "STUDIO_FORMAT", "STUDIO_KEY", "VERSION", "control_unit_text",
-    "describe_source", "infotext", "model_hash", "parse_infotext", "png_bytes", "png_info", "read_png_settings",
-    "request_from_infotext", "save_png", "scheduler_from_a1111", "studio_json",
-]
 
 log = logging.getLogger(__name__)
 

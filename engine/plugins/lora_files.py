@@ -2,8 +2,8 @@
 
 The header is read without loading tensors; the family (SD1.5, SD2, SDXL, Flux, the built-in model) is told from
 tensor names and widths; `check_lora_file` refuses pickles, non-LoRAs and LoRAs of another family, and
-`_match_layers` converts the keys the way diffusers will and compares every target layer with the model's own.
-`engine.plugins.check_lora` runs both; `engine.plugins.PluginManager` loads what passes.
+`match_layers` converts the keys the way diffusers will and compares every target layer with the model's own.
+`check_lora` runs both; engine/plugins/manager.py loads what passes.
 """
 
 from __future__ import annotations
@@ -13,43 +13,19 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import models
-from .request import UserError
+from ..request import UserError
+from ..sources import resolve
+from ..sources.checkpoint import family_of_keys, read_header, refuse_pickle
 
 FAMILY_NAMES = {"builtin": "the built-in model", "sd15": "SD 1.5", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "Flux"}
 # cross-attention width (the input of attn2.to_k) of each UNet family; the built-in model's is read from its config
 CROSS_WIDTHS = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
 LORA_A = (".lora_A.", ".lora_down.", ".lora.down.", "_lora.down.", ".lora_linear_layer.down.")
 
-_HEADERS: dict[tuple[str, int, int], dict[str, list[int]]] = {}
-
-
-def _header(path: Path, label: str) -> dict[str, list[int]]:
-    """Tensor names and shapes from a .safetensors header (no tensor read); a clear error if corrupt or truncated."""
-    from safetensors import safe_open
-
-    stat = path.stat()
-    key = (str(path), stat.st_mtime_ns, stat.st_size)
-    if key in _HEADERS:
-        return _HEADERS[key]
-    if stat.st_size == 0:
-        raise UserError(f"{label}: the file is empty (0 bytes). Download or copy it again.")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception as e:  # safetensors raises several types for bad headers and offsets
-        raise UserError(f"{label}: not a valid .safetensors file ({str(e).splitlines()[0][:120]}). It may be "
-                        "truncated or corrupt: download or copy it again.") from None
-    if len(_HEADERS) > 256:
-        _HEADERS.clear()
-    _HEADERS[key] = shapes
-    return shapes
-
-
 def builtin_cross_width() -> int | None:
     """The built-in UNet's cross-attention width, from its config (None while the model is not there)."""
     try:
-        return int(json.loads((models.BUILTIN_DIR / "unet" / "config.json").read_text())["cross_attention_dim"])
+        return int(json.loads((resolve.BUILTIN_DIR / "unet" / "config.json").read_text())["cross_attention_dim"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -91,14 +67,12 @@ class LoraCheck:
 def check_lora_file(path: Path, family: str, declared: str, label: str) -> None:
     """What the file alone tells (format, LoRA layers, family) against the current model's `family` and the
     manifest's `declared` one. Raises UserError naming `label` (the plugin and its file) and the reason."""
-    suffix = path.suffix.lower()
-    if suffix in models.PICKLE_SUFFIXES:
-        raise UserError(f"{label}: {_pickle_text(path.name)}")
-    if suffix != ".safetensors":
+    refuse_pickle(path, "plugin", label)
+    if path.suffix.lower() != ".safetensors":
         raise UserError(f"{label}: LoRAs are loaded only from .safetensors files.")
-    shapes = _header(path, label)
+    shapes = read_header(path, label)
     if not any("lora" in k.lower() for k in shapes):
-        kind = models.family_of_keys(shapes)
+        kind = family_of_keys(shapes)
         hint = f" It looks like a full {FAMILY_NAMES.get(kind, kind)} checkpoint: use it with --model." if kind else ""
         raise UserError(f"{label}: this is not a LoRA (none of its {len(shapes)} tensors is a LoRA layer).{hint}")
     detected = detect_lora_family(shapes)
@@ -112,7 +86,7 @@ def check_lora_file(path: Path, family: str, declared: str, label: str) -> None:
                         f"made for {FAMILY_NAMES[family]}.")
 
 
-def _match_layers(path: Path, pipe, label: str) -> LoraCheck:
+def match_layers(path: Path, pipe, label: str) -> LoraCheck:
     """Convert the file's keys the way diffusers will (kohya and older formats included) and compare every target
     layer with the model's own modules: missing layers and shape mismatches are found here, not inside diffusers."""
     import diffusers
@@ -130,7 +104,7 @@ def _match_layers(path: Path, pipe, label: str) -> LoraCheck:
         state = type(pipe).lora_state_dict(str(path), **kwargs)
     except Exception as e:  # any failure of diffusers' converters
         raise UserError(f"{label}: diffusers {diffusers.__version__} cannot read this LoRA's format "
-                        f"({_first_line(e)}). Kohya/Civitai LoRAs load as far as diffusers converts them; LyCORIS "
+                        f"({first_line(e)}). Kohya/Civitai LoRAs load as far as diffusers converts them; LyCORIS "
                         "(LoHa/LoKr) and some trainer-specific layouts do not. Try a diffusers or kohya LoRA "
                         "export.") from None
     state = state[0] if isinstance(state, tuple) else state
@@ -152,7 +126,7 @@ def _match_layers(path: Path, pipe, label: str) -> LoraCheck:
                     part = {k.removeprefix("text_model."): v for k, v in part.items()}
         except Exception as e:
             raise UserError(f"{label}: diffusers {diffusers.__version__} cannot convert this LoRA's {name} layers "
-                            f"({_first_line(e)}). Re-export it in diffusers or kohya format.") from None
+                            f"({first_line(e)}). Re-export it in diffusers or kohya format.") from None
         modules = dict(model.named_modules())
         matched = 0
         for key, tensor in part.items():
@@ -188,10 +162,12 @@ def _match_layers(path: Path, pipe, label: str) -> LoraCheck:
     return LoraCheck(layers, ignored)
 
 
-def _pickle_text(name: str) -> str:
-    return (f"{Path(name).name} is a pickle file, which can run code when loaded; plugins load only .safetensors "
-            "files. Download the .safetensors version, or convert it once in a trusted environment.")
+def check_lora(path: Path, pipe, family: str, declared: str, label: str) -> LoraCheck:
+    """Everything we can know before touching `pipe`: format, family, and that every target layer exists with the
+    LoRA's shapes. Raises UserError naming `label` (the plugin and its file) and the reason."""
+    check_lora_file(path, family, declared, label)
+    return match_layers(path, pipe, label)
 
 
-def _first_line(e: Exception) -> str:
+def first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]

@@ -4,7 +4,7 @@ A manifest describes one plugin (a LoRA, or a ControlNet that engine/control.py 
 a bare LoRA `.safetensors` dropped into a plugin folder is found too, its family read from its tensors. Every field
 is checked here, and every local path must stay inside its plugin folder or assets/. `find_lora` resolves a
 requested name to its plugin and `fetch_lora_file` gives its local file (downloaded from the Hub on first use).
-The manifest format is documented in plugins/README.md; engine/plugins.py applies the LoRAs.
+The manifest format is documented in plugins/README.md; manager.py applies the LoRAs.
 """
 
 from __future__ import annotations
@@ -15,19 +15,18 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import models
-from .lora_check import _first_line, _header, _pickle_text, detect_lora_family
-from .request import CONTROL_KINDS, FAMILIES, UserError
+from ..config import ROOT
+from ..request import CONTROL_KINDS, FAMILIES, UserError
+from ..sources.checkpoint import is_pickle, pickle_message, read_header
+from ..sources.hub import Hub
+from .lora_files import detect_lora_family
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-ROOT = models.ROOT
 ASSETS = ROOT / "assets"
-DEFAULT_DIRS = (ROOT / "plugins", ASSETS / "plugins")
-ENV_DIRS = "STUDIO_PLUGINS"  # os.pathsep-separated folders that replace DEFAULT_DIRS
 KINDS = ("lora", "controlnet")
 # manifest field -> accepted TOML types; anything else in a manifest is an error that names the field
 FIELDS: dict[str, tuple[type, ...]] = {
@@ -76,12 +75,13 @@ def load_manifests(dirs: list[Path]) -> list[Manifest]:
             suffix = path.suffix.lower()
             if suffix == ".safetensors" and path.resolve() not in claimed:
                 found.append(_bare_lora(path, root))
-            elif suffix in models.PICKLE_SUFFIXES:
-                found.append(Manifest(name=path.stem, path=path, source=path.name, error=_pickle_text(path.name)))
+            elif is_pickle(path):
+                found.append(Manifest(name=path.stem, path=path, source=path.name,
+                                      error=pickle_message(path.name, "plugin")))
     seen: dict[str, Path | None] = {}
     for m in found:
         if m.name in seen and m.error is None:
-            m.error = f"the name {m.name!r} is already used by {_show(seen[m.name])}; rename one of them"
+            m.error = f"the name {m.name!r} is already used by {show_path(seen[m.name])}; rename one of them"
         seen.setdefault(m.name, m.path)
     return found
 
@@ -155,12 +155,12 @@ def _source_error(m: Manifest, root: Path) -> str | None:
         if not HUB_RE.fullmatch(src):
             return f"field 'source' = {src!r}: with weight_name, the source is a Hub id like 'org/repo'"
         if Path(m.weight_name).suffix.lower() != ".safetensors":
-            return f"field 'weight_name' = {m.weight_name!r}: {_pickle_text(m.weight_name)}"
+            return f"field 'weight_name' = {m.weight_name!r}: {pickle_message(m.weight_name, 'plugin')}"
         m.hub = True
         return None
     suffix = Path(src).suffix.lower()
-    if suffix in models.PICKLE_SUFFIXES:
-        return f"field 'source' = {src!r}: {_pickle_text(src)}"
+    if is_pickle(src):
+        return f"field 'source' = {src!r}: {pickle_message(src, 'plugin')}"
     local = m.path.parent / Path(src).expanduser()
     if suffix == ".safetensors" or local.exists() or src.startswith((".", "/", "~")) or not HUB_RE.fullmatch(src):
         m.file, error = _inside(local, root, "field 'source'")
@@ -181,19 +181,19 @@ def _inside(path: Path, root: Path, what: str) -> tuple[Path, str | None]:
     resolved = path.resolve()
     if any(resolved.is_relative_to(r) for r in (root, ASSETS.resolve())):
         return resolved, None
-    return resolved, (f"{what} leads outside the plugin folder {_show(root)} and assets/ (to {resolved}); keep "
+    return resolved, (f"{what} leads outside the plugin folder {show_path(root)} and assets/ (to {resolved}); keep "
                       "plugin files inside the plugin folder")
 
 
 def _bare_lora(path: Path, root: Path) -> Manifest:
-    m = Manifest(name=path.stem, source=path.name, path=path, description=f"LoRA file in {_show(path.parent)}")
+    m = Manifest(name=path.stem, source=path.name, path=path, description=f"LoRA file in {show_path(path.parent)}")
     m.file, m.error = _inside(path, root, "this file (a link?)")
     if m.error is None and not NAME_RE.fullmatch(m.name):
         m.error = ("its file name is not a usable plugin name: rename it to letters, digits, '_', '.' or '-', or "
                    "write a manifest for it")
     if m.error is None:
         try:
-            m.family = detect_lora_family(_header(m.file, path.name)) or "unknown"
+            m.family = detect_lora_family(read_header(m.file, path.name)) or "unknown"
         except UserError as e:
             m.error = str(e)
     return m
@@ -205,18 +205,18 @@ def find_lora(name: str, catalog: dict[str, Manifest], family: str, allow_paths:
     plugin = catalog.get(name)
     if plugin is not None:
         if plugin.error:
-            raise UserError(f"Plugin {name!r} ({_show(plugin.path)}) cannot be used: {plugin.error}.")
+            raise UserError(f"Plugin {name!r} ({show_path(plugin.path)}) cannot be used: {plugin.error.rstrip('.')}.")
         if plugin.kind != "lora":
             raise UserError(f"Plugin {name!r} is a {plugin.kind}, not a LoRA; use it as a control instead.")
         return plugin
     path = Path(name).expanduser()
-    if (path.suffix.lower() in (".safetensors", *models.PICKLE_SUFFIXES) or "/" in name or os.sep in name
+    if ((path.suffix.lower() == ".safetensors" or is_pickle(path)) or "/" in name or os.sep in name
             or name.startswith(("~", "."))):
         if not allow_paths:
             raise UserError(f"LoRA {name!r}: LoRAs are chosen by plugin name here; only the command line may load "
                             "a file by its path. Put the file in plugins/ to use it from the app.")
-        if path.suffix.lower() in models.PICKLE_SUFFIXES:
-            raise UserError(f"LoRA {name!r}: {_pickle_text(path.name)}")
+        if is_pickle(path):
+            raise UserError(f"LoRA {name!r}: {pickle_message(path.name, 'plugin')}")
         if not path.is_file():
             raise UserError(f"LoRA {name!r}: no such file.")
         return Manifest(name=name, source=name, path=path, file=path.resolve())
@@ -228,38 +228,17 @@ def find_lora(name: str, catalog: dict[str, Manifest], family: str, allow_paths:
                     f"{', '.join(usable) or 'none'} (see `python app.py plugins`).")
 
 
-def fetch_lora_file(plugin: Manifest) -> Path:
+def fetch_lora_file(plugin: Manifest, hub: Hub) -> Path:
     """The plugin's local file, downloaded from the Hub on first use."""
     if not plugin.hub:
         if plugin.file is None or not plugin.file.is_file():
-            raise UserError(f"LoRA {plugin.name!r}: its file {plugin.source!r} is missing ({_show(plugin.file)}).")
+            raise UserError(f"LoRA {plugin.name!r}: its file {plugin.source!r} is missing ({show_path(plugin.file)}).")
         return plugin.file
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
-
-    where = f"{plugin.source}/{plugin.weight_name}"
-    try:
-        return Path(hf_hub_download(plugin.source, plugin.weight_name))
-    except LocalEntryNotFoundError:
-        raise UserError(f"LoRA {plugin.name!r}: {where} is not downloaded yet and the Hub cannot be reached "
-                        f"(offline). Connect once, or fetch it with `hf download {plugin.source} "
-                        f"{plugin.weight_name}`.") from None
-    except GatedRepoError:
-        raise UserError(f"LoRA {plugin.name!r}: {plugin.source} is gated; accept its licence on huggingface.co "
-                        "and set HF_TOKEN.") from None
-    except RepositoryNotFoundError:
-        raise UserError(f"LoRA {plugin.name!r}: there is no Hub repo {plugin.source!r} (or it is private: set "
-                        "HF_TOKEN). Fix the manifest's 'source'.") from None
-    except EntryNotFoundError:
-        raise UserError(f"LoRA {plugin.name!r}: {plugin.source} has no file {plugin.weight_name!r}. Fix the "
-                        "manifest's 'weight_name'.") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"LoRA {plugin.name!r}: could not download {where} ({_first_line(e)}).") from None
+    what = f"LoRA {plugin.name!r} ({plugin.source}/{plugin.weight_name})"
+    return hub.file(plugin.source, plugin.weight_name, what,
+                    fetch=f"`hf download {plugin.source} {plugin.weight_name}`",
+                    missing=f"LoRA {plugin.name!r}: {plugin.source} has no file {plugin.weight_name!r}. Fix the "
+                            "manifest's 'weight_name'.")
 
 
 def manifest_status(m: Manifest) -> str:
@@ -272,11 +251,11 @@ def manifest_status(m: Manifest) -> str:
         cached = try_to_load_from_cache(m.source, m.weight_name or "config.json")  # config.json: a ControlNet repo
         return "ready" if isinstance(cached, str) else "download on use"
     if m.file is None or not m.file.exists():
-        return f"error: its file {m.source!r} is missing (looked for {_show(m.file)})"
+        return f"error: its file {m.source!r} is missing (looked for {show_path(m.file)})"
     return "ready"
 
 
-def _show(path: Path | None) -> str:
+def show_path(path: Path | None) -> str:
     """A path for messages: relative to the project when inside it."""
     if path is None:
         return "?"

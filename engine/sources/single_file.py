@@ -11,11 +11,12 @@ text encoders come from the config's weights.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 
-from .request import UserError
+from ..request import UserError
+from .checkpoint import flux_variant_of_keys, read_header
+from .hub import Hub
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +24,12 @@ log = logging.getLogger(__name__)
 CONFIG_PATTERNS = ["*.json", "**/*.json", "*.txt", "**/*.txt", "**/*.model"]
 FLUX_SCHNELL_CONFIG = "black-forest-labs/FLUX.1-schnell"  # a Flux file without guidance weights is schnell
 PIPELINES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "flux": "FluxPipeline"}
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+# a single file needs its family's configs; these repos hold them (cached after one online use)
+SINGLE_FILE_CONFIGS = {
+    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+    "flux": "black-forest-labs/FLUX.1-dev",
+}
 
 
 def config_for(family: str, path: Path, config: str | None = None) -> str:
@@ -36,9 +39,7 @@ def config_for(family: str, path: Path, config: str | None = None) -> str:
         return str(beside)
     if config:
         return config
-    from .models import SINGLE_FILE_CONFIGS, safetensors_keys
-
-    if family == "flux" and not any("guidance_in" in k or "guidance_embedder" in k for k in safetensors_keys(path)):
+    if family == "flux" and flux_variant_of_keys(read_header(path, path.name)) == "schnell":
         return FLUX_SCHNELL_CONFIG
     return SINGLE_FILE_CONFIGS[family]
 
@@ -53,7 +54,7 @@ def _how_to_get(family: str, repo: str, path: Path) -> str:
             f"{path.with_suffix('').name}/.")
 
 
-def local_config(family: str, path: Path, config: str) -> str:
+def local_config(family: str, path: Path, config: str, hub: Hub) -> str:
     """A local folder holding `config`'s pipeline configs; downloads them (configs only) unless offline."""
     if Path(config).expanduser().is_dir():
         folder = Path(config).expanduser()
@@ -61,28 +62,13 @@ def local_config(family: str, path: Path, config: str) -> str:
             raise UserError(f"The config folder {folder} has no model_index.json. Use a folder saved with "
                             "save_pretrained (or downloaded from the Hub) for this model family.")
         return str(folder)
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    try:
-        folder = snapshot_download(config, allow_patterns=CONFIG_PATTERNS, local_files_only=_offline())
-    except LocalEntryNotFoundError:
-        raise UserError(f"{path.name} is a single-file {family} checkpoint and needs the configs of {config}, which "
-                        f"are not in the Hugging Face cache (offline). {_how_to_get(family, config, path)}") from None
-    except GatedRepoError:
-        raise UserError(f"{path.name} needs the configs of {config}, which is gated: accept its licence on "
-                        "huggingface.co and set HF_TOKEN, or put a diffusers config folder next to the file named "
-                        f"{path.with_suffix('').name}/.") from None
-    except RepositoryNotFoundError:
-        raise UserError(f"The config repo {config!r} does not exist on the Hugging Face Hub (or is private: set "
-                        "HF_TOKEN). Give a diffusers folder or Hub id of the same family.") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"Could not fetch the configs of {config} for {path.name} ({type(e).__name__}). Check the "
-                        "network, or set HF_HUB_OFFLINE=1 to use cached files only.") from None
-    if not (Path(folder) / "model_index.json").is_file():
+    folder = hub.snapshot(config, CONFIG_PATTERNS, f"The configs of {config}, which {path.name} needs,", not_cached=(
+        f"{path.name} is a single-file {family} checkpoint and needs the configs of {config}, which are not in the "
+        f"Hugging Face cache (offline). {_how_to_get(family, config, path)}"))
+    if not (folder / "model_index.json").is_file():
         raise UserError(f"{config} is not a diffusers pipeline (no model_index.json), so it cannot serve as the "
                         f"config of {path.name}. {_how_to_get(family, config, path)}")
-    return folder
+    return str(folder)
 
 
 def _explain(e: Exception, family: str, path: Path, config: str) -> UserError:
@@ -119,7 +105,7 @@ def _check_complete(pipe, path: Path, family: str, config: str) -> None:
                                 f"named {path.with_suffix('').name}/.")
 
 
-def load_single_file(family: str, path: str, dtype, config: str | None = None):
+def load_single_file(family: str, path: str, dtype, config: str | None = None, hub: Hub | None = None):
     """The family's text-to-image pipeline from one `.safetensors` checkpoint (never a pickle)."""
     import diffusers
     from diffusers.loaders.single_file_utils import SingleFileComponentError
@@ -130,8 +116,9 @@ def load_single_file(family: str, path: str, dtype, config: str | None = None):
                         ".safetensors (pickle files can run code when loaded).")
     if family not in PIPELINES:
         raise UserError(f"Single-file checkpoints of family {family!r} are not supported; use sd15, sdxl or flux.")
+    hub = hub or Hub()
     name = config_for(family, path, config)
-    folder = local_config(family, path, name)
+    folder = local_config(family, path, name, hub)
     log.info("loading %s as %s with the config %s", path.name, family, name)
     try:
         if family == "flux":
@@ -141,7 +128,7 @@ def load_single_file(family: str, path: str, dtype, config: str | None = None):
             source = folder if Path(name).expanduser().is_dir() else name  # a Hub id: fetch/read its weights
             try:
                 pipe = diffusers.FluxPipeline.from_pretrained(source, transformer=transformer, dtype=dtype,
-                                                              use_safetensors=True, local_files_only=_offline())
+                                                              use_safetensors=True, local_files_only=hub.offline)
             except OSError as e:  # weights of the VAE / text encoders not cached, or not in the folder
                 raise UserError(f"{path.name} holds only the Flux transformer; the VAE and text encoders come from "
                                 f"{name}, and they are missing ({str(e).splitlines()[0][:120]}). "

@@ -129,11 +129,12 @@ def train_lora_from_folder(folder: Path, name: str, model: str = "builtin", step
                            trigger: str = "", out: Path = Path("plugins")) -> Path:
     """`app.py train-lora`: a LoRA plugin for an SD-family model (builtin or SD1.5) from captioned images."""
     from ..request import UserError
-    from ..sources.loading import load_pipeline, resolve
+    from ..sources.loading import load_pipeline
+    from ..sources.resolve import Resolver
 
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder. Give a folder of images with .txt captions.")
-    source = resolve(model)
+    source = Resolver(local_paths=True).resolve(model)  # the command line: local models allowed
     if source.family not in ("builtin", "sd15"):
         raise UserError(f"train-lora supports the built-in and SD1.5 models; {model} is {source.family}.")
     pipe = load_pipeline(source, "cpu", torch.float32)
