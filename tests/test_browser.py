@@ -33,7 +33,9 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def app_url(engine, tiny_model, tmp_path_factory):
     """The real app (ui.app.build + launch) on a tiny SD1.5 model marked as the built-in family (64x64)."""
-    from ui.app import ModelStatus, build, launch
+    from ui.app import build
+    from ui.serve import launch
+    from ui.studio import ModelStatus
 
     folder = tmp_path_factory.mktemp("browser") / "tiny-builtin"
     shutil.copytree(tiny_model("sd15"), folder)
@@ -143,7 +145,7 @@ def test_two_browsers_do_not_see_each_other(browser, app_url):
 def test_api_endpoint_with_gradio_client(app_url, tmp_path):
     from gradio_client import Client
 
-    from engine import metadata
+    from engine.images import metadata
 
     client = Client(app_url, verbose=False, download_files=str(tmp_path))
     files = client.predict("a red circle", "", "", 2, -1, 7, 32, 32, 1, "default", api_name="/generate")

@@ -6,30 +6,14 @@ import dataclasses
 
 import pytest
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
-from engine import metadata
+from engine.images import metadata
 from engine.request import ControlUnit, UserError
-from ui import handlers, inline, runner
-from ui.runner import Studio
+from tests.ui_fixtures import *  # noqa: F403  (the UI tests' fixtures: studio, shared, session, settings)
+from tests.ui_fixtures import a1111_png
+from ui import api, handlers, inline
 from ui.state import Session, Settings
-
-
-@pytest.fixture(scope="module")
-def studio(engine, tiny_model):
-    return Studio(engine, default_model=str(tiny_model("sd15")))
-
-
-@pytest.fixture
-def session():
-    s = Session.new()
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def settings(studio):
-    return Settings(model=studio.default_model, width=32, height=32, steps=2, guidance=5.0)
+from ui.studio import model_family
 
 
 def say(studio, session, text, settings, files=()):
@@ -107,8 +91,8 @@ def test_vary_and_refine_run_image_to_image(studio, session, settings):
     replies = say(studio, session, "make it brighter --refine", settings)
     assert "no image to refine yet" in replies[-1]
     say(studio, session, "a red circle", settings)
-    list(handlers.vary(studio, session, settings))  # 2 steps x 0.35 is no step at all: explained, not crashed
-    assert "less than one" in session.history[-1]["content"]
+    list(handlers.vary(studio, session, settings))  # 2 steps x 0.35 is no step at all: the engine explains
+    assert "steps leave no denoising step to run" in session.history[-1]["content"]
     session.shots.clear()
     settings = dataclasses.replace(settings, steps=4)  # image-to-image runs steps x strength of them
     say(studio, session, "a red circle", settings)
@@ -144,12 +128,9 @@ def test_restore_from_our_png_fills_the_settings(studio, session, settings, tmp_
 
 
 def test_restore_from_automatic1111_png(studio, session, settings, tmp_path):
-    path = tmp_path / "a1111.png"
-    info = PngInfo()
-    info.add_text("parameters", "a castle on a hill\nNegative prompt: fog\nSteps: 20, Sampler: Euler a, "
-                                "Schedule type: Automatic, CFG scale: 7, Seed: 123, Size: 512x768, Model: v1-5")
-    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
-    update = handlers.restore(studio, session, str(path), settings)
+    path = a1111_png(tmp_path / "a1111.png", "a castle on a hill\nNegative prompt: fog\nSteps: 20, Sampler: Euler a, "
+                     "Schedule type: Automatic, CFG scale: 7, Seed: 123, Size: 512x768, Model: v1-5")
+    update = handlers.restore(studio, session, path, settings)
     s = update.settings
     assert (s.steps, s.guidance, s.seed, s.width, s.height, s.scheduler) == (20, 7.0, 123, 512, 768, "euler-a")
     assert s.negative == "fog" and s.model == settings.model and update.prompt == "a castle on a hill"
@@ -216,16 +197,15 @@ def test_progress_preview_and_stop(studio, session, settings):
     assert len(session.shots) == 1
 
 
-def test_shared_server_refuses_server_paths(studio, settings, tmp_path):
-    shared = dataclasses.replace(studio, local_paths=False)
-    with pytest.raises(UserError, match="shared server"):
-        runner.check_model_allowed(shared, str(tmp_path))
-    runner.check_model_allowed(shared, "stabilityai/stable-diffusion-xl-base-1.0")
-    runner.check_model_allowed(shared, shared.default_model)
+def test_shared_server_refuses_server_paths(shared, tmp_path):
+    with pytest.raises(UserError, match="is a file or folder name; on this server models are chosen by Hub id"):
+        model_family(shared, str(tmp_path))
+    assert model_family(shared, shared.default_model) == "sd15"  # the operator's own --model stays usable
+    assert model_family(shared, "builtin") == "builtin"
 
 
 def test_api_generate_returns_pngs_with_metadata(studio, tmp_path):
-    paths = runner.api_generate(studio, tmp_path, "a red circle", steps=2, seed=9, width=32, height=32, count=2)
+    paths = api.generate(studio, tmp_path, "a red circle", steps=2, seed=9, width=32, height=32, count=2)
     assert len(paths) == 2
     assert metadata.read_png_settings(paths[1])[0].seed == 10
 

@@ -1,7 +1,8 @@
 """Chat handlers: plain functions from (session, settings, message) to chat updates. No gradio here.
 
-Each generating handler is a generator: it appends to `session.history` and yields an `Update` whenever the
-chat should be redrawn (progress, preview, result); ui/runner.py runs the engine. Every failure becomes a chat
+Each generating handler returns an iterator: it appends to `session.history` and yields an `Update` whenever the
+chat should be redrawn (progress, preview, result); ui/runner.py runs the engine. The others return plain
+values (an `Update`, a label, a path) that ui/app.py puts into components. Every failure becomes a chat
 message: `UserError` text as it is, anything else a short apology while the traceback goes to the log. The
 session, its history and the loaded model stay usable either way.
 """
@@ -13,11 +14,12 @@ import logging
 from pathlib import Path
 from typing import Iterator
 
-from engine import metadata
-from engine.request import Request, UserError, defaults_for, valid_schedulers
+from engine.images import metadata
+from engine.request import Request, UserError, valid_schedulers
 from ui import inline
-from ui.runner import Studio, Update, check_model_allowed, model_family, run
+from ui.runner import Update, run
 from ui.state import Session, Settings
+from ui.studio import Studio, model_family, panel_defaults
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,6 @@ def send(studio: Studio, session: Session, text: str, settings: Settings, files:
 
 def build_request(studio: Studio, session: Session, asked: inline.Inline, settings: Settings) -> Request:
     """The panel's settings with the message's inline overrides; refine makes it image-to-image."""
-    check_model_allowed(studio, settings.model)
     request = settings.request(asked.prompt)
     for name, value in asked.overrides.items():
         setattr(request, name, value)
@@ -65,9 +66,8 @@ def build_request(studio: Studio, session: Session, asked: inline.Inline, settin
         chosen = {x.name for x in asked.loras}
         request.loras = [x for x in request.loras if x.name not in chosen] + asked.loras
     if asked.aspect:
-        family, name = model_family(studio, request.model)
-        d = defaults_for(family, name)
-        request.width, request.height = inline.size_for_ratio(asked.aspect, d.size, d.multiple)
+        d = panel_defaults(studio, request.model)
+        request.width, request.height = inline.size_for_ratio(asked.aspect, d["width"], d["multiple"])
     if asked.refine is not None or settings.refine:
         shot = session.selected_shot()
         if shot is None:
@@ -84,24 +84,25 @@ def reroll(studio: Studio, session: Session, settings: Settings) -> Iterator[Upd
     """The selected image's turn again with new seeds."""
     shot = session.selected_shot()
     if shot is None:
-        session.say("assistant", "Nothing to reroll yet: send a prompt first.")
-        yield Update()
-        return
+        return nothing_yet(session, "Nothing to reroll yet: send a prompt first.")
     session.say("user", f"🎲 Reroll #{shot.number}")
-    yield from run(studio, session, dataclasses.replace(shot.turn, seed=None))
+    return run(studio, session, dataclasses.replace(shot.turn, seed=None))
 
 
 def vary(studio: Studio, session: Session, settings: Settings) -> Iterator[Update]:
     """Close variations of the selected image: image-to-image from it at a low strength."""
     shot = session.selected_shot()
     if shot is None:
-        session.say("assistant", "Nothing to vary yet: send a prompt first.")
-        yield Update()
-        return
+        return nothing_yet(session, "Nothing to vary yet: send a prompt first.")
     session.say("user", f"🌀 Vary #{shot.number} (strength {settings.vary_strength:g})")
-    request = dataclasses.replace(shot.request, seed=None, init_image=shot.path, strength=settings.vary_strength,
-                                  count=shot.turn.count)
-    yield from run(studio, session, request)
+    return run(studio, session, dataclasses.replace(shot.request, seed=None, init_image=shot.path,
+                                                    strength=settings.vary_strength, count=shot.turn.count))
+
+
+def nothing_yet(session: Session, reply: str) -> Iterator[Update]:
+    """An action on the selected image before there is one: the reply, and one redraw."""
+    session.say("assistant", reply)
+    return iter([Update()])
 
 
 def reuse(session: Session, settings: Settings) -> Update:
@@ -134,7 +135,15 @@ def select(session: Session, index: int) -> str:
     return selected_label(session)
 
 
+def select_message(session: Session, index) -> str:
+    """Select the image of the clicked chat message (gradio gives its index, or [index, ...]); the label."""
+    index = index[0] if isinstance(index, (list, tuple)) else index
+    session.select_message(int(index))
+    return selected_label(session)
+
+
 def selected_label(session: Session | None) -> str:
+    """The line above the action buttons: which image they act on."""
     shot = session.selected_shot() if session is not None else None
     if shot is None:
         return "Actions apply to the selected image (none yet)."
@@ -158,14 +167,13 @@ def restore(studio: Studio, session: Session, file: str, settings: Settings) -> 
     notes = []
     if request.model and request.model != settings.model:
         try:
-            check_model_allowed(studio, request.model)
-            model_family(studio, request.model)
+            model_family(studio, request.model)  # can it be used here at all?
         except UserError:
             notes.append(f"its model {request.model!r} isn't available here, so {settings.model!r} is kept")
             request = dataclasses.replace(request, model=settings.model)
     restored = Settings.from_request(request, settings)
     try:
-        family, _ = model_family(studio, restored.model)
+        family = model_family(studio, restored.model)
         if restored.scheduler != "default" and restored.scheduler not in valid_schedulers(family):
             notes.append(f"its scheduler {restored.scheduler} doesn't fit {family} models, so the default is used")
             restored.scheduler = "default"
@@ -184,5 +192,13 @@ def restore(studio: Studio, session: Session, file: str, settings: Settings) -> 
     return Update(settings=restored, prompt=request.prompt)
 
 
-def stop(session: Session) -> None:
-    session.cancel.set()
+def last_seed(session: Session | None) -> int | None:
+    """The selected image's seed, for the panel's ♻️ seed button (None when there is no image yet)."""
+    shot = session.selected_shot() if session is not None else None
+    return shot.request.seed if shot else None
+
+
+def stop(session: Session | None) -> None:
+    """■ Stop: the running generation of this session ends at its next step."""
+    if session is not None:
+        session.cancel.set()

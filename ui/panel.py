@@ -8,17 +8,21 @@ whose unused ones are hidden.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import gradio as gr
 
-from engine.control import DEFAULT_PREPROCESSOR, PREPROCESSORS
-from engine.request import CONTROL_KINDS, MAX_CONTROLS, MAX_COUNT, MAX_STEPS, ControlUnit, LoraSpec, UserError
-from ui.runner import Studio, panel_defaults
+from engine.request import (
+    CONTROL_KINDS,
+    DEFAULT_PREPROCESSOR,
+    MAX_CONTROLS,
+    MAX_COUNT,
+    MAX_STEPS,
+    PREPROCESSORS,
+    ControlUnit,
+    LoraSpec,
+)
 from ui.state import RANDOM_SEED, Settings
-
-log = logging.getLogger(__name__)
 
 MAX_PLUGIN_ROWS = 8
 ASPECTS = ["1:1", "3:2", "2:3", "4:3", "3:4", "16:9", "9:16"]
@@ -29,49 +33,6 @@ def preprocessor_choices(kind: str) -> list[tuple[str, str]]:
     names = [name for name, p in PREPROCESSORS.items() if p["kind"] == kind]
     return ([(f"auto ({DEFAULT_PREPROCESSOR[kind]})", "auto")] + [(n, n) for n in names]
             + [("none: my image is a ready map", "none")])
-
-
-def model_choices(default_model: str) -> list[tuple[str, str]]:
-    """(label, value) for the model picker: built-in, the known Hub models, cached ones, the server's default."""
-    from engine.models import KNOWN_MODELS, cached_hub_models
-
-    cached = dict(cached_hub_models())
-    choices = [("builtin (offline, small and fast)", "builtin")]
-    for repo, family in KNOWN_MODELS.items():
-        if repo != "builtin":
-            choices.append((f"{repo} ({family}{', cached' if repo in cached else ', downloads on first use'})", repo))
-    choices += [(f"{repo} ({family}, cached)", repo) for repo, family in cached.items() if repo not in KNOWN_MODELS]
-    if default_model not in [value for _, value in choices]:
-        choices.insert(0, (f"{default_model} (server default)", default_model))
-    return choices
-
-
-def plugin_rows(engine, model: str) -> list[dict]:
-    """LoRA plugins for the panel: name, family, weight, status, compatible, why, description.
-
-    Asks the engine's plugin manager (judged against the model's family); no plugin system, or a failing one,
-    means no rows, never a broken page.
-    """
-    try:
-        listing = engine.plugin_listing(model)
-    except (ImportError, AttributeError, UserError) as e:
-        log.info("no plugin list for %s: %s", model, e)
-        return []
-    except Exception:
-        log.exception("listing plugins failed")
-        return []
-    rows = []
-    for item in listing:
-        if item.get("kind", "lora") != "lora":
-            continue
-        status = str(item.get("status", "ready"))
-        why = item.get("why") or (status[len("error: "):] if status.startswith("error") else "")
-        trigger = f" Trigger: {item['trigger']}." if item.get("trigger") else ""
-        rows.append({"name": item["name"], "family": item.get("family"), "weight": float(item.get("weight", 1.0)),
-                     "status": status, "compatible": bool(item.get("compatible", not why)), "why": why,
-                     "description": (item.get("description") or "") + trigger})
-    rows.sort(key=lambda r: not r["compatible"])
-    return rows
 
 
 @dataclass
@@ -97,8 +58,9 @@ class PluginRow:
 class Panel:
     """The side panel's components; build it inside a gr.Column."""
 
-    def __init__(self, studio: Studio, settings: Settings, defaults: dict, local_paths: bool):
-        self.model = gr.Dropdown(model_choices(studio.default_model), value=settings.model, label="Model",
+    def __init__(self, models: list[tuple[str, str]], settings: Settings, defaults: dict, local_paths: bool):
+        """`models`: the picker's (label, value) pairs; `defaults`: ui.studio.panel_defaults of settings.model."""
+        self.model = gr.Dropdown(models, value=settings.model, label="Model",
                                  info="Defaults follow the model family when you switch.")
         with gr.Row(equal_height=True):
             self.other_model = gr.Textbox(label="Other model", scale=4, max_lines=1,
@@ -175,6 +137,11 @@ class Panel:
             comps |= {row.toggle, row.weight}
         return comps
 
+    def plugin_outputs(self) -> list:
+        """Every component `show_plugins` updates."""
+        return [c for row in self.plugins for c in (row.box, row.toggle, row.weight)] + [self.plugin_names,
+                                                                                          self.plugin_note]
+
     def persisted(self) -> list:
         """Components whose changes are saved in the browser."""
         return [self.model, self.negative, self.steps, self.guidance, self.seed, self.width, self.height,
@@ -221,20 +188,20 @@ class Panel:
                     out[row.weight] = weights[name]
         return out
 
-    def show_model(self, studio: Studio, model: str, keep: Settings | None = None) -> dict:
-        """Panel updates for a newly picked model: its family's defaults (unless `keep`) and its plugins."""
-        d = panel_defaults(studio, model)
+    def show_model(self, d: dict, plugins: list[dict], keep: Settings | None = None) -> dict:
+        """Panel updates for a newly picked model: its family's defaults `d` (unless `keep`) and its plugins."""
         out = {self.scheduler: gr.update(choices=d["schedulers"], info=f"default = {d['scheduler']}",
                                          value=(keep.scheduler if keep and keep.scheduler in d["schedulers"]
                                                 else "default"))}
         if keep is None:
             out.update({self.steps: d["steps"], self.guidance: d["guidance"], self.width: d["width"],
                         self.height: d["height"]})
-        out.update(self.show_plugins(studio, model))
+        out.update(self.show_plugins(plugins))
         return out
 
-    def show_plugins(self, studio: Studio, model: str) -> dict:
-        rows = plugin_rows(studio.engine, model)[:MAX_PLUGIN_ROWS]
+    def show_plugins(self, rows: list[dict]) -> dict:
+        """Updates that show one row per plugin (from ui.studio.plugin_rows) and hide the rows left over."""
+        rows = rows[:MAX_PLUGIN_ROWS]
         out = {self.plugin_names: [r["name"] for r in rows],
                self.plugin_note: (f"{len(rows)} plugin(s); toggle and weight. Inline: `--lora NAME=0.8` or "
                                   "`<lora:NAME:0.8>`." if rows else

@@ -1,4 +1,5 @@
-"""The side panel's own events: switching models, aspect presets, seed buttons, settings kept in the browser.
+"""The side panel's events wired to ui/panel_handlers.py: model switches, aspect presets, seed buttons, and
+the settings kept in the browser.
 
 None of these run the engine (the model loads on the next message), so none join the engine's queue group.
 """
@@ -8,90 +9,78 @@ from __future__ import annotations
 import gradio as gr
 
 from engine.request import UserError
-from ui import runner
-from ui.inline import parse_ratio, size_for_ratio
+from ui import handlers, panel_handlers
+from ui.layout import Page
 from ui.panel import Panel
-from ui.runner import Studio
-from ui.state import RANDOM_SEED, Settings, ensure
+from ui.panel_handlers import ModelView
+from ui.state import RANDOM_SEED
+from ui.studio import ModelStatus, Studio
 
 PRIVATE = dict(api_visibility="private")
 
 
-def wire_panel(demo: gr.Blocks, panel: Panel, studio: Studio, state: gr.State, saved: gr.BrowserState,
-               status_md: gr.Markdown, status=None) -> None:
+def show_view(panel: Panel, status_md: gr.Markdown, view: ModelView, keep=None) -> dict:
+    """A `ModelView` as component updates: the status line (when it has one), defaults and plugin rows."""
+    out = {status_md: view.status} if view.status else {}
+    if view.defaults is not None:
+        out.update(panel.show_model(view.defaults, view.plugins, keep=keep))
+    return out
+
+
+def wire_panel(demo: gr.Blocks, page: Page, studio: Studio, status: ModelStatus | None = None) -> None:
     """Attach the panel's events (call inside the gr.Blocks context)."""
-    plugin_out = [c for row in panel.plugins for c in (row.box, row.toggle, row.weight)]
-    plugin_out += [panel.plugin_names, panel.plugin_note]
-    model_out = [status_md, panel.steps, panel.guidance, panel.width, panel.height, panel.scheduler, *plugin_out]
+    panel, status_md = page.panel, page.status_md
+    model_out = [status_md, panel.steps, panel.guidance, panel.width, panel.height, panel.scheduler,
+                 *panel.plugin_outputs()]
 
     def on_model(values: dict):
-        model = values[panel.model]
-        try:
-            return {**panel.show_model(studio, model),
-                    status_md: f"Model **{model}**: its family's defaults are in the panel; it loads on the next "
-                               "message."}
-        except UserError as e:
-            return {status_md: f"⚠️ {e}"}
+        return show_view(panel, status_md, panel_handlers.pick_model(studio, values[panel.model]))
 
     panel.model.input(on_model, {panel.model}, model_out, **PRIVATE)
 
     def on_other_model(values: dict):
-        model = (values[panel.other_model] or "").strip()
-        if not model:
-            return {status_md: "Type a Hub id (owner/name)" + (", a folder or a .safetensors path"
-                                                               if studio.local_paths else "") + " first."}
-        try:
-            out = panel.show_model(studio, model)
-        except UserError as e:
-            return {status_md: f"⚠️ {e}"}
-        choices = [c for c in panel.model.choices if c[1] != model] + [(model, model)]
-        return {**out, panel.model: gr.update(choices=choices, value=model),
-                status_md: f"Model **{model}** selected; it loads on the next message."}
+        view = panel_handlers.pick_other_model(studio, values[panel.other_model])
+        out = show_view(panel, status_md, view)
+        if view.defaults is not None:  # the typed model joins the picker's list
+            choices = [c for c in panel.model.choices if c[1] != view.model] + [(view.model, view.model)]
+            out[panel.model] = gr.update(choices=choices, value=view.model)
+        return out
 
     for trigger in (panel.use_model.click, panel.other_model.submit):
         trigger(on_other_model, {panel.other_model}, model_out + [panel.model], **PRIVATE)
 
     def on_aspect(values: dict):
         try:
-            d = runner.panel_defaults(studio, values[panel.model])
+            width, height = panel_handlers.aspect_size(studio, values[panel.model], values[panel.aspect])
         except UserError as e:
             return {status_md: f"⚠️ {e}"}
-        width, height = size_for_ratio(parse_ratio(values[panel.aspect]), d["width"], d["multiple"])
         return {panel.width: width, panel.height: height}
 
     panel.aspect.input(on_aspect, {panel.model, panel.aspect}, [panel.width, panel.height, status_md], **PRIVATE)
     panel.random_seed.click(lambda: RANDOM_SEED, None, panel.seed, queue=False, **PRIVATE)
 
     def on_last_seed(session):
-        shot = ensure(session).selected_shot() if session is not None else None
-        return shot.request.seed if shot else gr.update()
+        seed = handlers.last_seed(session)
+        return gr.update() if seed is None else seed
 
-    panel.last_seed.click(on_last_seed, state, panel.seed, queue=False, **PRIVATE)
+    panel.last_seed.click(on_last_seed, page.state, panel.seed, queue=False, **PRIVATE)
 
     # Settings survive a reload: every change is written to the browser's storage, and read back on load.
     def on_load(values: dict):
-        out = {}
-        remembered = Settings.from_browser(values[saved])
-        try:
-            out.update(panel.show_plugins(studio, studio.default_model))
-            if remembered is not None:
-                runner.check_model_allowed(studio, remembered.model)
-                out.update(panel.show_model(studio, remembered.model, keep=remembered))
-                out.update(panel.show(remembered))
-        except UserError:
-            pass  # a remembered model that is gone: the server's default stays
+        remembered, view = panel_handlers.page_load(studio, values[page.saved])
+        out = panel.show_plugins(view.plugins)
+        if remembered is not None:
+            out.update(show_view(panel, status_md, view, keep=remembered))
+            out.update(panel.show(remembered))
         if status is not None:
             out[status_md] = status.text
         return out
 
     load_out = model_out + [panel.model, panel.count, panel.negative, panel.seed, panel.vary_strength]
-    demo.load(on_load, {saved}, load_out, **PRIVATE)
+    demo.load(on_load, {page.saved}, load_out, **PRIVATE)
 
-    def on_change(values: dict):
-        return panel.read_plain(values).to_browser()
-
-    gr.on([c.change for c in panel.persisted()], on_change, set(panel.persisted()), saved, queue=False,
-          show_progress="hidden", **PRIVATE)
+    gr.on([c.change for c in panel.persisted()], lambda values: panel.read_plain(values).to_browser(),
+          set(panel.persisted()), page.saved, queue=False, show_progress="hidden", **PRIVATE)
 
     if status is not None and not status.done:
         timer = gr.Timer(1.0)

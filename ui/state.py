@@ -2,7 +2,8 @@
 
 A `Session` lives in one `gr.State`, so two people on one server never share history or images. It owns a
 temporary folder with this session's PNGs (deleted when the session ends). `Settings` is what the side panel
-holds; `Settings.request(prompt)` turns it into the engine's `Request`.
+holds (and the API endpoint's values); `Settings.request(prompt)` is the one function that turns them into the
+engine's `Request`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ RANDOM_SEED = -1  # the panel's "random" seed
 
 @dataclass
 class Settings:
-    """The side panel's values. Width/height/steps/guidance None = the model family's default."""
+    """The form's values: the side panel's, or the API endpoint's. A value asks for the model family's default
+    when it is None or below its smallest real value (steps/width/height 0, guidance -1, seed -1 = random,
+    scheduler "default"; count 0 = one image): `request` is the one place that reads them so."""
 
     model: str = "builtin"
     negative: str = ""
@@ -42,12 +45,12 @@ class Settings:
     loras: list[LoraSpec] = field(default_factory=list)
 
     def request(self, prompt: str) -> Request:
-        """The engine request for `prompt` with these settings (None fields fall back to the family default)."""
-        return Request(prompt=prompt, negative=self.negative, model=self.model, steps=self.steps,
-                       guidance=self.guidance, seed=None if self.seed is None or self.seed < 0 else int(self.seed),
-                       width=self.width, height=self.height,
+        """The engine request for `prompt` with these values; the engine's check_request judges the rest."""
+        return Request(prompt=prompt, negative=self.negative or "", model=self.model, steps=_given(self.steps, 1),
+                       guidance=_given(self.guidance, 0), seed=_given(self.seed, 0), width=_given(self.width, 1),
+                       height=_given(self.height, 1),
                        scheduler=None if self.scheduler in (None, "", "default") else self.scheduler,
-                       count=self.count, controls=list(self.controls), loras=list(self.loras))
+                       count=self.count or 1, controls=list(self.controls), loras=list(self.loras))
 
     def to_browser(self) -> dict:
         """The plain values kept in the browser between visits (no images, no plugin choices)."""
@@ -74,6 +77,11 @@ class Settings:
             seed=request.seed if request.seed is not None else RANDOM_SEED,
             width=request.width or base.width, height=request.height or base.height,
             scheduler=request.scheduler or "default", loras=list(request.loras))
+
+
+def _given(value, smallest):
+    """`value`, or None (the default) when it is unset or below the smallest value it can really take."""
+    return None if value is None or value < smallest else value
 
 
 @dataclass

@@ -1,0 +1,182 @@
+"""The UI's module-level handlers called directly, no browser: panel handlers, selection, the one Settings ->
+Request conversion, the API's work, error replies, and the page following `engine.config.local_paths`.
+
+Real engine on a tiny SD1.5 folder, real PNG files; every assertion is on what the user would see.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gradio as gr
+import pytest
+from PIL import Image
+
+from engine.engine import Cancelled
+from engine.request import Request, UserError, check_request
+from tests.ui_fixtures import *  # noqa: F403  (the UI tests' fixtures: studio, shared, session, settings)
+from tests.ui_fixtures import a1111_png
+from ui import api, handlers, panel_handlers, runner
+from ui.panel import Panel
+from ui.state import RANDOM_SEED, Settings
+from ui.studio import builtin_defaults, model_choices
+
+
+def generate(studio, session, text, settings):
+    list(handlers.send(studio, session, text, settings))
+    return session.history[-1]["content"]
+
+
+# ------------------------------------------------------------------------------------------ panel handlers
+
+def test_picking_a_model_brings_its_family_defaults_and_plugins(studio):
+    view = panel_handlers.pick_model(studio, studio.default_model)
+    assert view.status.startswith(f"Model **{studio.default_model}**") and "next message" in view.status
+    d = view.defaults
+    assert (d["family"], d["steps"], d["guidance"], d["width"], d["multiple"]) == ("sd15", 30, 7.5, 512, 8)
+    assert d["schedulers"][0] == "default" and "dpm++2m-karras" in d["schedulers"]
+    assert "flow-euler" not in d["schedulers"]  # a flux scheduler is no choice for an sd15 model
+    assert isinstance(view.plugins, list)
+
+
+def test_a_shared_server_refuses_a_folder_in_the_picker(shared, tmp_path):
+    view = panel_handlers.pick_other_model(shared, f"  {tmp_path}  ")
+    assert view.defaults is None and view.model == str(tmp_path)
+    assert view.status.startswith("⚠️") and "on this server models are chosen by Hub id" in view.status
+    hub = panel_handlers.pick_other_model(shared, "")
+    assert hub.status == "Type a Hub id (owner/name) first." and hub.defaults is None
+
+
+def test_a_private_server_takes_a_folder_and_says_what_is_wrong_with_it(studio, tmp_path):
+    assert "a folder or a .safetensors path" in panel_handlers.pick_other_model(studio, "").status
+    view = panel_handlers.pick_other_model(studio, str(tmp_path / "missing"))
+    assert view.defaults is None and "No such file or folder" in view.status
+    ok = panel_handlers.pick_other_model(studio, studio.default_model)
+    assert ok.defaults["family"] == "sd15" and ok.status.endswith("selected; it loads on the next message.")
+
+
+def test_aspect_presets_keep_the_native_area(studio, shared, tmp_path):
+    assert panel_handlers.aspect_size(studio, studio.default_model, "3:2") == (624, 416)
+    assert panel_handlers.aspect_size(studio, studio.default_model, "9:16") == (384, 680)
+    with pytest.raises(UserError, match="on this server models are chosen by Hub id"):
+        panel_handlers.aspect_size(shared, str(tmp_path), "1:1")
+
+
+def test_page_load_restores_kept_settings_unless_their_model_is_gone(studio, shared, tmp_path):
+    kept = Settings(model=studio.default_model, steps=7, seed=12, count=3).to_browser()
+    remembered, view = panel_handlers.page_load(studio, kept)
+    assert (remembered.steps, remembered.seed, remembered.count) == (7, 12, 3)
+    assert view.defaults["family"] == "sd15"
+    gone = Settings(model=str(tmp_path / "deleted-model")).to_browser()
+    for server, data in ((studio, gone), (shared, gone), (studio, "not a dict"), (studio, None)):
+        remembered, view = panel_handlers.page_load(server, data)
+        assert remembered is None and view.model == studio.default_model and view.defaults is None
+
+
+# ------------------------------------------------------------------------------------------ Settings -> Request
+
+def test_form_values_become_one_request_with_the_defaults_unset():
+    unset = Settings(model="builtin", steps=0, guidance=-1, seed=RANDOM_SEED, width=0, height=0,
+                     scheduler="default", count=0).request("a fox")
+    assert unset == Request(prompt="a fox", model="builtin")  # every None: the family's default
+    real = Settings(model="builtin", guidance=0, seed=0, width=48, height=40, scheduler="euler",
+                    count=2).request("a fox")
+    assert (real.guidance, real.seed, real.width, real.height, real.scheduler, real.count) == (0, 0, 48, 40,
+                                                                                              "euler", 2)
+
+
+def test_the_api_uses_the_same_conversion_and_the_engines_messages(studio, shared, tmp_path):
+    with pytest.raises(UserError, match=r"steps = 500 is out of range"):
+        api.generate(studio, tmp_path, "a red circle", steps=500)
+    with pytest.raises(UserError, match="The prompt is empty"):
+        api.generate(studio, tmp_path, "   ")
+    with pytest.raises(UserError, match="on this server models are chosen by Hub id"):
+        api.generate(shared, tmp_path, "a red circle", model=str(tmp_path))
+    paths = api.generate(studio, tmp_path, "a red circle", steps=2, guidance=0, seed=0, width=24, height=16)
+    with Image.open(paths[0]) as png:
+        assert png.size == (24, 16) and "Seed: 0," in png.text["parameters"] and "CFG scale: 0," in png.text[
+            "parameters"]
+
+
+def test_too_few_img2img_steps_show_the_engines_own_message(studio, session, settings):
+    generate(studio, session, "a red circle", settings)
+    list(handlers.vary(studio, session, settings))  # 2 steps x 0.35 strength: no denoising step
+    shot = session.shots[-1]
+    with pytest.raises(UserError) as expected:
+        check_request(dataclasses.replace(shot.request, init_image=shot.path, strength=0.35), "sd15")
+    assert session.history[-1]["content"] == f"⚠️ {expected.value}"
+    assert len(session.shots) == 1
+
+
+# ------------------------------------------------------------------------------------------ selection, seed, stop
+
+def test_selection_follows_clicks_in_the_chat_and_gallery(studio, session, settings):
+    assert handlers.selected_label(session) == "Actions apply to the selected image (none yet)."
+    assert handlers.last_seed(session) is None and handlers.last_seed(None) is None
+    generate(studio, session, "a red circle --seed 21", settings)
+    generate(studio, session, "a blue square --seed 22", settings)
+    first = session.shots[0]
+    label = handlers.select_message(session, [first.message_index, None])  # gradio's [index, None] form
+    assert label.startswith("Selected: **#1**") and "seed 21" in label and "(latest)" not in label
+    assert handlers.last_seed(session) == 21
+    assert handlers.select(session, 1).startswith("Selected: **#2** (latest)")
+    assert handlers.select(session, 99).startswith("Selected: **#2**")  # out of range: unchanged
+    handlers.select_message(session, 0)  # the user's own message: no image, the selection stays
+    assert handlers.last_seed(session) == 22
+
+
+def test_reroll_and_vary_before_any_image_say_so(studio, session, settings):
+    for handler, reply in ((handlers.reroll, "Nothing to reroll yet"), (handlers.vary, "Nothing to vary yet")):
+        updates = list(handler(studio, session, settings))
+        assert len(updates) == 1 and session.history[-1]["content"].startswith(reply)
+    assert handlers.use_as_control(session) is None and handlers.reuse(session, settings).settings is None
+
+
+def test_stop_before_and_during_a_run(studio, session, settings):
+    handlers.stop(None)  # a tab that never sent anything
+    handlers.stop(session)
+    assert session.cancel.is_set()
+    generate(studio, session, "a red circle", settings)  # a new run clears an old stop
+    assert len(session.shots) == 1
+
+
+def test_error_replies():
+    assert runner.error_message(Cancelled()).startswith("⏹️ Stopped.")
+    assert runner.error_message(UserError("Use 1 to 200 steps.")) == "⚠️ Use 1 to 200 steps."
+    reply = runner.error_message(RuntimeError("CUDA exploded at 0x7f"))
+    assert "RuntimeError" in reply and "0x7f" not in reply and "server log" in reply
+
+
+def test_restore_replaces_a_scheduler_of_another_family(studio, session, settings, tmp_path):
+    path = a1111_png(tmp_path / "flux.png", "a misty lake\nSteps: 12, Sampler: Euler, Schedule type: Simple, "
+                     "CFG scale: 3.5, Seed: 77, Size: 512x512, Model: v1-5")
+    update = handlers.restore(studio, session, path, settings)
+    assert update.settings.scheduler == "default" and update.settings.seed == 77 and update.prompt == "a misty lake"
+    assert "flow-euler doesn't fit sd15 models" in session.history[-1]["content"]
+
+
+# ------------------------------------------------------------------------------------------ the panel, the page
+
+def test_panel_shows_and_reads_back_the_same_settings(studio):
+    with gr.Blocks():
+        panel = Panel(model_choices(studio.default_model), Settings(model=studio.default_model),
+                      builtin_defaults(), local_paths=True)
+    values = {c: c.value for c in panel.settings_inputs()}
+    wanted = Settings(model=studio.default_model, negative="fog", steps=9, guidance=4.5, seed=5, width=96,
+                      height=64, scheduler="euler-a", count=2, vary_strength=0.2)
+    values.update(panel.show(wanted))
+    assert panel.read(values) == wanted
+    values[panel.units[0].enabled], values[panel.units[0].image] = True, "/tmp/edges.png"
+    assert [(u.kind, u.image) for u in panel.read(values).controls] == [("edge", "/tmp/edges.png")]
+
+
+def test_the_page_follows_the_engine_config():
+    from engine.config import EngineConfig
+    from engine.engine import Engine
+    from ui.app import build
+
+    for local_paths, hint in ((True, "Hub id, folder or .safetensors path"), (False, "Hub id (owner/name)")):
+        demo = build(Engine(EngineConfig(device="cpu", local_paths=local_paths)), "builtin")
+        placeholders = [c["props"].get("placeholder") for c in demo.config["components"]]
+        assert hint in placeholders
+        assert "generate" in [d.get("api_name") for d in demo.config["dependencies"]]

@@ -1,0 +1,69 @@
+"""The named API endpoint `/generate` for gradio_client and scripts: plain values in, PNG files out.
+
+    Client(url).predict("a red fox", "", "", 0, -1, 42, 0, 0, 1, "default", api_name="/generate")
+
+The values are the panel's own (0 / -1 / "" / "default" mean the model's default), so they become a
+`Request` through the same `Settings.request` as a chat message, and the engine's checks word every error.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from engine.request import UserError
+from ui import runner
+from ui.state import Settings
+from ui.studio import Studio
+
+log = logging.getLogger(__name__)
+
+API_FILES_TTL_S = 3600
+
+
+def generate(studio: Studio, folder: Path, prompt: str, negative: str = "", model: str = "", steps: int = 0,
+             guidance: float = -1, seed: int = -1, width: int = 0, height: int = 0, count: int = 1,
+             scheduler: str = "default") -> list[str]:
+    """The endpoint's work: PNG paths (with metadata) in `folder`; files older than an hour are removed."""
+    settings = Settings(model=(model or "").strip() or studio.default_model, negative=negative or "", steps=steps,
+                        guidance=guidance, seed=seed, width=width, height=height, scheduler=scheduler, count=count)
+    result = runner.generate(studio, settings.request(prompt or ""))
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("studio-*.png"):  # gradio has served (copied) them long since
+        if time.time() - old.stat().st_mtime > API_FILES_TTL_S:
+            old.unlink(missing_ok=True)
+    paths = []
+    for i, s in enumerate(result.seeds):
+        path = folder / f"studio-{time.strftime('%Y%m%d-%H%M%S')}-{i}-seed{s}.png"
+        result.save_png(i, path)
+        paths.append(str(path))
+    return paths
+
+
+def wire_api(studio: Studio) -> None:
+    """Add the hidden inputs, output and the `/generate` event (call inside the gr.Blocks context)."""
+    folder = Path(tempfile.mkdtemp(prefix="studio-api-"))
+    with gr.Column(visible=False):
+        inputs = [gr.Textbox(label="prompt"), gr.Textbox(label="negative"), gr.Textbox(label="model"),
+                  gr.Number(0, label="steps", precision=0), gr.Number(-1, label="guidance"),
+                  gr.Number(-1, label="seed", precision=0), gr.Number(0, label="width", precision=0),
+                  gr.Number(0, label="height", precision=0), gr.Number(1, label="count", precision=0),
+                  gr.Textbox("default", label="scheduler")]
+        output = gr.File(file_count="multiple", label="images")
+
+    def endpoint(prompt, negative, model, steps, guidance, seed, width, height, count, scheduler):
+        try:
+            return generate(studio, folder, prompt, negative, model, steps, guidance, seed, width, height, count,
+                            scheduler)
+        except UserError as e:
+            raise gr.Error(str(e)) from None
+        except Exception as e:
+            log.exception("API generate failed")
+            raise gr.Error(f"Generation failed inside the app ({type(e).__name__}); see the server log.") from None
+
+    gr.Button(visible=False).click(endpoint, inputs, output, api_name="generate",
+                                   concurrency_id=runner.ENGINE_GROUP, concurrency_limit=1)

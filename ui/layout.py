@@ -1,0 +1,77 @@
+"""The page's layout: every component of the chat column and where the side panel goes. Components only.
+
+`build_page` is called inside `gr.Blocks` and returns a `Page` that names each component; ui/app.py and
+ui/panel_events.py wire their events, ui/panel.py builds the side panel's own components.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from ui.panel import Panel
+from ui.state import Settings, close_session
+
+TITLE = "Diffusion Studio"
+# our images are named studio-*.png / preview-*.jpg: show small ones (the built-in model's 64x64) larger
+CSS = ("#chat {flex-grow: 1} #chat img[src*='studio-'], #chat img[src*='preview-'] {min-width: 192px !important; "
+       "height: auto !important; max-height: 512px !important; object-fit: contain}")
+PLACEHOLDER = ("**Describe an image and press Enter.** Add flags like `--seed 42 --ar 3:2 --no text`; type `/help` "
+               "for all of them.")
+
+
+@dataclass
+class Page:
+    state: gr.State  # this tab's ui.state.Session
+    saved: gr.BrowserState  # the panel's plain settings, kept in the browser
+    status_md: gr.Markdown
+    chatbot: gr.Chatbot
+    box: gr.MultimodalTextbox
+    selected_md: gr.Markdown
+    reroll: gr.Button
+    vary: gr.Button
+    reuse: gr.Button
+    control: gr.Button
+    stop: gr.Button
+    refine: gr.Checkbox
+    strength: gr.Slider
+    gallery: gr.Gallery
+    panel: Panel
+
+
+def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, status_text: str, selected_text: str,
+               local_paths: bool) -> Page:
+    """Lay out the page (inside a gr.Blocks); `defaults` are ui.studio.panel_defaults of `start.model`."""
+    state = gr.State(None, delete_callback=close_session)
+    saved = gr.BrowserState(None, storage_key="studio-settings")
+    with gr.Row(equal_height=True):
+        gr.Markdown(f"## {TITLE}", elem_id="title")
+        status_md = gr.Markdown(status_text, elem_id="status")
+    with gr.Row():
+        with gr.Column(scale=3):
+            chatbot = gr.Chatbot(elem_id="chat", label="Chat", height=560, feedback_options=None,
+                                 placeholder=PLACEHOLDER)
+            box = gr.MultimodalTextbox(elem_id="prompt", show_label=False, file_types=["image"],
+                                       file_count="multiple", stop_btn=True, max_plain_text_length=4000,
+                                       placeholder="Describe an image… (/help for flags; drop a PNG here to "
+                                                   "restore its settings)")
+            selected_md = gr.Markdown(selected_text, elem_id="selected")
+            with gr.Row():
+                reroll = gr.Button("🎲 Reroll", elem_id="reroll", size="sm")
+                vary = gr.Button("🌀 Vary", elem_id="vary", size="sm")
+                reuse = gr.Button("♻️ Reuse settings", elem_id="reuse", size="sm")
+                control = gr.Button("🎛️ Use as control", elem_id="use-control", size="sm")
+                stop = gr.Button("■ Stop", elem_id="stop", size="sm", variant="stop")
+            with gr.Row(equal_height=True):
+                refine = gr.Checkbox(label="Refine: the next message edits the selected image (or --refine S)",
+                                     value=False, scale=3)
+                strength = gr.Slider(0.05, 1.0, step=0.05, value=0.5, label="Refine strength", scale=2)
+            gallery = gr.Gallery(label="This session's images: click to select; ⬇ downloads the PNG with its "
+                                       "settings", columns=8, fit_columns=False, object_fit="contain", height=200,
+                                 allow_preview=True, elem_id="gallery", buttons=["download", "fullscreen"])
+        with gr.Column(scale=1, min_width=320):
+            panel = Panel(models, start, defaults, local_paths)
+    return Page(state=state, saved=saved, status_md=status_md, chatbot=chatbot, box=box, selected_md=selected_md,
+                reroll=reroll, vary=vary, reuse=reuse, control=control, stop=stop, refine=refine, strength=strength,
+                gallery=gallery, panel=panel)

@@ -1,0 +1,65 @@
+"""Side panel handlers: plain functions from the panel's values to what it should show. No gradio here.
+
+A model switch answers with a `ModelView` (the family's defaults, the plugin rows, a status line), which
+`Panel.show_model` turns into component updates; ui/panel_events.py wires these to the panel's events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.request import UserError
+from ui.inline import parse_ratio, size_for_ratio
+from ui.state import Settings
+from ui.studio import Studio, panel_defaults, plugin_rows
+
+
+@dataclass
+class ModelView:
+    """What the panel shows for `model`; `defaults` None = it can't be used here, and `status` says why."""
+
+    model: str
+    status: str  # the status line ("" = leave it as it is)
+    defaults: dict | None = None  # ui.studio.panel_defaults
+    plugins: list[dict] = field(default_factory=list)  # ui.studio.plugin_rows
+
+
+def model_view(studio: Studio, model: str, ready: str = "") -> ModelView:
+    """The defaults and plugins of `model`, with `ready` as the status line; or the reason it can't be used."""
+    try:
+        defaults = panel_defaults(studio, model)
+    except UserError as e:
+        return ModelView(model, f"⚠️ {e}")
+    return ModelView(model, ready, defaults, plugin_rows(studio.engine, model))
+
+
+def pick_model(studio: Studio, model: str) -> ModelView:
+    """A model picked from the list: its family's defaults go into the panel; it loads on the next message."""
+    return model_view(studio, model, f"Model **{model}**: its family's defaults are in the panel; it loads on the "
+                                     "next message.")
+
+
+def pick_other_model(studio: Studio, text: str) -> ModelView:
+    """A model typed into "Other model": a Hub id, or on a private server also a folder or file."""
+    model = (text or "").strip()
+    if not model:
+        where = ", a folder or a .safetensors path" if studio.local_paths else ""
+        return ModelView(model, f"Type a Hub id (owner/name){where} first.")
+    return model_view(studio, model, f"Model **{model}** selected; it loads on the next message.")
+
+
+def aspect_size(studio: Studio, model: str, aspect: str) -> tuple[int, int]:
+    """Width and height for an aspect preset at the model's native size; UserError when the model can't be used."""
+    d = panel_defaults(studio, model)
+    return size_for_ratio(parse_ratio(aspect), d["width"], d["multiple"])
+
+
+def page_load(studio: Studio, saved: dict | None) -> tuple[Settings | None, ModelView]:
+    """A page (re)load: the settings kept in the browser and their model's view, or (None, the default model's
+    plugins) when none are kept or their model is gone (then the server's default stays)."""
+    remembered = Settings.from_browser(saved)
+    if remembered is not None:
+        view = model_view(studio, remembered.model)
+        if view.defaults is not None:
+            return remembered, view
+    return None, ModelView(studio.default_model, "", plugins=plugin_rows(studio.engine, studio.default_model))
