@@ -3,8 +3,8 @@
     python benchmarks/bench_chat.py --model builtin
     python benchmarks/bench_chat.py --model /tmp/tiny-sd15 --size 64 --steps 4 --runs 3 --no-write   # a trial
 
-Method: the app (`ui.app.build(engine, model)`, launched with `ui.app.launch` as `app.py` does) serves on a free
-loopback port in this process. The engine instance's `generate` and the API handler `ui.runner.api_generate` are
+Method: the app (`ui.app.build(engine, model)`, launched with `ui.serve.launch` as `app.py` does) serves on a free
+loopback port in this process. The engine instance's `generate` and the API handler `ui.api.generate` are
 wrapped to time each call inside the server, so every round trip (send to files received by the client) is paired
 with the engine time of that very generation: overhead = round trip - Engine.generate. Alternating with it, in the
 same run: a direct `Engine.generate` of the same request, and gradio's floor: a minimal Blocks app served by a
@@ -92,13 +92,15 @@ def main() -> None:
 
     from engine.engine import Engine
     from engine.request import Request
+    from ui import api as ui_api
     from ui import app as ui_app
+    from ui import serve as ui_serve
 
     engine = Engine(device="cpu", local_paths=True)
     engine.load(args.model)
     generate, inside, handler = engine.generate, [], []
     engine.generate = probe(generate, inside)
-    ui_app.runner.api_generate = probe(ui_app.runner.api_generate, handler)
+    ui_api.generate = probe(ui_api.generate, handler)
     request = Request(prompt=PROMPT, model=args.model, seed=7, steps=args.steps, width=args.size, height=args.size)
     size = generate(request).images[0].width
     demo = ui_app.build(engine, args.model)
@@ -107,7 +109,7 @@ def main() -> None:
     floor = subprocess.Popen([sys.executable, __file__, "--floor-server", str(floor_port), str(size)],
                              cwd=common.ROOT, env=common.child_env(args.threads), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-    start_s, _ = timed(lambda: ui_app.launch(demo, "127.0.0.1", port))
+    start_s, _ = timed(lambda: ui_serve.launch(demo, "127.0.0.1", port))
     try:
         connect_s, client = timed(lambda: Client(f"http://127.0.0.1:{port}/", verbose=False))
         floor_client = connect(f"http://127.0.0.1:{floor_port}/", floor)
@@ -148,7 +150,7 @@ def main() -> None:
                + f"\nThe `/generate` endpoint through gradio_client on loopback, {size}x{size}; app start "
                f"{start_s:.2f} s, client connect {connect_s:.2f} s, first call {first_s:.2f} s (warm-up, not "
                "counted). Engine and handler times are measured inside the server for each call (wrapped "
-               "`Engine.generate` and `runner.api_generate`), so the overhead is exactly what the app and gradio add "
+               "`Engine.generate` and `ui.api.generate`), so the overhead is exactly what the app and gradio add "
                "to that generation.\n\n" + table(["what", "median ms", "range ms"], rows)
                + f"\n\noverhead {ms(med(overhead))} ms: {common.verdict(med(overhead) * 1e3, 150)} ms. Counted "
                f"against the direct engine time instead: {ms(conservative)} ms: "

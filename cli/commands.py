@@ -202,7 +202,7 @@ def cmd_train_lora(args, config=None) -> int:
 
 
 def cmd_serve(args, config) -> int:
-    from ui.app import serve
+    from ui.serve import serve
 
     return serve(args, config)
 

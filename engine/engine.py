@@ -98,6 +98,10 @@ class Engine:
         """Which model a `--model` string names (cached; local paths only where the config allows them)."""
         return self.sources.resolve(model)
 
+    def allow_path(self, model: str) -> None:
+        """Let this one local model be used even where users may not name paths (the server's own --model)."""
+        self.sources.allow_path(model)
+
     def load(self, model: str | Source) -> loading.LoadedModel:
         """The loaded model for a `--model` string; a failed load leaves the cache as it was."""
         source = model if isinstance(model, Source) else self.resolve(model)

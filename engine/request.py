@@ -52,6 +52,8 @@ SCHEDULERS: dict[str, tuple[str, dict, str, str]] = {
 FLOW_SCHEDULERS = ("flow-euler",)
 MAX_STEPS = 200
 MAX_COUNT = 16
+MAX_PROMPT = 10_000  # characters; CLIP reads 77 tokens and T5 512, so this is far past what any model uses
+MAX_NAME = 1024  # a model or LoRA name
 CONTROL_KINDS = ("pose", "edge", "depth")
 MAX_CONTROLS = 3
 ANNOTATORS = "lllyasviel/Annotators"
@@ -142,15 +144,35 @@ def _number(name: str, value, kind, low, high, fix: str):
     return kind(value)
 
 
+def clean_text(text: str) -> str:
+    """Text as the tokenizers and the browser can take it: lone surrogates (half an emoji) become U+FFFD and
+    control characters other than newline and tab are dropped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in "\n\t" else "\ufffd" if "\ud800" <= c <= "\udfff" else ""
+                   for c in text)
+
+
+def _text(name: str, value, limit: int, empty_ok: bool = True) -> str:
+    if value is None and empty_ok:
+        return ""
+    if not isinstance(value, str):
+        raise UserError(f"The {name} must be text, got {type(value).__name__}.")
+    if len(value) > limit:
+        raise UserError(f"The {name} is {len(value):,} characters long; use at most {limit:,} (the model reads only "
+                        "the first few hundred words).")
+    return clean_text(value).strip()
+
+
 def check_request(req: Request, family: str, variant: str = "") -> Request:
     """Validate `req` for a model of `family` (and `variant`) and return a new Request with every default filled
     in; `req` itself, its control units and LoRA specs are never changed. Every settings message lives here."""
     d = defaults_for(family, variant)
-    if not isinstance(req.prompt, str) or not req.prompt.strip():
+    prompt = _text("prompt", req.prompt, MAX_PROMPT, empty_ok=False)
+    negative = _text("negative prompt", req.negative, MAX_PROMPT)
+    if not prompt:
         raise UserError("The prompt is empty. Describe the image you want, e.g. "
                         "'a big red circle on the left, blue background'.")
-    if not isinstance(req.negative or "", str):
-        raise UserError(f"The negative prompt must be text, got {type(req.negative).__name__}.")
     steps = d.steps if req.steps is None else _number(
         "steps", req.steps, int, 1, MAX_STEPS, f"Use 1 to {MAX_STEPS} steps (this model's default is {d.steps}).")
     guidance = d.guidance if req.guidance is None else _number(
@@ -190,12 +212,48 @@ def check_request(req: Request, family: str, variant: str = "") -> Request:
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise UserError(f"LoRA {twice[0]!r} is asked for twice; give each LoRA once with its weight.")
-    loras = [LoraSpec(lora.name, _number(f"LoRA {lora.name!r} weight", lora.weight, float, -4.0, 4.0,
-                                         "Use a LoRA weight from -4 to 4 (1 is full strength, 0 is off)."))
-             for lora in req.loras]
-    return dataclasses.replace(req, prompt=req.prompt.strip(), negative=(req.negative or "").strip(), steps=steps,
+    loras = [_lora(lora) for lora in req.loras]
+    return dataclasses.replace(req, prompt=prompt, negative=negative, steps=steps,
                                guidance=guidance, count=count, seed=seed, scheduler=scheduler, strength=strength,
                                controls=controls, loras=loras, **size)
+
+
+def _lora(lora: LoraSpec) -> LoraSpec:
+    if not isinstance(lora.name, str) or not lora.name.strip() or len(lora.name) > MAX_NAME:
+        raise UserError(f"A LoRA name must be text of 1 to {MAX_NAME} characters, got {str(lora.name)[:40]!r}.")
+    return LoraSpec(lora.name, _number(f"LoRA {lora.name!r} weight", lora.weight, float, -4.0, 4.0,
+                                       "Use a LoRA weight from -4 to 4 (1 is full strength, 0 is off)."))
+
+
+def check_saved(req: Request) -> Request:
+    """Settings read from a file (PNG, prompt file) checked like typed-in ones before they reach the panel: types,
+    ranges, finite numbers, whole numbers of sane size. Family-specific limits wait for check_request."""
+    def maybe(name, kind, low, high, fix):
+        value = getattr(req, name)
+        return None if value is None else _number(f"The saved {name}", value, kind, low, high, fix)
+
+    model = req.model if req.model is None else _text("model name", req.model, MAX_NAME)
+    scheduler = req.scheduler
+    if scheduler is not None and scheduler not in SCHEDULERS:
+        scheduler = None  # a sampler we do not have: the model's default, as for A1111 names we cannot map
+    units = []
+    for i, unit in enumerate(req.controls or [], 1):  # saved units have no image: check the numbers only
+        if not isinstance(unit, ControlUnit):
+            raise UserError(f"The saved control unit {i} is not a control unit.")
+        units.append(check_control(dataclasses.replace(unit, image=unit.image or "(not saved)"), i))
+        units[-1] = dataclasses.replace(units[-1], image=None)
+    return dataclasses.replace(
+        req, prompt=_text("saved prompt", req.prompt, MAX_PROMPT), negative=_text("saved negative prompt",
+                                                                                  req.negative, MAX_PROMPT),
+        model=model or "builtin",
+        steps=maybe("steps", int, 1, MAX_STEPS, f"Use 1 to {MAX_STEPS}."),
+        guidance=maybe("guidance", float, 0.0, 30.0, "Use 0 to 30."),
+        seed=maybe("seed", int, 0, 2**32 - 1, "Use 0 to 4294967295."),
+        width=maybe("width", int, 8, 4096, "Use 8 to 4096 pixels."),
+        height=maybe("height", int, 8, 4096, "Use 8 to 4096 pixels."),
+        count=_number("The saved count", req.count, int, 1, MAX_COUNT, f"Use 1 to {MAX_COUNT}."),
+        strength=_number("The saved strength", req.strength, float, 0.0, 1.0, "Use 0 to 1."),
+        scheduler=scheduler, controls=units, loras=[_lora(x) for x in req.loras or []])
 
 
 def check_control(unit: ControlUnit, i: int = 1) -> ControlUnit:

@@ -12,11 +12,11 @@ import difflib
 import re
 from dataclasses import dataclass, field
 
+from engine.images.infotext import take_lora_tags
 from engine.request import LoraSpec, UserError
 
 FLAG_RE = re.compile(r"(?<!\S)--([A-Za-z][\w-]*)")
 DASH_RE = re.compile(r"(?<!\S)[\u2014\u2013](?=[A-Za-z])")  # phones turn "--" into an em or en dash
-LORA_TAG_RE = re.compile(r"<lora:([^:<>]+)(?::([^:<>]*))?>")
 RATIO_RE = re.compile(r"(\d+(?:\.\d+)?)\s*[:/x]\s*(\d+(?:\.\d+)?)")
 SIZE_RE = re.compile(r"(\d+)(?:\s*[x×*]\s*(\d+))?")
 DEFAULT_REFINE = 0.5
@@ -70,23 +70,17 @@ def parse_message(text: str) -> Inline:
     out = Inline(prompt="")
     text = DASH_RE.sub("--", text)
     text, out.loras = take_lora_tags(text)
-    matches = list(FLAG_RE.finditer(text))
-    out.prompt = " ".join(text[: matches[0].start() if matches else len(text)].split())
-    for i, match in enumerate(matches):
-        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+    matches = FLAG_RE.finditer(text)  # one at a time: a bad flag stops the reading (no list of 100k matches)
+    match = next(matches, None)
+    out.prompt = " ".join(text[: match.start() if match else len(text)].split())
+    while match is not None:
+        following = next(matches, None)
+        end = following.start() if following else len(text)
         _apply(out, match.group(1).lower(), text[match.end():end].strip())
+        match = following
     if "width" in out.overrides and out.aspect:
         raise UserError("Use either --ar W:H or --size WxH in one message, not both.")
     return out
-
-
-def take_lora_tags(text: str) -> tuple[str, list[LoraSpec]]:
-    """Remove AUTOMATIC1111-style `<lora:name:weight>` tags from `text` and return them as LoraSpecs."""
-    loras = []
-    for name, weight in LORA_TAG_RE.findall(text):
-        loras.append(LoraSpec(name.strip(), _float(weight, f"<lora:{name}:{weight}>", "a weight such as 0.8")
-                              if weight.strip() else 1.0))
-    return LORA_TAG_RE.sub(" ", text), loras
 
 
 def _apply(out: Inline, name: str, value: str) -> None:

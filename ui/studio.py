@@ -29,7 +29,7 @@ class Studio:
 
     def __post_init__(self):
         # the page offers the server's own model even where users may not name files (the operator chose it)
-        self.engine.sources.allow_path(self.default_model)
+        self.engine.allow_path(self.default_model)
 
     @property
     def local_paths(self) -> bool:

@@ -15,10 +15,10 @@ from typing import Any
 from engine.request import SCHEDULERS, ControlUnit, LoraSpec, Request, UserError
 
 VERSION = "studio"  # the `Version:` we write, so our own infotext is recognisable
-# The reader rule shared by A1111-style tools: `key: value` pairs, values optionally JSON-quoted.
-PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+# The reader rule shared by A1111-style tools: `key: value` pairs, values optionally JSON-quoted (see `param_pairs`).
 KEY_RE = re.compile(r"\w[\w \-/]+")
-LORA_TAG_RE = re.compile(r"[ \t]*<lora:([^:<>]+)(?::([^:<>]*))?(?::[^<>]*)?>")
+# no leading-whitespace part: `[ \t]*<lora...` was quadratic on long runs of spaces (each start rescanned the run)
+LORA_TAG_RE = re.compile(r"<lora:([^:<>]+)(?::([^:<>]*))?(?::[^<>]*)?>")
 SIZE_RE = re.compile(r"\s*(\d+)\s*[x×*,]\s*(\d+)\s*")
 # Canonical key order of the params line; other keys follow in insertion order, `Version` last.
 KEY_ORDER = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
@@ -114,9 +114,10 @@ def parse_infotext(text: str) -> dict:
             return _params_from_fooocus_json(data)
     lines = text.split("\n")
     params: dict[str, str] = {}
-    if len(PARAM_RE.findall(lines[-1])) >= 3:
-        for key, value in PARAM_RE.findall(lines.pop()):
-            params[key.strip()] = _unquote(value.strip())
+    pairs = param_pairs(lines[-1])
+    if len(pairs) >= 3:
+        lines.pop()
+        params.update(pairs)
     prompt: list[str] = []
     negative: list[str] | None = None
     for line in lines:
@@ -127,6 +128,47 @@ def parse_infotext(text: str) -> dict:
         else:
             prompt.append(line)
     return {"prompt": "\n".join(prompt).strip(), "negative": "\n".join(negative or []).strip(), **params}
+
+
+def param_pairs(line: str) -> list[tuple[str, str]]:
+    """The `key: value` pairs of an A1111 params line, read in one pass: linear in the line's length whatever it
+    holds (A1111's own regex backtracks quadratically on long texts without commas). A key is letters, digits,
+    spaces, '-' and '/' before a ':'; the value is a JSON-quoted string or the text up to the next comma; a piece
+    that is not a pair is skipped up to the next comma."""
+    import json.decoder
+
+    pairs, i, n = [], 0, len(line)
+    unclosed_from = n + 1  # a quote opened at or after this index has no closing quote (see below)
+    colon = -1
+    while i < n:
+        if colon < i:  # searched again only once passed: ", , , ... a: b" must not rescan to the far ':'
+            colon = line.find(":", i)
+        if colon == -1:
+            break
+        comma = line.find(",", i, colon)
+        if comma != -1:  # no ':' before this comma: not a pair
+            i = comma + 1
+            continue
+        key = line[i:colon].strip()
+        j = colon + 1
+        while j < n and line[j] in " \t":
+            j += 1
+        value, end = None, -1
+        if j < n and line[j] == '"' and j < unclosed_from:
+            try:
+                value, end = json.decoder.scanstring(line, j + 1, False)
+            except ValueError:
+                # no closing quote from j; every later quote was escaped in that scan, so none closes either
+                unclosed_from = j
+        if value is not None and (end == n or line[end] == ","):
+            i = end + 1
+        else:  # unquoted (or a quote that does not end the value): up to the next comma
+            stop = line.find(",", j)
+            stop = n if stop == -1 else stop
+            value, i = line[j:stop].strip(), stop + 1
+        if KEY_RE.fullmatch(key):
+            pairs.append((key, value))
+    return pairs
 
 
 def request_from_infotext(params: dict) -> Request:
@@ -143,7 +185,7 @@ def request_from_infotext(params: dict) -> Request:
     """
     prompt = str(params.get("Raw prompt") or params.get("prompt") or "")
     negative = str(params.get("Raw negative prompt") or params.get("negative") or "")
-    prompt, loras = _take_lora_tags(prompt)
+    prompt, loras = take_lora_tags(prompt)
     if not loras and params.get("Lora weights"):
         loras = _parse_lora_weights(str(params["Lora weights"]))
     request = Request(prompt=prompt, negative=negative, loras=loras)
@@ -232,9 +274,13 @@ def _prompt_with_lora_tags(prompt: str, loras: list[LoraSpec]) -> str:
     return " ".join(part for part in [prompt, *tags] if part)
 
 
-def _take_lora_tags(prompt: str) -> tuple[str, list[LoraSpec]]:
-    loras = []
+def take_lora_tags(prompt: str) -> tuple[str, list[LoraSpec]]:
+    """Remove AUTOMATIC1111-style `<lora:name:weight>` tags from `prompt` (linear time) and return them as specs;
+    the chat's inline tags and a PNG's prompt are read by this one function."""
+    loras, kept, last = [], [], 0
     for match in LORA_TAG_RE.finditer(prompt):
+        kept.append(prompt[last:match.start()].rstrip(" \t"))  # the tag and the blanks before it go
+        last = match.end()
         weight = match[2]
         try:
             loras.append(LoraSpec(name=match[1].strip(), weight=float(weight) if weight else 1.0))
@@ -243,7 +289,7 @@ def _take_lora_tags(prompt: str) -> tuple[str, list[LoraSpec]]:
                             "Write it as <lora:name:0.8>.") from None
     if not loras:
         return prompt, []
-    text = LORA_TAG_RE.sub("", prompt)
+    text = "".join(kept) + prompt[last:]
     text = re.sub(r",[ \t]*(?:,[ \t]*)+", ", ", text)  # "a, <lora:x:1>, b" leaves "a, , b"
     return text.strip(" \t\n,"), loras
 
@@ -262,8 +308,8 @@ def _parse_lora_weights(text: str) -> list[LoraSpec]:
 def _parse_value(params: dict, key: str, kind: type) -> Any:
     text = str(params[key]).strip()
     try:
-        return kind(text) if kind is float else int(float(text))
-    except ValueError:
+        return kind(text) if kind is float else int(text) if text.lstrip("-").isdigit() else int(float(text))
+    except (ValueError, OverflowError):  # "1e999" is inf: no whole number
         raise UserError(f"The image's settings have an unreadable {key} value {text!r}; "
                         f"expected a {'whole ' if kind is int else ''}number.") from None
 

@@ -25,7 +25,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from engine.images.infotext import describe_source, infotext, parse_infotext, request_from_infotext
 from engine.images.loading import open_image
-from engine.request import Request, UserError
+from engine.request import Request, UserError, check_saved
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def read_png_settings(path_or_file: Any) -> tuple[Request, str]:
             log.warning("Ignoring a damaged 'studio' chunk, using 'parameters' instead: %s", error)
     if PARAMETERS_KEY in texts:
         params = parse_infotext(texts[PARAMETERS_KEY])
-        request = request_from_infotext(params)
+        request = check_saved(request_from_infotext(params))
         return request, describe_source(params) + (" (our own settings were damaged)" if studio_error else "")
     raise UserError(NO_SETTINGS)
 
@@ -144,7 +144,8 @@ def _request_from_studio(text: str) -> tuple[Request, str]:
     try:
         request = Request.from_json(data["request"])
     except (TypeError, ValueError, AttributeError) as error:
-        raise UserError(damaged.format(str(error))) from None
+        raise UserError(damaged.format(str(error)[:200])) from None
+    request = check_saved(request)  # numbers and texts checked like typed-in ones
     model = data.get("model")
     return request, model if isinstance(model, str) else ""
 
