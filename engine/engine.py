@@ -229,9 +229,13 @@ class Engine:
             kwargs.pop("width"), kwargs.pop("height")
         if control is not None:
             kwargs.update(control.kwargs(init is not None))
+        kwargs["output_type"] = "np"  # floats: non-finite pixels can be seen before they turn into black
         out = pipe(**kwargs)
         if cancel is not None and cancel.is_set():
             raise Cancelled()
+        images, broken = _to_pil(pipe, out.images)
+        if broken:
+            notes.append(_broken_note(broken, len(images), req, self.dtype))
         # 6. metadata
         from .images import infotext
 
@@ -247,7 +251,7 @@ class Engine:
         seconds = time.perf_counter() - t0
         log.info("generated %d image(s) %dx%d, %d steps with %s in %.2f s", req.count, req.width, req.height,
                  req.steps, name, seconds)
-        return Result(out.images, seeds, req, name, family, infotexts,
+        return Result(images, seeds, req, name, family, infotexts,
                       control.maps if control is not None else [], seconds, notes,
                       triggers=loras.triggers if loras else [], extra=extra)
 
@@ -295,6 +299,30 @@ class Engine:
         d = defaults_for(source.family, source.variant)
         return {"family": source.family, "steps": d.steps, "guidance": d.guidance, "width": d.size,
                 "height": d.size, "scheduler": d.scheduler}
+
+
+def _to_pil(pipe, array) -> tuple[list, int]:
+    """The pipeline's float images as PIL (exactly as diffusers' own "pil" output), and how many held NaN/inf."""
+    import numpy as np
+
+    finite = np.isfinite(array).reshape(len(array), -1).all(axis=1)
+    broken = int((~finite).sum())
+    if broken:
+        array = np.nan_to_num(array, nan=0.0, posinf=1.0, neginf=0.0)
+    return pipe.numpy_to_pil(array), broken
+
+
+def _broken_note(broken: int, total: int, req: Request, dtype) -> str:
+    which = "The image" if total == 1 else f"{broken} of the {total} images"
+    causes = []
+    if req.loras:
+        causes.append(f"a broken LoRA ({', '.join(x.name for x in req.loras)}: try without it)")
+    if "16" in str(dtype):
+        causes.append(f"{str(dtype).replace('torch.', '')} overflow (start with --dtype fp32, or use a VAE fixed "
+                      "for half precision)")
+    causes.append("broken model weights")
+    return (f"{which} came out with invalid pixel values (NaN/inf), shown black. Likely cause: "
+            f"{' or '.join(causes)}.")
 
 
 def _is_oom(e: Exception) -> bool:

@@ -151,3 +151,19 @@ def test_cancel_stops_generation(engine, tiny_model):
     with pytest.raises(Cancelled):
         engine.generate(small(tiny_model("sd15"), steps=10), progress=progress, cancel=stop)
     assert seen == [1]
+
+
+def test_nan_pixels_are_answered_with_a_note_naming_the_cause(tiny_model):
+    import torch
+
+    from engine.engine import Engine
+
+    engine = Engine(device="cpu", local_paths=True)  # its own: the weights are broken on purpose below
+    model = str(tiny_model("sd15"))
+    good = engine.generate(small(model, seed=3))
+    assert not any("NaN" in n for n in good.notes)
+    with torch.no_grad():
+        engine.load(model).pipe.vae.decoder.conv_out.bias.fill_(float("nan"))
+    bad = engine.generate(small(model, seed=3))
+    assert any("invalid pixel values (NaN/inf)" in n and "broken model weights" in n for n in bad.notes)
+    assert np.asarray(bad.images[0]).max() == 0  # shown black, not garbage
