@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--share", action="store_true", help="public Gradio share link (use --auth with it)")
     serve.add_argument("--auth", default=None, help="user:pass required to open the app")
     serve.add_argument("--max-queue", type=int, default=16, help="waiting generations before 'busy'")
+    serve.add_argument("--outputs", default=None, metavar="DIR",
+                       help="keep every image and conversation here (default: outputs/; none on a hosted Space)")
 
     gen = sub.add_parser("generate", help="generate images from the command line")
     add_engine_flags(gen)
@@ -59,10 +61,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="KIND=IMAGE[,pre=NAME][,scale=S][,start=A][,end=B] (repeatable)")
     gen.add_argument("--lora", action="append", default=[], help="NAME=WEIGHT (repeatable)")
     gen.add_argument("--out", default="out.png")
+    gen.add_argument("--outputs", default=None, metavar="DIR",
+                     help="also keep every image in this library folder (default: outputs/; none: keep nothing)")
 
     mod = sub.add_parser("models", help="list known, cached and loadable models")
     mod.add_argument("--json", action="store_true")
     mod.add_argument("--download", metavar="HUB_ID", help="fetch a Hub model's pipeline files into the cache")
+
+    lib = sub.add_parser("library", help="search kept images, import a folder of PNGs, or re-index outputs/")
+    lib.add_argument("words", nargs="*", help="[search] WORDS of the prompt | import FOLDER | sync")
+    lib.add_argument("--model", dest="model_filter", default="", help="search: only this model (part of its name)")
+    lib.add_argument("--lora", dest="lora_filter", default="", help="search: only images with this LoRA")
+    lib.add_argument("--limit", type=int, default=20)
+    lib.add_argument("--json", action="store_true")
+    lib.add_argument("--outputs", default=None, metavar="DIR", help="the library folder (default: outputs/)")
 
     plug = sub.add_parser("plugins", help="list plugins with their family and status")
     plug.add_argument("--json", action="store_true")
@@ -140,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         from cli import commands
 
         command = args.command or "serve"
-        config = None if command.startswith("train") else engine_config(args, serving=command == "serve")
+        config = (None if command.startswith("train") or command == "library"
+                  else engine_config(args, serving=command == "serve"))
         return commands.HANDLERS[command](args, config)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -62,6 +62,7 @@ def parse_lora(text: str) -> LoraSpec:
 
 
 def cmd_generate(args, config) -> int:
+    library = library_for(args)
     if bool(args.prompt) == bool(args.prompt_file):
         raise UserError("Give either --prompt \"...\" or --prompt-file FILE (one prompt per line).")
     base = Request(prompt=args.prompt or "", negative=args.negative, model=args.model, steps=args.steps,
@@ -99,8 +100,71 @@ def cmd_generate(args, config) -> int:
         for i, cmap in enumerate(result.control_maps):
             cmap.save(out.with_name(f"{out.stem}.control{i}.png"))
         print(f"{', '.join(map(str, paths))}  ({result.settings_line()}, total {time.perf_counter() - t0:.1f}s)")
-        for note in result.notes:
+        for note in result.notes + _keep(library, result, request):
             print(f"note: {note}")
+    return 0
+
+
+def _keep(library, result, request) -> list[str]:
+    """Keep the images in the library too (the --out files are the user's; these are the studio's record)."""
+    from store.outputs import DiskError
+
+    if library is None or not library.enabled:
+        return []
+    try:
+        init = _init_image(request.init_image)
+        kept = [library.keep(result, i, "cli", init_image=init) for i in range(len(result.images))]
+    except DiskError as e:
+        return [str(e)]
+    return [f"kept in the library as {kept[0].path}" + (f" (+{len(kept) - 1} more)" if len(kept) > 1 else "")]
+
+
+def _init_image(path):
+    if path is None:
+        return None
+    from engine.images.loading import load_image
+
+    return load_image(path, "The init image")
+
+
+def library_for(args):
+    """The library of kept images: --outputs DIR, none to keep nothing (the default on a hosted Space)."""
+    import os
+
+    from engine.config import ROOT
+    from store.library import Library
+
+    where = getattr(args, "outputs", None) or ("none" if os.environ.get("SPACE_ID") else str(ROOT / "outputs"))
+    return Library(None if where.strip().lower() == "none" else Path(where))
+
+
+def cmd_library(args, config) -> int:
+    """`app.py library`: search the kept images, import a folder of other tools' PNGs, or re-index outputs."""
+    library = library_for(args)
+    if not library.enabled:
+        raise UserError("--outputs none keeps no library. Give --outputs DIR (default: outputs/).")
+    words = list(args.words)
+    action = words.pop(0) if words and words[0] in ("search", "import", "sync") else "search"
+    args.text = " ".join(words)
+    if action == "import":
+        if not args.text:
+            raise UserError("library import needs a folder, e.g. `python app.py library import ~/webui/outputs`.")
+        added, unreadable = library.import_folder(Path(args.text))
+        print(f"indexed {added} image(s) from {args.text}" + (f" ({unreadable} without readable settings)"
+                                                              if unreadable else ""))
+        return 0
+    if action == "sync":
+        print(f"indexed {library.sync()} kept image(s) that were not in the library")
+        return 0
+    t0 = time.perf_counter()
+    entries, total = library.search(args.text or "", model=args.model_filter or "", lora=args.lora_filter or "",
+                                    limit=args.limit)
+    if args.json:
+        print(json.dumps([e.__dict__ for e in entries], indent=2))
+        return 0
+    for e in entries:
+        print(f"{e.when}  {e.path}  seed {e.seed}  {e.model}  {e.prompt[:80]!r}")
+    print(f"{total} match(es), {len(entries)} shown ({(time.perf_counter() - t0) * 1000:.0f} ms)")
     return 0
 
 
@@ -207,8 +271,8 @@ def cmd_serve(args, config) -> int:
     return serve(args, config)
 
 
-HANDLERS = {"generate": cmd_generate, "models": cmd_models, "plugins": cmd_plugins, "train": cmd_train,
-            "train-lora": cmd_train_lora, "serve": cmd_serve}
+HANDLERS = {"generate": cmd_generate, "library": cmd_library, "models": cmd_models, "plugins": cmd_plugins,
+            "train": cmd_train, "train-lora": cmd_train_lora, "serve": cmd_serve}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit("run through app.py")

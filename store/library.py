@@ -1,0 +1,311 @@
+"""The library: every kept image with its settings, and each browser's conversations, in one SQLite file.
+
+`outputs/library.sqlite` (the standard library's sqlite3, WAL journal: a kill -9 mid-write loses at most the write
+in progress, never the file) indexes the PNGs under the outputs folder (store/outputs.py writes them) and any
+folder the user imports (AUTOMATIC1111, SD.Next, Fooocus, ComfyUI PNGs: their metadata read by
+engine/images/metadata.py and store/comfy.py). Prompt, negative prompt, model and LoRA names are searchable with
+SQLite full-text search (FTS5). Conversations are stored per browser id; a browser reads only its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .outputs import DiskError, Outputs
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY, path TEXT UNIQUE NOT NULL, created REAL NOT NULL, source TEXT NOT NULL,
+    prompt TEXT NOT NULL DEFAULT '', negative TEXT NOT NULL DEFAULT '', model TEXT NOT NULL DEFAULT '',
+    loras TEXT NOT NULL DEFAULT '', seed INTEGER, width INTEGER, height INTEGER, settings TEXT NOT NULL DEFAULT '{}',
+    conversation TEXT, extras TEXT NOT NULL DEFAULT '[]');
+CREATE INDEX IF NOT EXISTS images_created ON images(created DESC);
+CREATE INDEX IF NOT EXISTS images_conversation ON images(conversation);
+CREATE VIRTUAL TABLE IF NOT EXISTS images_text USING fts5(
+    prompt, negative, model, loras, content='images', content_rowid='id', tokenize='unicode61');
+CREATE TRIGGER IF NOT EXISTS images_ai AFTER INSERT ON images BEGIN
+    INSERT INTO images_text(rowid, prompt, negative, model, loras)
+    VALUES (new.id, new.prompt, new.negative, new.model, new.loras); END;
+CREATE TRIGGER IF NOT EXISTS images_ad AFTER DELETE ON images BEGIN
+    INSERT INTO images_text(images_text, rowid, prompt, negative, model, loras)
+    VALUES ('delete', old.id, old.prompt, old.negative, old.model, old.loras); END;
+CREATE TABLE IF NOT EXISTS conversations (
+    id TEXT PRIMARY KEY, browser TEXT NOT NULL, title TEXT NOT NULL DEFAULT '', created REAL NOT NULL,
+    updated REAL NOT NULL, state TEXT NOT NULL DEFAULT '{}');
+CREATE INDEX IF NOT EXISTS conversations_browser ON conversations(browser, updated DESC);
+"""
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+@dataclass
+class Entry:
+    """One kept (or imported) image and what it was made with."""
+
+    id: int
+    path: str
+    created: float
+    source: str  # chat | api | cli | import
+    prompt: str
+    negative: str
+    model: str
+    loras: str  # "name:weight name:weight"
+    seed: int | None
+    width: int | None
+    height: int | None
+    settings: dict  # Request.to_json() of the image (or what an imported file's metadata gave)
+    conversation: str | None
+    extras: list  # paths of the control maps / init image kept beside it
+
+    @property
+    def when(self) -> str:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(self.created))
+
+
+class Library:
+    """Kept images and conversations. `root=None`: nothing is kept (a hosted Space), every call is a no-op."""
+
+    def __init__(self, root: Path | None):
+        self.root = Path(root).expanduser() if root is not None else None
+        self.outputs = Outputs(self.root) if self.root is not None else None
+        self._lock = threading.Lock()
+        self._db = None
+        if self.root is not None:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.root / "library.sqlite", check_same_thread=False,
+                                           isolation_level=None, timeout=10)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")  # with WAL: safe against a killed process
+                self._db.executescript(SCHEMA)
+            except (OSError, sqlite3.Error) as e:
+                raise DiskError(f"The outputs folder {self.root} cannot hold the library ({e}). Start the app with "
+                                "--outputs DIR (a writable folder) or --outputs none.") from None
+
+    @property
+    def enabled(self) -> bool:
+        return self._db is not None
+
+    # ----------------------------------------------------------------------------------- images
+    def keep(self, result, i: int, source: str, conversation: str | None = None, init_image=None) -> Entry | None:
+        """Save image `i` of an engine Result as a PNG with its metadata (and its control maps and init image beside
+        it) and index it. Raises DiskError (the caller still has the image in memory)."""
+        if not self.enabled:
+            return None
+        buffer = io.BytesIO()
+        result.save_png(i, buffer)
+        seed = result.seeds[i]
+        path = self.outputs.save(buffer.getvalue(), seed)
+        extras = [str(self.outputs.save_image(cmap, seed, f"-control{k}"))
+                  for k, cmap in enumerate(result.control_maps)]
+        if init_image is not None:
+            extras.append(str(self.outputs.save_image(init_image, seed, "-init")))
+        return self.add(path, result.image_request(i).to_json(), source, conversation, extras, model=result.model_name)
+
+    def add(self, path: Path, settings: dict, source: str, conversation: str | None = None,
+            extras: list | None = None, model: str | None = None, created: float | None = None) -> Entry:
+        """Index one image file with its settings (a Request's JSON, or what a file's metadata gave)."""
+        loras = " ".join(f"{x.get('name')}:{x.get('weight')}" for x in settings.get("loras") or []
+                         if isinstance(x, dict))
+        row = dict(path=str(Path(path).resolve()), created=created or time.time(), source=source,
+                   prompt=str(settings.get("prompt") or ""), negative=str(settings.get("negative") or ""),
+                   model=str(model or settings.get("model") or ""), loras=loras, seed=_int(settings.get("seed")),
+                   width=_int(settings.get("width")), height=_int(settings.get("height")),
+                   settings=json.dumps(settings, ensure_ascii=False), conversation=conversation,
+                   extras=json.dumps(extras or []))
+        with self._lock:
+            try:
+                cursor = self._db.execute(
+                    f"INSERT INTO images({', '.join(row)}) VALUES ({', '.join('?' * len(row))}) "
+                    "ON CONFLICT(path) DO NOTHING", list(row.values()))
+            except sqlite3.Error as e:
+                raise DiskError(f"The library database in {self.root} could not be written ({e}). The image file "
+                                "is kept; free some disk space.") from None
+            rowid = cursor.lastrowid if cursor.rowcount else self._db.execute(
+                "SELECT id FROM images WHERE path = ?", (row["path"],)).fetchone()[0]
+        return self.get(rowid)
+
+    def get(self, image_id: int) -> Entry | None:
+        if not self.enabled:
+            return None
+        with self._lock:
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM images WHERE id = ?", (image_id,)).fetchone()
+        return _entry(row) if row else None
+
+    def search(self, text: str = "", model: str = "", lora: str = "", since: float | None = None,
+               until: float | None = None, limit: int = 48, offset: int = 0,
+               conversation: str | None = None) -> tuple[list[Entry], int]:
+        """Newest first, one page: entries matching every word of `text` (prefixes too), the model and LoRA name
+        given, and the time range. Returns (page, total matches)."""
+        if not self.enabled:
+            return [], 0
+        where, args = [], []
+        query = _fts_query(text, lora)
+        if query:
+            where.append("id IN (SELECT rowid FROM images_text WHERE images_text MATCH ?)")
+            args.append(query)
+        if model:
+            where.append("model LIKE ? ESCAPE '\\'")
+            args.append(f"%{_like(model)}%")
+        if since is not None:
+            where.append("created >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("created < ?")
+            args.append(until)
+        if conversation is not None:
+            where.append("conversation = ?")
+            args.append(conversation)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        with self._lock:
+            total = self._db.execute(f"SELECT count(*) FROM images {clause}", args).fetchone()[0]
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM images {clause} ORDER BY created DESC, id DESC "
+                                    "LIMIT ? OFFSET ?", [*args, max(1, min(limit, 500)), max(0, offset)]).fetchall()
+        return [_entry(r) for r in rows], total
+
+    def delete_image(self, image_id: int, remove_files: bool = True) -> None:
+        entry = self.get(image_id)
+        if entry is None:
+            return
+        with self._lock:
+            self._db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+        if remove_files and entry.source != "import":  # imported files are the user's own: never deleted
+            for p in [entry.path, *entry.extras]:
+                Path(p).unlink(missing_ok=True)
+
+    def import_folder(self, folder: Path, progress=None) -> tuple[int, int]:
+        """Index the images of `folder` (and its subfolders) with the settings their metadata holds; files already
+        indexed are skipped. Returns (indexed now, without readable settings)."""
+        from .comfy import read_settings
+
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            from engine.request import UserError
+
+            raise UserError(f"{folder} is not a folder. Give the folder of PNGs to import (e.g. "
+                            "stable-diffusion-webui/outputs).")
+        known = self._known_paths()
+        added = unreadable = 0
+        for path in sorted(folder.rglob("*")):
+            if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith(".") or str(path.resolve()) in known:
+                continue
+            settings = read_settings(path)
+            if settings is None:
+                unreadable += 1
+                settings = {}
+            self.add(path, settings, "import", created=path.stat().st_mtime)
+            added += 1
+            if progress is not None:
+                progress(added)
+        return added, unreadable
+
+    def sync(self) -> int:
+        """Index kept PNGs that are on disk but not in the database (a kill -9 between file and index)."""
+        if not self.enabled:
+            return 0
+        from .comfy import read_settings
+
+        known = self._known_paths()
+        added = 0
+        for path in sorted(self.root.glob("*/[0-9]*-*.png")):
+            if str(path.resolve()) in known or "-control" in path.stem or path.stem.endswith("-init"):
+                continue
+            self.add(path, read_settings(path) or {}, "chat", created=path.stat().st_mtime)
+            added += 1
+        return added
+
+    def _known_paths(self) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self._db.execute("SELECT path FROM images")}
+
+    # ---------------------------------------------------------------------------- conversations
+    def save_conversation(self, browser: str, conversation: str, state: dict, title: str = "") -> None:
+        if not self.enabled or not browser or not conversation:
+            return
+        now = time.time()
+        with self._lock:
+            owner = self._db.execute("SELECT browser FROM conversations WHERE id = ?", (conversation,)).fetchone()
+            if owner is not None and owner[0] != browser:
+                return  # another browser's id: never written over
+            self._db.execute(
+                "INSERT INTO conversations(id, browser, title, created, updated, state) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET title = excluded.title, updated = excluded.updated, "
+                "state = excluded.state", (conversation, browser, title[:200], now, now,
+                                           json.dumps(state, ensure_ascii=False)))
+
+    def conversations(self, browser: str, limit: int = 100) -> list[tuple[str, str, float]]:
+        """(id, title, updated) of this browser's conversations, newest first."""
+        if not self.enabled or not browser:
+            return []
+        with self._lock:
+            return self._db.execute("SELECT id, title, updated FROM conversations WHERE browser = ? ORDER BY "
+                                    "updated DESC LIMIT ?", (browser, limit)).fetchall()
+
+    def load_conversation(self, browser: str, conversation: str) -> dict | None:
+        """The stored state of `conversation`, only if it belongs to `browser`."""
+        if not self.enabled or not browser:
+            return None
+        with self._lock:
+            row = self._db.execute("SELECT state FROM conversations WHERE id = ? AND browser = ?",
+                                   (conversation, browser)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def delete_conversation(self, browser: str, conversation: str) -> int:
+        """Delete a conversation of `browser` and the images it made (files too). Returns how many images."""
+        if not self.enabled or not browser:
+            return 0
+        with self._lock:
+            owner = self._db.execute("SELECT browser FROM conversations WHERE id = ?", (conversation,)).fetchone()
+            if owner is None or owner[0] != browser:
+                return 0
+            ids = [r[0] for r in self._db.execute("SELECT id FROM images WHERE conversation = ?", (conversation,))]
+            self._db.execute("DELETE FROM conversations WHERE id = ?", (conversation,))
+        for image_id in ids:
+            self.delete_image(image_id)
+        return len(ids)
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+def new_id() -> str:
+    """A random id for a browser or a conversation (unguessable: it is the only key to a browser's history)."""
+    return uuid.uuid4().hex
+
+
+_FIELDS = [f.name for f in dataclasses.fields(Entry)]
+_COLUMNS = ", ".join(_FIELDS)
+
+
+def _entry(row) -> Entry:
+    data = dict(zip(_FIELDS, row))
+    data["settings"] = json.loads(data["settings"] or "{}")
+    data["extras"] = json.loads(data["extras"] or "[]")
+    return Entry(**data)
+
+
+def _int(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63 else None
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _fts_query(text: str, lora: str = "") -> str:
+    """Every word of `text` as a quoted prefix term (so no user text is read as FTS syntax), ANDed."""
+    terms = [f'"{w.replace(chr(34), chr(34) * 2)}"*' for w in text.split() if w.strip()]
+    terms += [f'loras : "{w.replace(chr(34), chr(34) * 2)}"*' for w in lora.split() if w.strip()]
+    return " AND ".join(terms[:32])
