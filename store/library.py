@@ -9,6 +9,7 @@ SQLite full-text search (FTS5). Conversations are stored per browser id; a brows
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -78,7 +79,7 @@ class Library:
     def __init__(self, root: Path | None):
         self.root = Path(root).expanduser() if root is not None else None
         self.outputs = Outputs(self.root) if self.root is not None else None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._db = None
         if self.root is not None:
             try:
@@ -196,18 +197,29 @@ class Library:
                             "stable-diffusion-webui/outputs).")
         known = self._known_paths()
         added = unreadable = 0
-        for path in sorted(folder.rglob("*")):
-            if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith(".") or str(path.resolve()) in known:
-                continue
-            settings = read_settings(path)
-            if settings is None:
-                unreadable += 1
-                settings = {}
-            self.add(path, settings, "import", created=path.stat().st_mtime)
-            added += 1
+        paths = [p for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES
+                 and not p.name.startswith(".") and str(p.resolve()) not in known]
+        for start in range(0, len(paths), 500):  # one transaction per 500 files: a kill loses at most those
+            with self._transaction():
+                for path in paths[start:start + 500]:
+                    settings = read_settings(path)
+                    unreadable += settings is None
+                    self.add(path, settings or {}, "import", created=path.stat().st_mtime)
+                    added += 1
             if progress is not None:
                 progress(added)
         return added, unreadable
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def sync(self) -> int:
         """Index kept PNGs that are on disk but not in the database (a kill -9 between file and index)."""
