@@ -2,11 +2,16 @@
 
     python benchmarks/eval_builtin.py                 # defaults + guidance 1, 200 prompts, appends RESULTS.md
     python benchmarks/eval_builtin.py --sweep         # also steps/guidance/scheduler candidates (picks defaults)
+    python benchmarks/eval_builtin.py --sizes 64x64,96x64,128x128 --n 40 [--model runs/x --baseline builtin]
+                                                      # per canvas size, default settings, one-object counts
 
 Prompts are drawn from the grammar with a fixed seed; each image has its own fixed seed. A second set of
 two-object prompts ("pairs") tests binding words to places, and a third of stick-figure prompts ("people"),
 thin and hard to colour and place, is where guidance shows what it is for. The scorer
 (engine/train/evaluate.py) is checked on ground-truth renders first and must score ~100% there.
+`--sizes` scores the single-shape prompts at each canvas size instead (same prompts and seeds at every size),
+with `one object`: exactly one region of the object's colour (a model that learned 64x64 only repeats the
+object on larger or wider canvases); `--baseline` scores a second model on the same prompts in the same run.
 """
 
 from __future__ import annotations
@@ -23,10 +28,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
+
 from benchmarks import common  # noqa: E402
 
+SIZE_KEYS = ["background", "color", "position", "shape", "one_object", "bg+color+position+one"]
 
-def images_for(pipe, scenes, steps: int, guidance: float, seed: int, batch: int = 25) -> list:
+
+def images_for(pipe, scenes, steps: int, guidance: float, seed: int, batch: int = 25, width: int | None = None,
+               height: int | None = None) -> list:
     """The pipeline's images for the scenes' captions, batched; image k has the fixed seed `seed + k`."""
     import torch
 
@@ -37,12 +47,12 @@ def images_for(pipe, scenes, steps: int, guidance: float, seed: int, batch: int 
         chunk = scenes[i:i + batch]
         gens = [torch.Generator().manual_seed(seed + i + j) for j in range(len(chunk))]
         images += pipe([world.caption(s) for s in chunk], num_inference_steps=steps, guidance_scale=guidance,
-                       generator=gens).images
+                       generator=gens, width=width, height=height).images
     return images
 
 
 def run_config(pipe, sets: dict, steps: int, guidance: float, scheduler: str) -> dict:
-    from engine.engine import make_scheduler
+    from engine.sources.loading import make_scheduler
     from engine.train import evaluate
 
     pipe.scheduler = make_scheduler(scheduler, dict(pipe.scheduler.config))
@@ -60,6 +70,73 @@ def run_config(pipe, sets: dict, steps: int, guidance: float, scheduler: str) ->
                                  zip(images_for(pipe, sets["people"], steps, guidance, 7000), sets["people"])])
     out["people"], out["people_color_error"] = people["bg+color+position"], people["color_error"]
     return out
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """"64x64,96x64" -> [(64, 64), (96, 64)] (width x height)."""
+    try:
+        return [tuple(int(v) for v in part.lower().split("x")) for part in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"--sizes {text!r}: give WIDTHxHEIGHT pairs separated by commas, e.g. 64x64,96x64") from None
+
+
+def run_sizes(pipe, scenes, sizes: list[tuple[int, int]], steps: int, guidance: float, scheduler: str) -> dict:
+    """Per canvas size: the single-shape scores (with one-object counts) at the given sampling settings."""
+    from engine.sources.loading import make_scheduler
+    from engine.train import evaluate
+
+    pipe.scheduler = make_scheduler(scheduler, dict(pipe.scheduler.config))
+    out = {}
+    for w, h in sizes:
+        t0 = time.perf_counter()
+        images = images_for(pipe, scenes, steps, guidance, 1000, width=w, height=h)
+        scores = [evaluate.score_image(im, s.things[0], s.background) for im, s in zip(images, scenes)]
+        out[(w, h)] = evaluate.summarize(scores)
+        out[(w, h)]["objects_mean"] = float(np.mean([sc["objects"] for sc in scores]))
+        out[(w, h)]["s_per_image_batched"] = (time.perf_counter() - t0) / len(scenes)
+        print(f"{w}x{h}: {out[(w, h)]}", flush=True)
+    return out
+
+
+def sizes_table(results: dict[str, dict]) -> str:
+    """One row per size and model: `results` maps a model's name to run_sizes' output."""
+    lines = ["| size | model | " + " | ".join(k.replace("_", " ") for k in SIZE_KEYS) + " | objects (mean) |",
+             "|" + "---|" * (len(SIZE_KEYS) + 3)]
+    sizes = next(iter(results.values())).keys()
+    for w, h in sizes:
+        for name, r in results.items():
+            row = r[(w, h)]
+            lines.append(f"| {w}x{h} | {name} | " + " | ".join(f"{100 * row[k]:.0f}%" for k in SIZE_KEYS)
+                         + f" | {row['objects_mean']:.2f} |")
+    return "\n".join(lines)
+
+
+def main_sizes(args, engine, sizes: list[tuple[int, int]]) -> int:
+    from PIL import Image
+
+    from engine.request import DEFAULTS
+    from engine.train import evaluate, world
+
+    scenes = evaluate.eval_scenes(args.n)
+    truth = {(w, h): evaluate.summarize([evaluate.score_image(Image.fromarray(world.render(s, width=w, height=h)),
+                                                              s.things[0], s.background) for s in scenes])
+             for w, h in sizes}
+    print("scorer on ground-truth renders:", {f"{w}x{h}": t["bg+color+position+one"] for (w, h), t in truth.items()})
+    d = DEFAULTS["builtin"]
+    models = {args.model: args.model} if not args.baseline else {"baseline": args.baseline, "candidate": args.model}
+    results = {name: run_sizes(engine.load(m).pipe, scenes, sizes, d.steps, d.guidance, d.scheduler)
+               for name, m in models.items()}
+    worst = min(t[k] for t in truth.values() for k in SIZE_KEYS)
+    section = (f"\n## Built-in model per canvas size ({date.today()}, commit {common.commit()}, {args.n} prompts a "
+               f"size, default settings {d.steps} steps cfg {d.guidance:g} {d.scheduler}, CPU)\n\n"
+               + "".join(f"`{name}`: {m}. " for name, m in models.items())
+               + f"Same prompts and seeds at every size. Scorer on ground-truth renders at these sizes: worst "
+               f"attribute {100 * worst:.0f}%. `one object`: exactly one region of the object's colour; `objects`: "
+               f"the mean count of such regions.\n\n{sizes_table(results)}\n")
+    common.report(section, args)
+    if not args.no_write:
+        (ROOT / "benchmarks" / "builtin_sizes_latest.md").write_text(section)
+    return 0
 
 
 def latency(engine, threads: int, runs: int = 15) -> float:
@@ -96,11 +173,17 @@ def main() -> int:
     p.add_argument("--sweep", action="store_true")
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--model", default="builtin", help="builtin, or a pipeline folder (a candidate before it ships)")
+    p.add_argument("--sizes", default=None, help="WxH list, e.g. 64x64,96x64,64x96,80x56,128x128,128x80: per-size "
+                                                 "scores only")
+    p.add_argument("--baseline", default=None, help="with --sizes: also score this model on the same prompts")
     args = p.parse_args()
-    import numpy as np
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.sizes:
+        from engine.engine import Engine
+
+        return main_sizes(args, Engine(device="cpu", local_paths=True), parse_sizes(args.sizes))
     from PIL import Image
 
     from engine.engine import Engine

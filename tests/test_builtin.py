@@ -43,6 +43,31 @@ def test_scorer_reads_ground_truth_renders_right_and_wrong_captions_wrong():
     assert sum(evaluate.score_pair(Image.fromarray(world.render(a)), b) for a, b in zip(pairs, pairs[1:])) <= 5
 
 
+@pytest.mark.parametrize("width,height", [(96, 64), (64, 96), (80, 56), (128, 128), (48, 48)])
+def test_world_draws_any_canvas_and_the_scorer_reads_it(width, height):
+    scenes = evaluate.eval_scenes(20, seed=8)
+    renders = [world.render(s, width=width, height=height) for s in scenes]
+    assert renders[0].shape == (height, width, 3)
+    truth = evaluate.summarize([evaluate.score_image(Image.fromarray(r), s.things[0], s.background)
+                                for r, s in zip(renders, scenes)])
+    assert min(truth[k] for k in ("background", "color", "position", "shape", "size", "one_object")) == 1.0
+    # sizes follow the shorter side: a circle stays round, a big square is as tall as wide
+    mask = world.render_mask(world.Thing("square", "red", "big", "in the center", 0.5, 0.5, 1.0), width, height)
+    ys, xs = np.nonzero(mask)
+    assert abs((xs.max() - xs.min()) - (ys.max() - ys.min())) <= 1
+    # the same object twice (what a model trained at 64x64 only draws on wide canvases) counts as two
+    thing = world.Thing("circle", "yellow", "small", "on the left", 0.27, 0.5, 1.0)
+    twin = world.Thing("circle", "yellow", "small", "on the right", 0.73, 0.5, 1.0)
+    twice = Image.fromarray(world.render(world.Scene("blue", [thing, twin]), width=width, height=height))
+    assert evaluate.count_objects(twice, "yellow", "blue") == 2
+    assert not evaluate.score_image(twice, thing, "blue")["one_object"]
+
+
+def test_world_refuses_canvases_it_does_not_draw():
+    with pytest.raises(ValueError, match="width = 60: the shapes world draws 48 to 128 pixels a side"):
+        world.check_size(60, 64)
+
+
 def test_quick_adherence(engine):
     scenes = evaluate.eval_scenes(8, seed=99)
     scores = []

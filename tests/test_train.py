@@ -18,12 +18,16 @@ def test_smoke_run_trains_every_stage_and_the_result_loads(tmp_path):
 
     from engine.train.run import smoke
 
-    folder = smoke(tmp_path)  # VAE, UNet + text encoder, decoder, a ControlNet, the demo LoRAs; then generates
+    folder = smoke(tmp_path)  # VAE, UNet + text encoder, decoder, multi-aspect UNet, a ControlNet, the demo LoRAs
     pipe = StableDiffusionPipeline.from_pretrained(folder / "builtin")
     assert json.loads((folder / "builtin" / "studio.json").read_text())["family"] == "builtin"
     assert pipe.unet.dtype.is_floating_point and pipe.text_encoder.config.hidden_size == 128
     # the saved tokenizer carries no padding state from training
     assert json.loads((folder / "builtin" / "tokenizer" / "tokenizer.json").read_text())["padding"] is None
+    # the multi-aspect continuation keeps the first phase's record and adds its own
+    notes = json.loads((folder / "builtin-aspect" / "studio.json").read_text())
+    assert [p["steps"] for p in notes["unet_phases"]] == [3, 3] and notes["unet_phases"][1]["sides"] == [48, 80]
+    assert "phase 2 continued the UNet" in notes["timing_note"] and notes["native_size"] == 64
     cn = ControlNetModel.from_pretrained(folder / "controlnet-edge")
     assert tuple(cn.config.conditioning_embedding_out_channels) == (16, 32, 64)
     for name in ("outline", "pastel"):
@@ -73,7 +77,7 @@ def test_the_training_loop_resumes_where_it_stopped_and_marks_the_end_done(tmp_p
     assert torch.equal(again.weight, straight.weight) and info == {"steps": 25}
 
 
-def test_train_lora_from_a_folder_makes_a_plugin_that_changes_the_image(tmp_path, monkeypatch):
+def test_train_lora_from_a_folder_makes_a_plugin_that_changes_the_image(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     rng = random.Random(0)
@@ -88,10 +92,9 @@ def test_train_lora_from_a_folder_makes_a_plugin_that_changes_the_image(tmp_path
     manifest = (out / "mine.toml").read_text()
     assert 'family = "builtin"' in manifest and 'trigger = "mine style"' in manifest
 
-    monkeypatch.setenv("STUDIO_PLUGINS", str(out))
     from engine.engine import Engine
 
-    engine = Engine(device="cpu")
+    engine = Engine(device="cpu", plugin_dirs=(out,))
     prompt = "a big red circle on the left, blue background"
     base = engine.generate(Request(prompt=prompt, seed=1)).images[0]
     tuned = engine.generate(Request(prompt=prompt, seed=1, loras=[LoraSpec("mine", 1.0)]))

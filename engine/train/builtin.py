@@ -46,6 +46,13 @@ class TrainConfig:
     minutes: dict = field(default_factory=dict)  # stage -> time budget; replaces that stage's step count
     unet_lr: float = 6e-4
     init: Path | None = None  # a finished pipeline folder to continue from (its VAE, UNet and text encoder)
+    # multi-aspect UNet training: canvas sides to draw (one width x height a batch, aspect at most 2:1, the batch
+    # shrunk so its area stays batch * 64 * 64), rendered and encoded by the frozen VAE on the fly; () = the 64x64
+    # pool. `square_share` of the batches stay 64x64, so the native size keeps its quality.
+    sides: tuple[int, ...] = ()
+    square_share: float = 0.25
+    # continue the UNet only, the text encoder as shipped: the ControlNets and LoRAs trained on its features
+    freeze_text: bool = False
     log_every: int = 100
     save_every: int = 500
 
@@ -119,6 +126,38 @@ def _unet_step(seed: int, batch: int, scenes: list, tokenizer, step: int) -> tup
     idx = [rng.randrange(len(scenes)) for _ in range(batch)]
     caps = ["" if rng.random() < 0.1 else world.caption(scenes[i], rng, drop=0.15) for i in idx]
     return torch.tensor(idx), tokenize(tokenizer, caps)
+
+
+def canvas_buckets(sides: tuple[int, ...], max_aspect: float = 2.0) -> list[tuple[int, int]]:
+    """The (width, height) pairs multi-aspect training draws from: every pair of sides up to `max_aspect`:1."""
+    for side in sides:
+        world.check_size(side, side)
+    return [(w, h) for w in sides for h in sides if max(w, h) <= max_aspect * min(w, h)]
+
+
+def bucket_batch(batch: int, width: int, height: int) -> int:
+    """Images a step at width x height: as many as keep the batch's area that of `batch` 64x64 images."""
+    return max(1, round(batch * world.SIZE * world.SIZE / (width * height)))
+
+
+def bucket_shares(sides: tuple[int, ...], square_share: float) -> dict[tuple[int, int], float]:
+    """How often a step draws each canvas: `square_share` 64x64, the rest spread evenly over all the buckets."""
+    buckets = canvas_buckets(sides)
+    shares = {b: (1 - square_share) / len(buckets) for b in buckets}
+    shares[(world.SIZE, world.SIZE)] = shares.get((world.SIZE, world.SIZE), 0.0) + square_share
+    return shares
+
+
+def _aspect_step(seed: int, batch: int, shares: dict, pools: dict, tokenizer,
+                 step: int) -> tuple[tuple[tuple[int, int], torch.Tensor], torch.Tensor]:
+    """Step `step`'s canvas (drawn by `shares`), which of that canvas's pooled latents it trains on, and their
+    captions' token ids (10% empty: guidance). `pools` maps a canvas to its scenes."""
+    rng = random.Random(seed * 1_000_003 + 800_000 + step)
+    size = rng.choices(list(shares), weights=list(shares.values()))[0]
+    scenes = pools[size]
+    idx = [rng.randrange(len(scenes)) for _ in range(bucket_batch(batch, *size))]
+    caps = ["" if rng.random() < 0.1 else world.caption(scenes[i], rng, drop=0.15) for i in idx]
+    return (size, torch.tensor(idx)), tokenize(tokenizer, caps)
 
 
 # ------------------------------------------------------------------------------------------------ loss
@@ -270,6 +309,30 @@ def encode_pool(vae, cfg: TrainConfig) -> tuple[list[world.Scene], torch.Tensor]
     return scenes, latents
 
 
+def encode_bucket_pools(vae, cfg: TrainConfig) -> tuple[dict, dict]:
+    """Multi-aspect pools: for each canvas, scenes rendered at that size and their latents, encoded once. The
+    pools together hold the area of `cfg.pool` 64x64 images, split as the steps draw the canvases (so each
+    scene is seen about equally often), and never fewer scenes than one batch."""
+    shares = bucket_shares(cfg.sides, cfg.square_share)
+    cache = cfg.work / f"pools_{cfg.pool}_{cfg.seed}_{'-'.join(map(str, cfg.sides))}_{cfg.square_share:g}.pt"
+    if (ck := load_ckpt(cache)) is not None:
+        return ck["scenes"], ck["latents"]
+    scenes, latents = {}, {}
+    for k, ((w, h), share) in enumerate(shares.items()):
+        n = max(bucket_batch(cfg.batch, w, h), round(cfg.pool * share * world.SIZE * world.SIZE / (w * h)))
+        rng = random.Random(cfg.seed * 1_000_003 + 7 + 10_007 * k)
+        scenes[(w, h)] = [world.random_scene(rng) for _ in range(n)]
+        chunk = bucket_batch(256, w, h)
+        with torch.no_grad():
+            latents[(w, h)] = torch.cat([
+                (vae.encode(_to_tensor([world.render(s, width=w, height=h) for s in scenes[(w, h)][i:i + chunk]])
+                            .to(cfg.device)).latent_dist.mean * vae.config.scaling_factor).half().cpu()
+                for i in range(0, n, chunk)])
+    log.info("unet: %d canvas pools encoded (%d scenes)", len(scenes), sum(len(v) for v in scenes.values()))
+    save_ckpt(cache, {"scenes": scenes, "latents": latents})
+    return scenes, latents
+
+
 def build_unet_and_text(tokenizer):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -292,7 +355,8 @@ def train_unet(cfg: TrainConfig, tokenizer) -> dict:
     unet, text_encoder = build_unet_and_text(tokenizer)
     unet, text_encoder = unet.to(dev), text_encoder.to(dev)
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    text_encoder.requires_grad_(not cfg.freeze_text)
+    params = list(unet.parameters()) + ([] if cfg.freeze_text else list(text_encoder.parameters()))
     opt = optimizer(params, cfg.unet_lr, dev, weight_decay=0.01)
     if not ckpt_path.exists() and cfg.init is not None:  # continuing a finished model: its weights, a fresh optimizer
         from diffusers import UNet2DConditionModel
@@ -305,21 +369,46 @@ def train_unet(cfg: TrainConfig, tokenizer) -> dict:
         log.info("unet: continuing from %s", cfg.init)
     alphas = DDPMScheduler(**noise_scheduler_config()).alphas_cumprod
     vae, _ = load_vae(cfg)
-    scenes, latents = encode_pool(vae, cfg)
-    del vae
-    latents = latents.to(dev)
-    log.info("unet: %.1fM params, text encoder %.1fM, pool %d", sum(p.numel() for p in unet.parameters()) / 1e6,
-             sum(p.numel() for p in text_encoder.parameters()) / 1e6, len(scenes))
+    if cfg.sides:  # multi-aspect: one pool per canvas size, one canvas a step
+        scenes, pools = encode_bucket_pools(vae, cfg)
+        del vae
+        pools = {size: z.to(dev) for size, z in pools.items()}
+
+        def latents_of(size_idx: tuple[tuple[int, int], torch.Tensor]) -> torch.Tensor:
+            size, idx = size_idx
+            return pools[size][idx.to(dev)].float()
+
+        make = step_fn(_aspect_step, cfg.seed, cfg.batch, bucket_shares(cfg.sides, cfg.square_share), scenes,
+                       tokenizer)
+        data = (f"{len(pools)} canvas pools ({sum(len(v) for v in scenes.values())} scenes), "
+                f"{cfg.square_share:.0%} of batches 64x64")
+    else:
+        scenes, latents = encode_pool(vae, cfg)
+        del vae
+        latents = latents.to(dev)
+
+        def latents_of(idx: torch.Tensor) -> torch.Tensor:
+            return latents[idx.to(dev)].float()
+
+        make = step_fn(_unet_step, cfg.seed, cfg.batch, scenes, tokenizer)
+        data = f"pool {len(scenes)}"
+    log.info("unet: %.1fM params, text encoder %.1fM, %s", sum(p.numel() for p in unet.parameters()) / 1e6,
+             sum(p.numel() for p in text_encoder.parameters()) / 1e6, data)
 
     def loss_fn(step: int, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        idx, ids = batch
+        source, ids = batch
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        x0 = latents_of(source)
         cond = text_encoder(ids.to(dev))[0]
-        return v_loss(lambda xt, t: unet(xt, t, cond).sample, latents[idx.to(dev)].float(), alphas, gen)
+        return v_loss(lambda xt, t: unet(xt, t, cond).sample, x0, alphas, gen)
 
     def finish(budget: Budget) -> dict:
-        info = {"steps": budget.total, "batch": cfg.batch, "minutes": budget.minutes_spent(), "pool": cfg.pool,
-                "lr": cfg.unet_lr, "device": dev}
+        info = {"steps": budget.total, "batch": cfg.batch, "minutes": budget.minutes_spent(),
+                "pool": cfg.pool, "lr": cfg.unet_lr, "device": dev, "threads": cfg.threads}
+        if cfg.sides:
+            info.update(sides=list(cfg.sides), square_share=cfg.square_share)
+        if cfg.freeze_text:
+            info["text_encoder"] = "frozen"
         if cfg.init is not None:  # the phases before this one, as the model being continued recorded them
             before = json.loads((cfg.init / "studio.json").read_text())
             first = {k: before.get(f"unet_{k}") for k in ("steps", "batch", "minutes")}
@@ -328,9 +417,10 @@ def train_unet(cfg: TrainConfig, tokenizer) -> dict:
         return info
 
     modules = {"unet": unet, "text": text_encoder, "ema_unet": ema_unet, "ema_text": ema_text}
-    return train_loop("unet", modules, opt, step_fn(_unet_step, cfg.seed, cfg.batch, scenes, tokenizer), loss_fn,
+    return train_loop("unet", modules, opt, make, loss_fn,
                       steps=cfg.unet_steps, lr=cfg.unet_lr, minutes=cfg.minutes.get("unet"), ckpt=ckpt_path,
-                      workers=cfg.workers, clip=1.0, ema=[(ema_unet, unet), (ema_text, text_encoder)],
+                      workers=cfg.workers, clip=1.0,
+                      ema=[(ema_unet, unet)] + ([] if cfg.freeze_text else [(ema_text, text_encoder)]),
                       log_every=cfg.log_every, save_every=cfg.save_every, finish=finish)
 
 
@@ -366,6 +456,21 @@ def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet, notes: dict) ->
     (out / "studio.json").write_text(json.dumps(studio, indent=2) + "\n")
 
 
+_PHASE_KEYS = ("steps", "batch", "minutes", "device", "threads", "pool", "lr", "sides", "square_share",
+               "text_encoder")
+
+
+def _phase_note(info: dict, phase: int) -> str:
+    """A line for studio.json's timing_note about the UNet phase just trained (a continuation)."""
+    where = f"{info.get('threads', 1)} thread(s) of the CPU" if info["device"] == "cpu" else info["device"]
+    data = (f"canvases with sides {min(info['sides'])}-{max(info['sides'])} px (one size a batch, "
+            f"{info['square_share']:.0%} of batches 64x64; per-canvas pools of {info['pool']} 64x64 images' area)"
+            if info.get("sides") else f"a pool of {info['pool']}")
+    frozen = " (text encoder frozen)" if info.get("text_encoder") == "frozen" else ""
+    return (f"phase {phase} continued the UNet{frozen} on {where} for {info['minutes']:.0f} min "
+            f"({info['steps']} steps, batch {info['batch']} 64x64-images' area, lr {info['lr']:g}) on {data}")
+
+
 def assemble(cfg: TrainConfig, tokenizer) -> Path:
     """The pipeline folder from the finished stages: the fine-tuned decoder (or the plain VAE), the EMA UNet."""
     enc, vae_info = load_vae(cfg)
@@ -380,8 +485,13 @@ def assemble(cfg: TrainConfig, tokenizer) -> Path:
              "decoder_minutes": dec["minutes"], "vae_mse": dec["mse"], "roundtrip_shape": dec["roundtrip_shape"],
              "unet_steps": unet_info["steps"], "unet_batch": unet_info["batch"], "unet_minutes": unet_info["minutes"],
              "pool": unet_info["pool"],
-             "unet_phases": unet_info.get("before", []) + [{k: unet_info.get(k) for k in
-                                                            ("steps", "batch", "minutes", "device", "pool", "lr")}]}
+             "unet_phases": unet_info.get("before", []) + [{k: unet_info[k] for k in _PHASE_KEYS if k in unet_info}]}
+    if cfg.init is not None:  # the continued model's own notes (timing_note, cpu_note, its first device) stay
+        before = json.loads((cfg.init / "studio.json").read_text())
+        notes = {**{k: v for k, v in before.items() if k != "family"}, **notes,
+                 "device": before.get("device", cfg.device)}
+        notes["timing_note"] = "; ".join(filter(None, [before.get("timing_note"), _phase_note(unet_info,
+                                                                                          len(notes["unet_phases"]))]))
     save_pipeline(cfg.out, vae.cpu(), text_encoder, tokenizer, unet, notes)
     log.info("built-in model written to %s (%s)", cfg.out, notes)
     return cfg.out

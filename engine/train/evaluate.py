@@ -1,8 +1,10 @@
 """Automatic scoring of shapes-world images against their captions: background, colour, position, shape, size.
 
-Pure numpy on 64x64 RGB images. `score_image` reads an image the way a person would check it: the
-background is the border's colour, the object is what differs from it, and its bounding box's fill
-ratio tells a square (~1.0) from a circle (~0.79) from a triangle (~0.5).
+Pure numpy on RGB images of any size (read with the shorter side at 64 px, so thresholds are in 64-px units).
+`score_image` reads an image the way a person would check it: the background is the border's colour, the
+object is what differs from it, and its bounding box's fill ratio tells a square (~1.0) from a circle (~0.79)
+from a triangle (~0.5). `count_objects` counts the separate regions of the object's colour: a model that never
+saw wide canvases draws the object twice or more there.
 """
 
 from __future__ import annotations
@@ -27,14 +29,16 @@ def nearest_color(rgb: np.ndarray, exclude: str | None = None) -> str:
 
 
 def _pixels(image) -> np.ndarray:
-    """A PIL image (any size, shrunk to 64x64) or an RGB array, as float32 pixels."""
+    """A PIL image (any size, scaled so its shorter side is 64 px, aspect kept) or an RGB array, as float32."""
     if hasattr(image, "convert"):
-        image = image.convert("RGB").resize((world.SIZE, world.SIZE), Image.BOX)
+        w, h = image.size
+        m = min(w, h)
+        image = image.convert("RGB").resize((round(w * world.SIZE / m), round(h * world.SIZE / m)), Image.BOX)
     return np.asarray(image, dtype=np.float32)
 
 
 def analyse(image) -> dict:
-    """What a 64x64 image shows: background, object colour, position, shape and size (None where unclear)."""
+    """What an image shows: background, object colour, position, shape and size (None where unclear)."""
     img = _pixels(image)
     border = np.concatenate([img[:3].reshape(-1, 3), img[-3:].reshape(-1, 3), img[:, :3].reshape(-1, 3),
                              img[:, -3:].reshape(-1, 3)])
@@ -49,7 +53,7 @@ def analyse(image) -> dict:
     out["rgb"] = np.median(img[mask], axis=0)
     out["color"] = nearest_color(out["rgb"], exclude=background)
     ys, xs = np.nonzero(mask)
-    cx, cy = xs.mean() / world.SIZE, ys.mean() / world.SIZE
+    cx, cy = xs.mean() / mask.shape[1], ys.mean() / mask.shape[0]
     out["position"] = min(world.POSITIONS, key=lambda p: (world.POSITIONS[p][0] - cx) ** 2
                           + (world.POSITIONS[p][1] - cy) ** 2)
     h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
@@ -57,6 +61,21 @@ def analyse(image) -> dict:
     out["shape"] = "square" if fill > 0.9 else "circle" if fill > 0.64 else "triangle"
     out["size"] = "big" if max(h, w) > 23 else "small"
     return out
+
+
+def count_objects(image, color: str, background: str, min_area: int = 12) -> int:
+    """How many separate regions (4-connected, at least `min_area` pixels at the 64-px scale) of the named colour
+    the image holds: pixels whose nearest colour among the palette (the background's included) is `color`."""
+    from scipy import ndimage
+
+    img = _pixels(image)
+    d = np.linalg.norm(img[:, :, None, :] - _PALETTE[None, None], axis=3)
+    if color == background:  # never asked by the grammar; the whole canvas would be one region
+        return 0
+    mask = np.argmin(d, axis=2) == _NAMES.index(color)
+    labels, n = ndimage.label(mask)
+    areas = np.bincount(labels.ravel())[1:]
+    return int((areas >= min_area).sum())
 
 
 def core_and_saturation(image) -> tuple[float, float]:
@@ -75,17 +94,19 @@ def score_image(image, thing: world.Thing, background: str) -> dict:
     """Right/wrong per attribute, plus `color_error`: how far (RGB distance, 0-441) the object's and the
     background's colours are from the named ones, averaged; a finer measure than right/wrong once those saturate."""
     seen = analyse(image)
+    objects = count_objects(image, thing.color, background)
     obj = _MAX_DIST if seen["rgb"] is None else float(np.linalg.norm(seen["rgb"] - world.COLORS[thing.color]))
     bg = float(np.linalg.norm(seen["bg_rgb"] - np.asarray(world.COLORS[background], dtype=np.float32)))
     return {"background": seen["background"] == background, "color": seen["color"] == thing.color,
             "position": seen["position"] == thing.position, "shape": seen["shape"] == thing.kind,
-            "size": seen["size"] == thing.size, "color_error": (obj + bg) / 2}
+            "size": seen["size"] == thing.size, "one_object": objects == 1, "objects": objects,
+            "color_error": (obj + bg) / 2}
 
 
-_HALVES = {"on the left": (slice(None), slice(0, world.SIZE // 2)),
-           "on the right": (slice(None), slice(world.SIZE // 2, None)),
-           "at the top": (slice(0, world.SIZE // 2), slice(None)),
-           "at the bottom": (slice(world.SIZE // 2, None), slice(None))}
+def _half(position: str, height: int, width: int) -> tuple[slice, slice]:
+    return {"on the left": (slice(None), slice(0, width // 2)), "on the right": (slice(None), slice(width // 2, None)),
+            "at the top": (slice(0, height // 2), slice(None)),
+            "at the bottom": (slice(height // 2, None), slice(None))}[position]
 
 
 def score_pair(image, scene: world.Scene) -> bool:
@@ -96,7 +117,8 @@ def score_pair(image, scene: world.Scene) -> bool:
         return False
     img = _pixels(image)
     for thing in scene.things:
-        half, mask = img[_HALVES[thing.position]], seen["mask"][_HALVES[thing.position]]
+        where = _half(thing.position, *img.shape[:2])
+        half, mask = img[where], seen["mask"][where]
         if mask.sum() < 8 or nearest_color(np.median(half[mask], axis=0), exclude=seen["background"]) != thing.color:
             return False
     return True
@@ -126,4 +148,7 @@ def summarize(scores: list[dict]) -> dict[str, float]:
     out["bg+color+position"] = float(np.mean([s["background"] and s["color"] and s["position"] for s in scores]))
     out["all"] = float(np.mean([all(s[k] for k in keys) for s in scores]))
     out["color_error"] = float(np.mean([s["color_error"] for s in scores]))
+    out["one_object"] = float(np.mean([s["one_object"] for s in scores]))
+    out["bg+color+position+one"] = float(np.mean([s["background"] and s["color"] and s["position"]
+                                                  and s["one_object"] for s in scores]))
     return out

@@ -142,11 +142,14 @@ def train_loop(name: str, modules: dict[str, torch.nn.Module], opt: torch.optim.
         opt.load_state_dict(ck["opt"])
         log.info("%s: resumed at step %d", name, ck["step"])
     start = ck["step"] if ck is not None else 0
+    timed = bool(minutes) or (ck is not None and "total" in ck)
+    if ck is not None and "total" in ck:  # a time budget fixed the step count before the interruption: keep it
+        steps, minutes = ck["total"], None
 
     def save(step: int, **extra) -> None:
         if ckpt is not None:
             save_ckpt(ckpt, {**{k: m.state_dict() for k, m in modules.items()}, "opt": opt.state_dict(),
-                             "step": step, **extra})
+                             "step": step, **({"total": budget.total} if timed else {}), **extra})
 
     params = [p for g in opt.param_groups for p in g["params"]]
     budget = Budget(steps, minutes, start)

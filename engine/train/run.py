@@ -4,7 +4,8 @@ builtin      tokenizer, VAE, decoder, UNet + text encoder -> assets/builtin (a d
              `--stage` runs one, `--device cuda --minutes M --workers N` trains on a GPU in a time budget
 controlnets  edge, depth, pose ControlNets for it -> assets/controlnet-{edge,depth,pose}
 loras        the demo LoRA plugins -> assets/plugins
-smoke        all of the above at toy step counts into a temporary folder, then load and generate (CI)
+smoke        all of the above (and a multi-aspect continuation) at toy step counts into a temporary folder,
+             then load and generate (CI)
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def main(args) -> int:
         cfg = TrainConfig(out=out, work=work, threads=args.threads, device=args.device, workers=args.workers)
         if args.init:
             cfg.init = Path(args.init)
-        for name in ("vae_steps", "decoder_steps", "unet_steps", "batch", "vae_batch", "pool", "unet_lr"):
+        for name in ("vae_steps", "decoder_steps", "unet_steps", "batch", "vae_batch", "pool", "unet_lr", "sides",
+                     "square_share"):  # sides, square_share: multi-aspect UNet training (issue #19)
             if getattr(args, name, None):
                 setattr(cfg, name, getattr(args, name))
         if args.minutes:
@@ -56,11 +58,19 @@ def smoke(folder: Path) -> Path:
     cfg = TrainConfig(out=folder / "builtin", work=folder / "work", vae_steps=3, decoder_steps=3, unet_steps=3,
                       pool=64, batch=4, log_every=1, save_every=2)
     train_all(cfg)
+    # the multi-aspect continuation (--init, one canvas size a batch) on top of it
+    aspect = TrainConfig(out=folder / "builtin-aspect", work=folder / "work-aspect", init=cfg.out, sides=(48, 80),
+                         unet_steps=3, pool=16, batch=4, log_every=1, save_every=2)
+    train_all(aspect, "unet")
+    train_all(aspect, "pipeline")
     cn = train_controlnet("edge", cfg.out, cfg.work, steps=2, batch=2)
     train_demo_loras(cfg.out, folder / "plugins", steps=2)
-    engine = Engine(device="cpu")
+    engine = Engine(device="cpu", local_paths=True)
     result = engine.generate(Request(prompt="a big red circle on the left, blue background", model=str(cfg.out),
                                      seed=0, steps=2))
     assert result.images[0].size == (64, 64)
+    wide = engine.generate(Request(prompt="a small blue square, white background", model=str(aspect.out), seed=0,
+                                   steps=2, width=80, height=48))
+    assert wide.images[0].size == (80, 48)
     log.info("smoke run complete in %s (controlnet %s)", folder, cn)
     return folder

@@ -1,7 +1,9 @@
 """The built-in model's "shapes world": scenes, captions and renders (image, edge, depth, pose).
 
 Everything the built-in model and its ControlNets/LoRAs learn from is drawn here, on the fly,
-from a seeded `random.Random`. A `Scene` is plain data; `render_*` turn it into 64x64 arrays.
+from a seeded `random.Random`. A `Scene` is plain data; `render_*` turn it into arrays, 64x64 by default or
+any width x height (multi-aspect training): positions are fractions of the width and height, sizes fractions of
+the shorter side, so a circle stays round and "on the left" means the left of any canvas.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SIZE = 64  # native resolution of the built-in model
+MIN_SIDE, MAX_SIDE, MULTIPLE = 48, 128, 8  # the canvases multi-aspect training draws (width and height each)
 _SUPER = 2  # render at 2x and downsample for clean anti-aliased edges
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -46,10 +49,11 @@ class Thing:
     color: str
     size: str  # small | big
     position: str  # a key of POSITIONS
-    cx: float  # centre, fractions of the canvas
+    cx: float  # centre, fractions of the canvas's width and height
     cy: float
     depth: float  # 0 far .. 1 near, for depth maps
-    pose: list[tuple[float, float]] = field(default_factory=list)  # 18 OpenPose keypoints (person only)
+    pose: list[tuple[float, float]] = field(default_factory=list)  # 18 OpenPose keypoints (person only), as
+    # fractions of a square canvas; on another canvas they keep their offsets from (cx, cy) in shorter-side units
 
 
 @dataclass
@@ -142,9 +146,32 @@ LIMBS = [(1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10)
          (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17)]  # OpenPose body-18 limb pairs
 
 
-def _shape_polygon(thing: Thing, s: float) -> list[tuple[float, float]] | None:
-    half = SIZES[thing.size] * s
-    cx, cy = thing.cx * s, thing.cy * s
+def check_size(width: int, height: int) -> None:
+    """The canvases the world draws: each side MIN_SIDE..MAX_SIDE pixels, a multiple of MULTIPLE."""
+    for name, value in (("width", width), ("height", height)):
+        if not (MIN_SIDE <= value <= MAX_SIDE and value % MULTIPLE == 0):
+            raise ValueError(f"{name} = {value}: the shapes world draws {MIN_SIDE} to {MAX_SIDE} pixels a side, "
+                             f"in multiples of {MULTIPLE}")
+
+
+class _Canvas:
+    """Pixel coordinates of a (supersampled) width x height canvas for fractions of it."""
+
+    def __init__(self, width: int, height: int):
+        self.w, self.h, self.m = width, height, min(width, height)
+
+    def centre(self, thing: Thing) -> tuple[float, float]:
+        return thing.cx * self.w, thing.cy * self.h
+
+    def keypoint(self, thing: Thing, x: float, y: float) -> tuple[float, float]:
+        if self.w == self.h:
+            return x * self.w, y * self.h
+        return thing.cx * self.w + (x - thing.cx) * self.m, thing.cy * self.h + (y - thing.cy) * self.m
+
+
+def _shape_polygon(thing: Thing, c: _Canvas) -> list[tuple[float, float]] | None:
+    half = SIZES[thing.size] * c.m
+    cx, cy = c.centre(thing)
     if thing.kind == "square":
         return [(cx - half, cy - half), (cx + half, cy - half), (cx + half, cy + half), (cx - half, cy + half)]
     if thing.kind == "triangle":
@@ -152,12 +179,12 @@ def _shape_polygon(thing: Thing, s: float) -> list[tuple[float, float]] | None:
     return None
 
 
-def _draw_thing(draw: ImageDraw.ImageDraw, thing: Thing, fill, s: float, outline: bool = False) -> None:
-    half = SIZES[thing.size] * s
-    cx, cy = thing.cx * s, thing.cy * s
-    width = max(2, int(0.035 * s))
+def _draw_thing(draw: ImageDraw.ImageDraw, thing: Thing, fill, c: _Canvas, outline: bool = False) -> None:
+    half = SIZES[thing.size] * c.m
+    cx, cy = c.centre(thing)
+    width = max(2, int(0.035 * c.m))
     if thing.kind == "person":
-        pts = [(x * s, y * s) for x, y in thing.pose]
+        pts = [c.keypoint(thing, x, y) for x, y in thing.pose]
         for a, b in LIMBS[:12]:
             draw.line([pts[a], pts[b]], fill=fill, width=int(width * 1.6))
         r = 0.09 * half * 3
@@ -165,7 +192,7 @@ def _draw_thing(draw: ImageDraw.ImageDraw, thing: Thing, fill, s: float, outline
         draw.ellipse([hx - r, hy - r, hx + r, hy + r], fill=None if outline else fill, outline=fill,
                      width=width)
         return
-    poly = _shape_polygon(thing, s)
+    poly = _shape_polygon(thing, c)
     if outline:
         if poly:
             draw.polygon(poly, outline=fill, width=width)
@@ -181,33 +208,31 @@ def pastel(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
     return tuple(int(0.45 * c + 0.55 * 235) for c in rgb)
 
 
-def render(scene: Scene, style: str = "plain") -> np.ndarray:
-    """RGB uint8 (64, 64, 3). style: plain | outline (shapes drawn as outlines) | pastel (soft palette)."""
-    s = SIZE * _SUPER
+def render(scene: Scene, style: str = "plain", width: int = SIZE, height: int = SIZE) -> np.ndarray:
+    """RGB uint8 (height, width, 3). style: plain | outline (shapes drawn as outlines) | pastel (soft palette)."""
     tone = pastel if style == "pastel" else (lambda c: c)
-    img = Image.new("RGB", (s, s), tone(COLORS[scene.background]))
+    img = Image.new("RGB", (width * _SUPER, height * _SUPER), tone(COLORS[scene.background]))
     draw = ImageDraw.Draw(img)
     for thing in sorted(scene.things, key=lambda t: t.depth):
-        _draw_thing(draw, thing, tone(COLORS[thing.color]), s, outline=style == "outline")
-    return np.asarray(img.resize((SIZE, SIZE), Image.BOX))
+        _draw_thing(draw, thing, tone(COLORS[thing.color]), _Canvas(width * _SUPER, height * _SUPER),
+                    outline=style == "outline")
+    return np.asarray(img.resize((width, height), Image.BOX))
 
 
-def render_mask(thing: Thing) -> np.ndarray:
-    """Boolean (64, 64) mask of one object, for adherence scoring."""
-    s = SIZE * _SUPER
-    img = Image.new("L", (s, s), 0)
-    _draw_thing(ImageDraw.Draw(img), thing, 255, s)
-    return np.asarray(img.resize((SIZE, SIZE), Image.BOX)) > 127
+def render_mask(thing: Thing, width: int = SIZE, height: int = SIZE) -> np.ndarray:
+    """Boolean (height, width) mask of one object, for adherence scoring."""
+    img = Image.new("L", (width * _SUPER, height * _SUPER), 0)
+    _draw_thing(ImageDraw.Draw(img), thing, 255, _Canvas(width * _SUPER, height * _SUPER))
+    return np.asarray(img.resize((width, height), Image.BOX)) > 127
 
 
-def render_depth(scene: Scene) -> np.ndarray:
-    """Depth map as MiDaS draws it: near bright, background far (black). RGB uint8 (64, 64, 3)."""
-    s = SIZE * _SUPER
-    img = Image.new("L", (s, s), 0)
+def render_depth(scene: Scene, width: int = SIZE, height: int = SIZE) -> np.ndarray:
+    """Depth map as MiDaS draws it: near bright, background far (black). RGB uint8 (height, width, 3)."""
+    img = Image.new("L", (width * _SUPER, height * _SUPER), 0)
     draw = ImageDraw.Draw(img)
     for thing in sorted(scene.things, key=lambda t: t.depth):
-        _draw_thing(draw, thing, int(40 + 215 * thing.depth), s)
-    return np.asarray(img.resize((SIZE, SIZE), Image.BOX).convert("RGB"))
+        _draw_thing(draw, thing, int(40 + 215 * thing.depth), _Canvas(width * _SUPER, height * _SUPER))
+    return np.asarray(img.resize((width, height), Image.BOX).convert("RGB"))
 
 
 def render_edges(image: np.ndarray, low: int = 100, high: int = 200) -> np.ndarray:
