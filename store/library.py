@@ -145,9 +145,9 @@ class Library:
 
     def search(self, text: str = "", model: str = "", lora: str = "", since: float | None = None,
                until: float | None = None, limit: int = 48, offset: int = 0,
-               conversation: str | None = None) -> tuple[list[Entry], int]:
+               conversation: str | list[str] | None = None) -> tuple[list[Entry], int]:
         """Newest first, one page: entries matching every word of `text` (prefixes too), the model and LoRA name
-        given, and the time range. Returns (page, total matches)."""
+        given, the time range and (when given) the conversation(s). Returns (page, total matches)."""
         if not self.enabled:
             return [], 0
         where, args = [], []
@@ -165,8 +165,9 @@ class Library:
             where.append("created < ?")
             args.append(until)
         if conversation is not None:
-            where.append("conversation = ?")
-            args.append(conversation)
+            ids = [conversation] if isinstance(conversation, str) else list(conversation)[:500]
+            where.append(f"conversation IN ({', '.join('?' * len(ids)) or 'NULL'})")
+            args += ids
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         with self._lock:
             total = self._db.execute(f"SELECT count(*) FROM images {clause}", args).fetchone()[0]

@@ -1,0 +1,132 @@
+"""Conversations that outlast the page: each image kept in the library as it is made, and the session stored per
+browser so that a reload or a server restart finds it again. No gradio, no torch.
+
+The browser holds only two random ids (`gr.BrowserState`): its own and its current conversation's. Everything
+else is on the server, in the library (store/library.py); another browser's id opens nothing. The chat shows
+copies of the kept images in the session's temporary folder (gradio serves only those), so the outputs folder is
+never exposed by path.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from engine.request import Request
+from store.library import Library, new_id
+from store.outputs import DiskError
+from ui.state import Session, Shot
+
+log = logging.getLogger(__name__)
+
+
+def keep(library: Library | None, session: Session, result, i: int, shown: Path, init_image=None) -> str | None:
+    """Keep image `i` of `result` in the library; remember which kept file the chat's copy `shown` stands for.
+    Returns a note for the user when the disk refused (the image stays in the chat either way)."""
+    if library is None or not library.enabled:
+        return None
+    try:
+        entry = library.keep(result, i, "chat", conversation=session.conversation, init_image=init_image)
+    except DiskError as e:
+        return str(e)
+    session.kept[str(shown)] = entry.path
+    return None
+
+
+def snapshot(session: Session) -> dict:
+    """The session as plain JSON, with the kept files' paths in place of the chat's temporary copies."""
+    def kept(path: str) -> str | None:
+        return session.kept.get(path)
+
+    history = []
+    for message in session.history:
+        content = message["content"]
+        if isinstance(content, dict) and "path" in content:
+            if kept(content["path"]) is None:
+                continue  # not kept (a preview, a dropped file): nothing to show after a reload
+            content = {**content, "path": kept(content["path"])}
+        elif not isinstance(content, str):
+            continue
+        history.append({"role": message["role"], "content": content})
+    shots = [{"number": s.number, "path": kept(s.path), "request": s.request.to_json(), "turn": s.turn.to_json(),
+              "model_name": s.model_name, "message": _message_of(session, s)} for s in session.shots if kept(s.path)]
+    return {"version": 1, "history": history, "shots": shots, "selected": session.selected}
+
+
+def _message_of(session: Session, shot: Shot) -> int:
+    """Where `shot` will stand in the stored history (messages that are not kept are left out of it)."""
+    position = -1
+    for n, message in enumerate(session.history):
+        content = message["content"]
+        if isinstance(content, str) or (isinstance(content, dict) and session.kept.get(content.get("path", ""))):
+            position += 1
+        if n == shot.message_index:
+            return position
+    return -1
+
+
+def restore(state: dict, session: Session) -> Session:
+    """Fill an empty `session` from a stored snapshot: kept images copied into its folder, paths rewritten."""
+    copies: dict[str, str] = {}
+
+    def copy(kept: str) -> str | None:
+        if kept not in copies:
+            source = Path(kept)
+            if not source.is_file():
+                return None  # deleted from the library since
+            target = session.workdir / f"studio-restored-{len(copies):04d}-{source.name}"
+            shutil.copyfile(source, target)
+            copies[kept] = str(target)
+            session.kept[str(target)] = kept
+        return copies[kept]
+
+    for message in state.get("history") or []:
+        content = message.get("content")
+        if isinstance(content, dict) and isinstance(content.get("path"), str):
+            shown = copy(content["path"])
+            content = {**content, "path": shown} if shown else "(this image was deleted from the library)"
+        if isinstance(content, (str, dict)):
+            session.history.append({"role": str(message.get("role", "assistant")), "content": content})
+    for shot in state.get("shots") or []:
+        shown = copy(shot["path"]) if isinstance(shot.get("path"), str) else None
+        if shown is None:
+            continue
+        try:
+            request, turn = Request.from_json(shot["request"]), Request.from_json(shot["turn"])
+        except Exception:  # a snapshot from another version: the image still shows in the chat
+            log.info("skipping a stored image whose settings no longer read", exc_info=True)
+            continue
+        session.shots.append(Shot(int(shot.get("number", len(session.shots) + 1)), shown, request, turn,
+                                  str(shot.get("model_name", "")), int(shot.get("message", -1))))
+    selected = state.get("selected")
+    session.selected = selected if isinstance(selected, int) and 0 <= selected < len(session.shots) else None
+    return session
+
+
+def title_of(session: Session) -> str:
+    """The conversation's name in the list: its first prompt."""
+    for message in session.history:
+        if message["role"] == "user" and isinstance(message["content"], str) and message["content"].strip():
+            return message["content"].strip().splitlines()[0][:80]
+    return "New chat"
+
+
+def persist(library: Library | None, session: Session) -> None:
+    """Store the session under its browser and conversation ids (nothing when either is unknown or not kept)."""
+    if library is None or not library.enabled or not session.browser or not session.history:
+        return
+    if not session.conversation:
+        session.conversation = new_id()
+    try:
+        library.save_conversation(session.browser, session.conversation, snapshot(session), title_of(session))
+    except Exception:  # the chat goes on; the next event tries again
+        log.exception("could not store conversation %s", session.conversation)
+
+
+def ids_of(saved) -> tuple[str, str]:
+    """(browser id, current conversation id) from the browser's stored value, made when missing or malformed."""
+    data = saved if isinstance(saved, dict) else {}
+    browser, conversation = data.get("browser"), data.get("conversation")
+    ok = lambda x: isinstance(x, str) and len(x) == 32 and x.isalnum()  # noqa: E731 (new_id's form only)
+    return (browser if ok(browser) else new_id()), (conversation if ok(conversation) else new_id())

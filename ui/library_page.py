@@ -1,0 +1,178 @@
+"""The Library tab: every kept image, newest first, a page of thumbnails at a time; search by prompt words, model
+and LoRA; open one with its settings and send it to the chat (then Reuse settings, Use as control or Refine act
+on it). Layout (`build_tab`) and plain handlers (`find`, `open_entry`, `send_to_chat`, `import_folder`).
+
+On a server that others use (`EngineConfig.local_paths` off) each browser sees only the images of its own
+conversations, and importing server folders is off. Thumbnails and opened images are copies in the session's
+temporary folder: the outputs folder is never served by path.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from engine.request import Request, UserError
+from store.library import Entry, Library
+from ui.state import Session, Shot
+
+log = logging.getLogger(__name__)
+
+PAGE = 48
+THUMB = 192
+
+
+@dataclass
+class LibraryTab:
+    text: gr.Textbox
+    model: gr.Textbox
+    lora: gr.Textbox
+    search: gr.Button
+    gallery: gr.Gallery
+    page_md: gr.Markdown
+    prev: gr.Button
+    next: gr.Button
+    page: gr.State  # the page number shown
+    ids: gr.State  # the entry ids of the gallery, in order
+    details: gr.Markdown
+    send: gr.Button
+    reuse: gr.Button
+    folder: gr.Textbox | None
+    import_button: gr.Button | None
+
+
+def build_tab(can_import: bool) -> LibraryTab:
+    """The tab's components (call inside a gr.Tab)."""
+    with gr.Row(equal_height=True):
+        text = gr.Textbox(label="Search prompts", placeholder="words of the prompt, e.g. lighthouse dusk", scale=4,
+                          elem_id="library-search")
+        model = gr.Textbox(label="Model", placeholder="part of its name", scale=2)
+        lora = gr.Textbox(label="LoRA", placeholder="name", scale=1)
+        search = gr.Button("Search", variant="primary", scale=1, elem_id="library-go")
+    gallery = gr.Gallery(label="Kept images (newest first): click one to open it", columns=8, height=420,
+                         object_fit="contain", allow_preview=False, elem_id="library-gallery")
+    with gr.Row(equal_height=True):
+        prev = gr.Button("← Newer", size="sm")
+        page_md = gr.Markdown("", elem_id="library-page")
+        next_ = gr.Button("Older →", size="sm")
+    details = gr.Markdown("Open an image to see its settings.", elem_id="library-details")
+    with gr.Row():
+        send = gr.Button("Send to chat (select it there)", size="sm", elem_id="library-send")
+        reuse = gr.Button("Reuse its settings", size="sm", elem_id="library-reuse")
+    folder = import_button = None
+    if can_import:
+        with gr.Accordion("Import a folder of PNGs (AUTOMATIC1111, SD.Next, Fooocus, ComfyUI)", open=False):
+            with gr.Row(equal_height=True):
+                folder = gr.Textbox(label="Folder on this machine", placeholder="~/stable-diffusion-webui/outputs",
+                                    scale=4)
+                import_button = gr.Button("Import", scale=1)
+    return LibraryTab(text, model, lora, search, gallery, page_md, prev, next_, gr.State(0), gr.State([]), details,
+                      send, reuse, folder, import_button)
+
+
+# ------------------------------------------------------------------------------------------------ handlers
+
+def find(library: Library | None, session: Session, text: str, model: str, lora: str, page: int,
+         own_only: bool) -> tuple[list[tuple[str, str]], list[int], str, int]:
+    """One page of matches: (thumbnails with captions, their entry ids, the page line, the page shown)."""
+    if library is None or not library.enabled:
+        return [], [], "Nothing is kept on this server (started with `--outputs none`).", 0
+    mine = None
+    if own_only:
+        mine = [c[0] for c in library.conversations(session.browser, limit=500)] if session.browser else []
+    page = max(0, int(page or 0))
+    entries, total = library.search(text or "", model=model or "", lora=lora or "", limit=PAGE,
+                                    offset=page * PAGE, conversation=mine)
+    if total and not entries and page:  # past the end (the library shrank): the last page
+        page = (total - 1) // PAGE
+        entries, total = library.search(text or "", model=model or "", lora=lora or "", limit=PAGE,
+                                        offset=page * PAGE, conversation=mine)
+    items = [(thumb, f"{e.when} · seed {e.seed}") for e in entries if (thumb := thumbnail(e, session))]
+    ids = [e.id for e in entries if thumbnail(e, session)]
+    if not total:
+        line = "No kept image matches." if (text or model or lora) else "No kept images yet: make some in the chat."
+    else:
+        line = f"{page * PAGE + 1}-{page * PAGE + len(entries)} of {total}"
+    return items, ids, line, page
+
+
+def thumbnail(entry: Entry, session: Session) -> str | None:
+    """A small copy of the entry's image in the session folder (made once), or None if its file is gone."""
+    target = session.workdir / "thumbs" / f"{entry.id}.png"
+    if target.is_file():
+        return str(target)
+    try:
+        from PIL import Image
+
+        with Image.open(entry.path) as image:
+            if image.width * image.height > 64 * 2**20:
+                return None
+            image.thumbnail((THUMB, THUMB))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            image.convert("RGB").save(target, format="PNG")
+    except (OSError, ValueError):
+        return None
+    return str(target)
+
+
+def open_entry(library: Library | None, ids: list[int], index: int) -> tuple[Entry | None, str]:
+    """The entry clicked in the gallery and its settings as Markdown."""
+    if library is None or not ids or not 0 <= index < len(ids):
+        return None, "Open an image to see its settings."
+    entry = library.get(ids[index])
+    if entry is None:
+        return None, "This image is no longer in the library."
+    s = entry.settings
+    rows = [("Prompt", entry.prompt), ("Negative", entry.negative), ("Model", entry.model),
+            ("Size", f"{entry.width}x{entry.height}" if entry.width else ""), ("Seed", entry.seed),
+            ("Steps", s.get("steps")), ("Guidance", s.get("guidance")), ("Scheduler", s.get("scheduler")),
+            ("LoRAs", entry.loras), ("Made", f"{entry.when} ({entry.source})"), ("File", entry.path)]
+    table = "\n".join(f"| {k} | {html.escape(str(v))} |" for k, v in rows if v not in (None, ""))
+    return entry, f"| setting | value |\n|---|---|\n{table}"
+
+
+def send_to_chat(library: Library | None, session: Session, entry_id: int | None) -> Shot | None:
+    """Add a kept image to the chat as a selected image, so the chat's actions work on it."""
+    if library is None or entry_id is None:
+        return None
+    entry = library.get(entry_id)
+    if entry is None or not Path(entry.path).is_file():
+        session.say("assistant", "That image is no longer in the library.")
+        return None
+    try:
+        request = Request.from_json({**_request_fields(entry.settings), "prompt": entry.prompt or " "})
+    except (UserError, TypeError, ValueError):
+        request = Request(prompt=entry.prompt or " ", seed=entry.seed, width=entry.width, height=entry.height)
+    number = len(session.shots) + 1
+    shown = session.workdir / f"studio-library-{number:04d}-{Path(entry.path).name}"
+    shown.write_bytes(Path(entry.path).read_bytes())
+    session.kept[str(shown)] = entry.path
+    index = session.say("assistant", {"path": str(shown), "alt_text": f"#{number} (from the library): {entry.prompt}"})
+    shot = Shot(number, str(shown), request, request, entry.model, index)
+    session.shots.append(shot)
+    session.selected = len(session.shots) - 1
+    session.say("assistant", f"📚 #{number} is from the library ({entry.when}). It is selected: **Reuse settings**, "
+                             "**Use as control**, **Vary** or **Refine** act on it.")
+    return shot
+
+
+def _request_fields(settings: dict) -> dict:
+    known = set(Request.__dataclass_fields__)
+    return {k: v for k, v in settings.items() if k in known}
+
+
+def import_folder(library: Library | None, folder: str) -> str:
+    if library is None or not library.enabled:
+        return "Nothing is kept on this server (`--outputs none`)."
+    if not (folder or "").strip():
+        return "Type the folder to import, e.g. ~/stable-diffusion-webui/outputs."
+    try:
+        added, unreadable = library.import_folder(Path(folder.strip()))
+    except UserError as e:
+        return f"⚠️ {e}"
+    note = f" ({unreadable} without readable settings: searchable by date only)" if unreadable else ""
+    return f"Imported {added} image(s) from {folder.strip()}{note}."
