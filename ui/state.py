@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.request import ControlUnit, LoraSpec, Request
+from engine.request import ControlUnit, LoraSpec, Request, clean_text
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +105,21 @@ class Session:
     shots: list[Shot] = field(default_factory=list)
     selected: int | None = None  # index into shots; None = the latest
     cancel: threading.Event = field(default_factory=threading.Event)
+    browser: str = ""  # this browser's random id (ui/history.py), "" until the page has loaded
+    conversation: str = ""  # the id this chat is stored under in the library
+    kept: dict[str, str] = field(default_factory=dict)  # the chat's copy of an image -> its kept file
 
     @classmethod
     def new(cls) -> Session:
         return cls(workdir=Path(tempfile.mkdtemp(prefix="studio-session-")))
 
     def say(self, role: str, content) -> int:
-        """Append a chat message and return its index."""
+        """Append a chat message and return its index. Text is cleaned (a lone surrogate would break the
+        serialisation of the whole history, so every later reply of this session)."""
+        if isinstance(content, str):
+            content = clean_text(content)
+        elif isinstance(content, dict) and isinstance(content.get("alt_text"), str):
+            content = {**content, "alt_text": clean_text(content["alt_text"])}
         self.history.append({"role": role, "content": content})
         return len(self.history) - 1
 
