@@ -57,6 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--count", type=int, default=1)
     gen.add_argument("--init", default=None, help="image-to-image from this image")
     gen.add_argument("--strength", type=float, default=0.6)
+    gen.add_argument("--mask", default=None, help="inpaint: white = repaint, black = keep (the --init image's size)")
+    gen.add_argument("--mask-blur", type=int, default=4, help="feather the mask's edge (pixels)")
+    gen.add_argument("--masked-only", type=int, default=None, metavar="PADDING",
+                     help="repaint only a crop around the mask (with this margin) at the model's full size")
+    gen.add_argument("--outpaint", default=None, metavar="SIDES",
+                     help="extend --init: left=64,top=32,right=..,bottom=..")
+    gen.add_argument("--zoom-out", type=float, default=None, help="extend --init on every side: 1.5 = 1.5x larger")
+    gen.add_argument("--pan", choices=("left", "right", "up", "down"), default=None,
+                     help="extend --init by half its size on one side")
+    gen.add_argument("--upscale", type=float, default=None,
+                     help="F times larger: --init that image, else the generated one (hires fix)")
+    gen.add_argument("--hires-strength", type=float, default=0.35, help="the upscale's refining pass (0: resize)")
     gen.add_argument("--control", action="append", default=[],
                      help="KIND=IMAGE[,pre=NAME][,scale=S][,start=A][,end=B] (repeatable)")
     gen.add_argument("--lora", action="append", default=[], help="NAME=WEIGHT (repeatable)")

@@ -51,6 +51,38 @@ def parse_control(text: str) -> ControlUnit:
     return unit
 
 
+def outpaint_borders(args) -> tuple[int, int, int, int] | None:
+    """--outpaint left=64,top=32 / --zoom-out 1.5 / --pan left as (left, top, right, bottom) pixels."""
+    given = [x for x in ("outpaint", "zoom_out", "pan") if getattr(args, x) is not None]
+    if len(given) > 1:
+        flags = ", ".join("--" + x.replace("_", "-") for x in given)
+        raise UserError(f"Give one of --outpaint, --zoom-out and --pan (got {flags}).")
+    if not given:
+        return None
+    if args.outpaint is not None:
+        sides = {"left": 0, "top": 0, "right": 0, "bottom": 0}
+        for part in args.outpaint.split(","):
+            key, _, value = part.partition("=")
+            if key.strip() not in sides or not value.strip().isdigit():
+                raise UserError(f"--outpaint {args.outpaint!r}: write sides as left=64,top=32 (pixels; sides are "
+                                "left, top, right, bottom).")
+            sides[key.strip()] = int(value)
+        return tuple(sides.values())
+    if not args.init:
+        raise UserError("--zoom-out and --pan extend an image: give it with --init IMG.")
+    from engine.images.loading import open_image
+
+    w, h = open_image(args.init, "The init image").size
+    if args.zoom_out is not None:
+        if not 1.0 < args.zoom_out <= 4.0:
+            raise UserError(f"--zoom-out {args.zoom_out:g}: use a factor above 1 and at most 4, e.g. 1.5.")
+        dx, dy = round(w * (args.zoom_out - 1) / 2 / 8) * 8, round(h * (args.zoom_out - 1) / 2 / 8) * 8
+        return (dx, dy, dx, dy)
+    half_w, half_h = round(w / 2 / 8) * 8, round(h / 2 / 8) * 8
+    return {"left": (half_w, 0, 0, 0), "right": (0, 0, half_w, 0), "up": (0, half_h, 0, 0),
+            "down": (0, 0, 0, half_h)}[args.pan]
+
+
 def parse_lora(text: str) -> LoraSpec:
     name, sep, weight = text.rpartition("=")
     if not sep:
@@ -65,12 +97,16 @@ def cmd_generate(args, config) -> int:
     library = library_for(args)
     if bool(args.prompt) == bool(args.prompt_file):
         raise UserError("Give either --prompt \"...\" or --prompt-file FILE (one prompt per line).")
+    if args.init and not Path(args.init).is_file():
+        raise UserError(f"--init {args.init}: no such file.")
+    if args.mask and not Path(args.mask).is_file():
+        raise UserError(f"--mask {args.mask}: no such file.")
     base = Request(prompt=args.prompt or "", negative=args.negative, model=args.model, steps=args.steps,
                    guidance=args.guidance, seed=args.seed, width=args.width, height=args.height,
                    scheduler=args.scheduler, count=args.count, init_image=args.init, strength=args.strength,
-                   controls=[parse_control(c) for c in args.control], loras=[parse_lora(x) for x in args.lora])
-    if args.init and not Path(args.init).is_file():
-        raise UserError(f"--init {args.init}: no such file.")
+                   controls=[parse_control(c) for c in args.control], loras=[parse_lora(x) for x in args.lora],
+                   mask=args.mask, mask_blur=args.mask_blur, inpaint_padding=args.masked_only,
+                   outpaint=outpaint_borders(args), upscale=args.upscale, hires_strength=args.hires_strength)
     jobs: list[tuple[Request, Path]] = []
     if args.prompt_file:
         pf = Path(args.prompt_file)

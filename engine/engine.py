@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from . import edit
 from .config import EngineConfig
 from .request import Request, UserError, check_request, defaults_for
 from .sources import loading
@@ -55,10 +56,19 @@ class Result:
     def settings_line(self) -> str:
         r = self.request
         seeds = str(self.seeds[0]) if len(self.seeds) == 1 else f"{self.seeds[0]}..{self.seeds[-1]}"
-        parts = [Path(self.model_name).name or self.model_name, f"{r.width}x{r.height}", f"{r.steps} steps",
-                 f"cfg {r.guidance:g}", f"seed {seeds}", r.scheduler]
-        if r.init_image is not None:
+        size = f"{self.images[0].width}x{self.images[0].height}" if self.images else f"{r.width}x{r.height}"
+        parts = [Path(self.model_name).name or self.model_name, size, f"{r.steps} steps", f"cfg {r.guidance:g}",
+                 f"seed {seeds}", r.scheduler]
+        if r.outpaint:
+            parts.append("outpaint " + " ".join(f"{k}={v}" for k, v in zip(("left", "top", "right", "bottom"),
+                                                                        r.outpaint) if v))
+        elif r.mask is not None:
+            parts.append(f"inpaint strength {r.strength:g}" + ("" if r.inpaint_padding is None else
+                                                                ", masked area only"))
+        elif r.init_image is not None and not r.upscale:
             parts.append(f"strength {r.strength:g}")
+        if r.upscale:
+            parts.append(f"upscaled {r.upscale:g}x from {r.width}x{r.height}, hires strength {r.hires_strength:g}")
         parts += [f"<lora:{x.name}:{x.weight:g}>" for x in r.loras]
         if self.triggers:
             parts.append("+ " + ", ".join(self.triggers))
@@ -176,7 +186,8 @@ class Engine:
         # 1. which model, and every check of the request (before any slow load)
         source = self.resolve(request.model)
         family, name = source.family, source.name
-        req = check_request(request, family, source.variant)
+        req = check_request(_edit_size(request, family, source.variant), family, source.variant)
+        kind = edit.edit_kind(req)
         # 2. the model itself, from the cache when it was used before
         loaded = self.load(source)
         if req.seed is None:
@@ -186,15 +197,22 @@ class Engine:
             notes.append(f"{name} is larger than the free GPU memory: model CPU offload is on (slower). Start with "
                          "--offload off to force it onto the GPU.")
         # 3. pipeline variant, scheduler
-        init = None
+        init = plan = None
         if req.init_image is not None:
             from .images.loading import fit_to, load_image
 
-            init = fit_to(load_image(req.init_image, "The init image"), req.width, req.height)
+            init = load_image(req.init_image, "The init image")
+            if kind != "outpaint":
+                init = fit_to(init, req.width, req.height)
         control = None
         # a unit at scale 0 changes nothing: skip it (Flux would otherwise draw different noise for it)
         active = dataclasses.replace(req, controls=[u for u in req.controls if u.scale > 0])
-        if active.controls:
+        if kind in ("inpaint", "outpaint"):
+            plan = edit.inpaint_plan(loaded, req, init)
+            pipe = plan.pipe
+        elif kind == "upscale" and init is not None:
+            pipe = loaded.variant("img2img")  # the hires pass below is the whole job
+        elif active.controls:
             control = self._control_manager().prepare(loaded, active, self._plugin_manager().manifests())
             kind = "control_img2img" if init is not None else "control"
             pipe = loaded.variant(kind, controlnet=control.model)
@@ -223,17 +241,28 @@ class Engine:
             notes.append(f"The built-in model learned {native}x{native} images only: at {req.width}x{req.height} "
                          f"objects may split, repeat or stretch. Use {native}x{native} (aspect 1:1) for its best "
                          "images.")
-        if init is not None:
+        if plan is not None:
+            kwargs.update(plan.kwargs)
+        elif init is not None and not (source.variant == "kontext"):
             kwargs["image"] = init
             kwargs["strength"] = req.strength
-            kwargs.pop("width"), kwargs.pop("height")
+            if "height" not in edit.parameters(pipe):  # SD's image-to-image takes the image's size
+                kwargs.pop("width"), kwargs.pop("height")
+        elif init is not None:  # an editing model: the image and the instruction as they are
+            kwargs["image"] = init
         if control is not None:
             kwargs.update(control.kwargs(init is not None))
-        kwargs["output_type"] = "np"  # floats: non-finite pixels can be seen before they turn into black
-        out = pipe(**kwargs)
-        if cancel is not None and cancel.is_set():
-            raise Cancelled()
-        images, broken = _to_pil(pipe, out.images)
+        kwargs.setdefault("output_type", "np")  # floats: non-finite pixels are seen before they turn black
+        broken = 0
+        if kind == "upscale" and init is not None:
+            images = [init] * req.count
+        else:
+            images, broken = self._sample(pipe, kwargs, cancel)
+        if plan is not None:
+            images = plan.finish(images)
+        if req.upscale:
+            images, more = self._hires(loaded, req, images, kwargs, cancel)
+            broken = max(broken, more)
         if broken:
             notes.append(_broken_note(broken, len(images), req, self.dtype))
         # 6. metadata
@@ -241,6 +270,12 @@ class Engine:
 
         seeds = [req.seed + i for i in range(req.count)]
         extra = dict(loras.infotext) if loras else {}
+        extra.update(plan.infotext if plan is not None else {})
+        if req.upscale:
+            extra.update({"Hires upscale": f"{req.upscale:g}", "Hires upscaler": "Lanczos",
+                          "Hires denoising strength": req.hires_strength})
+            if init is not None:
+                extra["Init image hash"] = edit.digest(init)
         if control is not None:
             extra.update(control.infotext())
         if str(self.dtype) != "torch.float32":  # half precision changes pixels a little: say so
@@ -254,6 +289,38 @@ class Engine:
         return Result(images, seeds, req, name, family, infotexts,
                       control.maps if control is not None else [], seconds, notes,
                       triggers=loras.triggers if loras else [], extra=extra)
+
+    def _sample(self, pipe, kwargs: dict, cancel: threading.Event | None) -> tuple[list, int]:
+        """The pipeline's images as PIL, and how many held NaN/inf; Cancelled if the user stopped it."""
+        out = pipe(**kwargs)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        if kwargs.get("output_type") == "pil":  # diffusers' masked-area-only crop pastes back in PIL only
+            return list(out.images), 0
+        return _to_pil(pipe, out.images)
+
+    def _hires(self, loaded, req: Request, images: list, kwargs: dict,
+               cancel: threading.Event | None) -> tuple[list, int]:
+        """A1111's hires fix: each image resized `req.upscale` times (Lanczos), then refined by image-to-image."""
+        d = defaults_for(loaded.source.family, loaded.source.variant)
+        width, height = edit.upscaled_size(req, d.multiple, d.max_size)
+        big = [edit.hires_input(image, width, height) for image in images]
+        if req.hires_strength == 0:
+            return big, 0
+        pipe = loaded.variant("img2img")
+        pipe.scheduler = loaded.scheduler(req.scheduler)
+        steps = max(req.steps, int(1 / req.hires_strength) + 1)  # at least one denoising step
+        if getattr(pipe, "vae", None) is not None:
+            (pipe.vae.enable_tiling if width * height > 1536 * 1536 else pipe.vae.disable_tiling)()
+        args = {k: v for k, v in kwargs.items() if k in ("guidance_scale", "generator", "callback_on_step_end",
+                                                       "output_type")}
+        for key in ("prompt", "negative_prompt"):  # one prompt per image: the batch is the images
+            if kwargs.get(key) is not None:
+                args[key] = [kwargs[key]] * len(big)
+        if "height" in edit.parameters(pipe):  # Flux's image-to-image resizes to these (its default: 1024)
+            args.update(width=width, height=height)
+        return self._sample(pipe, {**args, "image": big, "strength": req.hires_strength, "num_inference_steps": steps,
+                                   "num_images_per_prompt": 1}, cancel)
 
     def _callback(self, req: Request, progress: Progress | None, cancel: threading.Event | None):
         def on_step_end(pipe, step, timestep, callback_kwargs):
@@ -299,6 +366,18 @@ class Engine:
         d = defaults_for(source.family, source.variant)
         return {"family": source.family, "steps": d.steps, "guidance": d.guidance, "width": d.size,
                 "height": d.size, "scheduler": d.scheduler}
+
+
+def _edit_size(req: Request, family: str, variant: str) -> Request:
+    """An edit of an image works at that image's size (grown by outpaint borders) unless a size is given."""
+    if req.init_image is None or edit.edit_kind(req) is None or (req.width and req.height):
+        return req
+    from .images.loading import open_image
+
+    d = defaults_for(family, variant)
+    image = open_image(req.init_image, "The init image")  # the header only
+    width, height = edit.size_from_init(req, image.size, d.multiple, d.max_size)
+    return dataclasses.replace(req, width=req.width or width, height=req.height or height)
 
 
 def _to_pil(pipe, array) -> tuple[list, int]:

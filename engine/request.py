@@ -106,11 +106,18 @@ class Request:
     strength: float = 0.6
     controls: list[ControlUnit] = field(default_factory=list)
     loras: list[LoraSpec] = field(default_factory=list)
+    # edits of the init image (engine/edit.py)
+    mask: Any = None  # inpaint: a path or PIL image, white = repaint, black = keep; the init image's size
+    mask_blur: int = 4  # feather the mask's edge by this many pixels
+    inpaint_padding: int | None = None  # "masked area only": repaint a crop around the mask with this margin
+    outpaint: tuple[int, int, int, int] | None = None  # extend the image by (left, top, right, bottom) pixels
+    upscale: float | None = None  # this many times larger: resize, then an image-to-image pass (hires fix)
+    hires_strength: float = 0.35  # that pass's strength (0: the resize alone)
 
     def to_json(self) -> dict:
         """The settings as plain JSON (images are not included; the PNG itself is the result)."""
         data = dataclasses.asdict(self)
-        data["init_image"] = None
+        data["init_image"] = data["mask"] = None
         for unit in data["controls"]:
             unit["image"] = None
         return data
@@ -124,6 +131,8 @@ class Request:
         data = dict(data)
         data["controls"] = [ControlUnit(**u) for u in data.get("controls") or []]
         data["loras"] = [LoraSpec(**x) for x in data.get("loras") or []]
+        if isinstance(data.get("outpaint"), list):
+            data["outpaint"] = tuple(data["outpaint"])
         return cls(**data)
 
 
@@ -205,6 +214,7 @@ def check_request(req: Request, family: str, variant: str = "") -> Request:
             need = int(1 / strength) + 1
             raise UserError(f"At strength {strength:g}, {steps} steps leave no denoising step to run (image-to-image "
                             f"runs steps x strength of them). Use at least {need} steps, or a higher strength.")
+    edits = _check_edits(req, d)
     if len(req.controls) > MAX_CONTROLS:
         raise UserError(f"{len(req.controls)} control units given; use at most {MAX_CONTROLS}.")
     controls = [check_control(unit, i) for i, unit in enumerate(req.controls, 1)]
@@ -213,9 +223,44 @@ def check_request(req: Request, family: str, variant: str = "") -> Request:
     if twice:
         raise UserError(f"LoRA {twice[0]!r} is asked for twice; give each LoRA once with its weight.")
     loras = [_lora(lora) for lora in req.loras]
-    return dataclasses.replace(req, prompt=prompt, negative=negative, steps=steps,
+    if req.controls and (req.mask is not None or req.outpaint):
+        raise UserError("ControlNet units do not combine with inpainting or outpainting here yet. Turn the units "
+                        "off for this edit, or use them on a plain image-to-image refine.")
+    return dataclasses.replace(req, **edits, prompt=prompt, negative=negative, steps=steps,
                                guidance=guidance, count=count, seed=seed, scheduler=scheduler, strength=strength,
                                controls=controls, loras=loras, **size)
+
+
+def _check_edits(req: Request, d: FamilyDefaults) -> dict:
+    """The edit fields of `req` checked: a mask or borders need the image they edit, one edit at a time."""
+    out: dict = {}
+    if req.mask is not None and req.init_image is None:
+        raise UserError("A mask needs the image it masks: give the image with --init IMG (or select one in the "
+                        "chat) and the mask with --mask MASK.png (white = repaint).")
+    if req.outpaint:
+        if req.init_image is None:
+            raise UserError("Outpainting extends an image: give it with --init IMG (or select one in the chat).")
+        if req.mask is not None:
+            raise UserError("Give either a mask (inpaint) or borders to add (outpaint), not both in one edit.")
+        if not isinstance(req.outpaint, (tuple, list)) or len(req.outpaint) != 4:
+            raise UserError("Outpaint borders are four numbers: left, top, right, bottom pixels.")
+        borders = tuple(_number(f"outpaint {side}", v, int, 0, d.max_size, f"Use 0 to {d.max_size} pixels.")
+                        for side, v in zip(("left", "top", "right", "bottom"), req.outpaint))
+        if not any(borders):
+            raise UserError("Outpaint adds nothing: give at least one border, e.g. --outpaint left=64.")
+        out["outpaint"] = borders
+    out["mask_blur"] = _number("mask blur", req.mask_blur, int, 0, 64, "Use 0 to 64 pixels.")
+    if req.inpaint_padding is not None:
+        out["inpaint_padding"] = _number("inpaint padding", req.inpaint_padding, int, 0, 512, "Use 0 to 512 pixels.")
+    if req.upscale is not None:
+        out["upscale"] = _number("upscale", req.upscale, float, 1.0, 4.0, "Use a factor from 1 to 4, e.g. 2.")
+        if out["upscale"] <= 1.0:
+            raise UserError("upscale = 1 changes nothing: use a factor above 1, e.g. --upscale 2.")
+        if req.mask is not None or req.outpaint:
+            raise UserError("Upscale the image after the inpaint or outpaint, in its own step (one edit at a time).")
+    out["hires_strength"] = _number("hires strength", req.hires_strength, float, 0.0, 1.0,
+                                    "Use 0 (resize only) to 1; 0.3-0.5 adds detail and keeps the picture.")
+    return out
 
 
 def _lora(lora: LoraSpec) -> LoraSpec:

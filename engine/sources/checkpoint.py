@@ -106,7 +106,16 @@ def flux_variant_of_keys(keys: dict[str, list[int]]) -> str:
 
 
 def flux_variant_of_folder(folder: Path) -> str:
-    """schnell or dev, from the transformer's config (`guidance_embeds`); dev when the config cannot tell."""
+    """fill or kontext (from the pipeline class), else schnell or dev from the transformer's config
+    (`guidance_embeds`); dev when the config cannot tell."""
+    try:
+        cls = json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
+    except (OSError, ValueError, AttributeError):
+        cls = ""
+    if "Fill" in cls:
+        return "fill"
+    if "Kontext" in cls:
+        return "kontext"
     try:
         config = json.loads((folder / "transformer" / "config.json").read_text())
     except (OSError, ValueError):

@@ -17,16 +17,36 @@ from .resolve import Source
 
 log = logging.getLogger(__name__)
 
-# family -> (text-to-image, image-to-image, ControlNet, ControlNet image-to-image) pipeline classes
+_SD = {"txt2img": "StableDiffusionPipeline", "img2img": "StableDiffusionImg2ImgPipeline",
+       "control": "StableDiffusionControlNetPipeline", "control_img2img": "StableDiffusionControlNetImg2ImgPipeline",
+       "inpaint": "StableDiffusionInpaintPipeline"}
+# family -> what each kind of generation runs; the variants share the loaded weights (`from_pipe`)
 PIPELINE_CLASSES = {
-    "builtin": ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionControlNetPipeline",
-                "StableDiffusionControlNetImg2ImgPipeline"),
-    "sd15": ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionControlNetPipeline",
-             "StableDiffusionControlNetImg2ImgPipeline"),
-    "sdxl": ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLControlNetPipeline",
-             "StableDiffusionXLControlNetImg2ImgPipeline"),
-    "flux": ("FluxPipeline", "FluxImg2ImgPipeline", "FluxControlNetPipeline", "FluxControlNetImg2ImgPipeline"),
+    "builtin": _SD,
+    "sd15": _SD,
+    "sdxl": {"txt2img": "StableDiffusionXLPipeline", "img2img": "StableDiffusionXLImg2ImgPipeline",
+             "control": "StableDiffusionXLControlNetPipeline",
+             "control_img2img": "StableDiffusionXLControlNetImg2ImgPipeline",
+             "inpaint": "StableDiffusionXLInpaintPipeline"},
+    "flux": {"txt2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "control": "FluxControlNetPipeline",
+             "control_img2img": "FluxControlNetImg2ImgPipeline", "inpaint": "FluxInpaintPipeline"},
 }
+# Flux models made for one job: their own pipeline class serves that job (and text-to-image where it can)
+VARIANT_CLASSES = {"fill": {"txt2img": "FluxFillPipeline", "inpaint": "FluxFillPipeline"},
+                   "kontext": {"txt2img": "FluxKontextPipeline", "img2img": "FluxKontextPipeline",
+                               "inpaint": "FluxKontextInpaintPipeline"}}
+
+
+def pipeline_class(source: Source, kind: str) -> str:
+    """The diffusers class that runs `kind` (txt2img, img2img, control, control_img2img, inpaint) for `source`."""
+    special = VARIANT_CLASSES.get(source.variant, {})
+    if kind in special:
+        return special[kind]
+    if special:
+        raise UserError(f"{source.name} is a Flux {source.variant.title()} model, made for "
+                        f"{'inpainting and outpainting' if source.variant == 'fill' else 'editing an image'}; it "
+                        f"cannot run {kind.replace('_', ' + ')}. Use an ordinary Flux model for that.")
+    return PIPELINE_CLASSES[source.family][kind]
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -67,7 +87,7 @@ def load_pipeline(source: Source, device: str, dtype, hub: Hub | None = None):
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     hub = hub or Hub()
-    cls = getattr(diffusers, PIPELINE_CLASSES[source.family][0])
+    cls = getattr(diffusers, pipeline_class(source, "txt2img"))
     t0 = time.perf_counter()
     try:
         if source.kind == "file":
@@ -124,12 +144,11 @@ class LoadedModel:
         return self.schedulers[name]
 
     def variant(self, kind: str, controlnet=None):
-        """The image-to-image or ControlNet pipeline for this model, sharing the loaded components."""
+        """The image-to-image, inpaint or ControlNet pipeline for this model, sharing the loaded components."""
         import diffusers
 
-        t2i, i2i, cn, cn_i2i = PIPELINE_CLASSES[self.source.family]
-        name = {"txt2img": t2i, "img2img": i2i, "control": cn, "control_img2img": cn_i2i}[kind]
-        if kind == "txt2img":
+        name = pipeline_class(self.source, kind)
+        if kind == "txt2img" or name == type(self.pipe).__name__:
             return self.pipe
         if controlnet is None:
             key = (kind,)
