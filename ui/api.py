@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import gradio as gr
 
@@ -25,13 +27,26 @@ log = logging.getLogger(__name__)
 API_FILES_TTL_S = 3600
 
 
-def generate(studio: Studio, folder: Path, prompt: str, negative: str = "", model: str = "", steps: int = 0,
-             guidance: float = -1, seed: int = -1, width: int = 0, height: int = 0, count: int = 1,
-             scheduler: str = "default") -> list[str]:
-    """The endpoint's work: PNG paths (with metadata) in `folder`; files older than an hour are removed."""
+def generate(studio: Studio, folder: Path, prompt: str, *args, **kwargs) -> list[str]:
+    """The endpoint's work in one call (scripts, tests): PNG paths with metadata in `folder`."""
+    work = generate_steps(studio, folder, prompt, *args, **kwargs)
+    while True:
+        try:
+            next(work)
+        except StopIteration as done:
+            return done.value
+
+
+def generate_steps(studio: Studio, folder: Path, prompt: str, negative: str = "", model: str = "", steps: int = 0,
+                   guidance: float = -1, seed: int = -1, width: int = 0, height: int = 0, count: int = 1,
+                   scheduler: str = "default", cancel: threading.Event | None = None) -> Iterator[None]:
+    """The endpoint's work, as a generator that yields while it waits or samples and returns the PNG paths
+    (with metadata) in `folder`. Closing it (the client cancelled or went away) stops the engine within a step
+    and writes nothing. Files older than an hour are removed."""
     settings = Settings(model=(model or "").strip() or studio.default_model, negative=negative or "", steps=steps,
                         guidance=guidance, seed=seed, width=width, height=height, scheduler=scheduler, count=count)
-    result = runner.generate(studio, settings.request(prompt or ""))
+    request = settings.request(prompt or "")
+    result = yield from runner.stream(studio, request, cancel or threading.Event(), previews=False)
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("studio-*.png"):  # gradio has served (copied) them long since
         if time.time() - old.stat().st_mtime > API_FILES_TTL_S:
@@ -44,8 +59,9 @@ def generate(studio: Studio, folder: Path, prompt: str, negative: str = "", mode
     return paths
 
 
-def wire_api(studio: Studio) -> None:
-    """Add the hidden inputs, output and the `/generate` event (call inside the gr.Blocks context)."""
+def wire_api(studio: Studio) -> Path:
+    """Add the hidden inputs, output and the `/generate` event (call inside the gr.Blocks context); returns the
+    folder the endpoint writes its PNGs to."""
     folder = Path(tempfile.mkdtemp(prefix="studio-api-"))
     with gr.Column(visible=False):
         inputs = [gr.Textbox(label="prompt"), gr.Textbox(label="negative"), gr.Textbox(label="model"),
@@ -56,14 +72,25 @@ def wire_api(studio: Studio) -> None:
         output = gr.File(file_count="multiple", label="images")
 
     def endpoint(prompt, negative, model, steps, guidance, seed, width, height, count, scheduler):
+        # a generator, so that gradio's cancel (job.cancel()) and a lost client close it: a plain function
+        # would run on in its thread after the event was cancelled
+        work = generate_steps(studio, folder, prompt, negative, model, steps, guidance, seed, width, height, count,
+                              scheduler)
         try:
-            return generate(studio, folder, prompt, negative, model, steps, guidance, seed, width, height, count,
-                            scheduler)
+            while True:
+                try:
+                    next(work)
+                except StopIteration as done:
+                    yield done.value
+                    return
+                yield gr.skip()
         except UserError as e:
             raise gr.Error(str(e)) from None
         except Exception as e:
             log.exception("API generate failed")
             raise gr.Error(f"Generation failed inside the app ({type(e).__name__}); see the server log.") from None
+        finally:
+            work.close()
 
-    gr.Button(visible=False).click(endpoint, inputs, output, api_name="generate",
-                                   concurrency_id=runner.ENGINE_GROUP, concurrency_limit=1)
+    gr.Button(visible=False).click(endpoint, inputs, output, api_name="generate", concurrency_limit=None)
+    return folder

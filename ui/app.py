@@ -15,7 +15,7 @@ import gradio as gr
 
 from engine.request import UserError
 from ui import api, handlers, runner
-from ui.layout import TITLE, Page, build_page
+from ui.layout import SESSION_TTL_S, TITLE, Page, build_page
 from ui.panel_events import show_view, wire_panel
 from ui.panel_handlers import model_view
 from ui.runner import Update
@@ -25,9 +25,13 @@ from ui.studio import ModelStatus, Studio, builtin_defaults, model_choices, pane
 log = logging.getLogger(__name__)
 
 
-def build(engine, default_model: str = "builtin", *, gpu=None, status: ModelStatus | None = None) -> gr.Blocks:
-    """The page for `engine`; users may name server paths as models when `engine.config.local_paths`."""
-    studio = Studio(engine, default_model, gpu)
+def build(engine, default_model: str = "builtin", *, gpu=None, status: ModelStatus | None = None,
+          max_queue: int = 16, session_ttl: float = SESSION_TTL_S) -> gr.Blocks:
+    """The page for `engine`; users may name server paths as models when `engine.config.local_paths`.
+
+    At most `max_queue` generations wait for the engine (later ones are told the server is busy); a session
+    idle for `session_ttl` seconds is closed and its files deleted."""
+    studio = Studio(engine, default_model, gpu, runner.Line(max_queue))
     start = Settings(model=studio.default_model)
     try:
         defaults = panel_defaults(studio, studio.default_model)
@@ -36,10 +40,11 @@ def build(engine, default_model: str = "builtin", *, gpu=None, status: ModelStat
         defaults, status_text = builtin_defaults(), f"⚠️ {e}"
     with gr.Blocks(title=TITLE, fill_height=True, delete_cache=(3600, 3 * 3600)) as demo:
         page = build_page(model_choices(studio.default_model), start, defaults, status_text,
-                          handlers.selected_label(None), studio.local_paths)
+                          handlers.selected_label(None), studio.local_paths, session_ttl)
         wire_chat(page, studio, status)
         wire_panel(demo, page, studio, status)
         api.wire_api(studio)
+    demo.studio = studio  # the engine, default model and line behind this page (benchmarks read the line)
     return demo
 
 
@@ -91,7 +96,9 @@ def wire_chat(page: Page, studio: Studio, status: ModelStatus | None) -> None:
         return handlers.send(studio, session, message.get("text", ""), settings_of(values),
                              message.get("files") or [])
 
-    engine_event = dict(concurrency_id=runner.ENGINE_GROUP, concurrency_limit=1, api_visibility="private")
+    # generations start at once and wait in studio.line (FIFO, bounded, cancellable, told their place), so
+    # gradio's queue never fills and its "full" never refuses a page load or a panel event
+    engine_event = dict(concurrency_limit=None, api_visibility="private")
     page.box.submit(streamed(send), inputs, chat_out, **engine_event)
     page.reroll.click(streamed(lambda st, s, v: handlers.reroll(st, s, settings_of(v))), inputs, chat_out,
                       **engine_event)
@@ -104,7 +111,8 @@ def wire_chat(page: Page, studio: Studio, status: ModelStatus | None) -> None:
         session = ensure(values[page.state])
         return render(session, handlers.reuse(session, settings_of(values)), values)
 
-    page.reuse.click(on_reuse, inputs, chat_out, api_visibility="private")
+    quick = dict(queue=False, api_visibility="private")  # no engine: answered at once, even when many wait
+    page.reuse.click(on_reuse, inputs, chat_out, **quick)
 
     unit = panel.units[0]
 
@@ -117,8 +125,7 @@ def wire_chat(page: Page, studio: Studio, status: ModelStatus | None) -> None:
         return out
 
     page.control.click(on_control, page.state, [page.chatbot, page.state, page.gallery, page.selected_md,
-                                                unit.enabled, unit.image, panel.control_box],
-                       api_visibility="private")
+                                                unit.enabled, unit.image, panel.control_box], **quick)
 
     def on_restore(values: dict):
         session = ensure(values[page.state])
@@ -128,16 +135,16 @@ def wire_chat(page: Page, studio: Studio, status: ModelStatus | None) -> None:
         return {**render(session, handlers.restore(studio, session, file, settings_of(values)), values),
                 panel.restore_file: None}
 
-    panel.restore_file.upload(on_restore, inputs, chat_out + [panel.restore_file], api_visibility="private")
+    panel.restore_file.upload(on_restore, inputs, chat_out + [panel.restore_file], **quick)
 
     def on_gallery_select(session, evt: gr.SelectData):
         session = ensure(session)
         return {page.state: session, page.selected_md: handlers.select(session, evt.index)}
 
-    page.gallery.select(on_gallery_select, page.state, selection_out, api_visibility="private")
+    page.gallery.select(on_gallery_select, page.state, selection_out, **quick)
 
     def on_chat_select(session, evt: gr.SelectData):
         session = ensure(session)
         return {page.state: session, page.selected_md: handlers.select_message(session, evt.index)}
 
-    page.chatbot.select(on_chat_select, page.state, selection_out, api_visibility="private")
+    page.chatbot.select(on_chat_select, page.state, selection_out, **quick)

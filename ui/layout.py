@@ -40,10 +40,15 @@ class Page:
     panel: Panel
 
 
+SESSION_TTL_S = 6 * 3600  # a session idle this long is closed and its files deleted (clients without a heartbeat too)
+
+
 def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, status_text: str, selected_text: str,
-               local_paths: bool) -> Page:
-    """Lay out the page (inside a gr.Blocks); `defaults` are ui.studio.panel_defaults of `start.model`."""
-    state = gr.State(None, delete_callback=close_session)
+               local_paths: bool, session_ttl: float = SESSION_TTL_S) -> Page:
+    """Lay out the page (inside a gr.Blocks); `defaults` are ui.studio.panel_defaults of `start.model`.
+
+    A session ends when its tab closes (gradio's heartbeat) or `session_ttl` seconds after its last event."""
+    state = gr.State(None, delete_callback=close_session, time_to_live=session_ttl)
     saved = gr.BrowserState(None, storage_key="studio-settings")
     with gr.Row(equal_height=True):
         gr.Markdown(f"## {TITLE}", elem_id="title")

@@ -22,6 +22,7 @@ from engine.request import (
     ControlUnit,
     LoraSpec,
 )
+from ui.checked_image import checked_image
 from ui.state import RANDOM_SEED, Settings
 
 MAX_PLUGIN_ROWS = 8
@@ -39,7 +40,7 @@ def preprocessor_choices(kind: str) -> list[tuple[str, str]]:
 class ControlRow:
     enabled: gr.Checkbox
     kind: gr.Radio
-    image: gr.Image
+    image: gr.Image  # ui.checked_image: its size checked from the header before anything decodes it
     preprocessor: gr.Dropdown
     scale: gr.Slider
     start: gr.Slider
@@ -111,8 +112,7 @@ class Panel:
             with gr.Row(equal_height=True):
                 enabled = gr.Checkbox(label=f"Unit {i + 1} on", value=False, min_width=80)
                 kind = gr.Radio(list(CONTROL_KINDS), value="edge", label="Type", min_width=160)
-            image = gr.Image(type="filepath", sources=["upload", "clipboard"], label=f"Unit {i + 1} image",
-                             height=160)
+            image = checked_image(sources=["upload", "clipboard"], label=f"Unit {i + 1} image", height=160)
             preprocessor = gr.Dropdown(preprocessor_choices("edge"), value="auto", label="Preprocessor")
             with gr.Row():
                 scale = gr.Slider(0, 2, step=0.05, value=1.0, label="Scale")

@@ -16,7 +16,8 @@ from ui.panel_handlers import ModelView
 from ui.state import RANDOM_SEED
 from ui.studio import ModelStatus, Studio
 
-PRIVATE = dict(api_visibility="private")
+# answered at once, outside gradio's queue: a full queue of generations never keeps the panel or a page load waiting
+PRIVATE = dict(api_visibility="private", queue=False)
 
 
 def show_view(panel: Panel, status_md: gr.Markdown, view: ModelView, keep=None) -> dict:
@@ -57,13 +58,13 @@ def wire_panel(demo: gr.Blocks, page: Page, studio: Studio, status: ModelStatus 
         return {panel.width: width, panel.height: height}
 
     panel.aspect.input(on_aspect, {panel.model, panel.aspect}, [panel.width, panel.height, status_md], **PRIVATE)
-    panel.random_seed.click(lambda: RANDOM_SEED, None, panel.seed, queue=False, **PRIVATE)
+    panel.random_seed.click(lambda: RANDOM_SEED, None, panel.seed, **PRIVATE)
 
     def on_last_seed(session):
         seed = handlers.last_seed(session)
         return gr.update() if seed is None else seed
 
-    panel.last_seed.click(on_last_seed, page.state, panel.seed, queue=False, **PRIVATE)
+    panel.last_seed.click(on_last_seed, page.state, panel.seed, **PRIVATE)
 
     # Settings survive a reload: every change is written to the browser's storage, and read back on load.
     def on_load(values: dict):
@@ -80,7 +81,7 @@ def wire_panel(demo: gr.Blocks, page: Page, studio: Studio, status: ModelStatus 
     demo.load(on_load, {page.saved}, load_out, **PRIVATE)
 
     gr.on([c.change for c in panel.persisted()], lambda values: panel.read_plain(values).to_browser(),
-          set(panel.persisted()), page.saved, queue=False, show_progress="hidden", **PRIVATE)
+          set(panel.persisted()), page.saved, show_progress="hidden", **PRIVATE)
 
     if status is not None and not status.done:
         timer = gr.Timer(1.0)

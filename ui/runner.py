@@ -6,6 +6,7 @@ the request (its `UserError` text is the chat's reply), so nothing here re-check
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import queue
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 ENGINE_GROUP = "engine"  # the gradio concurrency group of every event that runs the engine (one GPU: one at a time)
 PREVIEWS_PER_RUN = 4
+WAIT_POLL_S = 0.25  # how often a waiting or running generation yields (so a close takes effect)
 
 
 @dataclass
@@ -41,17 +43,71 @@ def generate(studio: Studio, request: Request, **live):
     return studio.engine.generate(request, **live)
 
 
-def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
-    """Generate `request`, streaming progress into the chat, then show the images and one settings line."""
-    session.cancel.clear()
-    pending = session.say("assistant", "⏳ Starting…")
+class Busy(UserError):
+    """The line of waiting generations is full."""
+
+
+class Line:
+    """Generations wait here for the engine, first come first served, at most `max_waiting` of them.
+
+    Only generations queue: gradio's own queue (whose "full" refuses every event, page loads too) never fills,
+    because generating events start at once and wait here, where they can be cancelled and told their place.
+    """
+
+    def __init__(self, max_waiting: int = 16):
+        self.max_waiting = max_waiting
+        self._turns: collections.deque = collections.deque()  # the running ticket first, then the waiting ones
+        self._changed = threading.Condition()
+        self.served = 0  # tickets that reached the engine, for the load benchmark's fairness count
+
+    def join(self) -> object:
+        """A ticket at the end of the line; `Busy` (with how many wait) when the line is full."""
+        with self._changed:
+            waiting = max(0, len(self._turns) - 1) if self._turns else 0
+            if self._turns and waiting >= self.max_waiting:
+                raise Busy(f"The server is busy: {waiting} generations are waiting for the engine (at most "
+                           f"{self.max_waiting} may wait). Try again in a minute.")
+            ticket = object()
+            self._turns.append(ticket)
+            return ticket
+
+    def wait(self, ticket: object, timeout: float) -> int:
+        """0 when it is `ticket`'s turn, else how many are before it after `timeout` seconds."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._turns[0] is ticket, timeout)
+            return self._turns.index(ticket)
+
+    def leave(self, ticket: object) -> None:
+        with self._changed:
+            if ticket in self._turns:
+                if self._turns[0] is ticket:
+                    self.served += 1
+                self._turns.remove(ticket)
+            self._changed.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        return max(0, len(self._turns) - 1)
+
+
+def stream(studio: Studio, request: Request, cancel: threading.Event, previews: bool = True
+           ) -> Iterator[tuple[str, int, int, Any]]:
+    """Run `request` when its turn comes, yielding ("waiting", place, 0, None) while it waits and
+    ("step", step, total, preview) as it samples; the Result is the generator's return value.
+
+    Closing the generator (a Stop, gradio cancelling the event, the client gone) sets `cancel`: the engine stops
+    at its next step and nothing is returned or saved. `Busy` when the line is full, before anything runs.
+    """
+    line = studio.line
+    ticket = line.join()
     events: queue.Queue = queue.Queue()
     outcome: dict[str, Any] = {}
+    worker = None
 
     def progress(step: int, total: int, latents) -> None:
         every = max(1, total // PREVIEWS_PER_RUN)
         preview = None
-        if step < total and step % every == 0:
+        if previews and step < total and step % every == 0:
             try:
                 preview = studio.engine.preview(request.model, latents)
             except Exception:  # a preview is a nicety; never fail the generation for it
@@ -60,20 +116,62 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
 
     def work() -> None:
         try:
-            outcome["result"] = generate(studio, request, progress=progress, cancel=session.cancel)
-        except BaseException as e:  # handed to the chat thread, which decides what the user sees
+            outcome["result"] = generate(studio, request, progress=progress, cancel=cancel)
+        except BaseException as e:  # handed to the caller's thread, which decides what the user sees
             outcome["error"] = e
         finally:
             events.put(None)
 
-    worker = threading.Thread(target=work, name="generate", daemon=True)
-    started = time.perf_counter()
-    worker.start()
-    previews: list[Path] = []
     try:
-        while (item := events.get()) is not None:
-            step, total, preview = item
-            text = f"⏳ Step {step}/{total} · {time.perf_counter() - started:.1f}s · press ■ Stop to cancel"
+        while (place := line.wait(ticket, WAIT_POLL_S)) > 0:
+            if cancel.is_set():
+                raise Cancelled()
+            yield "waiting", place, 0, None
+        if cancel.is_set():
+            raise Cancelled()
+        worker = threading.Thread(target=work, name="generate", daemon=True)
+        worker.start()
+        while True:
+            try:
+                item = events.get(timeout=WAIT_POLL_S)
+            except queue.Empty:  # loading, decoding: yield anyway, so a close is never kept waiting
+                yield "step", -1, 0, None
+                continue
+            if item is None:
+                break
+            yield "step", *item
+    finally:
+        if worker is not None and worker.is_alive():  # closed mid-run: stop the engine, then free the line
+            cancel.set()
+            worker.join()
+        line.leave(ticket)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
+    """Generate `request`, streaming its place in line and progress into the chat, then show the images and one
+    settings line. Closing this generator (the browser gone, a cancelled event) stops the engine too."""
+    session.cancel.clear()
+    pending = session.say("assistant", "⏳ Starting…")
+    started = time.perf_counter()
+    previews: list[Path] = []
+    result, error = None, None
+    steps = stream(studio, request, session.cancel)
+    try:
+        while True:
+            try:
+                what, step, total, preview = next(steps)
+            except StopIteration as done:
+                result = done.value
+                break
+            if what == "waiting":
+                text = f"⏳ Waiting for the engine: {step} ahead of you · press ■ Stop to leave the line"
+            elif step < 0:
+                continue
+            else:
+                text = f"⏳ Step {step}/{total} · {time.perf_counter() - started:.1f}s · press ■ Stop to cancel"
             if preview is not None:
                 path = session.workdir / f"preview-{len(previews)}.jpg"
                 preview.save(path, quality=85)
@@ -81,22 +179,19 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
                 session.history[pending:] = [{"role": "assistant", "content": text},
                                              {"role": "assistant", "content": {"path": str(path)}}]
             else:
-                session.history[pending]["content"] = text
+                session.history[pending:] = [{"role": "assistant", "content": text}]
             yield Update()
+    except Exception as e:  # Busy, Cancelled, a UserError, a failure: the chat says it
+        error = e
     finally:
-        if worker.is_alive():  # the browser went away mid-run: stop the engine too
-            session.cancel.set()
-            worker.join()
+        steps.close()  # a no-op when it finished; else it stops the engine before the previews go
         for path in previews:
             path.unlink(missing_ok=True)
     del session.history[pending:]
-    error = outcome.get("error")
     if error is None:
-        show_result(session, outcome["result"])
+        show_result(session, result)
     else:
         session.say("assistant", error_message(error))
-        if not isinstance(error, Exception):
-            raise error
     yield Update()
 
 
@@ -115,13 +210,32 @@ def show_result(session: Session, result) -> None:
         cmap.save(path)
         session.say("assistant", {"path": str(path), "alt_text": "the control map the model was given"})
     numbers = ", ".join(f"#{s.number}" for s in session.shots[-len(result.images):])
-    notes = "".join(f"\n\nℹ️ {n}" for n in result.notes)
+    black = [s.number for s, image in zip(session.shots[-len(result.images):], result.images) if is_black(image)]
+    notes = "".join(f"\n\nℹ️ {n}" for n in result.notes + ([black_note(black, result.request)] if black else []))
     session.say("assistant", f"{numbers} · `{result.settings_line()}`{notes}")
     session.selected = None  # actions follow the newest image
 
 
+def is_black(image) -> bool:
+    """Every pixel 0: what NaN or infinite values in the decoded output become in a PNG."""
+    extrema = image.getextrema()
+    return all(high == 0 for _, high in (extrema if isinstance(extrema[0], tuple) else [extrema]))
+
+
+def black_note(numbers: list[int], request: Request) -> str:
+    """The note for all-black images, naming the likely causes."""
+    which = ", ".join(f"#{n}" for n in numbers)
+    loras = ", ".join(x.name for x in request.loras)
+    causes = [f"a broken LoRA ({loras}: turn it off and try again)"] if loras else []
+    causes += ["fp16 overflow (start the app with --dtype bf16 or fp32)", "a broken model file"]
+    return (f"{which} came out entirely black: the model most likely produced NaN or infinite values. Usual causes: "
+            f"{'; '.join(causes)}.")
+
+
 def error_message(error: BaseException) -> str:
-    """The chat's reply to a failed run: a stop, the engine's own `UserError` text, or a short apology."""
+    """The chat's reply to a failed run: a stop, busy, the engine's own `UserError` text, or a short apology."""
+    if isinstance(error, Busy):
+        return f"⏸️ {error}"
     if isinstance(error, Cancelled):
         return "⏹️ Stopped. Nothing was saved; send the message again when you're ready."
     if isinstance(error, UserError):

@@ -7,8 +7,10 @@ Whether users may name files and folders on the server is decided once, in app.p
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
+from collections import OrderedDict
 
 import gradio as gr
 
@@ -19,6 +21,43 @@ from ui.studio import ModelStatus
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MAX_FILE_SIZE = "20mb"
+
+
+class LoginThrottle:
+    """ASGI wrapper of the app: after `free` wrong logins from one client address, each further attempt waits
+    `base_s * 2**(n - free)` seconds (at most `cap_s`) before it is checked; a success clears the count.
+
+    An attempt counts as failed until it succeeds, so parallel guesses slow each other down too. Gradio's auth
+    callable is not told who is calling, hence a wrapper around the whole app rather than the callable."""
+
+    def __init__(self, app, free: int = 3, base_s: float = 0.5, cap_s: float = 30.0, clients: int = 10000):
+        self.app, self.free, self.base_s, self.cap_s, self.clients = app, free, base_s, cap_s, clients
+        self.failures: OrderedDict[str, int] = OrderedDict()
+
+    def delay(self, failures: int) -> float:
+        return 0.0 if failures < self.free else min(self.cap_s, self.base_s * 2 ** (failures - self.free))
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "").rstrip("/")
+        if scope["type"] != "http" or scope.get("method") != "POST" or not path.endswith("/login"):
+            return await self.app(scope, receive, send)
+        client = (scope.get("client") or ("unknown",))[0]
+        before = self.failures.get(client, 0)
+        self.failures[client] = before + 1  # until it succeeds
+        self.failures.move_to_end(client)
+        while len(self.failures) > self.clients:
+            self.failures.popitem(last=False)
+        await asyncio.sleep(self.delay(before))
+        status = {}
+
+        async def watch(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, watch)
+        if status.get("code") == 200:
+            self.failures.pop(client, None)
 
 
 def parse_auth(text: str | None) -> tuple[str, str] | None:
@@ -57,8 +96,11 @@ def serve(args, config) -> int:
     status = ModelStatus(args.model)
     if has_spaces and on_space:  # ZeroGPU: CUDA exists only inside spaces.GPU calls, so load on first use
         status.text, status.done = f"Model **{args.model}** loads with the first message.", True
-    demo = build(engine, args.model, gpu=zero_gpu(engine) if has_spaces and on_space else None, status=status)
-    demo.queue(max_size=args.max_queue, default_concurrency_limit=1)
+    demo = build(engine, args.model, gpu=zero_gpu(engine) if has_spaces and on_space else None, status=status,
+                 max_queue=args.max_queue)
+    # generations wait in the studio's own line (bounded by --max-queue, with a "busy" reply); gradio's queue
+    # holds only what is left, so its bound is a backstop that a full line of generations never reaches
+    demo.queue(max_size=max(64, 4 * args.max_queue), default_concurrency_limit=1)
     if args.share and auth is None:
         print("WARNING: --share makes a public link that anyone who has it can use (and spend your GPU on). "
               "Add --auth USER:PASSWORD.", flush=True)
@@ -87,3 +129,6 @@ def launch(demo: gr.Blocks, host: str, port: int, share: bool = False, auth: tup
     demo.launch(server_name=host, server_port=port, share=share, auth=auth, max_file_size=MAX_FILE_SIZE,
                 show_error=False, ssr_mode=False, css=CSS, prevent_thread_lock=True, quiet=False,
                 footer_links=["api"])
+    if auth is not None:  # gradio builds its app inside launch: wrap the built stack (add_middleware is too late)
+        app = demo.server_app
+        app.middleware_stack = LoginThrottle(app.middleware_stack or app.build_middleware_stack())

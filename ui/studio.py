@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from engine.request import DEFAULTS, Request, UserError, valid_schedulers
@@ -26,6 +26,7 @@ class Studio:
     engine: Any  # engine.engine.Engine
     default_model: str = "builtin"
     gpu: Callable[[Request], Any] | None = None  # ZeroGPU: request -> Result, run in a GPU worker (no live preview)
+    line: Any = field(default_factory=lambda: _line(16))  # ui.runner.Line: the generations waiting for the engine
 
     def __post_init__(self):
         # the page offers the server's own model even where users may not name files (the operator chose it)
@@ -35,6 +36,12 @@ class Studio:
     def local_paths(self) -> bool:
         """May users name files and folders on the server as models? app.py decides it, the engine enforces it."""
         return self.engine.config.local_paths
+
+
+def _line(max_waiting: int):
+    from ui.runner import Line  # ui.runner imports this module
+
+    return Line(max_waiting)
 
 
 class ModelStatus:
