@@ -1,0 +1,250 @@
+"""The AUTOMATIC1111 web API (`/sdapi/v1/...`), so tools built for A1111 (Open WebUI, SillyTavern, Krita plugins,
+the `webuiapi` package) can use the studio as their backend.
+
+A1111's field names map onto one `Request` (`a1111_request`); the engine's `check_request` judges it, and its
+message is the 422 reply. Unknown fields are ignored, as A1111 ignores them. Images go both ways as base64 PNG;
+the replies carry A1111's `info` JSON string and the `parameters` echo. `sd_model_checkpoint` (in /options or a
+request's `override_settings`) picks the model: one choice for all API callers, as in A1111; the chat keeps its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from PIL import ImageOps
+
+from apis.auth import Gate
+from apis.jobs import Jobs, decode_base64_image, fit_canvas, png_base64, whole_number
+from apis.routes import JsonBody, guarded_route
+from engine.engine import Cancelled
+from engine.images.infotext import scheduler_from_a1111, take_lora_tags
+from engine.request import DEFAULTS, MAX_COUNT, SCHEDULERS, Request, UserError, valid_schedulers
+from ui import runner
+from ui.studio import Studio
+
+log = logging.getLogger(__name__)
+
+SCHEDULE_LABELS = {label.lower(): label for *_, label in SCHEDULERS.values()}  # "karras" -> "Karras"
+
+
+def error(status: int, kind: str, message: str) -> JSONResponse:
+    """A1111's error body (its api_middleware's `handle_exception`)."""
+    return JSONResponse({"error": kind, "detail": message, "body": "", "errors": message}, status_code=status)
+
+
+def a1111_request(payload: dict[str, Any], model: str, family: str, img2img: bool) -> Request:
+    """The Request for an A1111 txt2img/img2img body; absent fields take the model's defaults (not A1111's)."""
+    def get(name: str, default=None):
+        value = payload.get(name)
+        return default if value is None else value
+
+    prompt = get("prompt", "")
+    if not isinstance(prompt, str):
+        raise UserError(f"prompt must be text, got {type(prompt).__name__}.")
+    prompt, loras = take_lora_tags(prompt)  # A1111 writes LoRAs into the prompt: <lora:name:0.8>
+    count = (whole_number("batch_size", get("batch_size", 1), 1, MAX_COUNT)
+             * whole_number("n_iter", get("n_iter", 1), 1, MAX_COUNT))
+    seed = get("seed", -1)
+    request = Request(prompt=prompt, negative=get("negative_prompt", ""), model=model, steps=get("steps"),
+                      guidance=get("cfg_scale"), seed=None if seed == -1 else seed, width=get("width"),
+                      height=get("height"), count=count, loras=loras,
+                      scheduler=a1111_scheduler(get("sampler_name") or get("sampler_index"), get("scheduler"),
+                                                family))
+    if not img2img:
+        if get("enable_hr", False):  # hires fix: the image resized hr_scale times, then refined
+            request.upscale, request.hires_strength = get("hr_scale", 2.0), get("denoising_strength", 0.7)
+        return request
+    images = get("init_images", [])
+    if not isinstance(images, list) or not images:
+        raise UserError("img2img needs init_images: a list holding one base64 image (the first one is used).")
+    request.init_image = decode_base64_image(images[0], "init_images[0]")
+    request.strength = get("denoising_strength", 0.75)
+    if get("mask") is not None:
+        size = [None if get(n) is None else whole_number(n, get(n), 1, 8192) for n in ("width", "height")]
+        init, mask, request.width, request.height = fit_canvas(
+            request.init_image, decode_base64_image(get("mask"), "mask"), *size, DEFAULTS[family].multiple)
+        request.init_image, request.mask = init, ImageOps.invert(mask) if get("inpainting_mask_invert", 0) else mask
+        request.mask_blur = get("mask_blur", 4)
+        if get("inpaint_full_res", get("inpainting_full_res", False)):  # "only masked", with this margin
+            request.inpaint_padding = get("inpaint_full_res_padding", get("inpainting_full_res_padding", 32))
+    return request
+
+
+def a1111_scheduler(sampler, schedule, family: str) -> str | None:
+    """Our scheduler for an A1111 sampler name and schedule type (None: the model's default)."""
+    if not sampler:
+        return None
+    if not isinstance(sampler, str):
+        raise UserError(f"sampler_name must be text, got {type(sampler).__name__}.")
+    label = SCHEDULE_LABELS.get(str(schedule or "").strip().lower(), None)
+    name = scheduler_from_a1111(sampler, label)
+    if family == "flux" and sampler.strip().lower() == "euler":
+        name = "flow-euler"  # Flux samples flow matching: its one Euler
+    if name not in valid_schedulers(family):
+        raise UserError(f"Sampler {sampler!r} is not available for this {family} model; use one of "
+                        f"{', '.join(sorted(sampler_names(family)))} (GET /sdapi/v1/samplers).")
+    return name
+
+
+def sampler_names(family: str) -> dict[str, list[str]]:
+    """A1111 sampler name -> our schedulers that are it, for a family."""
+    out: dict[str, list[str]] = {}
+    for name in valid_schedulers(family):
+        out.setdefault(SCHEDULERS[name][2], []).append(name)
+    return out
+
+
+def info_json(result) -> str:
+    """A1111's `info`: a JSON string describing the batch (what its clients read back)."""
+    r = result.request
+    n = len(result.images)
+    sampler, schedule = SCHEDULERS[r.scheduler][2:]
+    width, height = result.images[0].size if n else (r.width, r.height)
+    return json.dumps({
+        "prompt": r.prompt, "all_prompts": [r.prompt] * n, "negative_prompt": r.negative,
+        "all_negative_prompts": [r.negative] * n, "seed": result.seeds[0], "all_seeds": result.seeds,
+        "subseed": -1, "all_subseeds": [-1] * n, "subseed_strength": 0, "width": width, "height": height,
+        "sampler_name": sampler, "scheduler": schedule, "cfg_scale": r.guidance, "steps": r.steps, "batch_size": n,
+        "restore_faces": False, "sd_model_name": result.model_name, "sd_model_hash": None,
+        "denoising_strength": r.strength if r.init_image is not None else None,
+        "extra_generation_params": result.extra, "index_of_first_image": 0, "infotexts": result.infotexts,
+        "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1,
+        "is_using_inpainting_conditioning": r.mask is not None, "version": "studio", "notes": result.notes,
+    }, default=str)
+
+
+def model_names(studio: Studio, current: str) -> list[str]:
+    """The models to offer: built-in, the known Hub models, cached ones, the server's and the API's current one."""
+    from engine.sources.hub import cached_hub_models
+    from engine.sources.resolve import KNOWN_MODELS
+
+    names = ["builtin", *KNOWN_MODELS, *(repo for repo, _ in cached_hub_models()), studio.default_model, current]
+    return list(dict.fromkeys(names))
+
+
+def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
+    """The `/sdapi/v1` routes for `studio`, each behind `gate`."""
+    router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111"], route_class=guarded_route(gate, error))
+    options: dict[str, Any] = {"sd_model_checkpoint": studio.default_model, "samples_format": "png"}
+
+    def generate(payload: dict[str, Any], img2img: bool):
+        echo = {**payload, "init_images": None, "mask": None} if img2img else dict(payload)
+        try:
+            override = payload.get("override_settings") or {}
+            model = override.get("sd_model_checkpoint") if isinstance(override, dict) else None
+            model = model or options["sd_model_checkpoint"]
+            if not isinstance(model, str):
+                raise UserError(f"sd_model_checkpoint must be a model name, got {type(model).__name__}.")
+            family = studio.engine.defaults(model)["family"]
+            result = jobs.run(a1111_request(payload, model, family, img2img))
+        except runner.Busy as e:
+            return error(503, "Busy", str(e))
+        except Cancelled:  # /interrupt: A1111 answers with what it has; we have no half-made image
+            return {"images": [], "parameters": echo, "info": json.dumps({"interrupted": True, "infotexts": []})}
+        except UserError as e:
+            return error(422, "UserError", str(e))
+        except Exception as e:
+            log.exception("A1111 API generation failed")
+            return error(500, type(e).__name__, f"Generation failed inside the app ({type(e).__name__}); see the "
+                         "server log.")
+        return {"images": [png_base64(result, i) for i in range(len(result.images))], "parameters": echo,
+                "info": info_json(result)}
+
+    @router.post("/txt2img")
+    def txt2img(payload: JsonBody):
+        """Text to image with A1111's fields (prompt, negative_prompt, steps, cfg_scale, seed, width, height,
+        sampler_name, scheduler, batch_size, n_iter, enable_hr, hr_scale, denoising_strength, override_settings)."""
+        return generate(payload, img2img=False)
+
+    @router.post("/img2img")
+    def img2img(payload: JsonBody):
+        """Image to image from init_images[0] at denoising_strength; with `mask` (white = repaint) an inpaint,
+        mask_blur, inpainting_mask_invert, inpaint_full_res + inpaint_full_res_padding ("only masked")."""
+        return generate(payload, img2img=True)
+
+    @router.get("/sd-models")
+    def sd_models():
+        return [{"title": name, "model_name": name, "hash": None, "sha256": None, "filename": name, "config": None}
+                for name in model_names(studio, options["sd_model_checkpoint"])]
+
+    @router.get("/loras")
+    def loras():
+        try:
+            listing = studio.engine.plugin_listing(options["sd_model_checkpoint"])
+        except UserError as e:
+            return error(422, "UserError", str(e))
+        return [{"name": row["name"], "alias": row["name"], "path": row.get("path"),
+                 "metadata": {k: row.get(k) for k in ("family", "trigger", "description", "compatible", "why")}}
+                for row in listing if row.get("kind", "lora") == "lora"]
+
+    @router.get("/samplers")
+    def samplers():
+        try:
+            family = studio.engine.defaults(options["sd_model_checkpoint"])["family"]
+        except UserError as e:
+            return error(422, "UserError", str(e))
+        return [{"name": name, "aliases": ours, "options": {}} for name, ours in sampler_names(family).items()]
+
+    @router.get("/schedulers")
+    def schedulers():
+        try:
+            family = studio.engine.defaults(options["sd_model_checkpoint"])["family"]
+        except UserError as e:
+            return error(422, "UserError", str(e))
+        labels = dict.fromkeys(SCHEDULERS[name][3] for name in valid_schedulers(family))
+        return [{"name": label.lower(), "label": label, "aliases": None, "default_rho": -1,
+                 "need_inner_model": False} for label in labels]
+
+    @router.get("/options")
+    def get_options():
+        return options
+
+    @router.post("/options")
+    def set_options(payload: JsonBody):
+        """Settings for every API caller; `sd_model_checkpoint` switches the model (loaded on first use)."""
+        model = payload.get("sd_model_checkpoint")
+        if model is not None:
+            if not isinstance(model, str) or not model.strip():
+                return error(422, "UserError", "sd_model_checkpoint must be a model name (GET /sdapi/v1/sd-models).")
+            try:
+                studio.engine.defaults(model.strip())  # the engine's words when it can't be used here
+            except UserError as e:
+                return error(422, "UserError", str(e))
+        options.update(payload)
+        if model is not None:
+            options["sd_model_checkpoint"] = model.strip()
+        return None
+
+    @router.get("/progress")
+    def progress():
+        """The API generation on the engine now: fraction of its steps done, ETA in seconds, its step count."""
+        job = jobs.running()
+        state = {"skipped": False, "interrupted": False, "stopping_generation": False, "job": "",
+                 "job_count": jobs.count(), "job_timestamp": "0", "job_no": 0, "sampling_step": 0,
+                 "sampling_steps": 0}
+        if job is None:
+            return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
+        fraction = job.step / job.total if job.total else 0.0
+        elapsed = time.time() - (job.started_at or time.time())
+        state.update(interrupted=job.cancel.is_set(), job=f"task({job.number})", sampling_step=job.step,
+                     sampling_steps=job.total, job_timestamp=time.strftime("%Y%m%d%H%M%S",
+                                                                           time.localtime(job.queued_at)))
+        return {"progress": fraction, "eta_relative": elapsed / fraction - elapsed if fraction else 0.0,
+                "state": state, "current_image": None, "textinfo": f"Step {job.step}/{job.total}"}
+
+    @router.post("/interrupt")
+    def interrupt():
+        """Stop the API generation running now (within a step); the chat's own generations are not touched."""
+        jobs.interrupt()
+        return None
+
+    @router.get("/scripts")
+    def scripts():
+        return {"txt2img": [], "img2img": []}
+
+    return router

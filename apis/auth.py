@@ -1,0 +1,52 @@
+"""Who may call the APIs: with `--auth USER:PASS` HTTP basic auth with those, with `--api-token TOKEN` the header
+`Authorization: Bearer TOKEN` (what the OpenAI client sends as its api_key); `Bearer USER:PASS` works too. With
+neither flag the APIs are open, like the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Gate:
+    auth: tuple[str, str] | None = None  # (user, password) of --auth
+    token: str | None = None  # --api-token
+
+    @property
+    def open(self) -> bool:
+        return self.auth is None and not self.token
+
+    def allows(self, authorization: str | None) -> bool:
+        """Does this `Authorization` header value let the caller in?"""
+        if self.open:
+            return True
+        scheme, _, value = (authorization or "").strip().partition(" ")
+        value = value.strip()
+        if scheme.lower() == "bearer":
+            if self.token and secrets.compare_digest(value.encode(), self.token.encode()):
+                return True
+            return self.auth is not None and _same(value, f"{self.auth[0]}:{self.auth[1]}")
+        if scheme.lower() == "basic" and self.auth is not None:
+            try:
+                pair = base64.b64decode(value, validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                return False
+            return _same(pair, f"{self.auth[0]}:{self.auth[1]}")
+        return False
+
+    def hint(self) -> str:
+        """What to send, for the 401 message."""
+        ways = []
+        if self.auth is not None:
+            ways.append("HTTP basic auth with the server's --auth user and password")
+        if self.token:
+            ways.append("the header 'Authorization: Bearer <the server's --api-token>'")
+        return "This server needs " + " or ".join(ways) + "."
+
+
+def _same(given: str, expected: str) -> bool:
+    return secrets.compare_digest(given.encode(), expected.encode())

@@ -1,0 +1,203 @@
+"""OpenAI's Images API (`POST /v1/images/generations`, `POST /v1/images/edits`), so the official `openai` client
+and apps made for DALL-E can use the studio: `OpenAI(base_url="http://127.0.0.1:7860/v1", api_key=...)`.
+
+`model` is `builtin` or any model the studio accepts; OpenAI's own names (dall-e-2, dall-e-3, gpt-image-*) and
+no model mean the server's model. `size` is "WIDTHxHEIGHT" ("auto": the model's native size); `n` 1-16;
+`response_format` "url" (the default, a link to the PNG here, kept an hour) or "b64_json". Extra fields the
+studio understands: negative_prompt, steps, guidance_scale, seed; on edits, strength (default 1). Unknown fields
+are ignored. Errors come in OpenAI's shape, {"error": {"message", "type", "param", "code"}}.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+import secrets
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi import Request as HttpRequest
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from apis.auth import Gate
+from apis.jobs import Jobs, fit_canvas, png_bytes, whole_number
+from apis.routes import JsonBody, guarded_route
+from engine.engine import Cancelled
+from engine.request import DEFAULTS, MAX_COUNT, Request, UserError
+from ui import runner
+from ui.studio import Studio
+
+log = logging.getLogger(__name__)
+
+OPENAI_MODELS = re.compile(r"(dall-e-\d|gpt-image-.*|chatgpt-image.*)")
+SIZE = re.compile(r"\s*(\d+)\s*x\s*(\d+)\s*")
+FILES_TTL_S = 3600
+MAX_UPLOAD = 20 * 2**20
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.kind, self.param, self.code = status, kind, param, code
+
+
+def error(status: int, kind: str, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+    """OpenAI's error body."""
+    kind = kind if kind in ("invalid_request_error", "server_error") else "invalid_request_error"
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                        status_code=400 if status == 422 else status)
+
+
+def parse_size(size) -> tuple[int | None, int | None]:
+    if size in (None, "", "auto"):
+        return None, None
+    match = SIZE.fullmatch(size) if isinstance(size, str) else None
+    if not match:
+        raise ApiError(400, f"size must be 'WIDTHxHEIGHT' (e.g. '512x512') or 'auto', got {size!r}.", param="size")
+    return int(match[1]), int(match[2])
+
+
+def number(fields: dict, name: str, kind=float):
+    """A numeric field; multipart forms send numbers as text."""
+    value = fields.get(name)
+    if isinstance(value, str):
+        try:
+            value = kind(value)
+        except ValueError:
+            raise ApiError(400, f"{name} must be a number, got {value!r}.", param=name) from None
+    return value
+
+
+def studio_request(fields: dict[str, Any], studio: Studio) -> Request:
+    """The Request for an OpenAI images body (the shared part of generations and edits)."""
+    prompt = fields.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ApiError(400, "prompt is required: describe the image, e.g. 'a big red circle on the left, blue "
+                       "background'.", param="prompt")
+    model = fields.get("model")
+    if not model or (isinstance(model, str) and OPENAI_MODELS.fullmatch(model)):
+        model = studio.default_model
+    if not isinstance(model, str):
+        raise ApiError(400, f"model must be a model name, got {type(model).__name__}.", param="model")
+    width, height = parse_size(fields.get("size"))
+    count = whole_number("n", number(fields, "n", int) or 1, 1, MAX_COUNT)
+    seed = number(fields, "seed", int)
+    return Request(prompt=prompt, negative=fields.get("negative_prompt") or "", model=model,
+                   steps=number(fields, "steps", int), guidance=number(fields, "guidance_scale"), seed=seed,
+                   width=width, height=height, count=count)
+
+
+def openai_mask(mask_file: bytes | None, image_file: bytes):
+    """OpenAI's mask (transparent = edit) as ours (white = repaint): the mask's alpha, else the image's own."""
+    from engine.images.loading import open_image
+
+    source = open_image(mask_file if mask_file is not None else image_file, "The mask" if mask_file else "The image")
+    if "A" not in source.getbands() and "transparency" not in source.info:
+        which = "The mask" if mask_file is not None else "Without a mask, the image"
+        raise ApiError(400, f"{which} must be a PNG with transparent pixels where the image should change "
+                       "(OpenAI's convention: fully transparent = edit).", param="mask")
+    alpha = source.convert("RGBA").getchannel("A")
+    mask = alpha.point(lambda a: 255 if a == 0 else 0)
+    if mask.getextrema()[1] == 0:
+        raise ApiError(400, "The mask has no fully transparent pixels, so nothing would change. Make the part to "
+                       "edit fully transparent.", param="mask")
+    return mask
+
+
+def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
+    """The `/v1/images` routes for `studio`, behind `gate`."""
+    router = APIRouter(prefix="/v1/images", tags=["OpenAI"], route_class=guarded_route(gate, error))
+    folder = Path(tempfile.mkdtemp(prefix="studio-openai-"))
+
+    def answer(request: Request, fields: dict, base_url: str):
+        fmt = fields.get("response_format") or "url"
+        try:
+            if fmt not in ("url", "b64_json"):
+                raise ApiError(400, f"response_format must be 'url' or 'b64_json', got {fmt!r}.",
+                               param="response_format")
+            result = jobs.run(request)
+        except ApiError as e:
+            return error(e.status, e.kind, str(e), e.param, e.code)
+        except runner.Busy as e:
+            return error(503, "server_error", str(e), code="server_busy")
+        except Cancelled:
+            return error(409, "server_error", "The generation was interrupted on the server; send it again.",
+                         code="interrupted")
+        except UserError as e:
+            return error(400, "invalid_request_error", str(e))
+        except Exception as e:
+            log.exception("OpenAI API generation failed")
+            return error(500, "server_error", f"Generation failed inside the app ({type(e).__name__}); see the "
+                         "server log.")
+        data = []
+        for i in range(len(result.images)):
+            png = png_bytes(result, i)
+            if fmt == "b64_json":
+                data.append({"b64_json": base64.b64encode(png).decode("ascii"), "revised_prompt": None})
+            else:
+                name = f"{secrets.token_urlsafe(16)}.png"  # the link is the key, as OpenAI's signed URLs
+                (folder / name).write_bytes(png)
+                data.append({"url": f"{base_url.rstrip('/')}/v1/images/files/{name}", "revised_prompt": None})
+        _forget_old(folder)
+        width, height = result.images[0].size if result.images else (result.request.width, result.request.height)
+        return {"created": int(time.time()), "data": data, "size": f"{width}x{height}", "output_format": "png"}
+
+    @router.post("/generations")
+    def generations(http: HttpRequest, payload: JsonBody):
+        """Text to image: prompt, model, n, size, response_format (and negative_prompt, steps, guidance_scale,
+        seed)."""
+        try:
+            request = studio_request(payload, studio)
+        except ApiError as e:
+            return error(e.status, e.kind, str(e), e.param, e.code)
+        except UserError as e:
+            return error(400, "invalid_request_error", str(e))
+        return answer(request, payload, str(http.base_url))
+
+    @router.post("/edits")
+    async def edits(http: HttpRequest):
+        """Inpaint (multipart): image, mask (transparent = repaint; without one, the image's transparent part),
+        prompt, n, size, response_format, model (and strength, negative_prompt, steps, guidance_scale, seed)."""
+        try:
+            form = await http.form(max_part_size=MAX_UPLOAD)
+            fields = {k: v for k, v in form.items() if isinstance(v, str)}
+            images = form.getlist("image") or form.getlist("image[]")
+            if not images or isinstance(images[0], str):
+                raise ApiError(400, "image is required: the picture to edit, as a file in the form.", param="image")
+            image = await images[0].read()
+            mask_part = form.get("mask")
+            mask_file = await mask_part.read() if mask_part is not None and not isinstance(mask_part, str) else None
+            request = studio_request(fields, studio)
+            family = studio.engine.defaults(request.model)["family"]
+            request.init_image, request.mask, request.width, request.height = fit_canvas(
+                image, openai_mask(mask_file, image), request.width, request.height, DEFAULTS[family].multiple)
+            request.strength = number(fields, "strength") or 1.0
+        except ApiError as e:
+            return error(e.status, e.kind, str(e), e.param, e.code)
+        except UserError as e:
+            return error(400, "invalid_request_error", str(e))
+        return await run_in_threadpool(answer, request, fields, str(http.base_url))
+
+    links = APIRouter()  # no credentials: the link itself is the key (a browser showing it has no header to send)
+
+    @links.get("/files/{name}")
+    def files(name: str):
+        path = folder / name
+        if not re.fullmatch(r"[\w-]+\.png", name) or not path.is_file():
+            return error(404, "invalid_request_error", "No such image (links last an hour).")
+        return FileResponse(path, media_type="image/png")
+
+    router.include_router(links)  # included routes keep their own (unguarded) route class
+    return router
+
+
+def _forget_old(folder: Path) -> None:
+    for old in folder.glob("*.png"):
+        if time.time() - old.stat().st_mtime > FILES_TTL_S:
+            old.unlink(missing_ok=True)

@@ -1,0 +1,40 @@
+"""`guarded_route`: the FastAPI route class of one API: the caller's credentials checked before anything is read,
+and that API's own error shape for a refused caller or an unreadable body (A1111's and OpenAI's differ)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Callable
+
+from fastapi import Body
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+
+from apis.auth import Gate
+
+JsonBody = Annotated[dict[str, Any], Body(default_factory=dict)]  # the request's JSON object, as it came
+ErrorShape = Callable[[int, str, str], JSONResponse]  # (status, kind, message) -> response
+
+
+def guarded_route(gate: Gate, error: ErrorShape) -> type[APIRoute]:
+    class GuardedRoute(APIRoute):
+        def get_route_handler(self):
+            handler = super().get_route_handler()
+
+            async def route(request):
+                if not gate.allows(request.headers.get("authorization")):
+                    response = error(401, "Unauthorized", f"Incorrect or missing credentials. {gate.hint()}")
+                    if gate.auth is not None:
+                        response.headers["WWW-Authenticate"] = 'Basic realm="studio"'
+                    return response
+                try:
+                    return await handler(request)
+                except RequestValidationError as e:
+                    where = "; ".join(f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}"
+                                      for err in e.errors())
+                    return error(422, "RequestValidationError", f"The request body could not be read ({where}). "
+                                 "Send a JSON object with the API's field names.")
+
+            return route
+
+    return GuardedRoute

@@ -1,0 +1,244 @@
+"""The APIs other apps speak (apis/), each driven by its own real client against a started server: the page
+(ui.app.build + ui.serve.launch, with --auth) and `apis.mount` on it, the real built-in model on the CPU.
+
+webuiapi -> /sdapi/v1 (AUTOMATIC1111), openai -> /v1/images (OpenAI). Generations share the chat's line.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import threading
+import time
+
+import pytest
+from PIL import Image
+
+webuiapi = pytest.importorskip("webuiapi", reason="pip install -r requirements-test.txt (webuiapi)")
+openai = pytest.importorskip("openai", reason="pip install -r requirements-test.txt (openai)")
+
+USER, PASSWORD, TOKEN = "alice", "correct-horse", "tok-123"
+PROMPT = "a big red circle on the left, blue background"
+FAST = dict(width=64, height=64, steps=4, cfg_scale=2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    """The page with --auth and the APIs mounted, on the built-in model; at most 2 generations may wait."""
+    import apis
+    from ui.app import build
+    from ui.serve import launch
+
+    demo = build(engine, "builtin", max_queue=2)
+    demo.queue(max_size=16)
+    port = free_port()
+    launch(demo, "127.0.0.1", port, auth=(USER, PASSWORD))
+    apis.mount(demo.server_app, demo.studio, auth=(USER, PASSWORD), api_token=TOKEN)
+    yield {"url": f"http://127.0.0.1:{port}", "port": port, "studio": demo.studio}
+    demo.close()
+
+
+@pytest.fixture
+def sd(server):
+    return webuiapi.WebUIApi(host="127.0.0.1", port=server["port"], username=USER, password=PASSWORD)
+
+
+@pytest.fixture
+def oa(server):
+    return openai.OpenAI(base_url=server["url"] + "/v1", api_key=TOKEN, max_retries=0)
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def left_half_mask(size=(64, 64)) -> Image.Image:
+    mask = Image.new("RGB", size, "black")
+    mask.paste((255, 255, 255), (0, 0, size[0] // 2, size[1]))
+    return mask
+
+
+# ------------------------------------------------------------------------------------------- AUTOMATIC1111
+
+
+def test_a1111_sampler_and_schedule_names_map_to_ours():
+    from apis.a1111 import a1111_scheduler
+    from engine.request import UserError
+
+    assert a1111_scheduler("DPM++ 2M", "karras", "sdxl") == "dpm++2m-karras"
+    assert a1111_scheduler("DPM++ 2M Karras", None, "sd15") == "dpm++2m-karras"  # the old one-name spelling
+    assert a1111_scheduler("Euler a", "automatic", "builtin") == "euler-a"
+    assert a1111_scheduler("Euler", "simple", "flux") == a1111_scheduler("Euler", None, "flux") == "flow-euler"
+    assert a1111_scheduler(None, None, "sdxl") is None  # the model's default
+    with pytest.raises(UserError, match=r"'DPM\+\+ 2M' is not available for this flux model"):
+        a1111_scheduler("DPM++ 2M", None, "flux")
+
+
+def test_a1111_txt2img_with_webuiapi(sd):
+    result = sd.txt2img(prompt=PROMPT, seed=42, sampler_name="Euler a", scheduler="automatic", batch_size=2, **FAST)
+    assert [im.size for im in result.images] == [(64, 64), (64, 64)]
+    assert result.info["all_seeds"] == [42, 43] and result.info["sampler_name"] == "Euler a"
+    assert result.info["scheduler"] == "Automatic" and result.info["sd_model_name"] == "builtin"
+    assert result.parameters["prompt"] == PROMPT  # the request echoed, as A1111 does
+    assert "Seed: 42" in result.images[0].info["parameters"]  # our PNG metadata travels in the base64
+    assert json.loads(result.images[1].info["studio"])["request"]["seed"] == 43
+    again = sd.txt2img(prompt=PROMPT, seed=42, sampler_name="Euler a", batch_size=2, **FAST)
+    assert again.images[1].tobytes() == result.images[1].tobytes()  # same seed and settings, same pixels
+
+
+def test_a1111_img2img_and_inpaint(sd):
+    from engine.edit import unmasked_change
+
+    init = sd.txt2img(prompt=PROMPT, seed=7, **FAST).image
+    plain = sd.img2img(images=[init], prompt="a big green square in the center, white background",
+                       denoising_strength=0.8, seed=1, **FAST)
+    assert plain.image.size == (64, 64) and plain.info["denoising_strength"] == 0.8
+    mask = left_half_mask()
+    painted = sd.img2img(images=[init], mask_image=mask, mask_blur=0, inpaint_full_res=False, prompt=PROMPT,
+                         denoising_strength=1.0, seed=3, **FAST)
+    assert painted.image.size == (64, 64) and painted.info["is_using_inpainting_conditioning"]
+    assert unmasked_change(init, painted.image, mask) == 0  # the black (kept) half is the original, exactly
+    assert unmasked_change(init, painted.image, Image.eval(mask, lambda v: 255 - v)) > 0  # the white half changed
+    inverted = sd.img2img(images=[init], mask_image=mask, mask_blur=0, inpainting_mask_invert=1,
+                          inpaint_full_res=False, prompt=PROMPT, denoising_strength=1.0, seed=3, **FAST)
+    assert unmasked_change(init, inverted.image, Image.eval(mask, lambda v: 255 - v)) == 0
+
+
+def test_a1111_models_loras_samplers_options(sd, server):
+    assert "builtin" in sd.util_get_model_names()
+    assert sd.util_get_current_model() == "builtin"
+    assert {"outline", "pastel"} <= {lora["name"] for lora in sd.get_loras()}
+    assert "DPM++ 2M" in sd.util_get_sampler_names() and "karras" in sd.util_get_scheduler_names()
+    bad = sd.session.post(f"{sd.baseurl}/options", json={"sd_model_checkpoint": "no-such/model-here"})
+    assert bad.status_code == 422 and bad.json()["error"] == "UserError"
+    assert "no-such/model-here" in bad.json()["detail"]
+    assert sd.util_get_current_model() == "builtin"  # a refused switch changes nothing
+    sd.util_set_model("builtin")
+    assert sd.get_options()["sd_model_checkpoint"] == "builtin"
+    lora = sd.txt2img(prompt=PROMPT + " <lora:outline:1>", seed=5, **FAST)
+    assert "<lora:outline:1>" in lora.images[0].info["parameters"]
+
+
+def test_a1111_bad_value_gets_the_engines_message_unknown_field_is_ignored(sd):
+    with pytest.raises(RuntimeError) as caught:
+        sd.txt2img(prompt=PROMPT, width=64, height=64, steps=500)
+    status, text = caught.value.args
+    assert status == 422 and json.loads(text)["detail"].startswith("steps = 500 is out of range")
+    with pytest.raises(RuntimeError, match="is not available") as caught:
+        sd.txt2img(prompt=PROMPT, sampler_name="Restart", **FAST)
+    ok = sd.custom_post("txt2img", {"prompt": PROMPT, "frobnicate": {"x": 1}, "width": 64, "height": 64,
+                                    "steps": 2}, baseurl=True)
+    assert ok.image.size == (64, 64)
+    with pytest.raises(RuntimeError, match="mask must be a base64"):
+        sd.custom_post("img2img", {"prompt": PROMPT, "init_images": [webuiapi.b64_img(ok.image)], "mask": 5},
+                       baseurl=True)
+
+
+def test_a1111_progress_and_interrupt(sd):
+    out = {}
+    worker = threading.Thread(target=lambda: out.setdefault("r", sd.txt2img(prompt=PROMPT, width=64, height=64,
+                                                                              steps=200, seed=1)))
+    worker.start()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        state = sd.get_progress()
+        if state["state"]["sampling_step"] > 0:
+            break
+        time.sleep(0.05)
+    assert state["state"]["sampling_steps"] == 200 and 0 < state["progress"] < 1 and state["state"]["job_count"] == 1
+    started = time.time()
+    sd.interrupt()
+    worker.join(30)
+    assert out["r"].images == [] and out["r"].info["interrupted"]
+    assert time.time() - started < 10
+    assert sd.get_progress()["state"]["job_count"] == 0
+
+
+# -------------------------------------------------------------------------------------------------- OpenAI
+
+
+def test_openai_generations_with_the_openai_client(oa, server):
+    import httpx
+
+    made = oa.images.generate(model="builtin", prompt=PROMPT, n=2, size="64x64", response_format="b64_json",
+                              extra_body={"seed": 11})
+    images = [Image.open(io.BytesIO(base64.b64decode(d.b64_json))) for d in made.data]
+    assert [im.size for im in images] == [(64, 64), (64, 64)]
+    assert "Seed: 12" in images[1].info["parameters"]
+    linked = oa.images.generate(model="dall-e-3", prompt=PROMPT, size="64x64", extra_body={"seed": 11})
+    fetched = httpx.get(linked.data[0].url)  # the link needs no credentials: it is the key
+    assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(fetched.content)).tobytes() == images[0].tobytes()  # dall-e-3: the server's model
+
+
+def test_openai_edit_inpaints_the_transparent_part(oa):
+    from engine.edit import unmasked_change
+
+    made = oa.images.generate(prompt=PROMPT, size="64x64", response_format="b64_json", extra_body={"seed": 2})
+    init = Image.open(io.BytesIO(base64.b64decode(made.data[0].b64_json))).convert("RGB")
+    mask = init.convert("RGBA")
+    mask.paste((0, 0, 0, 0), (0, 0, 32, 64))  # OpenAI's convention: transparent = edit
+    edited = oa.images.edit(image=("init.png", png(init), "image/png"), mask=("mask.png", png(mask), "image/png"),
+                            prompt="a big green square in the center, white background", response_format="b64_json",
+                            extra_body={"seed": 4})
+    out = Image.open(io.BytesIO(base64.b64decode(edited.data[0].b64_json)))
+    assert out.size == (64, 64)
+    # the kept half is the original, exactly, past the feathered edge (blur 4 reaches 8 pixels)
+    assert unmasked_change(init, out, left_half_mask(), margin=8) == 0
+    assert unmasked_change(init, out, Image.new("L", (64, 64))) > 0  # and the transparent half was repainted
+
+
+def test_openai_errors_in_openais_shape(oa, server):
+    with pytest.raises(openai.BadRequestError) as caught:
+        oa.images.generate(prompt=PROMPT, size="big")
+    assert caught.value.body["param"] == "size" and "WIDTHxHEIGHT" in caught.value.body["message"]
+    with pytest.raises(openai.BadRequestError, match="out of range"):
+        oa.images.generate(prompt=PROMPT, size="64x64", extra_body={"steps": 0})
+    with pytest.raises(openai.BadRequestError, match="transparent"):
+        oa.images.edit(image=("a.png", png(Image.new("RGB", (64, 64))), "image/png"), prompt=PROMPT)
+    wrong = openai.OpenAI(base_url=server["url"] + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.images.generate(prompt=PROMPT)
+
+
+# ---------------------------------------------------------------------------------------------- auth, queue
+
+
+def test_auth_basic_bearer_or_nothing(server):
+    import httpx
+
+    url = server["url"] + "/sdapi/v1/sd-models"
+    refused = httpx.get(url)
+    assert refused.status_code == 401 and "Basic" in refused.headers["www-authenticate"]
+    assert "--auth" in refused.json()["detail"]
+    assert httpx.get(url, auth=(USER, "wrong")).status_code == 401
+    assert httpx.get(url, auth=(USER, PASSWORD)).status_code == 200
+    assert httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    assert httpx.get(url, headers={"Authorization": f"Bearer {USER}:{PASSWORD}"}).status_code == 200
+    assert httpx.post(server["url"] + "/v1/images/generations", json={"prompt": PROMPT}).json()["error"]["message"]
+
+
+def test_a_full_line_is_503_busy_for_both_apis(sd, oa, server):
+    line = server["studio"].line
+    tickets = [line.join() for _ in range(1 + line.max_waiting)]  # one on the engine, the line full behind it
+    try:
+        with pytest.raises(RuntimeError) as caught:
+            sd.txt2img(prompt=PROMPT, **FAST)
+        assert caught.value.args[0] == 503 and "busy" in json.loads(caught.value.args[1])["detail"]
+        with pytest.raises(openai.InternalServerError) as caught:
+            oa.images.generate(prompt=PROMPT, size="64x64")
+        assert caught.value.status_code == 503 and caught.value.body["code"] == "server_busy"
+    finally:
+        for ticket in tickets:
+            line.leave(ticket)
+    assert sd.txt2img(prompt=PROMPT, **FAST).image.size == (64, 64)  # and served again once it moves
