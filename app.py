@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--upscale", type=float, default=None,
                      help="F times larger: --init that image, else the generated one (hires fix)")
     gen.add_argument("--hires-strength", type=float, default=0.35, help="the upscale's refining pass (0: resize)")
+    gen.add_argument("--upscaler", default=None, help="an upscaler plugin for --upscale (default: Lanczos)")
     gen.add_argument("--control", action="append", default=[],
                      help="KIND=IMAGE[,pre=NAME][,scale=S][,start=A][,end=B] (repeatable)")
     gen.add_argument("--lora", action="append", default=[], help="NAME=WEIGHT (repeatable)")

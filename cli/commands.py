@@ -106,7 +106,8 @@ def cmd_generate(args, config) -> int:
                    scheduler=args.scheduler, count=args.count, init_image=args.init, strength=args.strength,
                    controls=[parse_control(c) for c in args.control], loras=[parse_lora(x) for x in args.lora],
                    mask=args.mask, mask_blur=args.mask_blur, inpaint_padding=args.masked_only,
-                   outpaint=outpaint_borders(args), upscale=args.upscale, hires_strength=args.hires_strength)
+                   outpaint=outpaint_borders(args), upscale=args.upscale, hires_strength=args.hires_strength,
+                   upscaler=args.upscaler)
     jobs: list[tuple[Request, Path]] = []
     if args.prompt_file:
         pf = Path(args.prompt_file)

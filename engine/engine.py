@@ -102,6 +102,7 @@ class Engine:
         self._lock = threading.Lock()
         self.plugins = None  # engine.plugins.manager.PluginManager, made on first LoRA use
         self.controls = None  # engine.control.ControlManager, made on first control use
+        self.upscalers = None  # engine.upscalers.Upscalers, made on first upscaler use
 
     # ------------------------------------------------------------------------------------ models
     def resolve(self, model: str | None) -> Source:
@@ -250,6 +251,8 @@ class Engine:
                 kwargs.pop("width"), kwargs.pop("height")
         elif init is not None:  # an editing model: the image and the instruction as they are
             kwargs["image"] = init
+            # at the size asked for: Kontext would otherwise scale to 1024x1024's area and its own trained sizes
+            kwargs.update(_auto_resize=False, max_area=req.width * req.height)
         if control is not None:
             kwargs.update(control.kwargs(init is not None))
         kwargs.setdefault("output_type", "np")  # floats: non-finite pixels are seen before they turn black
@@ -272,7 +275,7 @@ class Engine:
         extra = dict(loras.infotext) if loras else {}
         extra.update(plan.infotext if plan is not None else {})
         if req.upscale:
-            extra.update({"Hires upscale": f"{req.upscale:g}", "Hires upscaler": "Lanczos",
+            extra.update({"Hires upscale": f"{req.upscale:g}", "Hires upscaler": req.upscaler or "Lanczos",
                           "Hires denoising strength": req.hires_strength})
             if init is not None:
                 extra["Init image hash"] = edit.digest(init)
@@ -304,7 +307,15 @@ class Engine:
         """A1111's hires fix: each image resized `req.upscale` times (Lanczos), then refined by image-to-image."""
         d = defaults_for(loaded.source.family, loaded.source.variant)
         width, height = edit.upscaled_size(req, d.multiple, d.max_size)
-        big = [edit.hires_input(image, width, height) for image in images]
+        if req.upscaler:
+            from .upscalers import Upscalers
+
+            self.upscalers = self.upscalers or Upscalers(self.device)
+            plugin = self.upscalers.find(req.upscaler, self._plugin_manager().manifests())
+            file = self._plugin_manager().file_of(plugin)
+            big = [self.upscalers.run(plugin, file, image, width, height) for image in images]
+        else:
+            big = [edit.hires_input(image, width, height) for image in images]
         if req.hires_strength == 0:
             return big, 0
         pipe = loaded.variant("img2img")

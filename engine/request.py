@@ -113,6 +113,7 @@ class Request:
     outpaint: tuple[int, int, int, int] | None = None  # extend the image by (left, top, right, bottom) pixels
     upscale: float | None = None  # this many times larger: resize, then an image-to-image pass (hires fix)
     hires_strength: float = 0.35  # that pass's strength (0: the resize alone)
+    upscaler: str | None = None  # an upscaler plugin to resize with (else Lanczos)
 
     def to_json(self) -> dict:
         """The settings as plain JSON (images are not included; the PNG itself is the result)."""
@@ -258,6 +259,10 @@ def _check_edits(req: Request, d: FamilyDefaults) -> dict:
             raise UserError("upscale = 1 changes nothing: use a factor above 1, e.g. --upscale 2.")
         if req.mask is not None or req.outpaint:
             raise UserError("Upscale the image after the inpaint or outpaint, in its own step (one edit at a time).")
+    if req.upscaler is not None:
+        if not req.upscale:
+            raise UserError(f"--upscaler {req.upscaler} needs a factor: add --upscale 2 (or 4).")
+        out["upscaler"] = _text("upscaler name", req.upscaler, MAX_NAME) or None
     out["hires_strength"] = _number("hires strength", req.hires_strength, float, 0.0, 1.0,
                                     "Use 0 (resize only) to 1; 0.3-0.5 adds detail and keeps the picture.")
     return out

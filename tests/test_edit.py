@@ -114,3 +114,52 @@ def test_a_mask_of_another_size_or_an_empty_one_is_refused(engine, tiny_model):
     with pytest.raises(UserError, match=r"The mask is empty"):
         engine.generate(Request(prompt="x", model=model, steps=2, init_image=picture(),
                                 mask=Image.new("L", (32, 32), 0)))
+
+
+def _span_plugin(folder, name="tiny-span", scale=2):
+    """An upscaler plugin: a SPAN x2 with random weights (spandrel reads its architecture from the tensors)."""
+    import torch
+    from safetensors.torch import save_file
+    from spandrel.architectures.SPAN import SPAN
+
+    torch.manual_seed(0)
+    model = SPAN(num_in_ch=3, num_out_ch=3, feature_channels=8, upscale=scale)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / f"{name}.safetensors")
+    (folder / f"{name}.toml").write_text(f'name = "{name}"\nkind = "upscaler"\nsource = "{name}.safetensors"\n')
+    return folder
+
+
+def test_an_upscaler_plugin_resizes_before_the_hires_pass_or_alone(tmp_path, tiny_model):
+    from engine.engine import Engine
+
+    engine = Engine(device="cpu", local_paths=True, plugin_dirs=(_span_plugin(tmp_path / "plugins"),))
+    model = str(tiny_model("sd15"))
+    alone = engine.generate(Request(prompt="x", model=model, steps=2, seed=1, init_image=picture(), upscale=2,
+                                    hires_strength=0, upscaler="tiny-span"))
+    lanczos = picture().resize((64, 64), Image.Resampling.LANCZOS)
+    assert alone.images[0].size == (64, 64) and not np.array_equal(np.asarray(alone.images[0]), np.asarray(lanczos))
+    assert "Hires upscaler: tiny-span" in alone.infotexts[0]
+    refined = engine.generate(Request(prompt="x", model=model, steps=2, seed=1, init_image=picture(), upscale=3,
+                                      upscaler="tiny-span"))
+    assert refined.images[0].size == (96, 96)  # x2 by the model, then Lanczos to x3, then the hires pass
+    with pytest.raises(UserError, match=r"no upscaler plugin named 'tiny-spam'. Did you mean 'tiny-span'"):
+        engine.generate(Request(prompt="x", model=model, steps=2, init_image=picture(), upscale=2,
+                                upscaler="tiny-spam"))
+
+
+def test_an_editing_model_takes_the_image_and_the_instruction(tmp_path, tiny_model):
+    """A tiny Flux Kontext (the tiny Flux's components under FluxKontextPipeline) edits through its own pipeline."""
+    import diffusers
+
+    from engine.engine import Engine
+
+    folder = tmp_path / "tiny-kontext"
+    flux = diffusers.FluxPipeline.from_pretrained(tiny_model("flux"))
+    diffusers.FluxKontextPipeline(**flux.components).save_pretrained(folder)
+    engine = Engine(device="cpu", local_paths=True)
+    assert engine.resolve(str(folder)).variant == "kontext"
+    result = engine.generate(Request(prompt="make it red", model=str(folder), steps=2, seed=1, width=32, height=32,
+                                     init_image=picture()))
+    assert result.images[0].size == (32, 32)
+    assert type(engine.load(str(folder)).pipe).__name__ == "FluxKontextPipeline"

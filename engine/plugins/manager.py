@@ -92,6 +92,10 @@ class PluginManager:
                          "path": show_path(m.path)})
         return rows
 
+    def file_of(self, plugin: Manifest) -> Path:
+        """The plugin's local file (downloaded from the Hub on first use)."""
+        return fetch_lora_file(plugin, self.hub)
+
     # --------------------------------------------------------------------------------------- apply
     def apply(self, loaded, req: Request, allow_paths: bool = False) -> AppliedLoras:
         """Make `req.loras` (and nothing else) active on `loaded`'s pipeline.

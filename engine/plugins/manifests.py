@@ -27,14 +27,14 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 ASSETS = ROOT / "assets"
-KINDS = ("lora", "controlnet")
+KINDS = ("lora", "controlnet", "upscaler")  # an upscaler (ESRGAN, SwinIR, SPAN, ... read by spandrel) fits any model
 # manifest field -> accepted TOML types; anything else in a manifest is an error that names the field
 FIELDS: dict[str, tuple[type, ...]] = {
     "name": (str,), "kind": (str,), "family": (str,), "source": (str,), "weight_name": (str,),
     "weight": (int, float), "trigger": (str, list), "description": (str,), "preview": (str,),
     "control": (str,), "mode": (int,),
 }
-REQUIRED = ("name", "kind", "family", "source")
+REQUIRED = ("name", "kind", "source")  # and "family", except for an upscaler
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 HUB_RE = re.compile(r"[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*")
 
@@ -121,10 +121,12 @@ def _manifest_error(m: Manifest, data: dict, root: Path) -> str | None:
     if not NAME_RE.fullmatch(m.name):
         return (f"field 'name' = {m.name!r}: use 1-64 letters, digits, '_', '.' or '-' (it is typed as "
                 "<lora:NAME:0.8> and --lora NAME=0.8)")
-    m.kind, m.family, m.source = data["kind"], data["family"], data["source"].strip()
+    m.kind, m.family, m.source = data["kind"], data.get("family", "any"), data["source"].strip()
     if m.kind not in KINDS:
         return f"field 'kind' = {m.kind!r}: use one of {', '.join(KINDS)}"
-    if m.family not in FAMILIES:
+    if m.kind != "upscaler" and "family" not in data:
+        return f"missing field 'family' (required for a {m.kind}: one of {', '.join(FAMILIES)})"
+    if m.family not in FAMILIES and not (m.kind == "upscaler" and m.family == "any"):
         return f"field 'family' = {m.family!r}: use one of {', '.join(FAMILIES)}"
     m.weight = float(data.get("weight", 1.0))
     if not -4.0 <= m.weight <= 4.0:
@@ -166,10 +168,10 @@ def _source_error(m: Manifest, root: Path) -> str | None:
         m.file, error = _inside(local, root, "field 'source'")
         if error:
             return error
-        if m.kind == "lora" and suffix != ".safetensors":
-            return f"field 'source' = {src!r}: a LoRA source must be a .safetensors file"
+        if m.kind in ("lora", "upscaler") and suffix != ".safetensors":
+            return f"field 'source' = {src!r}: a {m.kind} source must be a .safetensors file"
         return None
-    if m.kind == "lora":
+    if m.kind in ("lora", "upscaler"):
         return (f"missing field 'weight_name': the source {src!r} is a Hub repo, so name the LoRA file in it, e.g. "
                 "weight_name = \"pytorch_lora_weights.safetensors\"")
     m.hub = True  # a ControlNet repo in diffusers layout
