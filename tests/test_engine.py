@@ -139,7 +139,7 @@ def test_cached_model_is_not_reloaded(engine, tiny_model):
 def test_cancel_stops_generation(engine, tiny_model):
     import threading
 
-    from engine.engine import Cancelled
+    from engine.result import Cancelled
 
     stop = threading.Event()
     seen = []
