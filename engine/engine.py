@@ -185,6 +185,11 @@ class Engine:
             kwargs["negative_prompt"] = req.negative or None
         elif req.negative:
             notes.append("Flux ignores the negative prompt.")
+        if family == "builtin":
+            from .vocabulary import vocabulary_note
+
+            note = vocabulary_note(req.prompt, tuple(loras.triggers) if loras else ())
+            notes += [note] if note else []
         native = defaults_for(family).size
         if family == "builtin" and (req.width, req.height) != (native, native):
             notes.append(f"The built-in model learned {native}x{native} images only: at {req.width}x{req.height} "

@@ -167,3 +167,11 @@ def test_nan_pixels_are_answered_with_a_note_naming_the_cause(tiny_model):
     bad = engine.generate(small(model, seed=3))
     assert any("invalid pixel values (NaN/inf)" in n and "broken model weights" in n for n in bad.notes)
     assert np.asarray(bad.images[0]).max() == 0  # shown black, not garbage
+
+
+def test_the_built_in_model_names_the_words_it_does_not_know(engine):
+    result = engine.generate(Request(prompt="a cat, make it green", seed=1))
+    note = next(n for n in result.notes if "knows only its shapes world" in n)
+    assert "'cat', 'make', 'it'" in note and "'green'" not in note and "a big red circle on the left" in note
+    known = engine.generate(Request(prompt="a big red circle on the left, blue background", seed=1))
+    assert not any("shapes world" in n for n in known.notes)
