@@ -1,33 +1,73 @@
-"""`mount(app, studio, ...)`: the A1111 and OpenAI APIs on the FastAPI app that serves the page.
+"""`mount(demo, ...)`: the A1111 and OpenAI APIs (and, with --mcp, the MCP tools) on the server of the page.
 
 Gradio builds its FastAPI app inside `demo.launch()`; routes included afterwards are served by it (Starlette reads
-its route list on every request, and gradio has no catch-all route they could hide behind):
+its route list on every request, and gradio has no catch-all route they could hide behind). The MCP tools are
+events of the page, so they are added before launch:
 
-    launch(demo, host, port, auth=auth)
-    apis.mount(demo.server_app, demo.studio, auth=auth, api_token=args.api_token)
+    demo = build(engine, model)
+    if args.mcp:
+        apis.add_tools(demo, demo.studio)
+    launch(demo, host, port, auth=auth, mcp=args.mcp)           # demo.launch(..., mcp_server=args.mcp)
+    apis.mount(demo, auth=auth, api_token=args.api_token)
 """
 
 from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI
+import gradio as gr
+from starlette.responses import JSONResponse
+from starlette.routing import Mount
 
 from apis import a1111, openai_images
 from apis.auth import Gate
 from apis.jobs import Jobs
-from ui.studio import Studio
+from apis.mcp_tools import keep_only_tools
 
 log = logging.getLogger(__name__)
 
+MCP_PATH = "/gradio_api/mcp"
 
-def mount(app: FastAPI, studio: Studio, auth: tuple[str, str] | None = None, api_token: str | None = None) -> Jobs:
-    """Serve /sdapi/v1/* and /v1/images/* from `app`, their generations in `studio.line` with the chat's; behind
-    `auth` (HTTP basic) or `api_token` (Bearer) when given. Returns the API's jobs (progress, interrupt)."""
+
+def mount(demo: gr.Blocks, auth: tuple[str, str] | None = None, api_token: str | None = None) -> Jobs:
+    """Serve /sdapi/v1/* and /v1/images/* from the launched `demo`'s app, their generations in the studio's line
+    with the chat's, behind `auth` (HTTP basic) or `api_token` (Bearer) when given; the MCP server, when on, keeps
+    only the studio's tools and sits behind the same gate. Returns the APIs' jobs (progress, interrupt)."""
+    app, studio = demo.server_app, demo.studio
     gate = Gate(auth, api_token or None)
-    jobs = Jobs(studio)
+    jobs = getattr(demo, "api_jobs", None) or Jobs(studio)
     app.include_router(a1111.build_router(studio, jobs, gate))
     app.include_router(openai_images.build_router(studio, jobs, gate))
-    log.info("APIs mounted: /sdapi/v1 (AUTOMATIC1111), /v1/images (OpenAI)%s",
-             "" if gate.open else " behind " + ("--auth" if auth else "") + (" --api-token" if api_token else ""))
+    mcp = getattr(demo, "mcp_server_obj", None)
+    if mcp is not None:
+        keep_only_tools(mcp)
+        if not gate.open:
+            guard_mcp(app, gate)
+    log.info("APIs mounted: /sdapi/v1 (AUTOMATIC1111), /v1/images (OpenAI)%s%s", ", MCP" if mcp else "",
+             "" if gate.open else ", behind " + " or ".join(n for n, on in (("--auth", auth), ("--api-token",
+                                                                                               api_token)) if on))
     return jobs
+
+
+def guard_mcp(app, gate: Gate) -> None:
+    """Put gradio's MCP mount behind `gate` (gradio serves it without its login: an MCP client can't log in)."""
+    for route in app.router.routes:
+        if isinstance(route, Mount) and route.path == MCP_PATH:
+            route.app = GatedASGI(route.app, gate)
+            return
+    raise RuntimeError(f"gradio's MCP server is not mounted at {MCP_PATH}; the tools would be served unguarded.")
+
+
+class GatedASGI:
+    def __init__(self, app, gate: Gate):
+        self.app, self.gate = app, gate
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+            if not self.gate.allows(header):
+                response = JSONResponse({"error": f"Incorrect or missing credentials. {self.gate.hint()}"}, 401,
+                                        headers={"WWW-Authenticate": 'Basic realm="studio"'} if self.gate.auth
+                                        else None)
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)

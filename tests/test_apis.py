@@ -18,6 +18,7 @@ from PIL import Image
 
 webuiapi = pytest.importorskip("webuiapi", reason="pip install -r requirements-test.txt (webuiapi)")
 openai = pytest.importorskip("openai", reason="pip install -r requirements-test.txt (openai)")
+pytest.importorskip("mcp", reason="pip install -r requirements-test.txt (mcp)")  # the server side of --mcp too
 
 USER, PASSWORD, TOKEN = "alice", "correct-horse", "tok-123"
 PROMPT = "a big red circle on the left, blue background"
@@ -32,16 +33,19 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(engine):
-    """The page with --auth and the APIs mounted, on the built-in model; at most 2 generations may wait."""
+    """The page with --auth, --mcp and the APIs mounted, on the built-in model; at most 2 generations may wait."""
     import apis
     from ui.app import build
-    from ui.serve import launch
+    from ui.serve import MAX_FILE_SIZE
 
     demo = build(engine, "builtin", max_queue=2)
+    apis.add_tools(demo, demo.studio)
     demo.queue(max_size=16)
     port = free_port()
-    launch(demo, "127.0.0.1", port, auth=(USER, PASSWORD))
-    apis.mount(demo.server_app, demo.studio, auth=(USER, PASSWORD), api_token=TOKEN)
+    # ui.serve.launch's options, with gradio's MCP server on (what `app.py --mcp` passes)
+    demo.launch(server_name="127.0.0.1", server_port=port, auth=(USER, PASSWORD), max_file_size=MAX_FILE_SIZE,
+                show_error=False, ssr_mode=False, prevent_thread_lock=True, quiet=True, mcp_server=True)
+    apis.mount(demo, auth=(USER, PASSWORD), api_token=TOKEN)
     yield {"url": f"http://127.0.0.1:{port}", "port": port, "studio": demo.studio}
     demo.close()
 
@@ -242,3 +246,73 @@ def test_a_full_line_is_503_busy_for_both_apis(sd, oa, server):
         for ticket in tickets:
             line.leave(ticket)
     assert sd.txt2img(prompt=PROMPT, **FAST).image.size == (64, 64)  # and served again once it moves
+
+
+# ----------------------------------------------------------------------------------------------------- MCP
+
+
+def mcp_session(server, work, token=TOKEN):
+    """Run `work(session)` in an MCP client session (the official SDK, streamable HTTP) with the server."""
+    import asyncio
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    async def main():
+        headers = {"Authorization": f"Bearer {token}"}
+        async with streamablehttp_client(server["url"] + "/gradio_api/mcp/", headers=headers) as (read, write, _):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                return await work(session)
+
+    return asyncio.run(main())
+
+
+def test_mcp_tools_listed_with_descriptions_and_only_ours(server):
+    async def work(session):
+        return (await session.list_tools()).tools
+
+    tools = {tool.name: tool for tool in mcp_session(server, work)}
+    assert set(tools) == {"generate", "list_models", "list_plugins"}  # the UI's own endpoints are not tools
+    generate = tools["generate"]
+    properties = generate.inputSchema["properties"]
+    assert list(properties) == ["prompt", "negative", "model", "steps", "guidance", "seed", "width", "height",
+                                "scheduler", "loras"]
+    assert properties["prompt"]["description"].startswith("Required.")
+    assert "1 to 200" in properties["steps"]["description"] and properties["seed"]["default"] == -1
+    assert "shapes" in generate.description
+
+
+def test_mcp_generate_gives_a_png_of_the_right_size(server):
+    import httpx
+
+    async def work(session):
+        made = await session.call_tool("generate", {"prompt": PROMPT, "seed": 9, "steps": 4, "loras": "outline:0.5"})
+        bad = await session.call_tool("generate", {"prompt": PROMPT, "steps": 500})
+        models = await session.call_tool("list_models", {})
+        plugins = await session.call_tool("list_plugins", {})
+        return made, bad, models, plugins
+
+    made, bad, models, plugins = mcp_session(server, work)
+    assert not made.isError
+    image = next(c for c in made.content if c.type == "image")
+    assert image.mimeType == "image/png"
+    assert Image.open(io.BytesIO(base64.b64decode(image.data))).size == (64, 64)
+    texts = [c.text for c in made.content if c.type == "text"]
+    url = next(t for t in texts if t.startswith("Image URL: ")).removeprefix("Image URL: ")
+    with httpx.Client() as browser:  # with --auth, gradio serves its files to a logged-in client
+        assert browser.post(server["url"] + "/login", data={"username": USER, "password": PASSWORD}).is_success
+        file = browser.get(url)
+    assert "Seed: 9" in Image.open(io.BytesIO(file.content)).info["parameters"]  # the file keeps its metadata
+    assert any("seed 9" in t and "<lora:outline:0.5>" in t for t in texts)
+    assert bad.isError and "steps = 500 is out of range" in bad.content[0].text
+    listed = json.loads(models.content[0].text)
+    assert listed["default"] == "builtin" and any(m["id"] == "builtin" for m in listed["models"])
+    assert {"outline", "pastel"} <= {p["name"] for p in json.loads(plugins.content[0].text)}
+
+
+def test_mcp_needs_the_credentials_too(server):
+    import httpx
+
+    refused = httpx.post(server["url"] + "/gradio_api/mcp/", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+    assert refused.status_code == 401

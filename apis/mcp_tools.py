@@ -1,0 +1,152 @@
+"""The studio as MCP tools for agents (`python app.py --mcp`): gradio's own MCP server (streamable HTTP at
+/gradio_api/mcp/) turns these events into tools, their docstrings into the descriptions a model reads.
+
+`add_tools(demo, studio)` wires them into the page before `launch(mcp_server=True)`; `apis.mount` then keeps
+the MCP server to these tools alone (the UI's own endpoints are not tools) and puts it behind --auth.
+Generations wait in the studio's line like every chat message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from apis.jobs import Jobs
+from engine.images.infotext import take_lora_tags
+from engine.request import UserError
+from ui import runner
+from ui.state import Settings
+from ui.studio import Studio, plugin_rows
+
+log = logging.getLogger(__name__)
+
+ENDPOINTS = ("mcp_generate", "mcp_list_models", "mcp_list_plugins")  # the tools are named after their functions
+FILES_TTL_S = 3600
+
+
+def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs:
+    """Add the tools' events to `demo` (before launch). Returns the jobs they run in."""
+    jobs = jobs or Jobs(studio)
+    folder = Path(tempfile.mkdtemp(prefix="studio-mcp-"))
+
+    def generate(prompt: str, negative: str = "", model: str = "", steps: float = 0, guidance: float = -1,
+                 seed: float = -1, width: float = 0, height: float = 0, scheduler: str = "default",
+                 loras: str = ""):
+        """Paint one image from a text prompt with the studio's diffusion model and return it as a PNG (its
+        settings are stored inside the file). Every argument but the prompt is optional; leave it at its default
+        to use the model's own default. The built-in model knows a small world of shapes: prompts like 'a {small|big}
+        {colour} {circle|square|triangle|person} {on the left|on the right|at the top|at the bottom|in the center},
+        {colour} background'; it paints 64x64 images best. Call list_models for other models.
+
+        Args:
+            prompt: Required. What the image should show, e.g. 'a big red circle on the left, blue background'.
+            negative: What the image should not show (negative prompt), e.g. 'blurry'. Empty: nothing.
+            model: Which model paints: 'builtin', a Hugging Face id or an id from list_models. Empty: the server's.
+            steps: Sampling steps, 1 to 200; more is slower and usually cleaner. 0: the model's default (built-in: 10).
+            guidance: How strictly to follow the prompt, 0 to 30. -1: the model's default (built-in: 2).
+            seed: Random seed, 0 to 4294967295; the same seed and settings give the same image. -1: a random seed.
+            width: Image width in pixels, a multiple of 8 (16 for Flux). 0: the model's native size (built-in: 64).
+            height: Image height in pixels, a multiple of 8 (16 for Flux). 0: the model's native size (built-in: 64).
+            scheduler: euler, euler-a, dpm++2m, unipc, ddim, heun or lms (Flux: flow-euler). 'default': the model's.
+            loras: LoRA plugins with weights, e.g. 'outline:0.8, pastel:1'; see list_plugins. Empty: none.
+
+        Returns:
+            The PNG and its URL, then the settings used: model, size, steps, guidance, seed, scheduler, time.
+        """
+        try:
+            settings = Settings(model=(model or "").strip() or studio.default_model, negative=negative or "",
+                                steps=_whole(steps), guidance=guidance, seed=_whole(seed), width=_whole(width),
+                                height=_whole(height), scheduler=scheduler or "default",
+                                loras=_loras(loras))
+            result = jobs.run(settings.request(prompt or ""))
+        except (runner.Busy, UserError) as e:
+            raise gr.Error(str(e)) from None
+        except runner.Cancelled:
+            raise gr.Error("The generation was stopped on the server; call generate again.") from None
+        path = folder / f"studio-{time.strftime('%Y%m%d-%H%M%S')}-seed{result.seeds[0]}.png"
+        result.save_png(0, path)
+        _forget_old(folder)
+        return str(path), result.settings_line()
+
+    def list_models() -> str:
+        """List the models this studio can paint with, as JSON: each with its id (pass it as generate's model),
+        family (builtin, sd15, sdxl, flux) and default steps, guidance and size. Hugging Face ids not listed work
+        too when the server can download them.
+
+        Returns:
+            JSON: {"default": the server's model, "models": [{"id", "family", "steps", "guidance", "width", "height"}]}.
+        """
+        from apis.a1111 import model_names
+
+        models = []
+        for name in model_names(studio, studio.default_model):
+            try:
+                d = studio.engine.defaults(name)
+            except UserError:
+                continue  # not usable here (offline and not cached): not offered
+            models.append({"id": name, "family": d["family"], "steps": d["steps"], "guidance": d["guidance"],
+                           "width": d["width"], "height": d["height"]})
+        return json.dumps({"default": studio.default_model, "models": models})
+
+    def list_plugins(model: str = "") -> str:
+        """List the LoRA plugins (styles and concepts) as JSON, judged against a model: name (pass it in
+        generate's loras as 'name:weight'), default weight, trigger word, description, and whether it fits.
+
+        Args:
+            model: The model to judge them against, as in generate. Empty: the server's model.
+
+        Returns:
+            JSON: [{"name", "weight", "compatible", "why", "description"}].
+        """
+        rows = plugin_rows(studio.engine, (model or "").strip() or studio.default_model)
+        return json.dumps([{k: row[k] for k in ("name", "weight", "compatible", "why", "description")}
+                           for row in rows])
+
+    with demo:
+        with gr.Column(visible=False):
+            text = lambda label, value="": gr.Textbox(value, label=label)  # noqa: E731
+            number = lambda label, value: gr.Number(value, label=label)  # noqa: E731
+            inputs = [text("prompt"), text("negative"), text("model"), number("steps", 0), number("guidance", -1),
+                      number("seed", -1), number("width", 0), number("height", 0), text("scheduler", "default"),
+                      text("loras")]
+            plugins_model = text("model")
+            image, line = gr.Image(type="filepath", format="png", label="image"), gr.Textbox(label="settings")
+            listing = gr.Textbox(label="json")
+            # queue=False: gradio's MCP server calls these directly; their generations wait in the studio's line
+            tool = dict(queue=False, api_visibility="public")
+            gr.Button(visible=False).click(generate, inputs, [image, line], api_name=ENDPOINTS[0], **tool)
+            gr.Button(visible=False).click(list_models, [], listing, api_name=ENDPOINTS[1], **tool)
+            gr.Button(visible=False).click(list_plugins, plugins_model, listing, api_name=ENDPOINTS[2], **tool)
+    demo.api_jobs = jobs  # apis.mount shares them with the A1111 API's /progress and /interrupt
+    return jobs
+
+
+def keep_only_tools(server) -> None:
+    """Let gradio's MCP server (`demo.mcp_server_obj`) offer these tools alone, not the UI's own endpoints."""
+    server.tool_to_endpoint = {name: endpoint for name, endpoint in server.tool_to_endpoint.items()
+                               if endpoint.lstrip("/") in ENDPOINTS}
+
+
+def _whole(value):
+    """A form number as an int when it is whole (the engine words the error when it is not)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _loras(text: str) -> list:
+    """'outline:0.8, pastel' as LoRA specs, read like the chat's <lora:name:weight> tags."""
+    if not text or not text.strip():
+        return []
+    tags = " ".join(f"<lora:{item.strip()}>" for item in text.split(",") if item.strip())
+    _, loras = take_lora_tags(tags)
+    return loras
+
+
+def _forget_old(folder: Path) -> None:
+    for old in folder.glob("*.png"):
+        if time.time() - old.stat().st_mtime > FILES_TTL_S:
+            old.unlink(missing_ok=True)
