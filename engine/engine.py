@@ -188,7 +188,7 @@ class Engine:
         if family == "builtin":
             from .vocabulary import vocabulary_note
 
-            note = vocabulary_note(req.prompt, tuple(loras.triggers) if loras else ())
+            note = vocabulary_note(req.prompt, source.location, tuple(loras.triggers) if loras else ())
             notes += [note] if note else []
         native = defaults_for(family).size
         if family == "builtin" and (req.width, req.height) != (native, native):

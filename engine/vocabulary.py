@@ -1,34 +1,45 @@
-"""What the built-in model understands: the words of its shapes world. A prompt's other words are read as text
-but were never seen in training, so the reply names them (instead of a silent, puzzling blob)."""
+"""What the built-in model understands: the words of its training captions, which its folder lists in
+studio.json ("vocabulary", written when the model is assembled). A prompt's other words are read as text but were
+never seen in training, so the reply names them (instead of a silent, puzzling blob)."""
 
 from __future__ import annotations
 
+import json
 import re
+from functools import lru_cache
+from pathlib import Path
 
 EXAMPLE = "a big red circle on the left, blue background"
-_FILLER = {"an", "with", "of", "image", "picture", "please", "draw"}  # harmless; not worth a note
+_FILLER = frozenset({"an", "with", "of", "image", "picture", "please", "draw"})  # harmless; not worth a note
 WORD = re.compile(r"[a-z]+")
 
 
-def unknown_words(prompt: str, known: set[str] | None = None) -> list[str]:
-    """The prompt's words the built-in model never saw, in order, once each (LoRA trigger words aside)."""
-    from .train.world import corpus_words
+@lru_cache(maxsize=8)
+def model_vocabulary(folder: str) -> frozenset[str]:
+    """The caption words a model folder's studio.json lists (empty when it lists none)."""
+    try:
+        words = json.loads((Path(folder) / "studio.json").read_text()).get("vocabulary") or []
+    except (OSError, ValueError, AttributeError):
+        return frozenset()
+    return frozenset(w for w in words if isinstance(w, str))
 
-    known = known if known is not None else set(corpus_words()) | _FILLER
+
+def unknown_words(prompt: str, known: frozenset[str] | set[str]) -> list[str]:
+    """The prompt's words not in `known`, in order, once each."""
     seen, out = set(), []
     for word in WORD.findall(prompt.lower()):
-        if word not in known and word not in seen:
+        if word not in known and word not in _FILLER and word not in seen:
             seen.add(word)
             out.append(word)
     return out
 
 
-def vocabulary_note(prompt: str, extra_known: tuple[str, ...] = ()) -> str | None:
-    """A one-line note for the built-in model when the prompt has words outside its world, else None."""
-    from .train.world import corpus_words
-
-    known = set(corpus_words()) | _FILLER | {w for t in extra_known for w in WORD.findall(t.lower())}
-    words = unknown_words(prompt, known)
+def vocabulary_note(prompt: str, folder: str, extra_known: tuple[str, ...] = ()) -> str | None:
+    """A one-line note when the prompt has words outside the model's captions (None if it lists no vocabulary)."""
+    known = model_vocabulary(folder)
+    if not known:
+        return None
+    words = unknown_words(prompt, known | {w for t in extra_known for w in WORD.findall(t.lower())})
     if not words:
         return None
     shown = ", ".join(f"'{w}'" for w in words[:8]) + (f" and {len(words) - 8} more" if len(words) > 8 else "")
