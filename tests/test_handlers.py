@@ -180,3 +180,16 @@ def test_the_page_follows_the_engine_config():
         placeholders = [c["props"].get("placeholder") for c in demo.config["components"]]
         assert hint in placeholders
         assert "generate" in [d.get("api_name") for d in demo.config["dependencies"]]
+
+
+def test_a_message_of_flags_only_names_the_missing_prompt_or_reuses_the_selected_one(studio, session, settings):
+    """Before: a bare '--cfg 999' answered only 'The prompt is empty'."""
+    from ui import inline
+
+    with pytest.raises(UserError, match=r"only flags and no prompt"):
+        handlers.build_request(studio, session, inline.parse_message("--cfg 999"), settings)
+    generate(studio, session, "a red circle", settings)
+    request = handlers.build_request(studio, session, inline.parse_message("--seed 5 --cfg 999"), settings)
+    assert (request.prompt, request.seed) == ("a red circle", 5)
+    with pytest.raises(UserError, match=r"guidance = 999.0 is out of range"):
+        check_request(request, "sd15")

@@ -56,8 +56,17 @@ def send(studio: Studio, session: Session, text: str, settings: Settings, files:
 
 
 def build_request(studio: Studio, session: Session, asked: inline.Inline, settings: Settings) -> Request:
-    """The panel's settings with the message's inline overrides; refine makes it image-to-image."""
-    request = settings.request(asked.prompt)
+    """The panel's settings with the message's inline overrides; refine makes it image-to-image. A message of
+    flags only ("--seed 5", "--refine") applies them to the selected image's prompt."""
+    prompt = asked.prompt
+    if not prompt:
+        shot = session.selected_shot()
+        if shot is None:
+            raise UserError("This message has only flags and no prompt. Write what to draw before them, e.g. "
+                            "'a big red circle on the left --cfg 3'; after a first image, flags alone re-use its "
+                            "prompt.")
+        prompt = shot.request.prompt
+    request = settings.request(prompt)
     for name, value in asked.overrides.items():
         setattr(request, name, value)
     if asked.negative:
