@@ -21,9 +21,9 @@ from PIL import ImageOps
 from apis.auth import Gate
 from apis.jobs import Jobs, decode_base64_image, fit_canvas, png_base64, whole_number
 from apis.routes import JsonBody, guarded_route
-from engine.engine import Cancelled
 from engine.images.infotext import scheduler_from_a1111, take_lora_tags
 from engine.request import DEFAULTS, MAX_COUNT, SCHEDULERS, Request, UserError, valid_schedulers
+from engine.result import Cancelled
 from ui import runner
 from ui.studio import Studio
 

@@ -19,6 +19,7 @@ import gradio as gr
 from apis.jobs import Jobs
 from engine.images.infotext import take_lora_tags
 from engine.request import UserError
+from engine.result import Cancelled
 from ui import runner
 from ui.state import Settings
 from ui.studio import Studio, plugin_rows
@@ -66,7 +67,7 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
             result = jobs.run(settings.request(prompt or ""))
         except (runner.Busy, UserError) as e:
             raise gr.Error(str(e)) from None
-        except runner.Cancelled:
+        except Cancelled:
             raise gr.Error("The generation was stopped on the server; call generate again.") from None
         path = folder / f"studio-{time.strftime('%Y%m%d-%H%M%S')}-seed{result.seeds[0]}.png"
         result.save_png(0, path)

@@ -65,7 +65,8 @@ class GatedASGI:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
             header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
-            if not self.gate.allows(header):
+            client = (scope.get("client") or ("unknown",))[0]
+            if not await self.gate.check(client, header):
                 response = JSONResponse({"error": f"Incorrect or missing credentials. {self.gate.hint()}"}, 401,
                                         headers={"WWW-Authenticate": 'Basic realm="studio"'} if self.gate.auth
                                         else None)

@@ -27,8 +27,8 @@ from starlette.concurrency import run_in_threadpool
 from apis.auth import Gate
 from apis.jobs import Jobs, fit_canvas, png_bytes, whole_number
 from apis.routes import JsonBody, guarded_route
-from engine.engine import Cancelled
 from engine.request import DEFAULTS, MAX_COUNT, Request, UserError
+from engine.result import Cancelled
 from ui import runner
 from ui.studio import Studio
 

@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 
 from apis.auth import Gate
 
+MAX_BODY = 72 * 2**20  # a 50 MB image (the engine's limit) base64-encoded, and the rest of the request
 JsonBody = Annotated[dict[str, Any], Body(default_factory=dict)]  # the request's JSON object, as it came
 ErrorShape = Callable[[int, str, str], JSONResponse]  # (status, kind, message) -> response
 
@@ -22,11 +23,16 @@ def guarded_route(gate: Gate, error: ErrorShape) -> type[APIRoute]:
             handler = super().get_route_handler()
 
             async def route(request):
-                if not gate.allows(request.headers.get("authorization")):
+                client = request.client.host if request.client else "unknown"
+                if not await gate.check(client, request.headers.get("authorization")):
                     response = error(401, "Unauthorized", f"Incorrect or missing credentials. {gate.hint()}")
                     if gate.auth is not None:
                         response.headers["WWW-Authenticate"] = 'Basic realm="studio"'
                     return response
+                size = request.headers.get("content-length", "")
+                if size.isdigit() and int(size) > MAX_BODY:
+                    return error(413, "PayloadTooLarge", f"The request is {int(size) / 2**20:.0f} MB; at most "
+                                 f"{MAX_BODY // 2**20} MB are read (an image of up to 50 MB, base64-encoded).")
                 try:
                     return await handler(request)
                 except RequestValidationError as e:

@@ -116,6 +116,8 @@ def test_a1111_img2img_and_inpaint(sd):
     inverted = sd.img2img(images=[init], mask_image=mask, mask_blur=0, inpainting_mask_invert=1,
                           inpaint_full_res=False, prompt=PROMPT, denoising_strength=1.0, seed=3, **FAST)
     assert unmasked_change(init, inverted.image, Image.eval(mask, lambda v: 255 - v)) == 0
+    only = sd.img2img(images=[init], mask_image=mask, prompt=PROMPT, seed=3, **FAST)  # webuiapi's defaults:
+    assert only.image.size == (64, 64) and unmasked_change(init, only.image, mask, margin=8) == 0  # only masked
 
 
 def test_a1111_models_loras_samplers_options(sd, server):
@@ -230,6 +232,20 @@ def test_auth_basic_bearer_or_nothing(server):
     assert httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
     assert httpx.get(url, headers={"Authorization": f"Bearer {USER}:{PASSWORD}"}).status_code == 200
     assert httpx.post(server["url"] + "/v1/images/generations", json={"prompt": PROMPT}).json()["error"]["message"]
+
+
+def test_wrong_credentials_wait_longer_each_time():
+    from apis.auth import Gate
+
+    gate = Gate((USER, PASSWORD))
+    for _ in range(5):
+        gate.throttle.record("10.0.0.1", ok=False)
+    assert gate.throttle.delay("10.0.0.1") == 2.0 and gate.throttle.delay("10.0.0.2") == 0  # 0.5 s x 2**(5 - 3)
+    gate.throttle.record("10.0.0.1", ok=True)
+    assert gate.throttle.delay("10.0.0.1") == 0
+    basic = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    assert gate.allows(basic) and not gate.allows("Basic !!notbase64") and not gate.allows(f"Bearer {TOKEN}")
+    assert Gate().allows(None)  # no --auth, no --api-token: open, like the page
 
 
 def test_a_full_line_is_503_busy_for_both_apis(sd, oa, server):
