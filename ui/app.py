@@ -83,7 +83,7 @@ def wire_chat(page: Page, studio: Studio, status: ModelStatus | None) -> None:
             yield {**view(session), page.box: gr.MultimodalTextbox(value=None)}
             try:
                 for update in work(studio, session, values):
-                    yield render(session, update, values)
+                    yield {page.chatbot: gr.skip()} if update.quiet else render(session, update, values)
             except Exception as e:
                 session.say("assistant", runner.error_message(e))
                 yield view(session)

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 ENGINE_GROUP = "engine"  # the gradio concurrency group of every event that runs the engine (one GPU: one at a time)
 PREVIEWS_PER_RUN = 4
+REDRAW_S = 0.25  # the step counter is redrawn at most this often (a preview always is)
 WAIT_POLL_S = 0.25  # how often a waiting or running generation yields (so a close takes effect)
 
 
@@ -34,6 +35,7 @@ class Update:
 
     settings: Settings | None = None
     prompt: str | None = None
+    quiet: bool = False  # nothing changed: a yield only so that a close (Stop, cancel, client gone) takes effect
 
 
 def generate(studio: Studio, request: Request, **live):
@@ -157,7 +159,7 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
     pending = session.say("assistant", "⏳ Starting…")
     started = time.perf_counter()
     previews: list[Path] = []
-    result, error = None, None
+    result, error, redrawn = None, None, 0.0
     steps = stream(studio, request, session.cancel)
     try:
         while True:
@@ -169,9 +171,15 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
             if what == "waiting":
                 text = f"⏳ Waiting for the engine: {step} ahead of you · press ■ Stop to leave the line"
             elif step < 0:
+                yield Update(quiet=True)
                 continue
             else:
                 text = f"⏳ Step {step}/{total} · {time.perf_counter() - started:.1f}s · press ■ Stop to cancel"
+            same = session.history[pending:] == [{"role": "assistant", "content": text}]
+            if preview is None and (same or (what == "step" and time.perf_counter() - redrawn < REDRAW_S)):
+                yield Update(quiet=True)  # every redraw re-sends the whole history: at most a few a second
+                continue
+            redrawn = time.perf_counter()
             if preview is not None:
                 path = session.workdir / f"preview-{len(previews)}.jpg"
                 preview.save(path, quality=85)
