@@ -332,3 +332,66 @@ def test_mcp_needs_the_credentials_too(server):
 
     refused = httpx.post(server["url"] + "/gradio_api/mcp/", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
     assert refused.status_code == 401
+
+
+# --------------------------------------------------------------------------------------------- Ray Serve
+
+
+@pytest.fixture(scope="module")
+def ray_studio():
+    """2 CPU replicas of the built-in model on a local Ray, one torch thread each, behind a Studio."""
+    ray = pytest.importorskip("ray", reason="pip install -r requirements-test.txt (ray[serve])")
+    from apis import ray_serve
+    from engine.config import EngineConfig
+    from engine.engine import Engine
+    from ui.runner import Line
+    from ui.studio import Studio
+
+    config = EngineConfig(device="cpu")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        handle = ray_serve.start(config, "builtin", replicas=2)
+        remote = ray_serve.RemoteEngine(Engine(config), handle, replicas=2)
+        yield Studio(remote, "builtin", line=Line(8))
+    finally:
+        ray_serve.stop()
+        ray.shutdown()
+
+
+def test_ray_replicas_give_the_single_engines_pixels_and_share_the_work(ray_studio, engine, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine.request import Request
+    from ui import api
+
+    request = Request(prompt=PROMPT, seed=21, steps=4)
+    alone = engine.generate(request).images[0]
+    paths = api.generate(ray_studio, tmp_path, PROMPT, "", "", 4, -1, 21)  # the chat's API endpoint, via the line
+    assert Image.open(paths[0]).convert("RGB").tobytes() == alone.tobytes()
+    remote = ray_studio.engine
+    before = dict(remote.served)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda seed: remote.generate(Request(prompt=PROMPT, seed=seed, steps=4)), range(4)))
+    assert [r.seeds[0] for r in results] == [0, 1, 2, 3]
+    assert len([pid for pid in remote.served if remote.served[pid] > before.get(pid, 0)]) == 2  # both replicas
+
+
+def test_ray_a_killed_replica_is_answered_and_replaced(ray_studio):
+    import os
+    import signal
+
+    from engine.request import Request, UserError
+
+    remote = ray_studio.engine
+    before = dict(remote.served)
+    victim = {}
+
+    def on_step(step, total, _):
+        if not victim:
+            victim["pid"] = next(p for p in remote.served if remote.served[p] > before.get(p, 0))
+            os.kill(victim["pid"], signal.SIGKILL)
+
+    with pytest.raises(UserError, match="send the message again"):
+        remote.generate(Request(prompt=PROMPT, seed=1, steps=200), progress=on_step)
+    for seed in range(3):  # the other replica serves meanwhile, and Ray starts a new one
+        assert remote.generate(Request(prompt=PROMPT, seed=seed, steps=2)).images[0].size == (64, 64)

@@ -1,0 +1,150 @@
+"""Scale out on Ray Serve: the engine as a deployment of N identical replicas (`start`), and `RemoteEngine`, which
+stands in for the Engine in the Studio so that the chat, the APIs and MCP send every generation to them.
+
+    handle = start(config, "builtin", replicas=2)               # a local Ray, or address="ray://head:10001"
+    studio = Studio(RemoteEngine(Engine(config), handle, 2), "builtin")
+
+Each replica is an `Engine(config)` with the same model and plugins, so a seed gives the same pixels on any of
+them (and as in one process). Ray Serve routes each request to a free replica (one generation at a time each)
+and replaces a replica that dies; the request it held is answered with a message to send it again. Progress
+streams back step by step; a cancel stops the replica's engine within a step. Ray is optional: imported here only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import threading
+
+from engine.config import EngineConfig
+from engine.request import Request, UserError
+from engine.result import Cancelled
+
+log = logging.getLogger(__name__)
+
+DEPLOYMENT = "studio-engine"
+
+
+class EngineReplica:
+    """One replica: an Engine with the model loaded, generating one request at a time."""
+
+    def __init__(self, config: EngineConfig, model: str, threads: int):
+        import torch
+
+        from engine.engine import Engine
+
+        torch.set_num_threads(threads)
+        self.engine = Engine(config)
+        self.engine.allow_path(model)
+        self.engine.warm(model)
+
+    async def generate(self, request: Request):
+        """("replica", its pid), ("step", (step, total)) as it samples, then ("result", Result). A cancel of the
+        caller's stream reaches here as CancelledError and stops the engine at its next step."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+
+        def progress(step: int, total: int, _latents) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, ("step", (step, total)))
+
+        work = loop.run_in_executor(None, lambda: self.engine.generate(request, progress=progress, cancel=cancel))
+        yield "replica", os.getpid()
+        try:
+            while not work.done() or not events.empty():
+                getter = asyncio.ensure_future(events.get())
+                done, _ = await asyncio.wait({getter, work}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            yield "result", work.result()
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
+
+
+def start(config: EngineConfig, model: str, replicas: int = 2, gpus_per_replica: float = 0.0,
+          address: str | None = None, threads: int = 1):
+    """Deploy `replicas` engine replicas on Ray Serve (a local Ray when `address` is None, else that cluster) and
+    return the deployment handle. No HTTP proxy: the studio's own server is the only door."""
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"location": "NoServer"})
+    options = {"num_cpus": threads, "num_gpus": gpus_per_replica}
+    deployment = serve.deployment(EngineReplica, name=DEPLOYMENT, num_replicas=replicas, max_ongoing_requests=1,
+                                  ray_actor_options=options)
+    handle = serve.run(deployment.bind(config, model, threads), name="studio", route_prefix=None)
+    log.info("Ray Serve: %d replica(s) of %s ready", replicas, model)
+    return handle
+
+
+def stop() -> None:
+    from ray import serve
+
+    serve.shutdown()
+
+
+class RemoteEngine:
+    """The Engine as the UI and APIs use it, generating on the Ray Serve replicas behind `handle`. What needs no
+    loaded model (resolving names, family defaults, the plugin list) is answered by `local`, which loads none."""
+
+    def __init__(self, local, handle, replicas: int):
+        self.local, self.handle, self.replicas = local, handle, replicas
+        self.config = local.config
+        self.served: collections.Counter = collections.Counter()  # replica pid -> generations it took
+
+    def resolve(self, model: str | None):
+        return self.local.resolve(model)
+
+    def allow_path(self, model: str) -> None:
+        self.local.allow_path(model)
+
+    def defaults(self, model: str) -> dict:
+        return self.local.defaults(model)
+
+    def plugin_listing(self, model: str) -> list[dict]:
+        return self.local.plugin_listing(model)
+
+    def warm(self, model: str) -> None:
+        """The replicas loaded the server's model when they started; other models load on first use there."""
+
+    def preview(self, model: str, latents):
+        return None  # the latents stay on the replica
+
+    def generate(self, request: Request, progress=None, cancel: threading.Event | None = None):
+        from ray.exceptions import RayActorError, RayTaskError
+
+        stream = self.handle.options(stream=True).generate.remote(request)
+        try:
+            for kind, value in stream:
+                if cancel is not None and cancel.is_set():
+                    stream.cancel()
+                    raise Cancelled()
+                if kind == "result":
+                    return value
+                if kind == "replica":
+                    self.served[value] += 1
+                    continue
+                if progress is not None:
+                    progress(*value, None)
+        except RayTaskError as e:
+            if isinstance(e.cause, (UserError, Cancelled)):
+                raise e.cause from None
+            if isinstance(e.cause, RayActorError):
+                raise _replica_lost(e.cause) from None
+            raise
+        except RayActorError as e:
+            raise _replica_lost(e) from None
+        raise UserError("The engine replica ended this generation without an image. Send it again.")
+
+
+def _replica_lost(error: Exception) -> UserError:
+    log.warning("an engine replica died mid-request: %s", error)
+    return UserError("The engine replica making this image stopped (it is being replaced). Nothing was lost but "
+                     "this image: send the message again.")
