@@ -1,8 +1,8 @@
 """Scale out on Ray Serve: the engine as a deployment of N identical replicas (`start`), and `RemoteEngine`, which
 stands in for the Engine in the Studio so that the chat, the APIs and MCP send every generation to them.
 
-    handle = start(config, "builtin", replicas=2)               # a local Ray, or address="ray://head:10001"
-    studio = Studio(RemoteEngine(Engine(config), handle, 2), "builtin")
+    engine = remote_engine(config, "builtin", replicas=2)       # a local Ray, or address="ray://head:10001"
+    studio = Studio(engine, "builtin")                          # or ui.app.build(engine, "builtin")
 
 Each replica is an `Engine(config)` with the same model and plugins, so a seed gives the same pixels on any of
 them (and as in one process). Ray Serve routes each request to a free replica (one generation at a time each)
@@ -82,6 +82,25 @@ def start(config: EngineConfig, model: str, replicas: int = 2, gpus_per_replica:
     handle = serve.run(deployment.bind(config, model, threads), name="studio", route_prefix=None)
     log.info("Ray Serve: %d replica(s) of %s ready", replicas, model)
     return handle
+
+
+def remote_engine(config: EngineConfig, model: str, replicas: int = 2, gpus_per_replica: float | None = None,
+                  address: str | None = None) -> RemoteEngine:
+    """`python app.py --ray [ADDRESS] --replicas N`: the replicas started and the Engine that sends work to them.
+    Each replica takes one GPU when the cluster has GPUs (and the config does not ask for the CPU), else none."""
+    import ray
+
+    from engine.engine import Engine
+
+    if replicas < 1:
+        raise UserError(f"--replicas {replicas}: use 1 or more engine replicas.")
+    if not ray.is_initialized():
+        ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
+    if gpus_per_replica is None:
+        has_gpu = ray.cluster_resources().get("GPU", 0) >= 1 and config.device != "cpu"
+        gpus_per_replica = 1.0 if has_gpu else 0.0
+    handle = start(config, model, replicas, gpus_per_replica)
+    return RemoteEngine(Engine(config), handle, replicas)
 
 
 def stop() -> None:

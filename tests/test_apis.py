@@ -343,16 +343,11 @@ def ray_studio():
     ray = pytest.importorskip("ray", reason="pip install -r requirements-test.txt (ray[serve])")
     from apis import ray_serve
     from engine.config import EngineConfig
-    from engine.engine import Engine
-    from ui.runner import Line
     from ui.studio import Studio
 
-    config = EngineConfig(device="cpu")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        handle = ray_serve.start(config, "builtin", replicas=2)
-        remote = ray_serve.RemoteEngine(Engine(config), handle, replicas=2)
-        yield Studio(remote, "builtin", line=Line(8))
+        yield Studio(ray_serve.remote_engine(EngineConfig(device="cpu"), "builtin", replicas=2), "builtin")
     finally:
         ray_serve.stop()
         ray.shutdown()
@@ -395,3 +390,19 @@ def test_ray_a_killed_replica_is_answered_and_replaced(ray_studio):
         remote.generate(Request(prompt=PROMPT, seed=1, steps=200), progress=on_step)
     for seed in range(3):  # the other replica serves meanwhile, and Ray starts a new one
         assert remote.generate(Request(prompt=PROMPT, seed=seed, steps=2)).images[0].size == (64, 64)
+
+
+def test_ray_cancel_stops_the_replica_within_a_step(ray_studio):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine.request import MAX_STEPS, Request
+    from engine.result import Cancelled
+
+    cancel = threading.Event()
+    with pytest.raises(Cancelled):
+        ray_studio.engine.generate(Request(prompt=PROMPT, seed=1, steps=MAX_STEPS), progress=lambda *_: cancel.set(),
+                                   cancel=cancel)
+    started = time.perf_counter()  # both replicas free at once: the cancelled one did not run its ~6 s of steps
+    with ThreadPoolExecutor(2) as pool:
+        made = list(pool.map(lambda s: ray_studio.engine.generate(Request(prompt=PROMPT, seed=s, steps=2)), (1, 2)))
+    assert [r.images[0].size for r in made] == [(64, 64)] * 2 and time.perf_counter() - started < 4
