@@ -1,5 +1,6 @@
-"""The studio as MCP tools for agents (`python app.py --mcp`): gradio's own MCP server (streamable HTTP at
-/gradio_api/mcp/) turns these events into tools, their docstrings into the descriptions a model reads.
+"""The studio as MCP tools for agents (`python app.py --mcp`): generate, edit, list_models, list_plugins. Gradio's
+own MCP server (streamable HTTP at /gradio_api/mcp/) turns these events into tools, their docstrings into the
+descriptions a model reads.
 
 `add_tools(demo, studio)` wires them into the page before `launch(mcp_server=True)`; `apis.mount` then keeps
 the MCP server to these tools alone (the UI's own endpoints are not tools) and puts it behind --auth.
@@ -8,17 +9,20 @@ Generations wait in the studio's line like every chat message.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import re
+import secrets
 import tempfile
 import time
 from pathlib import Path
 
 import gradio as gr
 
-from apis.jobs import Jobs
+from apis.jobs import Jobs, decode_base64_image, fit_canvas
 from engine.images.infotext import take_lora_tags
-from engine.request import UserError
+from engine.request import DEFAULTS, UserError
 from engine.result import Cancelled
 from ui import runner
 from ui.state import Settings
@@ -26,8 +30,10 @@ from ui.studio import Studio, plugin_rows
 
 log = logging.getLogger(__name__)
 
-ENDPOINTS = ("mcp_generate", "mcp_list_models", "mcp_list_plugins")  # the tools are named after their functions
+# the tools' endpoints; the tools are named after their functions (generate, list_models, list_plugins, edit)
+ENDPOINTS = ("mcp_generate", "mcp_list_models", "mcp_list_plugins", "mcp_edit")
 FILES_TTL_S = 3600
+OWN_IMAGE = re.compile(r"(studio-[0-9a-f]{12}-seed\d+\.png)$")  # the names `paint` gives
 
 
 def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs:
@@ -59,17 +65,57 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
         Returns:
             The PNG and its URL, then the settings used: model, size, steps, guidance, seed, scheduler, time.
         """
+        settings = Settings(model=(model or "").strip() or studio.default_model, negative=negative or "",
+                            steps=_whole(steps), guidance=guidance, seed=_whole(seed), width=_whole(width),
+                            height=_whole(height), scheduler=scheduler or "default")
+        return paint(lambda: dataclasses.replace(settings.request(prompt or ""), loras=_loras(loras)))
+
+    def edit(image: str, prompt: str, mask: str = "", strength: float = 0.6, upscale: float = 0,
+             negative: str = "", model: str = "", steps: float = 0, guidance: float = -1, seed: float = -1):
+        """Change an image that generate or edit returned (or any PNG/JPEG sent as base64) and return the new PNG:
+        redraw it following a prompt (refine), repaint only a masked part (inpaint), or make it larger with added
+        detail (upscale). The result keeps the image's size unless upscaled.
+
+        Args:
+            image: Required. The 'Image URL' that generate or edit returned, or the image itself as base64 PNG/JPEG.
+            prompt: Required. What the result should show, e.g. 'a big green square in the center, white background'.
+            mask: Inpaint mask as base64 PNG (or an Image URL), the image's size: white = repaint, black = keep.
+            strength: How much to change, 0.01 (almost nothing) to 1 (repaint fully). Default 0.6.
+            upscale: Make the image this many times larger, above 1 up to 4 (e.g. 2), refined at strength 0.35. 0: no.
+            negative: What the result should not show. Empty: nothing.
+            model: Which model paints, as in generate. Empty: the server's model.
+            steps: Sampling steps, 1 to 200 (the edit runs steps x strength of them). 0: the model's default.
+            guidance: How strictly to follow the prompt, 0 to 30. -1: the model's default.
+            seed: Random seed, 0 to 4294967295. -1: a random seed.
+
+        Returns:
+            The new PNG and its URL, then the settings used.
+        """
+        def request():
+            model_name = (model or "").strip() or studio.default_model
+            settings = Settings(model=model_name, negative=negative or "", steps=_whole(steps), guidance=guidance,
+                                seed=_whole(seed))
+            req = dataclasses.replace(settings.request(prompt or ""), init_image=_image(image, "image", folder),
+                                      strength=strength)
+            if upscale:
+                req.upscale, req.hires_strength = upscale, 0.35
+            if mask:
+                multiple = DEFAULTS[studio.engine.defaults(model_name)["family"]].multiple
+                req.init_image, req.mask, req.width, req.height = fit_canvas(
+                    req.init_image, _image(mask, "mask", folder), None, None, multiple)
+            return req
+
+        return paint(request)
+
+    def paint(make_request):
+        """Run the request `make_request()` builds in the studio's line; its first image saved for the client."""
         try:
-            settings = Settings(model=(model or "").strip() or studio.default_model, negative=negative or "",
-                                steps=_whole(steps), guidance=guidance, seed=_whole(seed), width=_whole(width),
-                                height=_whole(height), scheduler=scheduler or "default",
-                                loras=_loras(loras))
-            result = jobs.run(settings.request(prompt or ""))
+            result = jobs.run(make_request())
         except (runner.Busy, UserError) as e:
             raise gr.Error(str(e)) from None
         except Cancelled:
-            raise gr.Error("The generation was stopped on the server; call generate again.") from None
-        path = folder / f"studio-{time.strftime('%Y%m%d-%H%M%S')}-seed{result.seeds[0]}.png"
+            raise gr.Error("The generation was stopped on the server; call the tool again.") from None
+        path = folder / f"studio-{secrets.token_hex(6)}-seed{result.seeds[0]}.png"
         result.save_png(0, path)
         _forget_old(folder)
         return str(path), result.settings_line()
@@ -123,6 +169,10 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
             gr.Button(visible=False).click(generate, inputs, [image, line], api_name=ENDPOINTS[0], **tool)
             gr.Button(visible=False).click(list_models, [], listing, api_name=ENDPOINTS[1], **tool)
             gr.Button(visible=False).click(list_plugins, plugins_model, listing, api_name=ENDPOINTS[2], **tool)
+            edit_inputs = [text("image"), text("prompt"), text("mask"), number("strength", 0.6),
+                           number("upscale", 0), text("negative"), text("model"), number("steps", 0),
+                           number("guidance", -1), number("seed", -1)]
+            gr.Button(visible=False).click(edit, edit_inputs, [image, line], api_name=ENDPOINTS[3], **tool)
     demo.api_jobs = jobs  # apis.mount shares them with the A1111 API's /progress and /interrupt
     return jobs
 
@@ -136,6 +186,18 @@ def keep_only_tools(server) -> None:
 def _whole(value):
     """A form number as an int when it is whole (the engine words the error when it is not)."""
     return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _image(text: str, what: str, folder: Path) -> bytes:
+    """An image argument: the URL (or file name) of an image these tools made, or base64 data."""
+    text = (text or "").strip()
+    name = OWN_IMAGE.search(text)
+    if name and (folder / name[1]).is_file():
+        return (folder / name[1]).read_bytes()
+    if name or text.startswith(("http://", "https://", "/")):
+        raise UserError(f"The {what} {text[:80]!r} is not an image these tools made (or it is older than an hour). "
+                        "Pass the 'Image URL' that generate or edit returned, or the image as base64.")
+    return decode_base64_image(text, f"The {what}")
 
 
 def _loras(text: str) -> list:

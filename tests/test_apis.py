@@ -289,7 +289,7 @@ def test_mcp_tools_listed_with_descriptions_and_only_ours(server):
         return (await session.list_tools()).tools
 
     tools = {tool.name: tool for tool in mcp_session(server, work)}
-    assert set(tools) == {"generate", "list_models", "list_plugins"}  # the UI's own endpoints are not tools
+    assert set(tools) == {"generate", "list_models", "list_plugins", "edit"}  # the UI's own endpoints are not tools
     generate = tools["generate"]
     properties = generate.inputSchema["properties"]
     assert list(properties) == ["prompt", "negative", "model", "steps", "guidance", "seed", "width", "height",
@@ -325,6 +325,29 @@ def test_mcp_generate_gives_a_png_of_the_right_size(server):
     listed = json.loads(models.content[0].text)
     assert listed["default"] == "builtin" and any(m["id"] == "builtin" for m in listed["models"])
     assert {"outline", "pastel"} <= {p["name"] for p in json.loads(plugins.content[0].text)}
+
+
+def test_mcp_edit_refines_inpaints_and_upscales_a_generated_image(server):
+    from engine.edit import unmasked_change
+
+    mask = webuiapi.raw_b64_img(left_half_mask())
+
+    async def work(session):
+        made = await session.call_tool("generate", {"prompt": PROMPT, "seed": 9, "steps": 4})
+        url = next(c.text for c in made.content if c.type == "text" and c.text.startswith("Image URL: "))[11:]
+        new = "a big green square in the center, white background"
+        return [made] + [await session.call_tool("edit", {"image": url, "prompt": new, **extra}) for extra in (
+            {"strength": 0.8, "seed": 1}, {"mask": mask, "strength": 1.0, "seed": 2}, {"upscale": 2, "seed": 3},
+            {"image": "http://elsewhere.example/cat.png"})]
+
+    results = mcp_session(server, work)
+    made, refined, inpainted, upscaled, foreign = results
+    images = [Image.open(io.BytesIO(base64.b64decode(next(c.data for c in r.content if c.type == "image"))))
+              for r in (made, refined, inpainted, upscaled)]
+    assert [im.size for im in images] == [(64, 64), (64, 64), (64, 64), (128, 128)]
+    assert unmasked_change(images[0], images[2], left_half_mask(), margin=8) == 0  # the kept half is the original
+    assert unmasked_change(images[0], images[1], Image.new("L", (64, 64))) > 0
+    assert foreign.isError and "not an image these tools made" in foreign.content[0].text
 
 
 def test_mcp_needs_the_credentials_too(server):
