@@ -19,7 +19,7 @@ from ui.layout import SESSION_TTL_S, TITLE, Page, build_page
 from ui.panel_events import show_view, wire_panel
 from ui.panel_handlers import model_view
 from ui.runner import Update
-from ui.state import Settings, ensure
+from ui.state import Session, Settings, ensure
 from ui.studio import ModelStatus, Studio, builtin_defaults, model_choices, panel_defaults
 
 log = logging.getLogger(__name__)
@@ -76,20 +76,45 @@ def wire_chat(page: Page, studio: Studio, status: ModelStatus | None) -> None:
             out[page.box] = {"text": update.prompt, "files": []}
         return out
 
+    # A streaming event redraws only the chat: gradio rebuilds every output a yield leaves out (a component and
+    # its JSON schema each), so the panel's ~35 outputs in the stream cost more than the sampling. A turn's new
+    # settings or prompt (a PNG dropped into the chat) wait in `pending` for the quick `apply_pending` after it.
+    stream_out = [page.chatbot, page.state, page.gallery, page.selected_md, page.status_md, page.box]
+    stream_in = inputs | {page.status_md}
+    pending: dict[int, Update] = {}  # id(session) -> the turn's last Update with settings or a prompt
+
     def streamed(work):
-        """Wrap a generating handler: each Update becomes a redraw; nothing escapes as a raw error."""
+        """Wrap a generating handler: each Update becomes a redraw of the chat; nothing escapes as a raw error."""
         def event(values: dict):
             session = ensure(values[page.state])
-            yield {**view(session), page.box: gr.MultimodalTextbox(value=None)}
+            pending.pop(id(session), None)
+
+            def chat() -> dict:
+                """Values for the chat's outputs (cheap: unchanged values send nothing); the session is in its
+                gr.State after the first yield (a State left out costs nothing, the message box one rebuild)."""
+                out = view(session)
+                del out[page.state]
+                return {**out, page.status_md: status.text if status and status.done else values[page.status_md]}
+
+            yield {**chat(), page.state: session, page.box: gr.MultimodalTextbox(value=None)}
             try:
                 for update in work(studio, session, values):
-                    yield {page.chatbot: gr.skip()} if update.quiet else render(session, update, values)
+                    if update.settings is not None or update.prompt is not None:
+                        pending[id(session)] = update
+                    yield chat()
             except Exception as e:
                 session.say("assistant", runner.error_message(e))
-                yield view(session)
-            if status and status.done:
-                yield {page.status_md: status.text}
+                yield chat()
         return event
+
+    def apply_pending(values: dict):
+        """The panel and message box for the turn that just ended (when it restored settings)."""
+        session = values[page.state]
+        update = pending.pop(id(session), None) if isinstance(session, Session) else None
+        if update is None:
+            return gr.skip()
+        out = render(session, update, values)
+        return {k: v for k, v in out.items() if k not in (page.chatbot, page.state, page.gallery, page.selected_md)}
 
     def send(studio, session, values):
         message = values[page.box] or {}
@@ -99,11 +124,12 @@ def wire_chat(page: Page, studio: Studio, status: ModelStatus | None) -> None:
     # generations start at once and wait in studio.line (FIFO, bounded, cancellable, told their place), so
     # gradio's queue never fills and its "full" never refuses a page load or a panel event
     engine_event = dict(concurrency_limit=None, api_visibility="private")
-    page.box.submit(streamed(send), inputs, chat_out, **engine_event)
-    page.reroll.click(streamed(lambda st, s, v: handlers.reroll(st, s, settings_of(v))), inputs, chat_out,
-                      **engine_event)
-    page.vary.click(streamed(lambda st, s, v: handlers.vary(st, s, settings_of(v))), inputs, chat_out,
-                    **engine_event)
+    panel_out = [page.box, page.status_md, *panel.persisted(), *panel.plugin_outputs()]
+    for trigger, work in ((page.box.submit, send),
+                          (page.reroll.click, lambda st, s, v: handlers.reroll(st, s, settings_of(v))),
+                          (page.vary.click, lambda st, s, v: handlers.vary(st, s, settings_of(v)))):
+        trigger(streamed(work), stream_in, stream_out, **engine_event).then(
+            apply_pending, inputs, panel_out, queue=False, api_visibility="private")
     for trigger in (page.stop.click, page.box.stop):
         trigger(handlers.stop, page.state, None, queue=False, api_visibility="private")
 

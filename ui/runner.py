@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 ENGINE_GROUP = "engine"  # the gradio concurrency group of every event that runs the engine (one GPU: one at a time)
 PREVIEWS_PER_RUN = 4
 REDRAW_S = 0.25  # the step counter is redrawn at most this often (a preview always is)
+LINE_POLL_S = 1.0  # how often a generation waiting in line yields (a Stop while waiting takes up to this long)
 WAIT_POLL_S = 0.25  # how often a waiting or running generation yields (so a close takes effect)
 
 
@@ -125,7 +126,7 @@ def stream(studio: Studio, request: Request, cancel: threading.Event, previews: 
             events.put(None)
 
     try:
-        while (place := line.wait(ticket, WAIT_POLL_S)) > 0:
+        while (place := line.wait(ticket, LINE_POLL_S)) > 0:
             if cancel.is_set():
                 raise Cancelled()
             yield "waiting", place, 0, None
