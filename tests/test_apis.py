@@ -234,6 +234,16 @@ def test_auth_basic_bearer_or_nothing(server):
     assert httpx.post(server["url"] + "/v1/images/generations", json={"prompt": PROMPT}).json()["error"]["message"]
 
 
+def test_unreadable_bodies_get_each_apis_error_shape(server):
+    import httpx
+
+    a1111 = httpx.post(server["url"] + "/sdapi/v1/txt2img", content=b"{not json", auth=(USER, PASSWORD),
+                       headers={"content-type": "application/json"})
+    assert a1111.status_code == 422 and "could not be read" in a1111.json()["detail"]
+    oa = httpx.post(server["url"] + "/v1/images/generations", json=["a list"], auth=(USER, PASSWORD))
+    assert oa.status_code == 400 and "could not be read" in oa.json()["error"]["message"]
+
+
 def test_wrong_credentials_wait_longer_each_time():
     from apis.auth import Gate
 
