@@ -22,7 +22,7 @@ import gradio as gr
 
 from apis.jobs import Jobs, decode_base64_image, fit_canvas
 from engine.images.infotext import take_lora_tags
-from engine.request import DEFAULTS, UserError
+from engine.request import DEFAULTS, ControlUnit, UserError
 from engine.result import Cancelled
 from ui import runner
 from ui.state import Settings
@@ -43,7 +43,7 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
 
     def generate(prompt: str, negative: str = "", model: str = "", steps: float = 0, guidance: float = -1,
                  seed: float = -1, width: float = 0, height: float = 0, scheduler: str = "default",
-                 loras: str = ""):
+                 loras: str = "", control: str = "", control_image: str = "", control_scale: float = 1.0):
         """Paint one image from a text prompt with the studio's diffusion model and return it as a PNG (its
         settings are stored inside the file). Every argument but the prompt is optional; leave it at its default
         to use the model's own default. The built-in model knows a small world of shapes: prompts like 'a {small|big}
@@ -61,6 +61,9 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
             height: Image height in pixels, a multiple of 8 (16 for Flux). 0: the model's native size (built-in: 64).
             scheduler: euler, euler-a, dpm++2m, unipc, ddim, heun or lms (Flux: flow-euler). 'default': the model's.
             loras: LoRA plugins with weights, e.g. 'outline:0.8, pastel:1'; see list_plugins. Empty: none.
+            control: ControlNet: 'edge', 'depth' or 'pose' to follow the layout of control_image. Empty: none.
+            control_image: The picture the layout comes from: an 'Image URL' a tool returned, or base64 PNG/JPEG.
+            control_scale: How strongly to follow control_image, 0 to 2. Default 1.
 
         Returns:
             The PNG and its URL, then the settings used: model, size, steps, guidance, seed, scheduler, time.
@@ -68,7 +71,15 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
         settings = Settings(model=(model or "").strip() or studio.default_model, negative=negative or "",
                             steps=_whole(steps), guidance=guidance, seed=_whole(seed), width=_whole(width),
                             height=_whole(height), scheduler=scheduler or "default")
-        return paint(lambda: dataclasses.replace(settings.request(prompt or ""), loras=_loras(loras)))
+
+        def request():
+            units = []
+            if (control or "").strip():  # a photo, preprocessed by the kind's default (Canny for edges)
+                units.append(ControlUnit(kind=control.strip(), image=_image(control_image, "control image", folder),
+                                         scale=control_scale))
+            return dataclasses.replace(settings.request(prompt or ""), loras=_loras(loras), controls=units)
+
+        return paint(request)
 
     def edit(image: str, prompt: str, mask: str = "", strength: float = 0.6, upscale: float = 0,
              negative: str = "", model: str = "", steps: float = 0, guidance: float = -1, seed: float = -1):
@@ -160,7 +171,7 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
             number = lambda label, value: gr.Number(value, label=label)  # noqa: E731
             inputs = [text("prompt"), text("negative"), text("model"), number("steps", 0), number("guidance", -1),
                       number("seed", -1), number("width", 0), number("height", 0), text("scheduler", "default"),
-                      text("loras")]
+                      text("loras"), text("control"), text("control_image"), number("control_scale", 1.0)]
             plugins_model = text("model")
             image, line = gr.Image(type="filepath", format="png", label="image"), gr.Textbox(label="settings")
             listing = gr.Textbox(label="json")

@@ -303,7 +303,7 @@ def test_mcp_tools_listed_with_descriptions_and_only_ours(server):
     generate = tools["generate"]
     properties = generate.inputSchema["properties"]
     assert list(properties) == ["prompt", "negative", "model", "steps", "guidance", "seed", "width", "height",
-                                "scheduler", "loras"]
+                                "scheduler", "loras", "control", "control_image", "control_scale"]
     assert properties["prompt"]["description"].startswith("Required.")
     assert "1 to 200" in properties["steps"]["description"] and properties["seed"]["default"] == -1
     assert "shapes" in generate.description
@@ -348,10 +348,12 @@ def test_mcp_edit_refines_inpaints_and_upscales_a_generated_image(server):
         new = "a big green square in the center, white background"
         return [made] + [await session.call_tool("edit", {"image": url, "prompt": new, **extra}) for extra in (
             {"strength": 0.8, "seed": 1}, {"mask": mask, "strength": 1.0, "seed": 2}, {"upscale": 2, "seed": 3},
-            {"image": "http://elsewhere.example/cat.png"})]
+            {"image": "http://elsewhere.example/cat.png"})] + [await session.call_tool("generate", {
+                "prompt": new, "seed": 4, "steps": 4, "control": "edge", "control_image": url})]
 
     results = mcp_session(server, work)
-    made, refined, inpainted, upscaled, foreign = results
+    made, refined, inpainted, upscaled, foreign, controlled = results
+    assert not controlled.isError and any("edge x1" in c.text for c in controlled.content if c.type == "text")
     images = [Image.open(io.BytesIO(base64.b64decode(next(c.data for c in r.content if c.type == "image"))))
               for r in (made, refined, inpainted, upscaled)]
     assert [im.size for im in images] == [(64, 64), (64, 64), (64, 64), (128, 128)]
