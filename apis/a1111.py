@@ -22,7 +22,7 @@ from apis.auth import Gate
 from apis.jobs import Jobs, decode_base64_image, fit_canvas, png_base64, whole_number
 from apis.routes import JsonBody, guarded_route
 from engine.images.infotext import scheduler_from_a1111, take_lora_tags
-from engine.request import DEFAULTS, MAX_COUNT, SCHEDULERS, Request, UserError, valid_schedulers
+from engine.request import DEFAULTS, MAX_COUNT, SCHEDULERS, ControlUnit, Request, UserError, valid_schedulers
 from engine.result import Cancelled
 from ui import runner
 from ui.studio import Studio
@@ -55,6 +55,7 @@ def a1111_request(payload: dict[str, Any], model: str, family: str, img2img: boo
                       height=get("height"), count=count, loras=loras,
                       scheduler=a1111_scheduler(get("sampler_name") or get("sampler_index"), get("scheduler"),
                                                 family))
+    request.controls = controlnet_units(get("alwayson_scripts", {}))
     if not img2img:
         if get("enable_hr", False):  # hires fix: the image resized hr_scale times, then refined
             request.upscale, request.hires_strength = get("hr_scale", 2.0), get("denoising_strength", 0.7)
@@ -73,6 +74,44 @@ def a1111_request(payload: dict[str, Any], model: str, family: str, img2img: boo
         if get("inpaint_full_res", get("inpainting_full_res", False)):  # "only masked", with this margin
             request.inpaint_padding = get("inpaint_full_res_padding", get("inpainting_full_res_padding", 32))
     return request
+
+
+# sd-webui-controlnet's preprocessor ("module") names -> ours; the kind of map comes from the model name or these
+CONTROL_MODULES = {"none": "none", "canny": "canny", "lineart": "lineart", "lineart_realistic": "lineart",
+                   "depth_anything": "depth-anything", "depth_anything_v2": "depth-anything", "depth_midas": "midas",
+                   "depth": "midas", "openpose": "openpose", "openpose_full": "openpose",
+                   "dw_openpose_full": "openpose"}
+CONTROL_WORDS = {"canny": "edge", "lineart": "edge", "softedge": "edge", "scribble": "edge", "edge": "edge",
+                 "depth": "depth", "pose": "pose"}
+
+
+def controlnet_units(scripts) -> list[ControlUnit]:
+    """The enabled units of sd-webui-controlnet's `alwayson_scripts.controlnet.args` (as webuiapi and Krita send)."""
+    if not isinstance(scripts, dict):
+        return []
+    entry = next((v for k, v in scripts.items() if k.lower() == "controlnet"), None)
+    args = entry.get("args", []) if isinstance(entry, dict) else []
+    units = []
+    for i, unit in enumerate(args if isinstance(args, list) else []):
+        if not isinstance(unit, dict) or not unit.get("enabled", True):
+            continue
+        module, model = str(unit.get("module") or "none").lower(), str(unit.get("model") or "").lower()
+        kind = next((k for word, k in CONTROL_WORDS.items() if word in model), None) or next(
+            (k for word, k in CONTROL_WORDS.items() if word in module), None)
+        if kind is None:
+            raise UserError(f"ControlNet unit {i}: can't tell edge, depth or pose from model {model!r} and module "
+                            f"{module!r}; name one of them in the model (e.g. 'control_edge').")
+        image = unit.get("image") or unit.get("input_image")
+        image = image.get("image") if isinstance(image, dict) else image
+        if not image:
+            raise UserError(f"ControlNet unit {i} ({kind}) has no image: send it as base64 in 'image'.")
+        control = ControlUnit(kind=kind, image=decode_base64_image(image, f"ControlNet unit {i} image"),
+                              preprocessor=CONTROL_MODULES.get(module, module), scale=unit.get("weight", 1.0),
+                              start=unit.get("guidance_start", 0.0), end=unit.get("guidance_end", 1.0))
+        if control.preprocessor == "canny":
+            control.low, control.high = unit.get("threshold_a", 100), unit.get("threshold_b", 200)
+        units.append(control)
+    return units
 
 
 def a1111_scheduler(sampler, schedule, family: str) -> str | None:
@@ -158,7 +197,8 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
     @router.post("/txt2img")
     def txt2img(payload: JsonBody):
         """Text to image with A1111's fields (prompt, negative_prompt, steps, cfg_scale, seed, width, height,
-        sampler_name, scheduler, batch_size, n_iter, enable_hr, hr_scale, denoising_strength, override_settings)."""
+        sampler_name, scheduler, batch_size, n_iter, enable_hr, hr_scale, denoising_strength, override_settings,
+        alwayson_scripts.controlnet)."""
         return generate(payload, img2img=False)
 
     @router.post("/img2img")

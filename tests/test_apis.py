@@ -120,6 +120,19 @@ def test_a1111_img2img_and_inpaint(sd):
     assert only.image.size == (64, 64) and unmasked_change(init, only.image, mask, margin=8) == 0  # only masked
 
 
+def test_a1111_controlnet_units_as_webuiapi_sends_them(sd):
+    edge_map = Image.new("RGB", (64, 64))
+    edge_map.paste((255, 255, 255), (16, 16, 48, 18))
+    unit = webuiapi.ControlNetUnit(image=edge_map, module="none", model="control_edge [builtin]", weight=0.8,
+                                   guidance_end=0.6)
+    # a fresh alwayson_scripts each call: webuiapi writes the units into it (its default {} is shared)
+    made = sd.txt2img(prompt=PROMPT, seed=5, controlnet_units=[unit], alwayson_scripts={}, **FAST)
+    assert made.image.size == (64, 64) and "ControlNet 0" in made.info["infotexts"][0]
+    with pytest.raises(RuntimeError, match="tell edge, depth or pose from model"):
+        sd.txt2img(prompt=PROMPT, controlnet_units=[webuiapi.ControlNetUnit(image=edge_map, model="x")],
+                   alwayson_scripts={}, **FAST)
+
+
 def test_a1111_models_loras_samplers_options(sd, server):
     assert "builtin" in sd.util_get_model_names()
     assert sd.util_get_current_model() == "builtin"
