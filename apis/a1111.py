@@ -15,11 +15,12 @@ import time
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse
 from PIL import ImageOps
 
 from apis.auth import Gate
-from apis.jobs import Jobs, decode_base64_image, fit_canvas, png_base64, whole_number
+from apis.jobs import Jobs, decode_base64_image, fit_canvas, png_base64, while_connected, whole_number
 from apis.routes import JsonBody, guarded_route
 from engine.images.infotext import scheduler_from_a1111, take_lora_tags
 from engine.request import DEFAULTS, MAX_COUNT, SCHEDULERS, ControlUnit, Request, UserError, valid_schedulers
@@ -171,7 +172,7 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111"], route_class=guarded_route(gate, error))
     options: dict[str, Any] = {"sd_model_checkpoint": studio.default_model, "samples_format": "png"}
 
-    def generate(payload: dict[str, Any], img2img: bool):
+    def generate(payload: dict[str, Any], img2img: bool, cancel):
         echo = {**payload, "init_images": None, "mask": None} if img2img else dict(payload)
         try:
             override = payload.get("override_settings") or {}
@@ -180,7 +181,7 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
             if not isinstance(model, str):
                 raise UserError(f"sd_model_checkpoint must be a model name, got {type(model).__name__}.")
             family = studio.engine.defaults(model)["family"]
-            result = jobs.run(a1111_request(payload, model, family, img2img))
+            result = jobs.run(a1111_request(payload, model, family, img2img), cancel)
         except runner.Busy as e:
             return error(503, "Busy", str(e))
         except Cancelled:  # /interrupt: A1111 answers with what it has; we have no half-made image
@@ -195,17 +196,17 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
                 "info": info_json(result)}
 
     @router.post("/txt2img")
-    def txt2img(payload: JsonBody):
+    async def txt2img(http: HttpRequest, payload: JsonBody):
         """Text to image with A1111's fields (prompt, negative_prompt, steps, cfg_scale, seed, width, height,
         sampler_name, scheduler, batch_size, n_iter, enable_hr, hr_scale, denoising_strength, override_settings,
         alwayson_scripts.controlnet)."""
-        return generate(payload, img2img=False)
+        return await while_connected(http, lambda cancel: generate(payload, False, cancel))
 
     @router.post("/img2img")
-    def img2img(payload: JsonBody):
+    async def img2img(http: HttpRequest, payload: JsonBody):
         """Image to image from init_images[0] at denoising_strength; with `mask` (white = repaint) an inpaint,
         mask_blur, inpainting_mask_invert, inpaint_full_res + inpaint_full_res_padding ("only masked")."""
-        return generate(payload, img2img=True)
+        return await while_connected(http, lambda cancel: generate(payload, True, cancel))
 
     @router.get("/sd-models")
     def sd_models():

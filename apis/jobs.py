@@ -5,17 +5,27 @@ A1111's /progress shows and what its /interrupt stops. Images go out as PNG byte
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
 import itertools
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable, TypeVar
+
+from starlette.concurrency import run_in_threadpool
 
 from engine.request import Request, UserError
 from ui import runner
 from ui.studio import Studio
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+WATCH_S = 0.5  # how often a waiting API call checks that its client is still there
 
 
 @dataclass
@@ -38,10 +48,10 @@ class Jobs:
         self._lock = threading.Lock()
         self._jobs: list[Job] = []
 
-    def run(self, request: Request):
+    def run(self, request: Request, cancel: threading.Event | None = None):
         """The engine's Result for `request` after its turn in the line. Raises `runner.Busy` at once when the
-        line is full, `Cancelled` after an /interrupt, the engine's `UserError` for bad settings."""
-        job = Job(next(self._numbers), request)
+        line is full, `Cancelled` after an /interrupt or `cancel`, the engine's `UserError` for bad settings."""
+        job = Job(next(self._numbers), request, cancel or threading.Event())
         with self._lock:
             self._jobs.append(job)
         work = runner.stream(self.studio, request, job.cancel, previews=False)
@@ -74,6 +84,20 @@ class Jobs:
         if job is not None:
             job.cancel.set()
         return job is not None
+
+
+async def while_connected(http, work: Callable[[threading.Event], T]) -> T:
+    """`work(cancel)` in a worker thread; when the HTTP client goes away before it is done, `cancel` is set, so a
+    generation nobody waits for stops within a step and leaves the line (as a closed chat tab does)."""
+    cancel = threading.Event()
+    task = asyncio.ensure_future(run_in_threadpool(work, cancel))
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=WATCH_S)
+        if done:
+            return task.result()
+        if not cancel.is_set() and await http.is_disconnected():
+            log.info("API client gone: its generation is cancelled")
+            cancel.set()
 
 
 def png_bytes(result, i: int) -> bytes:

@@ -22,10 +22,9 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi import Request as HttpRequest
 from fastapi.responses import FileResponse, JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from apis.auth import Gate
-from apis.jobs import Jobs, fit_canvas, png_bytes, whole_number
+from apis.jobs import Jobs, fit_canvas, png_bytes, while_connected, whole_number
 from apis.routes import JsonBody, guarded_route
 from engine.request import DEFAULTS, MAX_COUNT, Request, UserError
 from engine.result import Cancelled
@@ -115,13 +114,13 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
     router = APIRouter(prefix="/v1/images", tags=["OpenAI"], route_class=guarded_route(gate, error))
     folder = Path(tempfile.mkdtemp(prefix="studio-openai-"))
 
-    def answer(request: Request, fields: dict, base_url: str):
+    def answer(request: Request, fields: dict, base_url: str, cancel):
         fmt = fields.get("response_format") or "url"
         try:
             if fmt not in ("url", "b64_json"):
                 raise ApiError(400, f"response_format must be 'url' or 'b64_json', got {fmt!r}.",
                                param="response_format")
-            result = jobs.run(request)
+            result = jobs.run(request, cancel)
         except ApiError as e:
             return error(e.status, e.kind, str(e), e.param, e.code)
         except runner.Busy as e:
@@ -149,7 +148,7 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
         return {"created": int(time.time()), "data": data, "size": f"{width}x{height}", "output_format": "png"}
 
     @router.post("/generations")
-    def generations(http: HttpRequest, payload: JsonBody):
+    async def generations(http: HttpRequest, payload: JsonBody):
         """Text to image: prompt, model, n, size, response_format (and negative_prompt, steps, guidance_scale,
         seed)."""
         try:
@@ -158,7 +157,7 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
             return error(e.status, e.kind, str(e), e.param, e.code)
         except UserError as e:
             return error(400, "invalid_request_error", str(e))
-        return answer(request, payload, str(http.base_url))
+        return await while_connected(http, lambda cancel: answer(request, payload, str(http.base_url), cancel))
 
     @router.post("/edits")
     async def edits(http: HttpRequest):
@@ -182,7 +181,7 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
             return error(e.status, e.kind, str(e), e.param, e.code)
         except UserError as e:
             return error(400, "invalid_request_error", str(e))
-        return await run_in_threadpool(answer, request, fields, str(http.base_url))
+        return await while_connected(http, lambda cancel: answer(request, fields, str(http.base_url), cancel))
 
     links = APIRouter()  # no credentials: the link itself is the key (a browser showing it has no header to send)
 
