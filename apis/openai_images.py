@@ -1,5 +1,6 @@
-"""OpenAI's Images API (`POST /v1/images/generations`, `POST /v1/images/edits`), so the official `openai` client
-and apps made for DALL-E can use the studio: `OpenAI(base_url="http://127.0.0.1:7860/v1", api_key=...)`.
+"""OpenAI's Images API (`POST /v1/images/generations`, `POST /v1/images/edits`, `GET /v1/models`), so the
+official `openai` client and apps made for DALL-E can use the studio:
+`OpenAI(base_url="http://127.0.0.1:7860/v1", api_key=...)`.
 
 `model` is `builtin` or any model the studio accepts; OpenAI's own names (dall-e-2, dall-e-3, gpt-image-*) and
 no model mean the server's model. `size` is "WIDTHxHEIGHT" ("auto": the model's native size); `n` 1-16;
@@ -110,8 +111,8 @@ def openai_mask(mask_file: bytes | None, image_file: bytes):
 
 
 def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
-    """The `/v1/images` routes for `studio`, behind `gate`."""
-    router = APIRouter(prefix="/v1/images", tags=["OpenAI"], route_class=guarded_route(gate, error))
+    """The `/v1/images/*` and `/v1/models` routes for `studio`, behind `gate`."""
+    router = APIRouter(prefix="/v1", tags=["OpenAI"], route_class=guarded_route(gate, error))
     folder = Path(tempfile.mkdtemp(prefix="studio-openai-"))
 
     def answer(request: Request, fields: dict, base_url: str, cancel):
@@ -147,7 +148,15 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
         width, height = result.images[0].size if result.images else (result.request.width, result.request.height)
         return {"created": int(time.time()), "data": data, "size": f"{width}x{height}", "output_format": "png"}
 
-    @router.post("/generations")
+    @router.get("/models")
+    def models():
+        """The models `model` may name (OpenAI's list shape), as the A1111 API's sd-models."""
+        from apis.a1111 import model_names
+
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "studio"}
+                                           for name in model_names(studio, studio.default_model)]}
+
+    @router.post("/images/generations")
     async def generations(http: HttpRequest, payload: JsonBody):
         """Text to image: prompt, model, n, size, response_format (and negative_prompt, steps, guidance_scale,
         seed)."""
@@ -159,7 +168,7 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
             return error(400, "invalid_request_error", str(e))
         return await while_connected(http, lambda cancel: answer(request, payload, str(http.base_url), cancel))
 
-    @router.post("/edits")
+    @router.post("/images/edits")
     async def edits(http: HttpRequest):
         """Inpaint (multipart): image, mask (transparent = repaint; without one, the image's transparent part),
         prompt, n, size, response_format, model (and strength, negative_prompt, steps, guidance_scale, seed)."""
@@ -185,7 +194,7 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
 
     links = APIRouter()  # no credentials: the link itself is the key (a browser showing it has no header to send)
 
-    @links.get("/files/{name}")
+    @links.get("/images/files/{name}")
     def files(name: str):
         path = folder / name
         if not re.fullmatch(r"[\w-]+\.png", name) or not path.is_file():

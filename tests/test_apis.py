@@ -211,6 +211,7 @@ def test_openai_generations_with_the_openai_client(oa, server):
     fetched = httpx.get(linked.data[0].url)  # the link needs no credentials: it is the key
     assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(fetched.content)).tobytes() == images[0].tobytes()  # dall-e-3: the server's model
+    assert "builtin" in [m.id for m in oa.models.list()]
 
 
 def test_openai_edit_inpaints_the_transparent_part(oa):
