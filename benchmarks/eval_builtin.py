@@ -198,7 +198,7 @@ def main() -> int:
                                                                s.background)
                                           for s in evaluate.person_scenes(args.pairs)])["bg+color+position"]
     print("scorer on ground-truth renders:", truth, flush=True)
-    engine = Engine(device="cpu")
+    engine = Engine(device="cpu", local_paths=True)  # --model may name a candidate folder
     pipe = engine.load(args.model).pipe
     d = DEFAULTS["builtin"]
     sets = {"single": evaluate.eval_scenes(args.n), "pairs": evaluate.pair_scenes(args.pairs),

@@ -15,9 +15,16 @@ def write_card(folder: Path, eval_md: str = "", controlnet_md: str = "") -> Path
     size_mb = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
     unet, vae, text = unet_config(128), vae_config(), text_config(0, 0, 0)
     phases = "; then ".join(
-        f"{ph['steps']} steps at batch {ph['batch']}, peak lr {ph.get('lr') or 6e-4:g}, pool {ph.get('pool')}, "
-        f"{ph['minutes']} min on {'a lent H200 GPU' if ph.get('device') == 'cuda' else 'one CPU thread'}"
+        f"{ph['steps']} steps at batch {ph['batch']}, peak lr {ph.get('lr') or 6e-4:g}, "
+        + (f"canvases {min(ph['sides'])}-{max(ph['sides'])} px a side (one size a batch, the batch's area that of "
+           f"{ph['batch']} 64x64 images, {ph['square_share']:.0%} of batches 64x64), per-canvas pools of "
+           f"{ph.get('pool')} 64x64 images' area{', text encoder frozen' if ph.get('text_encoder') else ''}, "
+           if ph.get("sides") else f"pool {ph.get('pool')}, ")
+        + f"{ph['minutes']} min on {'a lent H200 GPU' if ph.get('device') == 'cuda' else 'one CPU thread'}"
         for ph in notes.get("unet_phases", []))
+    sides = sorted({side for ph in notes.get("unet_phases", []) for side in ph.get("sides", [])})
+    canvases = (f" It also trained at canvases of {sides[0]} to {sides[-1]} px a side (aspect up to 2:1); scores per "
+                "size below." if sides else "")
     from .controlnet import STEPS
 
     cn_steps = ", ".join(f"{k} {v} steps" for k, v in STEPS.items())
@@ -25,7 +32,7 @@ def write_card(folder: Path, eval_md: str = "", controlnet_md: str = "") -> Path
     card = f"""# The built-in model
 
 A small latent diffusion model trained by this project, from scratch, on its own synthetic "shapes world"
-(`engine/train/world.py`), so that the app works with no download and no GPU. Native size 64x64.
+(`engine/train/world.py`), so that the app works with no download and no GPU. Native size 64x64.{canvases}
 Family `builtin` (it runs on diffusers' Stable Diffusion pipeline classes; plugins and ControlNets for it
 declare that family). fp16 safetensors, {size_mb:.1f} MB in all.
 
@@ -41,7 +48,9 @@ black; also two objects joined by "and" (left/right or top/bottom). Words outsid
 ## How it was made
 `tools/train_on_gpu.sh` (phase 1: every stage on a lent GPU), `python app.py train builtin --stage unet --init
 <phase-1 folder>` (phase 2: the UNet continued on the CPU), `INIT=<phase-2 folder> UNET_MIN=4
-tools/train_on_gpu.sh` (phase 3: the UNet continued on the GPU, then the ControlNets on the finished UNet).
+tools/train_on_gpu.sh` (phase 3: the UNet continued on the GPU, then the ControlNets on the finished UNet){
+    ", `tools/continue_multi_aspect.py` (phase 4: the UNet continued on the CPU at many canvas sizes; ControlNets and "
+    "LoRAs not retrained)" if sides else ""}.
 1. Tokenizer: CLIP-format BPE (vocab.json + merges.txt), 400 merges learned from the grammar's words.
 2. VAE (`AutoencoderKL`, channels {vae['block_out_channels']}, {vae['layers_per_block']} layers per block, 4 latent
    channels, 64x64 -> 16x16x4): {notes.get('vae_steps')} steps, batch {notes.get('vae_batch')}, AdamW 1e-3 cosine,

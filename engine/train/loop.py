@@ -48,8 +48,9 @@ class Budget:
 
     SKIP, PROBE = 10, 30
 
-    def __init__(self, steps: int, minutes: float | None, start: int):
+    def __init__(self, steps: int, minutes: float | None, start: int, spent_before: float = 0.0):
         self.total, self.minutes, self.start, self.t0 = steps, minutes, start, time.time()
+        self.spent_before = spent_before  # minutes of the runs this one resumes
         self.t_skip = self.t0
 
     def after(self, step: int) -> None:
@@ -66,7 +67,7 @@ class Budget:
             log.info("budget: %.2f steps/s -> %d steps in %.1f min", rate, self.total, self.minutes)
 
     def minutes_spent(self) -> float:
-        return round((time.time() - self.t0) / 60, 1)
+        return round(self.spent_before + (time.time() - self.t0) / 60, 1)
 
 
 class _Steps(torch.utils.data.Dataset):
@@ -149,10 +150,11 @@ def train_loop(name: str, modules: dict[str, torch.nn.Module], opt: torch.optim.
     def save(step: int, **extra) -> None:
         if ckpt is not None:
             save_ckpt(ckpt, {**{k: m.state_dict() for k, m in modules.items()}, "opt": opt.state_dict(),
-                             "step": step, **({"total": budget.total} if timed else {}), **extra})
+                             "step": step, "minutes": budget.minutes_spent(),
+                             **({"total": budget.total} if timed else {}), **extra})
 
     params = [p for g in opt.param_groups for p in g["params"]]
-    budget = Budget(steps, minutes, start)
+    budget = Budget(steps, minutes, start, ck.get("minutes", 0.0) if ck is not None else 0.0)
     step = start
     for batch in batches(make, start, workers):
         if step >= budget.total:
