@@ -305,7 +305,10 @@ def cmd_train_lora(args, config=None) -> int:
 def cmd_serve(args, config) -> int:
     from ui.serve import serve
 
-    return serve(args, config)
+    library = library_for(args)
+    if library.enabled:
+        print(f"Keeping images and chats in {library.root} (--outputs none keeps nothing).", flush=True)
+    return serve(args, config, library)
 
 
 HANDLERS = {"generate": cmd_generate, "library": cmd_library, "models": cmd_models, "plugins": cmd_plugins,

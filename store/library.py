@@ -97,6 +97,19 @@ class Library:
     def enabled(self) -> bool:
         return self._db is not None
 
+    def browser_secret(self) -> str:
+        """A random key made once per library (outputs/.browser-secret): gradio encrypts the ids each browser
+        holds with it, so they still read after a server restart (a key made per start would lose them)."""
+        path = self.root / ".browser-secret"
+        try:
+            return path.read_text().strip()
+        except OSError:
+            secret = uuid.uuid4().hex + uuid.uuid4().hex
+            with open(path, "x") as f:
+                f.write(secret)
+            path.chmod(0o600)
+            return secret
+
     # ----------------------------------------------------------------------------------- images
     def keep(self, result, i: int, source: str, conversation: str | None = None, init_image=None) -> Entry | None:
         """Save image `i` of an engine Result as a PNG with its metadata (and its control maps and init image beside

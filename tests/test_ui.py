@@ -65,7 +65,7 @@ def test_aspect_ratio_and_count_flags(studio, session, settings):
     ("a cat --ar 10:1", "too extreme"),
     ("a cat --seed 4 wearing a hat", "Put the prompt first"),
     ("/imagine a cat", "Unknown command"),
-    ("--seed 4", "The prompt is empty"),
+    ("--seed 4", "only flags and no prompt"),
 ])
 def test_bad_flags_get_a_clear_reply(studio, session, settings, text, expected):
     replies = say(studio, session, text, settings)

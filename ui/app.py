@@ -14,7 +14,8 @@ import logging
 import gradio as gr
 
 from engine.request import UserError
-from ui import api, handlers, runner
+from ui import api, handlers, history, runner
+from ui.history_events import wire_history
 from ui.layout import SESSION_TTL_S, TITLE, Page, build_page
 from ui.panel_events import show_view, wire_panel
 from ui.panel_handlers import model_view
@@ -26,12 +27,12 @@ log = logging.getLogger(__name__)
 
 
 def build(engine, default_model: str = "builtin", *, gpu=None, status: ModelStatus | None = None,
-          max_queue: int = 16, session_ttl: float = SESSION_TTL_S) -> gr.Blocks:
+          max_queue: int = 16, session_ttl: float = SESSION_TTL_S, library=None) -> gr.Blocks:
     """The page for `engine`; users may name server paths as models when `engine.config.local_paths`.
 
     At most `max_queue` generations wait for the engine (later ones are told the server is busy); a session
     idle for `session_ttl` seconds is closed and its files deleted."""
-    studio = Studio(engine, default_model, gpu, runner.Line(max_queue))
+    studio = Studio(engine, default_model, gpu, runner.Line(max_queue), library)
     start = Settings(model=studio.default_model)
     try:
         defaults = panel_defaults(studio, studio.default_model)
@@ -40,8 +41,10 @@ def build(engine, default_model: str = "builtin", *, gpu=None, status: ModelStat
         defaults, status_text = builtin_defaults(), f"⚠️ {e}"
     with gr.Blocks(title=TITLE, fill_height=True, delete_cache=(3600, 3 * 3600)) as demo:
         page = build_page(model_choices(studio.default_model), start, defaults, status_text,
-                          handlers.selected_label(None), studio.local_paths, session_ttl)
+                          handlers.selected_label(None), studio.local_paths, session_ttl,
+                          keeps=library.browser_secret() if library is not None and library.enabled else "")
         wire_chat(page, studio, status)
+        wire_history(demo, page, studio)
         wire_panel(demo, page, studio, status)
         api.wire_api(studio)
     demo.studio = studio  # the engine, default model and line behind this page (benchmarks read the line)
@@ -105,6 +108,7 @@ def wire_chat(page: Page, studio: Studio, status: ModelStatus | None) -> None:
             except Exception as e:
                 session.say("assistant", runner.error_message(e))
                 yield chat()
+            history.persist(studio.library, session)  # the conversation outlasts the page (ui/history.py)
         return event
 
     def apply_pending(values: dict):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from ui.library_page import LibraryTab, build_tab
 from ui.panel import Panel
 from ui.state import Settings, close_session
 
@@ -38,22 +39,38 @@ class Page:
     strength: gr.Slider
     gallery: gr.Gallery
     panel: Panel
+    ids: gr.BrowserState  # {"browser", "conversation"}: the random ids this browser's history is stored under
+    tabs: gr.Tabs
+    new_chat: gr.Button
+    conversations: gr.Dropdown  # this browser's stored conversations (id -> title)
+    delete_chat: gr.Button
+    library: LibraryTab | None  # the Library tab (None when nothing is kept: --outputs none)
 
 
 SESSION_TTL_S = 6 * 3600  # a session idle this long is closed and its files deleted (clients without a heartbeat too)
 
 
 def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, status_text: str, selected_text: str,
-               local_paths: bool, session_ttl: float = SESSION_TTL_S) -> Page:
-    """Lay out the page (inside a gr.Blocks); `defaults` are ui.studio.panel_defaults of `start.model`.
+               local_paths: bool, session_ttl: float = SESSION_TTL_S, keeps: str = "") -> Page:
+    """Lay out the page (inside a gr.Blocks); `defaults` are ui.studio.panel_defaults of `start.model`; `keeps`:
+    the library's browser secret when the server keeps images and conversations (a Library tab, a chat list).
 
     A session ends when its tab closes (gradio's heartbeat) or `session_ttl` seconds after its last event."""
     state = gr.State(None, delete_callback=close_session, time_to_live=session_ttl)
     saved = gr.BrowserState(None, storage_key="studio-settings")
+    ids = gr.BrowserState(None, storage_key="studio-history", secret=keeps or None)
     with gr.Row(equal_height=True):
         gr.Markdown(f"## {TITLE}", elem_id="title")
         status_md = gr.Markdown(status_text, elem_id="status")
-    with gr.Row():
+    with gr.Tabs(selected="chat") as tabs, gr.Tab("Chat", id="chat"):
+        with gr.Row(visible=bool(keeps), elem_id="chat-list"):
+            new_chat = gr.Button("+ New chat", size="sm", scale=0, min_width=110, elem_id="new-chat")
+            conversations = gr.Dropdown([], label="Your chats (this browser's; pick one to open it)",
+                                        show_label=False, scale=4, container=False, elem_id="chats")
+            delete_chat = gr.Button("Delete chat", size="sm", scale=0, min_width=110, variant="stop",
+                                    elem_id="delete-chat")
+        chat_row = gr.Row()
+    with chat_row:
         with gr.Column(scale=3):
             chatbot = gr.Chatbot(elem_id="chat", label="Chat", height=560, feedback_options=None,
                                  placeholder=PLACEHOLDER)
@@ -77,6 +94,11 @@ def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, s
                                  allow_preview=True, elem_id="gallery", buttons=["download", "fullscreen"])
         with gr.Column(scale=1, min_width=320):
             panel = Panel(models, start, defaults, local_paths)
+    library = None
+    if keeps:
+        with tabs, gr.Tab("Library", id="library"):
+            library = build_tab(can_import=local_paths)
     return Page(state=state, saved=saved, status_md=status_md, chatbot=chatbot, box=box, selected_md=selected_md,
                 reroll=reroll, vary=vary, reuse=reuse, control=control, stop=stop, refine=refine, strength=strength,
-                gallery=gallery, panel=panel)
+                gallery=gallery, panel=panel, ids=ids, tabs=tabs, new_chat=new_chat, conversations=conversations,
+                delete_chat=delete_chat, library=library)

@@ -53,8 +53,8 @@ def build_tab(can_import: bool) -> LibraryTab:
         model = gr.Textbox(label="Model", placeholder="part of its name", scale=2)
         lora = gr.Textbox(label="LoRA", placeholder="name", scale=1)
         search = gr.Button("Search", variant="primary", scale=1, elem_id="library-go")
-    gallery = gr.Gallery(label="Kept images (newest first): click one to open it", columns=8, height=420,
-                         object_fit="contain", allow_preview=False, elem_id="library-gallery")
+    gallery = gr.Gallery(label="Kept images (newest first): click one to open it", columns=8, rows=2,
+                         height="auto", object_fit="contain", allow_preview=False, elem_id="library-gallery")
     with gr.Row(equal_height=True):
         prev = gr.Button("← Newer", size="sm")
         page_md = gr.Markdown("", elem_id="library-page")

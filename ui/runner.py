@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 from engine.engine import Cancelled
 from engine.request import Request, UserError
+from ui import history
 from ui.state import Session, Settings, Shot
 from ui.studio import Studio
 
@@ -198,14 +199,15 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
             path.unlink(missing_ok=True)
     del session.history[pending:]
     if error is None:
-        show_result(session, result)
+        show_result(session, result, studio.library)
     else:
         session.say("assistant", error_message(error))
     yield Update()
 
 
-def show_result(session: Session, result) -> None:
-    """Save each image as a PNG with its metadata into the session folder and add it to the chat."""
+def show_result(session: Session, result, library=None) -> None:
+    """Save each image as a PNG with its metadata into the session folder and add it to the chat; keep it in
+    the library too (outputs/, ui/history.py), saying so when the disk refuses."""
     turn = dataclasses.replace(result.request)
     for i, seed in enumerate(result.seeds):
         number = len(session.shots) + 1
@@ -214,6 +216,9 @@ def show_result(session: Session, result) -> None:
         result.save_png(i, path)
         index = session.say("assistant", {"path": str(path), "alt_text": f"#{number}: {own.prompt}"})
         session.shots.append(Shot(number, str(path), own, turn, result.model_name, index))
+        refused = history.keep(library, session, result, i, path, init_image=_init_image(result.request))
+        if refused and refused not in result.notes:
+            result.notes.append(refused)
     for cmap in result.control_maps:
         path = session.workdir / f"control-{len(session.shots):04d}-{id(cmap)}.png"
         cmap.save(path)
@@ -223,6 +228,18 @@ def show_result(session: Session, result) -> None:
     notes = "".join(f"\n\nℹ️ {n}" for n in result.notes + ([black_note(black, result.request)] if black else []))
     session.say("assistant", f"{numbers} · `{result.settings_line()}`{notes}")
     session.selected = None  # actions follow the newest image
+
+
+def _init_image(request: Request):
+    """The init image an edit started from, to keep beside its result (a path or an image in the request)."""
+    if request.init_image is None:
+        return None
+    from engine.images.loading import load_image
+
+    try:
+        return load_image(request.init_image, "The init image")
+    except UserError:
+        return None
 
 
 def is_black(image) -> bool:

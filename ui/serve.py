@@ -81,7 +81,7 @@ def zero_gpu(engine):
     return generate_on_gpu
 
 
-def serve(args, config) -> int:
+def serve(args, config, library=None) -> int:
     """The chat on args.host:args.port (loopback by default) for an `EngineConfig`, the model loading in the
     background."""
     on_space = bool(os.environ.get("SPACE_ID"))
@@ -97,7 +97,7 @@ def serve(args, config) -> int:
     if has_spaces and on_space:  # ZeroGPU: CUDA exists only inside spaces.GPU calls, so load on first use
         status.text, status.done = f"Model **{args.model}** loads with the first message.", True
     demo = build(engine, args.model, gpu=zero_gpu(engine) if has_spaces and on_space else None, status=status,
-                 max_queue=args.max_queue)
+                 max_queue=args.max_queue, library=library)
     # generations wait in the studio's own line (bounded by --max-queue, with a "busy" reply); gradio's queue
     # holds only what is left, so its bound is a backstop that a full line of generations never reaches
     demo.queue(max_size=max(64, 4 * args.max_queue), default_concurrency_limit=1)

@@ -27,6 +27,7 @@ class Studio:
     default_model: str = "builtin"
     gpu: Callable[[Request], Any] | None = None  # ZeroGPU: request -> Result, run in a GPU worker (no live preview)
     line: Any = field(default_factory=lambda: _line(16))  # ui.runner.Line: the generations waiting for the engine
+    library: Any = None  # store.library.Library: kept images and conversations (None: nothing is kept)
 
     def __post_init__(self):
         # the page offers the server's own model even where users may not name files (the operator chose it)

@@ -1,0 +1,75 @@
+"""Lasting work in a real browser (issue #16): make images, reload the page, restart the server, and find the
+conversation and its images again; the Library tab finds an image by a word of its prompt and sends it back."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_browser import IMAGE, browser, free_port  # noqa: F401  (browser is a fixture)
+
+
+def serve(engine, model: str, library, port: int):
+    from ui.app import build
+    from ui.serve import launch
+
+    demo = build(engine, model, library=library)
+    demo.queue(max_size=16, default_concurrency_limit=1)
+    launch(demo, "127.0.0.1", port)
+    return demo
+
+
+@pytest.fixture
+def built_in_like(tiny_model, tmp_path):
+    """The tests' tiny SD1.5 (64x64, fast) in a folder the engine may load."""
+    return str(tiny_model("sd15"))
+
+
+def test_a_conversation_survives_reload_and_restart_and_the_library_finds_it(browser, engine, tmp_path):  # noqa: F811
+    from store.library import Library
+
+    port = free_port()
+    library = Library(tmp_path / "outputs")
+    demo = serve(engine, "builtin", library, port)
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = context.new_page()
+    try:
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_selector("#prompt textarea", timeout=30_000)
+        for i, text in enumerate(["a big red circle on the left, blue background",
+                                  "a small yellow square at the top, black background"], 1):
+            page.fill("#prompt textarea", text)
+            page.press("#prompt textarea", "Enter")
+            page.wait_for_selector(IMAGE.format(i), timeout=90_000)
+        page.wait_for_timeout(1500)  # the conversation is stored as the turn ends
+        page.reload()
+        page.wait_for_function("document.querySelectorAll('#chat img').length >= 2", timeout=30_000)
+        assert "a small yellow square at the top" in page.inner_text("#chat")
+        demo.close()  # a server restart: a new process would read the same folder
+        demo = serve(engine, "builtin", Library(tmp_path / "outputs"), port)
+        page.reload()
+        page.wait_for_function("document.querySelectorAll('#chat img').length >= 2", timeout=30_000)
+        chat = page.inner_text("#chat")
+        assert "a big red circle on the left" in chat and "#2" in chat
+        png = page.request.get(page.locator("#chat img").nth(1).get_attribute("src")).body()
+        assert png.startswith(b"\x89PNG") and b"yellow square" in png  # the kept file, with its settings
+        page.get_by_role("tab", name="Library").click()
+        page.wait_for_selector("#library-gallery img", timeout=20_000)
+        page.fill("#library-search textarea", "yellow")
+        page.click("#library-go")
+        page.wait_for_function("document.querySelector('#library-page').innerText.includes('1-1 of 1')",
+                               timeout=20_000)
+        page.locator("#library-gallery img").first.click()
+        page.wait_for_function("document.querySelector('#library-details').innerText.includes('yellow square')",
+                               timeout=20_000)
+        page.click("#library-send")
+        page.wait_for_function("document.querySelector('#chat').innerText.includes('is from the library')",
+                               timeout=20_000)
+        page.click("#new-chat")
+        page.wait_for_function("document.querySelectorAll('#chat img').length === 0", timeout=20_000)
+        page.reload()  # the new, empty chat is the current one; the old one is in the list
+        page.wait_for_selector("#prompt textarea", timeout=30_000)
+        page.wait_for_timeout(1500)
+        assert page.locator("#chat img").count() == 0
+    finally:
+        context.close()
+        demo.close()

@@ -1,0 +1,133 @@
+"""Wiring of lasting work: the page load that brings this browser's conversation back, New chat, the chat list
+(open, delete), and the Library tab's events. Handlers live in ui/history.py and ui/library_page.py.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import gradio as gr
+
+from store.library import new_id
+from ui import handlers, history, library_page
+from ui.layout import Page
+from ui.state import Session, ensure
+from ui.studio import Studio
+
+log = logging.getLogger(__name__)
+QUICK = dict(queue=False, api_visibility="private")
+
+
+def wire_history(demo: gr.Blocks, page: Page, studio: Studio) -> None:
+    """Attach the events (call inside the gr.Blocks context); nothing when the server keeps no library."""
+    library = studio.library
+    if library is None or not library.enabled:
+        return
+    chat_out = [page.chatbot, page.state, page.gallery, page.selected_md, page.ids, page.conversations]
+
+    def view(session: Session) -> dict:
+        return {page.chatbot: session.history, page.state: session, page.gallery: session.gallery(),
+                page.selected_md: handlers.selected_label(session),
+                page.ids: {"browser": session.browser, "conversation": session.conversation},
+                page.conversations: chats(session)}
+
+    def chats(session: Session):
+        rows = library.conversations(session.browser)
+        choices = [(title or "New chat", cid) for cid, title, _ in rows]
+        if session.conversation not in {c for _, c in choices}:
+            choices.insert(0, (history.title_of(session), session.conversation))
+        return gr.Dropdown(choices=choices, value=session.conversation)
+
+    def on_load(state, ids):
+        session = ensure(state)
+        session.browser, conversation = history.ids_of(ids)
+        if not session.history:
+            session.conversation = conversation
+            stored = library.load_conversation(session.browser, conversation)
+            if stored:
+                history.restore(stored, session)
+        return view(session)
+
+    demo.load(on_load, [page.state, page.ids], chat_out, **QUICK)
+
+    def fresh(session: Session, conversation: str) -> Session:
+        """A new, empty session of the same browser (the old one's temporary files go)."""
+        browser = session.browser if isinstance(session, Session) else history.ids_of(None)[0]
+        if isinstance(session, Session):
+            history.persist(library, session)
+            session.close()
+        out = Session.new()
+        out.browser, out.conversation = browser, conversation
+        return out
+
+    def on_new(state):
+        return view(fresh(ensure(state), new_id()))
+
+    page.new_chat.click(on_new, page.state, chat_out, **QUICK)
+
+    def on_pick(state, conversation):
+        session = ensure(state)
+        if not conversation or conversation == session.conversation:
+            return gr.skip()
+        stored = library.load_conversation(session.browser, conversation)
+        if stored is None:
+            return view(session)
+        session = fresh(session, conversation)
+        history.restore(stored, session)
+        return view(session)
+
+    page.conversations.input(on_pick, [page.state, page.conversations], chat_out, **QUICK)
+
+    def on_delete(state):
+        session = ensure(state)
+        removed = library.delete_conversation(session.browser, session.conversation)
+        session = fresh(session, new_id()) if removed or session.history else session
+        session.history.clear()
+        session.say("assistant", f"🗑️ The chat and its {removed} kept image(s) were deleted.")
+        return view(session)
+
+    page.delete_chat.click(on_delete, page.state, chat_out, **QUICK)
+    if page.library is not None:
+        wire_library_tab(page, studio, view)
+
+
+def wire_library_tab(page: Page, studio: Studio, view) -> None:
+    tab, library = page.library, studio.library
+    own_only = not studio.local_paths  # a shared server: each browser sees its own conversations' images
+    found_out = [tab.gallery, tab.ids, tab.page_md, tab.page]
+
+    def search(state, text, model, lora, number):
+        session = ensure(state)
+        items, ids, line, number = library_page.find(library, session, text, model, lora, number, own_only)
+        return {tab.gallery: items, tab.ids: ids, tab.page_md: line, tab.page: number}
+
+    inputs = [page.state, tab.text, tab.model, tab.lora]
+    for trigger in (tab.search.click, tab.text.submit, page.tabs.select):
+        trigger(lambda st, t, m, lo: search(st, t, m, lo, 0), inputs, found_out, **QUICK)
+    tab.prev.click(lambda st, t, m, lo, n: search(st, t, m, lo, max(0, n - 1)), inputs + [tab.page], found_out,
+                   **QUICK)
+    tab.next.click(lambda st, t, m, lo, n: search(st, t, m, lo, n + 1), inputs + [tab.page], found_out, **QUICK)
+    chosen = gr.State(None)
+
+    def on_open(ids, evt: gr.SelectData):
+        entry, details = library_page.open_entry(library, ids, evt.index)
+        return {tab.details: details, chosen: entry.id if entry else None}
+
+    tab.gallery.select(on_open, tab.ids, [tab.details, chosen], **QUICK)
+
+    def on_send(state, entry_id, reuse: bool):
+        session = ensure(state)
+        shot = library_page.send_to_chat(library, session, entry_id)
+        out = view(session)
+        out[page.tabs] = gr.Tabs(selected="chat")
+        if shot is not None:
+            history.persist(library, session)
+        return out
+
+    send_out = [page.chatbot, page.state, page.gallery, page.selected_md, page.ids, page.conversations, page.tabs]
+    tab.send.click(lambda st, e: on_send(st, e, False), [page.state, chosen], send_out, **QUICK)
+    tab.reuse.click(lambda st, e: on_send(st, e, True), [page.state, chosen], send_out, **QUICK).then(
+        None, None, None, js="() => document.querySelector('#reuse')?.click()")
+    if tab.import_button is not None:
+        tab.import_button.click(lambda folder: library_page.import_folder(library, folder), tab.folder,
+                                tab.page_md, api_visibility="private")
