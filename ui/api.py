@@ -18,6 +18,7 @@ from typing import Iterator
 import gradio as gr
 
 from engine.request import UserError
+from store.outputs import DiskError
 from ui import runner
 from ui.state import Settings
 from ui.studio import Studio
@@ -56,6 +57,11 @@ def generate_steps(studio: Studio, folder: Path, prompt: str, negative: str = ""
         path = folder / f"studio-{time.strftime('%Y%m%d-%H%M%S')}-{i}-seed{s}.png"
         result.save_png(i, path)
         paths.append(str(path))
+        if studio.library is not None and studio.library.enabled:
+            try:  # kept like a chat image; a full disk costs the record, not the answer
+                studio.library.keep(result, i, "api")
+            except DiskError as e:
+                log.warning("API image not kept: %s", e)
     return paths
 
 
