@@ -39,6 +39,7 @@ def main() -> None:
     box = tabs[0].find(elem_id="prompt")
     marks = {round(args.generations * q) for q in (0, 0.25, 0.5, 0.75, 1)}
     rss, failed, done = {0: rss_mb(proc.pid)}, [], [0]
+    print(f"    0 generations       0s  RSS {rss[0]:.0f} MB (after one warm-up message)", flush=True)
     lock = threading.Lock()
     t0 = time.time()
 
