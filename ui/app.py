@@ -17,6 +17,7 @@ from engine.request import UserError
 from ui import api, handlers, history, runner
 from ui.history_events import wire_history
 from ui.layout import SESSION_TTL_S, TITLE, Page, build_page
+from ui.line import Line
 from ui.panel_events import show_view, wire_panel
 from ui.panel_handlers import model_view
 from ui.runner import Update
@@ -32,7 +33,7 @@ def build(engine, default_model: str = "builtin", *, gpu=None, status: ModelStat
 
     At most `max_queue` generations wait for the engine (later ones are told the server is busy); a session
     idle for `session_ttl` seconds is closed and its files deleted."""
-    studio = Studio(engine, default_model, gpu, runner.Line(max_queue), library)
+    studio = Studio(engine, default_model, gpu, Line(max_queue), library)
     start = Settings(model=studio.default_model)
     try:
         defaults = panel_defaults(studio, studio.default_model)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from engine.request import DEFAULTS, Request, UserError, valid_schedulers
+from ui.line import Line
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ class Studio:
     engine: Any  # engine.engine.Engine
     default_model: str = "builtin"
     gpu: Callable[[Request], Any] | None = None  # ZeroGPU: request -> Result, run in a GPU worker (no live preview)
-    line: Any = field(default_factory=lambda: _line(16))  # ui.runner.Line: the generations waiting for the engine
+    line: Any = field(default_factory=lambda: Line(16))  # ui.line.Line: the generations waiting for the engine
     library: Any = None  # store.library.Library: kept images and conversations (None: nothing is kept)
 
     def __post_init__(self):
@@ -37,12 +38,6 @@ class Studio:
     def local_paths(self) -> bool:
         """May users name files and folders on the server as models? app.py decides it, the engine enforces it."""
         return self.engine.config.local_paths
-
-
-def _line(max_waiting: int):
-    from ui.runner import Line  # ui.runner imports this module
-
-    return Line(max_waiting)
 
 
 class ModelStatus:

@@ -1,0 +1,56 @@
+"""The line of generations waiting for the engine: first come, first served, bounded, each told its place. No
+gradio, no torch."""
+
+from __future__ import annotations
+
+import collections
+import threading
+
+from engine.request import UserError
+
+
+class Busy(UserError):
+    """The line of waiting generations is full."""
+
+
+class Line:
+    """Generations wait here for the engine, first come first served, at most `max_waiting` of them.
+
+    Only generations queue: gradio's own queue (whose "full" refuses every event, page loads too) never fills,
+    because generating events start at once and wait here, where they can be cancelled and told their place.
+    """
+
+    def __init__(self, max_waiting: int = 16):
+        self.max_waiting = max_waiting
+        self._turns: collections.deque = collections.deque()  # the running ticket first, then the waiting ones
+        self._changed = threading.Condition()
+        self.served = 0  # tickets that reached the engine, for the load benchmark's fairness count
+
+    def join(self) -> object:
+        """A ticket at the end of the line; `Busy` (with how many wait) when the line is full."""
+        with self._changed:
+            waiting = max(0, len(self._turns) - 1) if self._turns else 0
+            if self._turns and waiting >= self.max_waiting:
+                raise Busy(f"The server is busy: {waiting} generations are waiting for the engine (at most "
+                           f"{self.max_waiting} may wait). Try again in a minute.")
+            ticket = object()
+            self._turns.append(ticket)
+            return ticket
+
+    def wait(self, ticket: object, timeout: float) -> int:
+        """0 when it is `ticket`'s turn, else how many are before it after `timeout` seconds."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._turns[0] is ticket, timeout)
+            return self._turns.index(ticket)
+
+    def leave(self, ticket: object) -> None:
+        with self._changed:
+            if ticket in self._turns:
+                if self._turns[0] is ticket:
+                    self.served += 1
+                self._turns.remove(ticket)
+            self._changed.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        return max(0, len(self._turns) - 1)
