@@ -178,6 +178,8 @@ def show_result(session: Session, result, library=None) -> None:
         session.say("assistant", {"path": str(path), "alt_text": "the control map the model was given"})
     numbers = ", ".join(f"#{s.number}" for s in session.shots[-len(result.images):])
     black = [s.number for s, image in zip(session.shots[-len(result.images):], result.images) if is_black(image)]
+    if any("NaN/inf" in n for n in result.notes):
+        black = []  # the engine saw the invalid values themselves and said so
     notes = "".join(f"\n\nℹ️ {n}" for n in result.notes + ([black_note(black, result.request)] if black else []))
     session.say("assistant", f"{numbers} · `{result.settings_line()}`{notes}")
     session.selected = None  # actions follow the newest image
