@@ -75,6 +75,10 @@ def test_the_library_tab_pages_opens_and_sends_an_image_to_the_chat(tmp_path, en
     assert chat.selected_shot() is shot and shot.request.seed == 2 and shot.request.prompt.startswith("a big red")
     assert library_page.find(library, session, "no-such-word", "", "", 0, own_only=False)[2] == \
         "No kept image matches."
+    assert len(library_page.find(library, session, "", "", "", 0, own_only=False, when="today")[1]) == 3
+    with library._lock:  # one of them from last month
+        library._db.execute("UPDATE images SET created = created - 40 * 86400 WHERE id = ?", (ids[0],))
+    assert len(library_page.find(library, session, "", "", "", 0, own_only=False, when="last 30 days")[1]) == 2
 
 
 def test_ids_from_the_browser_are_checked():

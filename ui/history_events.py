@@ -96,17 +96,18 @@ def wire_library_tab(page: Page, studio: Studio, view) -> None:
     own_only = not studio.local_paths  # a shared server: each browser sees its own conversations' images
     found_out = [tab.gallery, tab.ids, tab.page_md, tab.page]
 
-    def search(state, text, model, lora, number):
+    def search(state, text, model, lora, when, number):
         session = ensure(state)
-        items, ids, line, number = library_page.find(library, session, text, model, lora, number, own_only)
+        items, ids, line, number = library_page.find(library, session, text, model, lora, number, own_only, when)
         return {tab.gallery: items, tab.ids: ids, tab.page_md: line, tab.page: number}
 
-    inputs = [page.state, tab.text, tab.model, tab.lora]
-    for trigger in (tab.search.click, tab.text.submit, page.tabs.select):
-        trigger(lambda st, t, m, lo: search(st, t, m, lo, 0), inputs, found_out, **QUICK)
-    tab.prev.click(lambda st, t, m, lo, n: search(st, t, m, lo, max(0, n - 1)), inputs + [tab.page], found_out,
+    inputs = [page.state, tab.text, tab.model, tab.lora, tab.when]
+    for trigger in (tab.search.click, tab.text.submit, tab.when.input, page.tabs.select):
+        trigger(lambda st, t, m, lo, w: search(st, t, m, lo, w, 0), inputs, found_out, **QUICK)
+    tab.prev.click(lambda st, t, m, lo, w, n: search(st, t, m, lo, w, max(0, n - 1)), inputs + [tab.page],
+                   found_out, **QUICK)
+    tab.next.click(lambda st, t, m, lo, w, n: search(st, t, m, lo, w, n + 1), inputs + [tab.page], found_out,
                    **QUICK)
-    tab.next.click(lambda st, t, m, lo, n: search(st, t, m, lo, n + 1), inputs + [tab.page], found_out, **QUICK)
     chosen = gr.State(None)
 
     def on_open(ids, evt: gr.SelectData):

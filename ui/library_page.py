@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 PAGE = 48
 THUMB = 192
+PERIODS = {"any time": None, "today": 0, "last 7 days": 7, "last 30 days": 30, "last year": 365}
 
 
 @dataclass
@@ -31,6 +32,7 @@ class LibraryTab:
     text: gr.Textbox
     model: gr.Textbox
     lora: gr.Textbox
+    when: gr.Dropdown
     search: gr.Button
     gallery: gr.Gallery
     page_md: gr.Markdown
@@ -52,6 +54,7 @@ def build_tab(can_import: bool) -> LibraryTab:
                           elem_id="library-search")
         model = gr.Textbox(label="Model", placeholder="part of its name", scale=2)
         lora = gr.Textbox(label="LoRA", placeholder="name", scale=1)
+        when = gr.Dropdown(list(PERIODS), value="any time", label="Made", scale=1, elem_id="library-when")
         search = gr.Button("Search", variant="primary", scale=1, elem_id="library-go")
     gallery = gr.Gallery(label="Kept images (newest first): click one to open it", columns=8, rows=2,
                          height="auto", object_fit="contain", allow_preview=False, elem_id="library-gallery")
@@ -70,14 +73,14 @@ def build_tab(can_import: bool) -> LibraryTab:
                 folder = gr.Textbox(label="Folder on this machine", placeholder="~/stable-diffusion-webui/outputs",
                                     scale=4)
                 import_button = gr.Button("Import", scale=1)
-    return LibraryTab(text, model, lora, search, gallery, page_md, prev, next_, gr.State(0), gr.State([]), details,
-                      send, reuse, folder, import_button)
+    return LibraryTab(text, model, lora, when, search, gallery, page_md, prev, next_, gr.State(0), gr.State([]),
+                      details, send, reuse, folder, import_button)
 
 
 # ------------------------------------------------------------------------------------------------ handlers
 
 def find(library: Library | None, session: Session, text: str, model: str, lora: str, page: int,
-         own_only: bool) -> tuple[list[tuple[str, str]], list[int], str, int]:
+         own_only: bool, when: str = "any time") -> tuple[list[tuple[str, str]], list[int], str, int]:
     """One page of matches: (thumbnails with captions, their entry ids, the page line, the page shown)."""
     if library is None or not library.enabled:
         return [], [], "Nothing is kept on this server (started with `--outputs none`).", 0
@@ -85,19 +88,35 @@ def find(library: Library | None, session: Session, text: str, model: str, lora:
     if own_only:
         mine = [c[0] for c in library.conversations(session.browser, limit=500)] if session.browser else []
     page = max(0, int(page or 0))
-    entries, total = library.search(text or "", model=model or "", lora=lora or "", limit=PAGE,
-                                    offset=page * PAGE, conversation=mine)
+    since = _since(when)
+
+    def one_page(number: int):
+        return library.search(text or "", model=model or "", lora=lora or "", since=since, limit=PAGE,
+                              offset=number * PAGE, conversation=mine)
+
+    entries, total = one_page(page)
     if total and not entries and page:  # past the end (the library shrank): the last page
         page = (total - 1) // PAGE
-        entries, total = library.search(text or "", model=model or "", lora=lora or "", limit=PAGE,
-                                        offset=page * PAGE, conversation=mine)
+        entries, total = one_page(page)
     items = [(thumb, f"{e.when} · seed {e.seed}") for e in entries if (thumb := thumbnail(e, session))]
     ids = [e.id for e in entries if thumbnail(e, session)]
     if not total:
-        line = "No kept image matches." if (text or model or lora) else "No kept images yet: make some in the chat."
+        asked = text or model or lora or since is not None
+        line = "No kept image matches." if asked else "No kept images yet: make some in the chat."
     else:
         line = f"{page * PAGE + 1}-{page * PAGE + len(entries)} of {total}"
     return items, ids, line, page
+
+
+def _since(when: str) -> float | None:
+    """The start of a period of PERIODS as a timestamp (local midnight for "today")."""
+    import time
+
+    days = PERIODS.get(when)
+    if days is None:
+        return None
+    midnight = time.mktime(time.localtime()[:3] + (0, 0, 0, 0, 0, -1))
+    return midnight - days * 86400
 
 
 def thumbnail(entry: Entry, session: Session) -> str | None:
