@@ -26,6 +26,7 @@ from .sources.resolve import Resolver, Source
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, object], None]  # (step, total, latents) -> None
+TRAINED_SIDES = (48, 128)  # the built-in model's multi-aspect training range (its studio.json: unet_phases)
 
 
 class Engine:
@@ -190,11 +191,11 @@ class Engine:
 
             note = vocabulary_note(req.prompt, source.location, tuple(loras.triggers) if loras else ())
             notes += [note] if note else []
-        native = defaults_for(family).size
-        if family == "builtin" and (req.width, req.height) != (native, native):
-            notes.append(f"The built-in model learned {native}x{native} images only: at {req.width}x{req.height} "
-                         f"objects may split, repeat or stretch. Use {native}x{native} (aspect 1:1) for its best "
-                         "images.")
+        low, high = TRAINED_SIDES
+        if family == "builtin" and not (low <= min(req.width, req.height) and max(req.width, req.height) <= high):
+            notes.append(f"The built-in model learned sizes from {low} to {high} pixels a side: at "
+                         f"{req.width}x{req.height} objects may split, repeat or stretch. Stay within {low}-{high} "
+                         "(any aspect of the panel's presets) for its best images.")
         if plan is not None:
             kwargs.update(plan.kwargs)
         elif init is not None and not (source.variant == "kontext"):

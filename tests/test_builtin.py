@@ -81,12 +81,24 @@ def test_quick_adherence(engine):
     assert summary["shape"] >= 0.6 and summary["size"] >= 0.75
 
 
-def test_off_native_sizes_say_what_to_expect(engine):
-    native = engine.generate(Request(prompt="a purple square, orange background", seed=1))
+def test_sizes_outside_the_trained_range_say_what_to_expect(engine):
     wide = engine.generate(Request(prompt="a purple square, orange background", seed=1, width=80, height=56))
-    assert wide.images[0].size == (80, 56)
-    assert not any("64x64" in n for n in native.notes)
-    assert any("learned 64x64 images only" in n and "80x56" in n for n in wide.notes)
+    assert wide.images[0].size == (80, 56) and not any("learned sizes" in n for n in wide.notes)
+    big = engine.generate(Request(prompt="a purple square, orange background", seed=1, width=192, height=64,
+                                  steps=2))
+    assert any("learned sizes from 48 to 128" in n and "192x64" in n for n in big.notes)
+
+
+def test_one_object_at_every_panel_aspect(engine):
+    """Multi-aspect training (issue #19): one object, where asked, at wide, tall and large sizes."""
+    from engine.train import evaluate
+
+    for width, height in ((96, 64), (64, 96), (128, 128), (128, 80)):
+        image = engine.generate(Request(prompt="a small red circle at the top, blue background", seed=3,
+                                        width=width, height=height)).images[0]
+        found = evaluate.analyse(image)
+        assert found["color"] == "red" and found["position"] == "at the top", (width, height, found["position"])
+        assert evaluate.count_objects(image, "red", "blue") == 1, (width, height)
 
 
 def test_quick_two_object_prompts(engine):
