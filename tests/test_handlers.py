@@ -193,3 +193,37 @@ def test_a_message_of_flags_only_names_the_missing_prompt_or_reuses_the_selected
     assert (request.prompt, request.seed) == ("a red circle", 5)
     with pytest.raises(UserError, match=r"guidance = 999.0 is out of range"):
         check_request(request, "sd15")
+
+
+def test_the_chats_edits_inpaint_zoom_out_pan_and_upscale_the_selected_image(studio, session, settings):
+    """#17 in the chat: the mask comes from the strokes painted on the image editor; the rest stays as it was."""
+    import numpy as np
+    from PIL import Image
+
+    from engine.edit import unmasked_change
+    from ui import edit_handlers
+
+    generate(studio, session, "a red circle", settings)
+    first = session.shots[-1]
+    original = Image.open(first.path).convert("RGB")
+    strokes = Image.new("RGBA", original.size, (0, 0, 0, 0))
+    strokes.paste((255, 255, 255, 255), (0, 0, original.width // 2, original.height))
+    list(edit_handlers.inpaint(studio, session, settings, "", {"background": original, "layers": [strokes]}))
+    inpainted = session.shots[-1]
+    assert inpainted is not first and inpainted.request.mask is not None
+    mask = edit_handlers.mask_from_editor({"layers": [strokes]}, original.size)
+    assert unmasked_change(original, Image.open(inpainted.path), mask, margin=8) == 0
+    assert "inpaint strength" in session.history[-1]["content"]
+    session.selected = 0
+    list(edit_handlers.zoom_out(studio, session, settings, ""))
+    assert Image.open(session.shots[-1].path).size == (48, 48)  # 32 px grown by 8 px a side
+    session.selected = 0
+    list(edit_handlers.pan(studio, session, settings, "", "left"))
+    assert Image.open(session.shots[-1].path).size == (48, 32)
+    session.selected = 0
+    list(edit_handlers.upscale(studio, session, settings, ""))
+    assert Image.open(session.shots[-1].path).size == (64, 64)
+    reply = session.history[-1]["content"]
+    assert "upscaled 2x from 32x32" in reply
+    nothing = list(edit_handlers.inpaint(studio, session, settings, "", {"layers": [np.zeros((32, 32, 4))]}))
+    assert nothing and "Paint over the part to change first" in session.history[-1]["content"]

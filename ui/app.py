@@ -14,7 +14,7 @@ import logging
 import gradio as gr
 
 from engine.request import UserError
-from ui import api, handlers, history, runner
+from ui import api, edit_handlers, handlers, history, runner
 from ui.history_events import wire_history
 from ui.layout import SESSION_TTL_S, TITLE, Page, build_page
 from ui.line import Line
@@ -135,6 +135,19 @@ def wire_chat(page: Page, studio: Studio, status: ModelStatus | None) -> None:
                           (page.vary.click, lambda st, s, v: handlers.vary(st, s, settings_of(v)))):
         trigger(streamed(work), stream_in, stream_out, **engine_event).then(
             apply_pending, inputs, panel_out, queue=False, api_visibility="private")
+    def typed(values: dict) -> str:
+        return (values[page.box] or {}).get("text", "") if isinstance(values[page.box], dict) else ""
+
+    edits = [(page.inpaint.click, lambda st, s, v: edit_handlers.inpaint(st, s, settings_of(v), typed(v),
+                                                                          v[page.editor])),
+             (page.zoom_out.click, lambda st, s, v: edit_handlers.zoom_out(st, s, settings_of(v), typed(v))),
+             (page.upscale.click, lambda st, s, v: edit_handlers.upscale(st, s, settings_of(v), typed(v)))]
+    edits += [(button.click, lambda st, s, v, side=side: edit_handlers.pan(st, s, settings_of(v), typed(v), side))
+              for side, button in page.pans.items()]
+    for trigger, work in edits:
+        trigger(streamed(work), stream_in | {page.editor}, stream_out, **engine_event)
+    page.paint.click(lambda state: edit_handlers.selected_background(ensure(state)), page.state, page.editor,
+                     queue=False, api_visibility="private")
     for trigger in (page.stop.click, page.box.stop):
         trigger(handlers.stop, page.state, None, queue=False, api_visibility="private")
 

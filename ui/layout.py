@@ -45,6 +45,13 @@ class Page:
     conversations: gr.Dropdown  # this browser's stored conversations (id -> title)
     delete_chat: gr.Button
     library: LibraryTab | None  # the Library tab (None when nothing is kept: --outputs none)
+    edit_box: gr.Accordion
+    editor: gr.ImageEditor  # the selected image, to paint the part to repaint on
+    paint: gr.Button  # put the selected image on the editor's canvas
+    inpaint: gr.Button
+    zoom_out: gr.Button
+    pans: dict  # side -> gr.Button
+    upscale: gr.Button
 
 
 SESSION_TTL_S = 6 * 3600  # a session idle this long is closed and its files deleted (clients without a heartbeat too)
@@ -89,6 +96,22 @@ def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, s
                 refine = gr.Checkbox(label="Refine: the next message edits the selected image (or --refine S)",
                                      value=False, scale=3)
                 strength = gr.Slider(0.05, 1.0, step=0.05, value=0.5, label="Refine strength", scale=2)
+            with gr.Accordion("Edit the selected image: paint to repaint, zoom out, pan, upscale", open=False,
+                              elem_id="edit-box") as edit_box:
+                editor = gr.ImageEditor(type="pil", label="Paint over what to change (white brush); the message "
+                                        "box's text, if any, says what to put there", elem_id="editor",
+                                        brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=12),
+                                        eraser=gr.Eraser(default_size=12), layers=False, height=360,
+                                        sources=(), transforms=())
+                with gr.Row():
+                    paint = gr.Button("Paint on the selected image", size="sm", elem_id="edit-paint")
+                    inpaint = gr.Button("Inpaint the painted part", size="sm", variant="primary",
+                                        elem_id="edit-inpaint")
+                with gr.Row():
+                    zoom_out = gr.Button("Zoom out 1.5x", size="sm", elem_id="edit-zoom")
+                    pans = {side: gr.Button(f"Pan {side}", size="sm", elem_id=f"edit-pan-{side}")
+                            for side in ("left", "up", "down", "right")}
+                    upscale = gr.Button("Upscale 2x", size="sm", elem_id="edit-upscale")
             gallery = gr.Gallery(label="This session's images: click to select; ⬇ downloads the PNG with its "
                                        "settings", columns=8, fit_columns=False, object_fit="contain", height=200,
                                  allow_preview=True, elem_id="gallery", buttons=["download", "fullscreen"])
@@ -101,4 +124,5 @@ def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, s
     return Page(state=state, saved=saved, status_md=status_md, chatbot=chatbot, box=box, selected_md=selected_md,
                 reroll=reroll, vary=vary, reuse=reuse, control=control, stop=stop, refine=refine, strength=strength,
                 gallery=gallery, panel=panel, ids=ids, tabs=tabs, new_chat=new_chat, conversations=conversations,
-                delete_chat=delete_chat, library=library)
+                delete_chat=delete_chat, library=library, edit_box=edit_box, editor=editor, paint=paint,
+                inpaint=inpaint, zoom_out=zoom_out, pans=pans, upscale=upscale)
