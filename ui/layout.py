@@ -98,9 +98,9 @@ def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, s
                 strength = gr.Slider(0.05, 1.0, step=0.05, value=0.5, label="Refine strength", scale=2)
             with gr.Accordion("Edit the selected image: paint to repaint, zoom out, pan, upscale", open=False,
                               elem_id="edit-box") as edit_box:
-                editor = gr.ImageEditor(type="pil", label="Paint over what to change (white brush); the message "
+                editor = gr.ImageEditor(type="pil", label="Paint over what to change (the brush); the message "
                                         "box's text, if any, says what to put there", elem_id="editor",
-                                        brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=12),
+                                        brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed", default_size=12),
                                         eraser=gr.Eraser(default_size=12), layers=False, height=360,
                                         sources=(), transforms=())
                 with gr.Row():
