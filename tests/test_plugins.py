@@ -465,6 +465,14 @@ def test_a_failure_inside_diffusers_is_rolled_back(tmp_path, tiny_model, lora_st
 # --------------------------------------------------------------------------------------- memory, discovery
 
 def rss_mb() -> float:
+    """This process's resident memory, after glibc hands its free pages back (malloc_trim): what is still held,
+    not what earlier tests in the same process left in the allocator's pools."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
