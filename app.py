@@ -40,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--share", action="store_true", help="public Gradio share link (use --auth with it)")
     serve.add_argument("--auth", default=None, help="user:pass required to open the app")
     serve.add_argument("--max-queue", type=int, default=16, help="waiting generations before 'busy'")
+    serve.add_argument("--mcp", action="store_true", help="also serve MCP tools for agents at /gradio_api/mcp/")
+    serve.add_argument("--api-token", default=os.environ.get("STUDIO_API_TOKEN"), metavar="TOKEN",
+                       help="the APIs (A1111, OpenAI, MCP) also take 'Authorization: Bearer TOKEN'")
+    serve.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                       help="generate on Ray Serve replicas: a local Ray, or join the cluster at ADDRESS")
+    serve.add_argument("--replicas", type=int, default=2, help="with --ray: engine replicas (default 2)")
+    serve.add_argument("--gpus-per-replica", type=float, default=None,
+                       help="with --ray: GPUs each replica takes (default: 1 where CUDA is seen, else 0)")
     serve.add_argument("--outputs", default=None, metavar="DIR",
                        help="keep every image and conversation here (default: outputs/; none on a hosted Space)")
 

@@ -36,15 +36,13 @@ def server(engine):
     """The page with --auth, --mcp and the APIs mounted, on the built-in model; at most 2 generations may wait."""
     import apis
     from ui.app import build
-    from ui.serve import MAX_FILE_SIZE
+    from ui.serve import launch
 
     demo = build(engine, "builtin", max_queue=2)
-    apis.add_tools(demo, demo.studio)
+    apis.add_tools(demo, demo.studio)  # as ui.serve.serve does for `app.py --mcp`
     demo.queue(max_size=16)
     port = free_port()
-    # ui.serve.launch's options, with gradio's MCP server on (what `app.py --mcp` passes)
-    demo.launch(server_name="127.0.0.1", server_port=port, auth=(USER, PASSWORD), max_file_size=MAX_FILE_SIZE,
-                show_error=False, ssr_mode=False, prevent_thread_lock=True, quiet=True, mcp_server=True)
+    launch(demo, "127.0.0.1", port, auth=(USER, PASSWORD), mcp=True)
     apis.mount(demo, auth=(USER, PASSWORD), api_token=TOKEN)
     yield {"url": f"http://127.0.0.1:{port}", "port": port, "studio": demo.studio}
     demo.close()

@@ -88,16 +88,25 @@ def serve(args, config, library=None) -> int:
     has_spaces = importlib.util.find_spec("spaces") is not None
     if has_spaces:
         import spaces  # noqa: F401  (must come before torch touches CUDA on ZeroGPU)
+    import apis
     from engine.engine import Engine
 
     host = os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0") if on_space else args.host
     auth = parse_auth(args.auth)
-    engine = Engine(config)
+    if getattr(args, "ray", None) is None:
+        engine = Engine(config)
+    else:  # --ray [ADDRESS]: every generation on Ray Serve replicas (apis/ray_serve.py)
+        from apis.ray_serve import remote_engine
+
+        engine = remote_engine(config, args.model, args.replicas, args.gpus_per_replica, address=args.ray or None)
     status = ModelStatus(args.model)
     if has_spaces and on_space:  # ZeroGPU: CUDA exists only inside spaces.GPU calls, so load on first use
         status.text, status.done = f"Model **{args.model}** loads with the first message.", True
     demo = build(engine, args.model, gpu=zero_gpu(engine) if has_spaces and on_space else None, status=status,
                  max_queue=args.max_queue, library=library)
+    mcp = bool(getattr(args, "mcp", False))
+    if mcp:
+        apis.add_tools(demo, demo.studio)  # before launch: gradio's MCP server reads the page's endpoints there
     # generations wait in the studio's own line (bounded by --max-queue, with a "busy" reply); gradio's queue
     # holds only what is left, so its bound is a backstop that a full line of generations never reaches
     demo.queue(max_size=max(64, 4 * args.max_queue), default_concurrency_limit=1)
@@ -108,7 +117,8 @@ def serve(args, config, library=None) -> int:
         print(f"WARNING: listening on {host}: anyone on your network can use the app. Add --auth USER:PASSWORD.",
               flush=True)
     launch(demo, host, int(os.environ.get("GRADIO_SERVER_PORT", args.port)) if on_space else args.port,
-           share=args.share, auth=auth)
+           share=args.share, auth=auth, mcp=mcp)
+    apis.mount(demo, auth=auth, api_token=getattr(args, "api_token", None))  # A1111, OpenAI (and MCP's guard)
     if not status.done:
         status.start(engine)  # after the page is up, so loading never delays it
     if args.share:
@@ -123,12 +133,14 @@ def serve(args, config, library=None) -> int:
     return 0
 
 
-def launch(demo: gr.Blocks, host: str, port: int, share: bool = False, auth: tuple[str, str] | None = None) -> None:
-    """Start serving without blocking; the one place that sets the server's safety options."""
+def launch(demo: gr.Blocks, host: str, port: int, share: bool = False, auth: tuple[str, str] | None = None,
+           mcp: bool = False) -> None:
+    """Start serving without blocking; the one place that sets the server's safety options. `mcp`: gradio's MCP
+    server too (apis.add_tools added the tools)."""
     # ssr_mode=False: gradio 6.27-6.31 has an auth bypass through server-side rendering.
     demo.launch(server_name=host, server_port=port, share=share, auth=auth, max_file_size=MAX_FILE_SIZE,
                 show_error=False, ssr_mode=False, css=CSS, prevent_thread_lock=True, quiet=False,
-                footer_links=["api"])
+                footer_links=["api"], mcp_server=mcp)
     if auth is not None:  # gradio builds its app inside launch: wrap the built stack (add_middleware is too late)
         app = demo.server_app
         app.middleware_stack = LoginThrottle(app.middleware_stack or app.build_middleware_stack())
