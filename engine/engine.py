@@ -169,6 +169,7 @@ class Engine:
         else:
             pipe = loaded.variant("img2img" if init is not None else "txt2img")
         pipe.scheduler = loaded.scheduler(req.scheduler)
+        _check_schedule(pipe.scheduler, req, name, defaults_for(family, source.variant).scheduler)
         # 4. LoRAs
         loras = (self._plugin_manager().apply(loaded, req, allow_paths=self.config.local_paths)
                  if (req.loras or self.plugins) else None)
@@ -331,6 +332,22 @@ class Engine:
         d = defaults_for(source.family, source.variant)
         return {"family": source.family, "steps": d.steps, "guidance": d.guidance, "width": d.size,
                 "height": d.size, "scheduler": d.scheduler}
+
+
+def _check_schedule(scheduler, req: Request, model: str, default: str) -> None:
+    """Refuse a scheduler whose timesteps collapse on this model's noise schedule (Karras sigmas on the built-in
+    model's near-zero terminal SNR repeat timesteps, and diffusers' solver then fails mid-run)."""
+    if not hasattr(scheduler, "set_timesteps") or req.scheduler == default:
+        return
+    try:
+        scheduler.set_timesteps(req.steps)
+        steps = [int(t) for t in scheduler.timesteps]
+    except Exception as e:  # a schedule diffusers cannot make at all
+        raise UserError(f"Scheduler {req.scheduler!r} cannot run {req.steps} steps on {model} "
+                        f"({type(e).__name__}). Use {default}, this model's default.") from None
+    if len(set(steps)) < len(steps):
+        raise UserError(f"Scheduler {req.scheduler!r} does not fit {model}'s noise schedule: at {req.steps} steps it "
+                        f"repeats timesteps ({steps[:5]}...). Use {default}, this model's default, or another one.")
 
 
 def _edit_size(req: Request, family: str, variant: str) -> Request:
