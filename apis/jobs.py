@@ -60,6 +60,7 @@ class Jobs:
                 try:
                     what, step, total, _ = next(work)
                 except StopIteration as done:
+                    keep(self.studio, done.value)
                     return done.value
                 if what == "step":
                     job.started_at = job.started_at or time.time()
@@ -98,6 +99,22 @@ async def while_connected(http, work: Callable[[threading.Event], T]) -> T:
         if not cancel.is_set() and await http.is_disconnected():
             log.info("API client gone: its generation is cancelled")
             cancel.set()
+
+
+def keep(studio: Studio, result) -> None:
+    """Keep the API's images in the library like the chat's (outputs/, searchable); a full disk costs the record,
+    never the answer."""
+    library = getattr(studio, "library", None)
+    if library is None or not library.enabled or result is None:
+        return
+    from store.outputs import DiskError
+
+    for i in range(len(result.images)):
+        try:
+            library.keep(result, i, "api")
+        except DiskError as e:
+            log.warning("API image not kept: %s", e)
+            return
 
 
 def png_bytes(result, i: int) -> bytes:

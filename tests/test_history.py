@@ -86,3 +86,16 @@ def test_ids_from_the_browser_are_checked():
     assert len(browser) == 32 and len(conversation) == 32 and browser.isalnum()
     good = new_id()
     assert history.ids_of({"browser": good, "conversation": good}) == (good, good)
+
+
+def test_api_generations_are_kept_in_the_library_too(tmp_path, engine):
+    """The A1111, OpenAI and MCP endpoints run through apis.jobs.Jobs: their images are kept like the chat's."""
+    from apis.jobs import Jobs
+    from ui.line import Line
+    from ui.studio import Studio
+
+    library = Library(tmp_path / "outputs")
+    jobs = Jobs(Studio(engine, "builtin", line=Line(4), library=library))
+    result = jobs.run(Request(prompt="a small green triangle at the bottom, black background", seed=8))
+    entries, total = library.search("triangle")
+    assert total == 1 and entries[0].source == "api" and entries[0].seed == 8 and len(result.images) == 1
