@@ -7,7 +7,6 @@ and by the pixels of the next generation, which must equal those from before the
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import pickle
@@ -479,34 +478,58 @@ def rss_mb() -> float:
     return 0.0
 
 
+LOAD_CYCLES = """
+import gc, json, sys, warnings
+sys.path.insert(0, {root!r})
+import torch
+torch.set_num_threads(1)
+from engine.engine import Engine
+from engine.plugins.manager import PluginManager
+from engine.request import LoraSpec, Request
+from tests.test_plugins import rss_mb
+
+engine = Engine(device="cpu", local_paths=True)
+engine.plugins = PluginManager([{plugins!r}], hub=engine.hub, max_cached=2)
+loaded = engine.load({model!r})
+request = [Request(prompt="x", loras=[LoraSpec(f"l{{i}}", 1.0)]) for i in range(3)]
+
+
+def tensors():
+    gc.collect()
+    with warnings.catch_warnings():  # isinstance on some torch module objects warns about deprecations
+        warnings.simplefilter("ignore")
+        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+
+for i in range(6):  # warm-up: caches, allocator pools
+    engine.plugins.apply(loaded, request[i % 3])
+engine.plugins.unload(loaded)
+start_rss, start_tensors = rss_mb(), tensors()
+for i in range(14):  # three LoRAs through two cache slots: every call loads one and drops one
+    engine.plugins.apply(loaded, request[i % 3])
+    if i % 7 == 6:
+        engine.plugins.unload(loaded)
+engine.plugins.unload(loaded)
+print(json.dumps({{"loads": engine.plugins.loads, "tensors": tensors() - start_tensors,
+                  "rss": rss_mb() - start_rss, "adapters": loaded.pipe.get_list_adapters()}}))
+"""
+
+
 def test_loading_and_unloading_repeatedly_does_not_grow_memory(tmp_path, tiny_model, lora_store):
-    """14 load/drop cycles here (each costs peft ~0.3 s); benchmarks/lora_plugins.py runs 50 and prints RSS."""
+    """14 load/drop cycles (each costs peft ~0.3 s) in a fresh process, so the heap that earlier tests left
+    behind does not count; benchmarks/lora_plugins.py runs 50 and prints RSS."""
     model = tiny_model("sd15")
     for i in range(3):
         put(lora_store("sd15", seed=10 + i), tmp_path, f"l{i}")
-    engine = studio(tmp_path, max_cached=2)
-    loaded = engine.load(str(model))
-    request = [Request(prompt="x", loras=[LoraSpec(f"l{i}", 1.0)]) for i in range(3)]
-
-    def tensors() -> int:
-        gc.collect()
-        with warnings.catch_warnings():  # isinstance on some torch module objects warns about deprecations
-            warnings.simplefilter("ignore")
-            return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
-
-    for i in range(6):  # warm-up: caches, allocator pools
-        engine.plugins.apply(loaded, request[i % 3])
-    engine.plugins.unload(loaded)
-    start_rss, start_tensors = rss_mb(), tensors()
-    for i in range(14):  # three LoRAs through two cache slots: every call loads one and drops one
-        engine.plugins.apply(loaded, request[i % 3])
-        if i % 7 == 6:
-            engine.plugins.unload(loaded)
-    engine.plugins.unload(loaded)
-    assert engine.plugins.loads >= 20
-    assert tensors() - start_tensors < 50
-    assert rss_mb() - start_rss < 40
-    assert loaded.pipe.get_list_adapters() == {}
+    code = LOAD_CYCLES.format(root=str(ROOT), plugins=str(tmp_path), model=str(model))
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["loads"] >= 20
+    assert found["tensors"] < 50
+    assert found["rss"] < 40, found
+    assert found["adapters"] == {}
 
 
 def test_family_detection_from_tensor_names_and_widths(tmp_path, monkeypatch):
