@@ -227,3 +227,11 @@ def test_the_chats_edits_inpaint_zoom_out_pan_and_upscale_the_selected_image(stu
     assert "upscaled 2x from 32x32" in reply
     nothing = list(edit_handlers.inpaint(studio, session, settings, "", {"layers": [np.zeros((32, 32, 4))]}))
     assert nothing and "Paint over the part to change first" in session.history[-1]["content"]
+
+
+def test_clear_empties_the_chat_the_gallery_and_the_selection(studio, session, settings):
+    """Before, the chat's Clear only hid the messages; the gallery, the selection and Reroll kept the old ones."""
+    generate(studio, session, "a red circle", settings)
+    handlers.clear(session)
+    assert session.history == [] and session.gallery() == [] and session.selected_shot() is None
+    assert "none yet" in handlers.selected_label(session)

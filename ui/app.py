@@ -148,6 +148,15 @@ def wire_chat(page: Page, studio: Studio, status: ModelStatus | None) -> None:
         trigger(streamed(work), stream_in | {page.editor}, stream_out, **engine_event)
     page.paint.click(lambda state: edit_handlers.selected_background(ensure(state)), page.state, page.editor,
                      queue=False, api_visibility="private")
+    def on_clear(state):
+        session = ensure(state)
+        handlers.clear(session)
+        return {page.chatbot: session.history, page.state: session, page.gallery: session.gallery(),
+                page.selected_md: handlers.selected_label(session)}
+
+    if studio.library is None or not studio.library.enabled:  # with a library, Clear starts a new chat
+        page.chatbot.clear(on_clear, page.state, [page.chatbot, page.state, page.gallery, page.selected_md],
+                           queue=False, api_visibility="private")
     for trigger in (page.stop.click, page.box.stop):
         trigger(handlers.stop, page.state, None, queue=False, api_visibility="private")
 

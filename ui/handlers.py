@@ -211,3 +211,11 @@ def stop(session: Session | None) -> None:
     """■ Stop: the running generation of this session ends at its next step."""
     if session is not None:
         session.cancel.set()
+
+
+def clear(session: Session) -> None:
+    """The chat's Clear (its trash icon): empty the chat, the gallery and the selection, not only the view."""
+    session.history.clear()
+    session.shots.clear()
+    session.kept.clear()
+    session.selected = None

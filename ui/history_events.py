@@ -64,6 +64,7 @@ def wire_history(demo: gr.Blocks, page: Page, studio: Studio) -> None:
         return view(fresh(ensure(state), new_id()))
 
     page.new_chat.click(on_new, page.state, chat_out, **QUICK)
+    page.chatbot.clear(on_new, page.state, chat_out, **QUICK)  # Clear: a new, empty chat; the old one is listed
 
     def on_pick(state, conversation):
         session = ensure(state)
