@@ -78,11 +78,7 @@ def main() -> None:
         f"- from {args.generations // 4} on (after warm-up): {growth:+.0f} MB range, goal within {GOAL_MB} MB: "
         f"{'met' if growth <= GOAL_MB else 'not met'}; from 0: {points[-1][1] - points[0][1]:+.0f} MB",
     ])
-    print("\n" + section, flush=True)
-    if not args.no_write:
-        with common.RESULTS.open("a", encoding="utf-8") as f:
-            f.write("\n" + section + "\n")
-        print("appended to benchmarks/RESULTS.md")
+    common.report(section, args)  # prints it, appends it to RESULTS.md unless --no-write
 
 
 if __name__ == "__main__":

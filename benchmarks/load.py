@@ -287,11 +287,7 @@ def main() -> None:
         "- server RSS: " + ", ".join(f"{t:.0f}s {m:.0f} MB" for t, m in marks),
         f"- errors: {'; '.join(errors) if errors else 'none'}",
     ])
-    print("\n" + section, flush=True)
-    if not args.no_write:
-        with common.RESULTS.open("a", encoding="utf-8") as f:
-            f.write("\n" + section + "\n")
-        print("appended to benchmarks/RESULTS.md")
+    common.report(section, args)  # prints it, appends it to RESULTS.md unless --no-write
 
 
 if __name__ == "__main__":
