@@ -98,8 +98,9 @@ def find(library: Library | None, session: Session, text: str, model: str, lora:
     if total and not entries and page:  # past the end (the library shrank): the last page
         page = (total - 1) // PAGE
         entries, total = one_page(page)
-    items = [(thumb, f"{e.when} · seed {e.seed}") for e in entries if (thumb := thumbnail(e, session))]
-    ids = [e.id for e in entries if thumbnail(e, session)]
+    shown = [(e, thumb) for e in entries if (thumb := thumbnail(e, session))]  # a file may be gone
+    items = [(thumb, f"{e.when} · seed {e.seed}") for e, thumb in shown]
+    ids = [e.id for e, _ in shown]
     if not total:
         asked = text or model or lora or since is not None
         line = "No kept image matches." if asked else "No kept images yet: make some in the chat."
