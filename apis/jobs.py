@@ -40,7 +40,8 @@ class Job:
 
 
 class Jobs:
-    """The API's generations: waiting in `studio.line`, then running on the engine one at a time."""
+    """The API's generations: waiting in `studio.line`, then running on the engine (one at a time, or one per
+    Ray Serve replica)."""
 
     def __init__(self, studio: Studio):
         self.studio = studio
@@ -80,11 +81,12 @@ class Jobs:
             return len(self._jobs)
 
     def interrupt(self) -> bool:
-        """Stop the API generation on the engine now (within a step); False when none is running."""
-        job = self.running()
-        if job is not None:
+        """Stop the API generations running on the engine now (within a step); False when none is running."""
+        with self._lock:
+            started = [job for job in self._jobs if job.started_at is not None]
+        for job in started:
             job.cancel.set()
-        return job is not None
+        return bool(started)
 
 
 async def while_connected(http, work: Callable[[threading.Event], T]) -> T:

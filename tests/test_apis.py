@@ -431,6 +431,24 @@ def test_ray_replicas_give_the_single_engines_pixels_and_share_the_work(ray_stud
     assert len([pid for pid in remote.served if remote.served[pid] > before.get(pid, 0)]) == 2  # both replicas
 
 
+def test_ray_two_replicas_run_two_api_generations_at_once_through_the_line(ray_studio):
+    """The studio's line has a slot per replica: two API jobs sample at the same time, a third waits its turn."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from apis.jobs import Jobs
+    from engine.request import Request
+
+    assert ray_studio.line.slots == 2
+    jobs, seen = Jobs(ray_studio), 0
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(jobs.run, Request(prompt=PROMPT, seed=s, steps=60)) for s in range(3)]
+        while not all(f.done() for f in futures):
+            with jobs._lock:
+                seen = max(seen, len([j for j in jobs._jobs if j.started_at is not None]))
+            time.sleep(0.01)
+    assert seen == 2 and [f.result().images[0].size for f in futures] == [(64, 64)] * 3
+
+
 def test_ray_a_killed_replica_is_answered_and_replaced(ray_studio):
     import os
     import signal

@@ -235,3 +235,15 @@ def test_clear_empties_the_chat_the_gallery_and_the_selection(studio, session, s
     handlers.clear(session)
     assert session.history == [] and session.gallery() == [] and session.selected_shot() is None
     assert "none yet" in handlers.selected_label(session)
+
+
+def test_a_line_with_two_slots_runs_two_and_counts_only_the_rest_as_waiting():
+    from ui.line import Busy, Line
+
+    line = Line(max_waiting=1, slots=2)
+    a, b, c = line.join(), line.join(), line.join()
+    assert (line.wait(a, 0), line.wait(b, 0), line.wait(c, 0)) == (0, 0, 1) and line.waiting == 1
+    with pytest.raises(Busy, match="1 generations are waiting"):
+        line.join()
+    line.leave(b)  # a slot frees: the first waiting one runs
+    assert line.wait(c, 0) == 0 and line.waiting == 0 and line.served == 1

@@ -33,7 +33,7 @@ def build(engine, default_model: str = "builtin", *, gpu=None, status: ModelStat
 
     At most `max_queue` generations wait for the engine (later ones are told the server is busy); a session
     idle for `session_ttl` seconds is closed and its files deleted."""
-    studio = Studio(engine, default_model, gpu, Line(max_queue), library)
+    studio = Studio(engine, default_model, gpu, Line(max_queue, getattr(engine, "replicas", 1)), library)
     start = Settings(model=studio.default_model)
     try:
         defaults = panel_defaults(studio, studio.default_model)

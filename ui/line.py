@@ -14,23 +14,26 @@ class Busy(UserError):
 
 
 class Line:
-    """Generations wait here for the engine, first come first served, at most `max_waiting` of them.
+    """Generations wait here for the engine, first come first served, at most `max_waiting` of them; `slots` run at
+    once (1 for the local engine, N for N Ray Serve replicas).
 
     Only generations queue: gradio's own queue (whose "full" refuses every event, page loads too) never fills,
     because generating events start at once and wait here, where they can be cancelled and told their place.
     """
 
-    def __init__(self, max_waiting: int = 16):
-        self.max_waiting = max_waiting
-        self._turns: collections.deque = collections.deque()  # the running ticket first, then the waiting ones
+    def __init__(self, max_waiting: int = 16, slots: int = 1):
+        if slots < 1:
+            raise ValueError(f"a line needs at least one slot, not {slots}")
+        self.max_waiting, self.slots = max_waiting, slots
+        self._turns: collections.deque = collections.deque()  # the running tickets first, then the waiting ones
         self._changed = threading.Condition()
         self.served = 0  # tickets that reached the engine, for the load benchmark's fairness count
 
     def join(self) -> object:
         """A ticket at the end of the line; `Busy` (with how many wait) when the line is full."""
         with self._changed:
-            waiting = max(0, len(self._turns) - 1) if self._turns else 0
-            if self._turns and waiting >= self.max_waiting:
+            waiting = self.waiting
+            if waiting >= self.max_waiting:
                 raise Busy(f"The server is busy: {waiting} generations are waiting for the engine (at most "
                            f"{self.max_waiting} may wait). Try again in a minute.")
             ticket = object()
@@ -38,19 +41,19 @@ class Line:
             return ticket
 
     def wait(self, ticket: object, timeout: float) -> int:
-        """0 when it is `ticket`'s turn, else how many are before it after `timeout` seconds."""
+        """0 when it is `ticket`'s turn, else how many wait before it after `timeout` seconds."""
         with self._changed:
-            self._changed.wait_for(lambda: self._turns[0] is ticket, timeout)
-            return self._turns.index(ticket)
+            self._changed.wait_for(lambda: self._turns.index(ticket) < self.slots, timeout)
+            return max(0, self._turns.index(ticket) - self.slots + 1)
 
     def leave(self, ticket: object) -> None:
         with self._changed:
             if ticket in self._turns:
-                if self._turns[0] is ticket:
+                if self._turns.index(ticket) < self.slots:
                     self.served += 1
                 self._turns.remove(ticket)
             self._changed.notify_all()
 
     @property
     def waiting(self) -> int:
-        return max(0, len(self._turns) - 1)
+        return max(0, len(self._turns) - self.slots)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from engine.request import DEFAULTS, Request, UserError, valid_schedulers
@@ -27,10 +27,12 @@ class Studio:
     engine: Any  # engine.engine.Engine
     default_model: str = "builtin"
     gpu: Callable[[Request], Any] | None = None  # ZeroGPU: request -> Result, run in a GPU worker (no live preview)
-    line: Any = field(default_factory=lambda: Line(16))  # ui.line.Line: the generations waiting for the engine
+    line: Any = None  # ui.line.Line: the generations waiting for the engine (default: 16 may wait)
     library: Any = None  # store.library.Library: kept images and conversations (None: nothing is kept)
 
     def __post_init__(self):
+        if self.line is None:  # one generation at a time on the local engine, one per Ray Serve replica
+            object.__setattr__(self, "line", Line(16, getattr(self.engine, "replicas", 1)))
         # the page offers the server's own model even where users may not name files (the operator chose it)
         self.engine.allow_path(self.default_model)
 
