@@ -136,13 +136,14 @@ class Engine:
         # 1. which model, and every check of the request (before any slow load)
         source = self.resolve(request.model)
         family, name = source.family, source.name
+        request, sampling_note = (self._plugin_manager().sampling(request) if request.loras else (request, None))
         req = check_request(_edit_size(request, family, source.variant), family, source.variant)
         kind = edit.edit_kind(req)
         # 2. the model itself, from the cache when it was used before
         loaded = self.load(source)
         if req.seed is None:
             req.seed = random.SystemRandom().randrange(2**32)
-        notes = []
+        notes = [sampling_note] if sampling_note else []
         if loaded.offload:
             notes.append(f"{name} is larger than the free GPU memory: model CPU offload is on (slower). Start with "
                          "--offload off to force it onto the GPU.")

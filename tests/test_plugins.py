@@ -592,3 +592,29 @@ def test_cli_lists_plugins_as_json(tmp_path, lora_store):
         assert {"name", "kind", "family", "weight", "status"} <= set(row)
     assert rows["mine"]["status"] == "ready" and rows["mine"]["kind"] == "lora"
     assert rows["bad"]["status"].startswith("error: missing field")
+
+
+def test_a_loras_own_sampling_is_used_only_where_the_user_left_it_unset(tmp_path, tiny_model, lora_store):
+    """A distilled few-step LoRA (the built-in `fast`) names its steps, guidance and scheduler in its manifest."""
+    model = tiny_model("sd15")
+    put(lora_store("sd15"), tmp_path, "quick")
+    manifest(tmp_path, "quick.toml", name="quick", kind="lora", family="sd15", source="quick.safetensors", steps=3,
+             guidance=1.0, scheduler="ddim")
+    manifest(tmp_path, "bad.toml", name="bad", kind="lora", family="sd15", source="quick.safetensors", steps=0,
+             scheduler="fastest")
+    engine = studio(tmp_path)
+    rows = {r["name"]: r for r in engine.plugins.listing("sd15")}
+    assert (rows["quick"]["steps"], rows["quick"]["guidance"], rows["quick"]["scheduler"]) == (3, 1.0, "ddim")
+    assert "field 'steps' = 0: use 1 to 200" in rows["bad"]["status"]
+    own = engine.generate(Request(prompt="a red circle", model=str(model), width=32, height=32, seed=1,
+                                  loras=[LoraSpec("quick", 1.0)]))
+    assert (own.request.steps, own.request.guidance, own.request.scheduler) == (3, 1.0, "ddim")
+    assert "Steps: 3," in own.infotexts[0] and "Sampler: DDIM" in own.infotexts[0]
+    assert any("LoRA quick set its own steps 3, guidance 1, scheduler ddim" in n for n in own.notes)
+    mine = engine.generate(Request(prompt="a red circle", model=str(model), width=32, height=32, seed=1, steps=2,
+                                   guidance=5.0, scheduler="euler", loras=[LoraSpec("quick", 1.0)]))
+    assert (mine.request.steps, mine.request.guidance, mine.request.scheduler) == (2, 5.0, "euler") and not [
+        n for n in mine.notes if "set its own" in n]
+    off = engine.generate(Request(prompt="a red circle", model=str(model), width=32, height=32, seed=1,
+                                  loras=[LoraSpec("quick", 0.0)]))
+    assert off.request.steps == 30  # weight 0: the LoRA is off, so are its settings (SD1.5's default)

@@ -9,6 +9,7 @@ pipeline's adapters and its output stay exactly as they were. Identical requests
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import weakref
@@ -21,7 +22,7 @@ from ..sources.loading import free_memory
 from . import fusing
 from .adapters import Adapter, AdapterCache, PipeState, still_current
 from .lora_files import FAMILY_NAMES, LoraCheck, check_lora, first_line
-from .manifests import Manifest, fetch_lora_file, find_lora, load_manifests, manifest_status, show_path
+from .manifests import SAMPLING, Manifest, fetch_lora_file, find_lora, load_manifests, manifest_status, show_path
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,31 @@ class PluginManager:
                          "description": m.description, "trigger": m.trigger, "compatible": not why, "why": why,
                          "preview": str(m.preview) if m.preview else None, "source": m.source,
                          "weight_name": m.weight_name, "control": m.control, "mode": m.mode,
+                         "steps": m.steps, "guidance": m.guidance, "scheduler": m.scheduler,
                          "path": show_path(m.path)})
         return rows
+
+    def sampling(self, req: Request) -> tuple[Request, str | None]:
+        """`req` with the steps, guidance and scheduler its LoRAs ask for (a distilled 4-step `fast` plugin) where
+        the user left them to the model, and a note saying which were taken; `req` itself when none apply."""
+        if not req.loras or None not in (req.steps, req.guidance, req.scheduler):
+            return req, None
+        catalog = {m.name: m for m in self.manifests() if m.kind == "lora" and m.error is None}
+        taken: dict = {}
+        for spec in req.loras:
+            plugin = catalog.get(spec.name)
+            if plugin is None or spec.weight == 0:
+                continue
+            for key in SAMPLING:
+                if getattr(req, key) is None and getattr(plugin, key) is not None and key not in taken:
+                    taken[key] = (getattr(plugin, key), plugin.name)
+        if not taken:
+            return req, None
+        said = ", ".join(f"{key} {value:g}" if not isinstance(value, str) else f"{key} {value}"
+                         for key, (value, _) in taken.items())
+        names = sorted({name for _, name in taken.values()})
+        return (dataclasses.replace(req, **{key: value for key, (value, _) in taken.items()}),
+                f"LoRA {', '.join(names)} set its own {said} (set them yourself to override).")
 
     def file_of(self, plugin: Manifest) -> Path:
         """The plugin's local file (downloaded from the Hub on first use)."""

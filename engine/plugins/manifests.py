@@ -32,8 +32,9 @@ KINDS = ("lora", "controlnet", "upscaler")  # an upscaler (ESRGAN, SwinIR, SPAN,
 FIELDS: dict[str, tuple[type, ...]] = {
     "name": (str,), "kind": (str,), "family": (str,), "source": (str,), "weight_name": (str,),
     "weight": (int, float), "trigger": (str, list), "description": (str,), "preview": (str,),
-    "control": (str,), "mode": (int,),
+    "control": (str,), "mode": (int,), "steps": (int,), "guidance": (int, float), "scheduler": (str,),
 }
+SAMPLING = ("steps", "guidance", "scheduler")  # a LoRA's own sampling (a distilled few-step one), used when unset
 REQUIRED = ("name", "kind", "source")  # and "family", except for an upscaler
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 HUB_RE = re.compile(r"[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*")
@@ -53,6 +54,10 @@ class Manifest:
     preview: Path | None = None
     control: str | None = None  # pose | edge | depth (controlnet only)
     mode: int | None = None  # control mode of a union ControlNet (controlnet only)
+    # sampling a LoRA needs (a distilled 4-step one): used when the user has not set them (lora only)
+    steps: int | None = None
+    guidance: float | None = None
+    scheduler: str | None = None
     path: Path | None = None  # the manifest file; the .safetensors itself for a bare LoRA
     weight_name: str | None = None  # the file inside a Hub repo
     file: Path | None = None  # local source, resolved; checked to stay inside its plugin folder or assets/
@@ -143,12 +148,33 @@ def _manifest_error(m: Manifest, data: dict, root: Path) -> str | None:
         return f"field 'control' = {m.control!r}: a controlnet needs one of {', '.join(CONTROL_KINDS)}"
     if m.kind == "lora" and ("control" in data or "mode" in data):
         return f"field '{'control' if 'control' in data else 'mode'}' is only for controlnet manifests"
+    error = _sampling_error(m, data)
+    if error:
+        return error
     if "preview" in data:
         preview, error = _inside(m.path.parent / data["preview"], root, "field 'preview'")
         if error:
             return error
         m.preview = preview if preview.is_file() else None
     return _source_error(m, root)
+
+
+def _sampling_error(m: Manifest, data: dict) -> str | None:
+    """Reads a LoRA's own steps/guidance/scheduler, checked as the panel checks typed-in ones."""
+    from ..request import MAX_STEPS, SCHEDULERS
+
+    given = [key for key in SAMPLING if key in data]
+    if given and m.kind != "lora":
+        return f"field '{given[0]}' is only for lora manifests (a LoRA's own sampling settings)"
+    if "steps" in data and not 1 <= data["steps"] <= MAX_STEPS:
+        return f"field 'steps' = {data['steps']}: use 1 to {MAX_STEPS}"
+    if "guidance" in data and not 0 <= data["guidance"] <= 30:
+        return f"field 'guidance' = {data['guidance']}: use 0 to 30 (1 = no guidance, what distilled LoRAs use)"
+    if "scheduler" in data and data["scheduler"] not in SCHEDULERS:
+        return f"field 'scheduler' = {data['scheduler']!r}: use one of {', '.join(SCHEDULERS)}"
+    m.steps, m.scheduler = data.get("steps"), data.get("scheduler")
+    m.guidance = float(data["guidance"]) if "guidance" in data else None
+    return None
 
 
 def _source_error(m: Manifest, root: Path) -> str | None:
