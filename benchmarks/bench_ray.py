@@ -16,6 +16,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -28,11 +29,13 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=8, help="images per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
     args = parser.parse_args()
 
     import ray
 
     from apis import ray_serve
+    from benchmarks import common
     from engine.config import EngineConfig
     from engine.engine import Engine
     from engine.request import Request
@@ -61,9 +64,15 @@ def main() -> int:
             print(f"round {r + 1}: 1 replica {one[-1]:.2f} images/s, 2 replicas {two[-1]:.2f} images/s "
                   f"({two[-1] / one[-1]:.2f}x)", flush=True)
         a, b = statistics.median(one), statistics.median(two)
-        print(f"median: 1 replica {a:.2f} images/s, 2 replicas {b:.2f} images/s, ratio {b / a:.2f}x "
-              f"(goal >= 1.6x on 2 idle cores; load average now {os.getloadavg()[0]:.1f}); served per replica: "
-              f"{sorted(remote.served.values())}")
+        rows = [[r + 1, f"{x:.2f}", f"{y:.2f}", f"{y / x:.2f}x"] for r, (x, y) in enumerate(zip(one, two))]
+        rows.append(["median", f"{a:.2f}", f"{b:.2f}", f"**{b / a:.2f}x**"])
+        common.report(f"\n## Ray Serve, 1 vs 2 replicas of the built-in model (bench_ray.py, {date.today()}, commit "
+                      f"{common.commit()})\n\n{args.images} images per measurement, {args.steps} steps, one torch "
+                      f"thread per replica, alternately in one run; load average at the end "
+                      f"{os.getloadavg()[0]:.1f}; generations per replica {sorted(remote.served.values())}. "
+                      f"Goal >= 1.6x on 2 idle cores: {common.verdict(b / a, 1.6, lower_is_better=False)}.\n\n"
+                      + common.table(["round", "1 replica (images/s)", "2 replicas (images/s)", "ratio"], rows)
+                      + "\n", args)
     finally:
         ray_serve.stop()
         ray.shutdown()
