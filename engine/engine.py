@@ -209,6 +209,11 @@ class Engine:
             kwargs["image"] = init
             # at the size asked for: Kontext would otherwise scale to 1024x1024's area and its own trained sizes
             kwargs.update(_auto_resize=False, max_area=req.width * req.height)
+        if source.variant == "fill" and plan is None and init is None:  # Fill draws from nothing under a full mask
+            from PIL import Image
+
+            kwargs.update(image=Image.new("RGB", (req.width, req.height), (127, 127, 127)),
+                          mask_image=Image.new("L", (req.width, req.height), 255))
         if control is not None:
             kwargs.update(control.kwargs(init is not None))
         kwargs.setdefault("output_type", "np")  # floats: non-finite pixels are seen before they turn black

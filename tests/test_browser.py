@@ -183,3 +183,44 @@ def test_stop_cancels_a_long_generation(browser, app_url):
         send(page, "a quick blue square --steps 4", 1)  # the session goes on
     finally:
         context.close()
+
+
+def test_paint_on_the_selected_image_and_inpaint_only_that_part(browser, app_url):
+    """The mask editor in use: the brush painted over the image's left third, Inpaint repaints there only."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    context, page = open_chat(browser, app_url)
+    try:
+        send(page, "a red circle on a blue background --seed 3", 1)
+        page.click("#edit-box > button")  # open the edit accordion
+        page.click("#edit-paint")
+        canvas = page.locator("#editor canvas").first
+        canvas.wait_for(timeout=15_000)
+        page.wait_for_timeout(1500)  # the image is drawn onto the canvas
+        box = canvas.bounding_box()  # the image sits square in the middle, about 0.83 of the canvas's height
+        x = box["x"] + box["width"] / 2 - 0.25 * box["height"]  # a fifth of the image's width from its left edge
+        page.mouse.move(x, box["y"] + box["height"] * 0.3)
+        page.mouse.down()
+        for y in np.linspace(0.3, 0.7, 8):  # a brush stroke down the image's left part
+            page.mouse.move(x, box["y"] + box["height"] * y, steps=4)
+        page.mouse.up()
+        page.click("#edit-inpaint")
+        page.wait_for_selector(IMAGE.format(2), timeout=60_000)
+        assert "Inpaint" in page.inner_text("#chat")
+
+        def pixels(n: int) -> np.ndarray:
+            src = page.locator(IMAGE.format(n)).get_attribute("src")
+            return np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB"), np.int16)
+
+        before, after = pixels(1), pixels(2)
+        assert before.shape == after.shape
+        w = before.shape[1]
+        # the stroke (a 12-px brush on a 64-px image, feathered 4 px) covers the left half at most: the rest keeps
+        # its very pixels
+        assert np.array_equal(before[:, w * 5 // 8:], after[:, w * 5 // 8:])
+        assert np.abs(after[:, : w // 3] - before[:, : w // 3]).mean() > 2  # under the stroke: repainted
+    finally:
+        context.close()

@@ -163,3 +163,53 @@ def test_an_editing_model_takes_the_image_and_the_instruction(tmp_path, tiny_mod
                                      init_image=picture()))
     assert result.images[0].size == (32, 32)
     assert type(engine.load(str(folder)).pipe).__name__ == "FluxKontextPipeline"
+
+
+def tiny_fill(tmp_path, tiny_model):
+    """A tiny Flux Fill: the tiny Flux's parts with a transformer that also reads the masked image and the mask
+    (16 latent + 16 masked-image + 16 packed-mask channels in, 16 out), under FluxFillPipeline."""
+    import diffusers
+
+    flux = diffusers.FluxPipeline.from_pretrained(tiny_model("flux"))
+    config = dict(flux.transformer.config)
+    config.update(in_channels=48, out_channels=16)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    transformer = diffusers.FluxTransformer2DModel.from_config(config)
+    parts = dict(flux.components, transformer=transformer)
+    folder = tmp_path / "tiny-fill"
+    diffusers.FluxFillPipeline(**{k: v for k, v in parts.items() if k not in ("image_encoder", "feature_extractor")}
+                               ).save_pretrained(folder)
+    return folder
+
+
+def test_flux_fill_inpaints_and_outpaints_through_its_own_pipeline(tmp_path, tiny_model):
+    from engine.engine import Engine
+
+    folder = tiny_fill(tmp_path, tiny_model)
+    engine = Engine(device="cpu", local_paths=True)
+    assert engine.resolve(str(folder)).variant == "fill"
+    init, mask = picture(), left_half()
+    painted = engine.generate(Request(prompt="a red circle", model=str(folder), steps=2, seed=1, init_image=init,
+                                      mask=mask, mask_blur=0))
+    assert type(engine.load(str(folder)).pipe).__name__ == "FluxFillPipeline"
+    assert painted.images[0].size == (32, 32) and unmasked_change(init, painted.images[0], mask) == 0
+    assert np.abs(np.asarray(painted.images[0], np.int16) - np.asarray(init, np.int16))[:, :16].mean() > 10
+    grown = engine.generate(Request(prompt="x", model=str(folder), steps=2, seed=1, init_image=init,
+                                    outpaint=(16, 0, 0, 0), mask_blur=0))
+    canvas, border = outpaint_canvas(init, (16, 0, 0, 0))
+    assert grown.images[0].size == (48, 32) and unmasked_change(canvas, grown.images[0], border) == 0
+    drawn = engine.generate(Request(prompt="x", model=str(folder), steps=2, seed=1, width=32, height=16))
+    assert drawn.images[0].size == (32, 16)  # text-to-image: Fill under a full mask
+    with pytest.raises(UserError, match="made for inpainting and outpainting; it cannot run img2img"):
+        engine.generate(Request(prompt="x", model=str(folder), steps=2, seed=1, init_image=init))
+
+
+def test_controlnet_units_and_an_inpaint_mask_are_refused_together_with_the_fix():
+    from engine.request import ControlUnit, check_request
+
+    unit = ControlUnit("edge", picture(), preprocessor="none")
+    with pytest.raises(UserError, match="do not combine with inpainting or outpainting.*Turn the units off"):
+        check_request(Request(prompt="x", init_image=picture(), mask=left_half(), controls=[unit]), "sd15")
+    with pytest.raises(UserError, match="do not combine"):
+        check_request(Request(prompt="x", init_image=picture(), outpaint=(8, 0, 0, 0), controls=[unit]), "sd15")
