@@ -188,7 +188,8 @@ def wire_chat(page: Page, studio: Studio, status: ModelStatus | None) -> None:
         return {**render(session, handlers.restore(studio, session, file, settings_of(values)), values),
                 panel.restore_file: None}
 
-    panel.restore_file.upload(on_restore, inputs, chat_out + [panel.restore_file], **quick)
+    # the file box is an input of its own upload (else gradio shows it read-only and the handler never sees it)
+    panel.restore_file.upload(on_restore, inputs | {panel.restore_file}, chat_out + [panel.restore_file], **quick)
 
     def on_gallery_select(session, evt: gr.SelectData):
         session = ensure(session)

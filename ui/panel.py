@@ -76,7 +76,8 @@ class Panel:
             self.guidance = gr.Slider(0, 30, step=0.5, value=defaults["guidance"] if settings.guidance is None
                                       else settings.guidance, label="Guidance (CFG)")
         with gr.Row(equal_height=True):
-            self.seed = gr.Number(value=settings.seed, precision=0, label="Seed (-1 = random)", scale=3)
+            self.seed = gr.Number(value=settings.seed, precision=0, label="Seed (-1 = random)", scale=3,
+                                  elem_id="seed")
             self.random_seed = gr.Button("🎲", scale=1, min_width=40)
             self.last_seed = gr.Button("♻️", scale=1, min_width=40)
         self.aspect = gr.Radio(ASPECTS, value=None, label="Aspect (at the model's native size)")
@@ -91,7 +92,8 @@ class Panel:
             self.vary_strength = gr.Slider(0.05, 1.0, step=0.05, value=settings.vary_strength,
                                            label="Vary strength", info="how far 🌀 Vary moves from the image")
             self.restore_file = gr.File(label="Restore settings from a PNG", file_types=[".png", ".jpg", ".jpeg",
-                                                                                         ".webp"], type="filepath")
+                                                                                         ".webp"], type="filepath",
+                                        interactive=True, elem_id="restore-file", height=90)
         with gr.Accordion("ControlNet units: pose / edge / depth", open=False) as self.control_box:
             gr.Markdown("Upload a photo (it is preprocessed into a map) or a ready map with preprocessor "
                         "*none*. Images are centre-cropped to the generation size's aspect, then resized. The map the "
