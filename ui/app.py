@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 
 def build(engine, default_model: str = "builtin", *, gpu=None, status: ModelStatus | None = None,
-          max_queue: int = 16, session_ttl: float = SESSION_TTL_S, library=None) -> gr.Blocks:
-    """The page for `engine`; users may name server paths as models when `engine.config.local_paths`.
+          max_queue: int = 16, session_ttl: float = SESSION_TTL_S, library=None, on_space: bool = False) -> gr.Blocks:
+    """The page for `engine`; users may name server paths as models when `engine.config.local_paths`; `on_space`:
+    served on a Hugging Face Space (the chat's Share button works only there).
 
     At most `max_queue` generations wait for the engine (later ones are told the server is busy); a session
     idle for `session_ttl` seconds is closed and its files deleted."""
@@ -43,7 +44,8 @@ def build(engine, default_model: str = "builtin", *, gpu=None, status: ModelStat
     with gr.Blocks(title=TITLE, fill_height=True, delete_cache=(3600, 3 * 3600)) as demo:
         page = build_page(model_choices(studio.default_model), start, defaults, status_text,
                           handlers.selected_label(None), studio.local_paths, session_ttl,
-                          keeps=library.browser_secret() if library is not None and library.enabled else "")
+                          keeps=library.browser_secret() if library is not None and library.enabled else "",
+                          on_space=on_space)
         wire_chat(page, studio, status)
         wire_history(demo, page, studio)
         wire_panel(demo, page, studio, status)

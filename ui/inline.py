@@ -42,7 +42,7 @@ FLAGS = (
     Flag("scheduler", ("sampler",), "NAME", "scheduler, e.g. euler, euler-a, dpm++2m, dpm++2m-karras, unipc"),
     Flag("refine", (), "[S]", f"image-to-image from the selected (or last) image at strength S "
                               f"(default {DEFAULT_REFINE}; low keeps more of it)"),
-    Flag("lora", (), "NAME=W", "turn on a LoRA plugin at weight W (repeatable; also <lora:NAME:W> in the text)"),
+    Flag("lora", (), "NAME=W", "turn on a LoRA plugin at weight W (repeatable; also `<lora:NAME:W>` in the text)"),
 )
 _BY_NAME = {alias: f for f in FLAGS for alias in (f.name, *f.aliases)}
 

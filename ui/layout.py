@@ -16,7 +16,7 @@ from ui.state import Settings, close_session
 
 TITLE = "Diffusion Studio"
 # our images are named studio-*.png / preview-*.jpg: show small ones (the built-in model's 64x64) larger
-CSS = ("#chat {flex-grow: 1} #chat img[src*='studio-'], #chat img[src*='preview-'] {min-width: 192px !important; "
+CSS = (".no-share .message-buttons button[aria-label='Share'] {display: none !important} #chat {flex-grow: 1} #chat img[src*='studio-'], #chat img[src*='preview-'] {min-width: 192px !important; "
        "height: auto !important; max-height: 512px !important; object-fit: contain}")
 PLACEHOLDER = ("**Describe an image and press Enter.** Add flags like `--seed 42 --ar 3:2 --no text`; type `/help` "
                "for all of them.")
@@ -57,10 +57,19 @@ class Page:
 SESSION_TTL_S = 6 * 3600  # a session idle this long is closed and its files deleted (clients without a heartbeat too)
 
 
+def chat_buttons(on_space: bool) -> list[str]:
+    """The chat's buttons: gradio's Share posts to a Space's discussions, so it is there only on a Space (elsewhere
+    it fails with "Must be on Spaces to share"). Each image message's own Share button is always drawn by gradio
+    6.31; the class "no-share" hides it (CSS)."""
+    return ["copy", "copy_all"] + (["share"] if on_space else [])
+
+
 def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, status_text: str, selected_text: str,
-               local_paths: bool, session_ttl: float = SESSION_TTL_S, keeps: str = "") -> Page:
+               local_paths: bool, session_ttl: float = SESSION_TTL_S, keeps: str = "", on_space: bool = False
+               ) -> Page:
     """Lay out the page (inside a gr.Blocks); `defaults` are ui.studio.panel_defaults of `start.model`; `keeps`:
-    the library's browser secret when the server keeps images and conversations (a Library tab, a chat list).
+    the library's browser secret when the server keeps images and conversations (a Library tab, a chat list);
+    `on_space`: served on a Hugging Face Space (its Share button works there only).
 
     A session ends when its tab closes (gradio's heartbeat) or `session_ttl` seconds after its last event."""
     state = gr.State(None, delete_callback=close_session, time_to_live=session_ttl)
@@ -80,7 +89,8 @@ def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, s
     with chat_row:
         with gr.Column(scale=3):
             chatbot = gr.Chatbot(elem_id="chat", label="Chat", height=560, feedback_options=None,
-                                 placeholder=PLACEHOLDER)
+                                 placeholder=PLACEHOLDER, buttons=chat_buttons(on_space),
+                                 elem_classes=[] if on_space else ["no-share"])
             box = gr.MultimodalTextbox(elem_id="prompt", show_label=False, file_types=["image"],
                                        file_count="multiple", stop_btn=True, max_plain_text_length=4000,
                                        placeholder="Describe an image… (/help for flags; drop a PNG here to "

@@ -103,7 +103,7 @@ def serve(args, config, library=None) -> int:
     if has_spaces and on_space:  # ZeroGPU: CUDA exists only inside spaces.GPU calls, so load on first use
         status.text, status.done = f"Model **{args.model}** loads with the first message.", True
     demo = build(engine, args.model, gpu=zero_gpu(engine) if has_spaces and on_space else None, status=status,
-                 max_queue=args.max_queue, library=library)
+                 max_queue=args.max_queue, library=library, on_space=on_space)
     mcp = bool(getattr(args, "mcp", False))
     if mcp:
         apis.add_tools(demo, demo.studio)  # before launch: gradio's MCP server reads the page's endpoints there
