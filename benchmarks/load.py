@@ -4,7 +4,7 @@
 
 Each session is one browser tab over HTTP (gradio's queue/join + SSE stream, as the page does it) that loops for
 the given time with a short think time between requests: chat messages (most), `/generate` API calls, control
-image uploads (a map for ControlNet unit 1) and cancels (a long message stopped with ■ Stop after half a second).
+image uploads (a map for ControlNet unit 1) and cancels (a long message stopped with Stop after half a second).
 Reports completed / refused ("server is busy") / errored (an error or a lost reply), the median / p90 / max
 latency per kind, fairness (pairs of chat generations that started their first step in the opposite order of
 their sending) and the server's RSS over time. Appends a section to benchmarks/RESULTS.md unless --no-write.
@@ -124,7 +124,7 @@ def classify(messages: list[dict]) -> tuple[str, str]:
 def session_loop(url: str, until: float, stats: Stats, seed: int, control_png: bytes) -> None:
     rng = random.Random(seed)
     tab = Tab(url)
-    box, stop = tab.find(elem_id="prompt"), tab.find(elem_id="stop")
+    box = tab.find(elem_id="prompt")  # its own Stop button is the page's one Stop
     unit_on, unit_image = tab.find(label="Unit 1 on"), tab.find(label="Unit 1 image")
     preprocessor = tab.find(label="Preprocessor")
     button = tab.api_button()
@@ -165,7 +165,7 @@ def session_loop(url: str, until: float, stats: Stats, seed: int, control_png: b
                     first_step(m)
                     if "started" in started and "stopped" not in started:
                         started["stopped"] = True
-                        threading.Timer(0.5, lambda: tab.predict(stop, "click", {})).start()
+                        threading.Timer(0.5, lambda: tab.predict(box, "stop", {})).start()
 
                 messages = tab.run(box, "submit", {box: {"text": prompt + " --steps 200", "files": []}}, stop_soon)
             result, detail = classify(messages)

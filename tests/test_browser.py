@@ -177,7 +177,7 @@ def test_stop_cancels_a_long_generation(browser, app_url):
         page.fill("#prompt textarea", "a slow red circle --steps 200")
         page.press("#prompt textarea", "Enter")
         page.wait_for_function("document.querySelector('#chat').innerText.includes('Step ')", timeout=60_000)
-        page.click("#stop")
+        page.click("#prompt button.stop-button")  # the page's one Stop: the message box's own
         page.wait_for_function("document.querySelector('#chat').innerText.includes('Stopped')", timeout=30_000)
         assert page.locator("#chat img[src*='studio-']").count() == 0
         send(page, "a quick blue square --steps 4", 1)  # the session goes on

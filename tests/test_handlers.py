@@ -17,6 +17,7 @@ from engine.request import Request, UserError, check_request
 from tests.ui_fixtures import *  # noqa: F403  (the UI tests' fixtures: studio, shared, session, settings)
 from tests.ui_fixtures import a1111_png
 from ui import api, handlers, panel_handlers, runner
+from ui.marks import PROBLEM, STOPPED
 from ui.panel import Panel
 from ui.state import RANDOM_SEED, Settings
 from ui.studio import builtin_defaults, model_choices
@@ -42,7 +43,7 @@ def test_picking_a_model_brings_its_family_defaults_and_plugins(studio):
 def test_a_shared_server_refuses_a_folder_in_the_picker(shared, tmp_path):
     view = panel_handlers.pick_other_model(shared, f"  {tmp_path}  ")
     assert view.defaults is None and view.model == str(tmp_path)
-    assert view.status.startswith("⚠️") and "on this server models are chosen by Hub id" in view.status
+    assert view.status.startswith(PROBLEM) and "on this server models are chosen by Hub id" in view.status
     hub = panel_handlers.pick_other_model(shared, "")
     assert hub.status == "Type a Hub id (owner/name) first." and hub.defaults is None
 
@@ -104,7 +105,7 @@ def test_too_few_img2img_steps_show_the_engines_own_message(studio, session, set
     shot = session.shots[-1]
     with pytest.raises(UserError) as expected:
         check_request(dataclasses.replace(shot.request, init_image=shot.path, strength=0.35), "sd15")
-    assert session.history[-1]["content"] == f"⚠️ {expected.value}"
+    assert session.history[-1]["content"] == f"{PROBLEM} {expected.value}"
     assert len(session.shots) == 1
 
 
@@ -141,8 +142,8 @@ def test_stop_before_and_during_a_run(studio, session, settings):
 
 
 def test_error_replies():
-    assert runner.error_message(Cancelled()).startswith("⏹️ Stopped.")
-    assert runner.error_message(UserError("Use 1 to 200 steps.")) == "⚠️ Use 1 to 200 steps."
+    assert runner.error_message(Cancelled()).startswith(f"{STOPPED} Nothing was saved")
+    assert runner.error_message(UserError("Use 1 to 200 steps.")) == f"{PROBLEM} Use 1 to 200 steps."
     reply = runner.error_message(RuntimeError("CUDA exploded at 0x7f"))
     assert "RuntimeError" in reply and "0x7f" not in reply and "server log" in reply
 
@@ -168,6 +169,34 @@ def test_panel_shows_and_reads_back_the_same_settings(studio):
     assert panel.read(values) == wanted
     values[panel.units[0].enabled], values[panel.units[0].image] = True, "/tmp/edges.png"
     assert [(u.kind, u.image) for u in panel.read(values).controls] == [("edge", "/tmp/edges.png")]
+
+
+def test_size_limits_follow_the_family_and_share_only_on_spaces(studio):
+    from ui.layout import chat_buttons
+
+    d = builtin_defaults()
+    assert (d["multiple"], d["max_size"]) == (8, 512)  # the built-in model refuses more than 512
+    with gr.Blocks():
+        panel = Panel(model_choices(studio.default_model), Settings(), d, local_paths=True)
+    assert (panel.width.minimum, panel.width.maximum, panel.width.step) == (8, 512, 8)
+    flux = {**d, "family": "flux", "multiple": 16, "max_size": 2048, "width": 1024, "height": 1024}
+    out = panel.show_model(flux, [])
+    assert (out[panel.width]["maximum"], out[panel.width]["step"], out[panel.width]["value"]) == (2048, 16, 1024)
+    kept = panel.show_model(flux, [], keep=Settings(width=768, height=None))
+    assert kept[panel.width]["value"] == 768 and "value" not in kept[panel.height]  # keeps the user's own
+    assert (panel.plugins[0].weight.minimum, panel.plugins[0].weight.maximum) == (-4, 4)  # plugins/README.md
+    assert "share" not in chat_buttons(on_space=False) and "share" in chat_buttons(on_space=True)
+
+
+def test_the_status_line_says_how_the_turns_model_did(studio, session, settings):
+    sdxl = dataclasses.replace(settings, model="stabilityai/stable-diffusion-xl-base-1.0")  # not cached, offline
+    updates = list(handlers.send(studio, session, "a red circle", sdxl))
+    assert "local Hugging Face cache" in session.history[-1]["content"]
+    assert updates[-1].status == (f"{PROBLEM} **stabilityai/stable-diffusion-xl-base-1.0** could not make the last "
+                                  "message's image: the chat says why.")
+    updates = list(handlers.send(studio, session, "a red circle", settings))
+    assert updates[-1].status == f"**{settings.model}** ready (it made the last image)"
+    assert runner.model_status("builtin", Cancelled()) is None  # a Stop says nothing about the model
 
 
 def test_the_page_follows_the_engine_config():

@@ -4,9 +4,13 @@ restore box and /help that work. Fixtures and helpers are tests/test_browser.py'
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 
-from tests.test_browser import IMAGE, app_url, browser, open_chat, send  # noqa: F401  (fixtures)
+import pytest
+
+from tests.test_browser import IMAGE, app_url, browser, free_port, open_chat, send  # noqa: F401  (fixtures)
 
 
 def test_restore_box_takes_a_studio_png_and_answers_a_bad_file(browser, app_url, tmp_path):  # noqa: F811
@@ -52,5 +56,169 @@ def test_no_share_button_off_spaces(browser, app_url):  # noqa: F811
         send(page, "a red circle", 1)
         assert page.locator("#chat button[aria-label='Share']:visible").count() == 0  # it fails off Spaces
         assert page.locator("#chat a[data-testid='download-link'] button:visible").count() >= 1
+    finally:
+        context.close()
+
+
+# ------------------------------------------------------------------ the page as it is served: with a library
+@pytest.fixture(scope="module")
+def studio_url(engine, tiny_model, tmp_path_factory):
+    """The app as `python app.py` serves it (a library, so the chat list is there too) on a tiny SD1.5 model
+    marked as the built-in family (64x64)."""
+    from store.library import Library
+    from ui.app import build
+    from ui.serve import launch
+    from ui.studio import ModelStatus
+
+    root = tmp_path_factory.mktemp("layout")
+    folder = root / "tiny-builtin"
+    shutil.copytree(tiny_model("sd15"), folder)
+    (folder / "studio.json").write_text(json.dumps({"family": "builtin"}))
+    status = ModelStatus(str(folder))
+    status.load(engine)
+    demo = build(engine, str(folder), status=status, library=Library(root / "outputs"))
+    demo.queue(max_size=8)
+    port = free_port()
+    launch(demo, "127.0.0.1", port)
+    yield f"http://127.0.0.1:{port}"
+    demo.close()
+
+
+def open_at(browser, url, width: int, height: int):  # noqa: F811
+    """A new tab of `url` at this window size."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.goto(url)
+    page.wait_for_selector("#prompt textarea", timeout=30_000)
+    page.wait_for_timeout(800)  # the page's load event fills the panel
+    return context, page
+
+
+EMOJI = r"[\p{Emoji_Presentation}\uFE0F]"  # a glyph only an emoji font draws (an empty box without one)
+NO_EMOJI = f"""() => {{
+    const found = [], walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    for (let n = walk.nextNode(); n; n = walk.nextNode()) if (/{EMOJI}/u.test(n.data)) found.push(n.data.trim());
+    for (const e of document.querySelectorAll('[aria-label], [title], [placeholder]'))
+        for (const a of ['aria-label', 'title', 'placeholder'])
+            if (/{EMOJI}/u.test(e.getAttribute(a) || '')) found.push(e.getAttribute(a));
+    return found;
+}}"""
+BUSY_MARKS = "document.querySelectorAll('#chat-row .generating, #chat-row .pending, #header .generating').length"
+
+
+def test_the_page_fits_one_screen_with_one_stop_and_no_emoji(browser, studio_url):  # noqa: F811
+    context, page = open_at(browser, studio_url, 1440, 1000)
+    try:
+        assert page.locator("#stop").count() == 0  # the message box's Stop is the only one, hidden while idle
+        assert page.locator("#prompt button.stop-button:visible").count() == 0
+        send(page, "a big red circle on a blue background", 1)
+        page.fill("#prompt textarea", "/help")
+        page.press("#prompt textarea", "Enter")
+        page.wait_for_function("document.querySelector('#chat').innerText.includes('How to use')", timeout=20_000)
+        assert page.evaluate("document.documentElement.scrollHeight") <= 1000  # every accordion closed
+        page.fill("#prompt textarea", "a slow red circle --steps 200 --n 8")
+        page.press("#prompt textarea", "Enter")
+        page.wait_for_function("document.querySelector('#chat').innerText.includes('Step ')", timeout=60_000)
+        assert page.locator("#prompt button.stop-button:visible").count() == 1  # active during a generation
+        assert page.locator("#prompt button.submit-button:visible").count() == 0
+        assert page.evaluate(BUSY_MARKS) == 0  # no pending border on the outputs: the chat shows progress
+        assert page.evaluate(NO_EMOJI) == []  # buttons, labels, the replies so far, the progress line
+        page.click("#prompt button.stop-button")
+        page.wait_for_function("document.querySelector('#chat').innerText.includes('Stopped')", timeout=30_000)
+        page.wait_for_selector("#prompt button.submit-button", timeout=10_000)
+        assert page.locator("#prompt button.stop-button:visible").count() == 0
+        assert page.evaluate(NO_EMOJI) == []
+    finally:
+        context.close()
+
+
+def test_controlnet_units_are_tabs_and_plugin_rows_are_readable(browser, studio_url):  # noqa: F811
+    context, page = open_at(browser, studio_url, 1440, 1000)
+    try:
+        page.click("#control-box > button")
+        page.click("#plugins-box > button")
+        page.wait_for_selector("#control-units button[role=tab]", timeout=10_000)
+        assert page.locator("#control-units button[role=tab]").all_inner_texts() == ["Unit 1", "Unit 2", "Unit 3"]
+        assert page.get_by_text("Unit 1 image").is_visible() and not page.get_by_text("Unit 2 image").is_visible()
+        assert page.locator("#control-box").bounding_box()["height"] < 800  # was 3,800-5,200 px with the panel
+        page.get_by_role("tab", name="Unit 2").click()
+        page.get_by_text("Unit 2 image").wait_for(timeout=5_000)  # one unit on screen at a time
+        assert not page.get_by_text("Unit 1 image").is_visible()
+        rows = page.locator(".plugin-row:visible")
+        assert rows.count() >= 1
+        for i in range(rows.count()):
+            label = rows.nth(i).locator(".plugin-toggle label").first
+            box = label.bounding_box()
+            assert box["height"] < 30, label.inner_text()  # the name on one line
+            about = rows.nth(i).locator("div.plugin-line")
+            assert about.bounding_box()["width"] > 250  # trigger and status across the row, not a word a line
+            assert about.get_attribute("title")  # the description and status on hover
+        weight = page.locator(".plugin-row:visible input[type=range]").first
+        assert (weight.get_attribute("min"), weight.get_attribute("max")) == ("-4", "4")  # as plugins/README.md
+    finally:
+        context.close()
+
+
+def test_the_panel_is_usable_on_a_phone(browser, studio_url):  # noqa: F811
+    context, page = open_at(browser, studio_url, 390, 844)
+    try:
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing runs off the side
+        chat = page.locator("#chat").bounding_box()
+        assert chat["width"] > 300 and chat["height"] > 400
+        send(page, "a small yellow square --n 4", 4)
+        tops = {round(page.locator(IMAGE.format(n)).bounding_box()["y"]) for n in range(1, 5)}
+        assert len(tops) == 2  # two rows of two, not four stacked
+        page.click("#control-box > button")
+        assert page.locator("#control-box").bounding_box()["width"] <= 390
+    finally:
+        context.close()
+
+
+def test_several_images_are_a_grid_and_gallery_captions_read_whole(browser, studio_url):  # noqa: F811
+    context, page = open_at(browser, studio_url, 1440, 1000)
+    try:
+        send(page, "a small yellow square --n 4 --seed 1234567890", 4)
+        page.wait_for_timeout(500)
+        boxes = [page.locator(IMAGE.format(n)).bounding_box() for n in range(1, 5)]
+        assert len({round(b["y"]) for b in boxes}) == 1  # one row at 1440 px
+        assert all(b["width"] >= 150 for b in boxes)
+        captions = page.locator("#gallery .caption-label")
+        assert captions.count() == 4
+        assert "1234567893" in captions.nth(3).inner_text()
+        assert page.evaluate("[...document.querySelectorAll('#gallery .caption-label')].every("
+                             "c => c.scrollWidth <= c.clientWidth + 1)")  # nothing cut off ("#2 · seed …")
+    finally:
+        context.close()
+
+
+def test_slider_limits_follow_the_model_family(browser, studio_url, tiny_model):  # noqa: F811
+    context, page = open_at(browser, studio_url, 1440, 1000)
+    try:
+        width = page.locator("#width input[type=range]")
+        assert (width.get_attribute("max"), width.get_attribute("step")) == ("512", "8")  # the built-in family
+        page.click("#advanced > button")
+        page.fill("#other-model input, #other-model textarea", str(tiny_model("sd15")))
+        page.get_by_role("button", name="Use", exact=True).click()
+        page.wait_for_function("document.querySelector('#width input[type=range]').max === '2048'", timeout=10_000)
+        assert page.locator("#width input[type=number]").input_value() == "512"  # SD1.5's native size
+    finally:
+        context.close()
+
+
+def test_a_failed_model_switch_is_what_the_status_line_says(browser, studio_url):  # noqa: F811
+    context, page = open_at(browser, studio_url, 1440, 1000)
+    try:
+        page.click("#model input")
+        page.get_by_role("option", name=re.compile("stable-diffusion-xl")).click()
+        page.wait_for_function("document.querySelector('#status').innerText.includes('stable-diffusion-xl')",
+                               timeout=10_000)
+        page.fill("#prompt textarea", "a red circle")
+        page.press("#prompt textarea", "Enter")
+        page.wait_for_function("document.querySelector('#chat').innerText.includes('local Hugging Face cache')",
+                               timeout=30_000)
+        page.wait_for_timeout(500)
+        status = page.inner_text("#status")
+        assert "stable-diffusion-xl" in status and "ready" not in status, status
+        assert "stable-diffusion-xl" in page.locator("#model input").input_value()
     finally:
         context.close()

@@ -28,6 +28,8 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from ui.marks import PROBLEM
+
 ROOT = Path(__file__).resolve().parent.parent
 SESSION_TTL_S = 6  # the module server's session time limit
 MAX_QUEUE = 2
@@ -177,8 +179,8 @@ class Tab:
         return self.run(box, "submit", {box: {"text": text, "files": list(files)}, **(extra or {})}, until)
 
     def stop(self) -> httpx.Response:
-        stop = self.component(elem_id="stop")
-        return self.predict(stop, "click", {})
+        box = self.component(elem_id="prompt")  # the message box's own Stop button: the page's one Stop
+        return self.predict(box, "stop", {})
 
 
 def final(messages: list[dict]) -> dict:
@@ -322,7 +324,7 @@ def test_item4_restored_settings_are_checked(server, tmp_path):
     assert final(made)["success"]
     messages = tab.send("", files=[tab.upload(bad)])
     assert final(messages)["success"], messages[-1]
-    assert "⚠️" in chat_text(messages) or "Restored" in chat_text(messages)
+    assert PROBLEM in chat_text(messages) or "Restored" in chat_text(messages)
     ok(tab)
 
 
@@ -365,7 +367,7 @@ def test_item6_a_full_line_refuses_only_generations(server):
         tab = Tab(server.url)  # a new visitor's page and the panel still answer
         t0 = time.perf_counter()
         assert httpx.get(server.url + "/", timeout=10).status_code == 200
-        model, aspect = tab.component(label="Model"), tab.component(label="Aspect (at the model's native size)")
+        model, aspect = tab.component(label="Model"), tab.component(label="Aspect")
         r = tab.predict(model, "input", {model: "builtin"})
         assert r.status_code == 200, r.text
         r = tab.predict(aspect, "input", {model: "builtin", aspect: "3:2"})
@@ -508,7 +510,7 @@ def test_bad_images_get_clear_answers_and_the_next_request_works(server, tmp_pat
             assert final(messages)["success"] and "studio-0" in chat_text(messages), (name, text)
         else:
             assert "inside the app" not in chat_text(messages) + text, (name, text)
-            assert "⚠️" in chat_text(messages) or not final(messages)["success"], (name, text)
+            assert PROBLEM in chat_text(messages) or not final(messages)["success"], (name, text)
     ok(tab)
 
 

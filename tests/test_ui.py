@@ -12,6 +12,7 @@ from engine.request import ControlUnit, UserError
 from tests.ui_fixtures import *  # noqa: F403  (the UI tests' fixtures: studio, shared, session, settings)
 from tests.ui_fixtures import a1111_png
 from ui import api, handlers, inline
+from ui.marks import PROBLEM
 from ui.state import Session, Settings
 from ui.studio import model_family
 
@@ -69,7 +70,7 @@ def test_aspect_ratio_and_count_flags(studio, session, settings):
 ])
 def test_bad_flags_get_a_clear_reply(studio, session, settings, text, expected):
     replies = say(studio, session, text, settings)
-    assert replies and replies[-1].startswith("⚠️") and expected in replies[-1]
+    assert replies and replies[-1].startswith(PROBLEM) and expected in replies[-1]
     assert session.shots == []
 
 

@@ -18,6 +18,7 @@ from ui import api, edit_handlers, handlers, history, runner
 from ui.history_events import wire_history
 from ui.layout import SESSION_TTL_S, TITLE, Page, build_page
 from ui.line import Line
+from ui.marks import PROBLEM
 from ui.panel_events import show_view, wire_panel
 from ui.panel_handlers import model_view
 from ui.runner import Update
@@ -40,13 +41,13 @@ def build(engine, default_model: str = "builtin", *, gpu=None, status: ModelStat
         defaults = panel_defaults(studio, studio.default_model)
         status_text = status.text if status else f"Model **{studio.default_model}** loads on first use."
     except UserError as e:  # a missing default model: the page still comes up, and says why
-        defaults, status_text = builtin_defaults(), f"⚠️ {e}"
+        defaults, status_text = builtin_defaults(), f"{PROBLEM} {e}"
     with gr.Blocks(title=TITLE, fill_height=True, delete_cache=(3600, 3 * 3600)) as demo:
         page = build_page(model_choices(studio.default_model), start, defaults, status_text,
                           handlers.selected_label(None), studio.local_paths, session_ttl,
                           keeps=library.browser_secret() if library is not None and library.enabled else "",
                           on_space=on_space)
-        wire_chat(page, studio, status)
+        wire_chat(page, studio)
         wire_history(demo, page, studio)
         wire_panel(demo, page, studio, status)
         api.wire_api(studio)
@@ -54,7 +55,7 @@ def build(engine, default_model: str = "builtin", *, gpu=None, status: ModelStat
     return demo
 
 
-def wire_chat(page: Page, studio: Studio, status: ModelStatus | None) -> None:
+def wire_chat(page: Page, studio: Studio) -> None:
     """Attach the chat column's events (call inside the gr.Blocks context)."""
     panel = page.panel
     chat_out = [page.chatbot, page.state, page.gallery, page.selected_md, page.box, page.status_md,
@@ -95,22 +96,28 @@ def wire_chat(page: Page, studio: Studio, status: ModelStatus | None) -> None:
             session = ensure(values[page.state])
             pending.pop(id(session), None)
 
+            line = values[page.status_md]  # the status line as it is, until a run says how its model did
+
             def chat() -> dict:
                 """Values for the chat's outputs (cheap: unchanged values send nothing); the session is in its
                 gr.State after the first yield (a State left out costs nothing, the message box one rebuild)."""
                 out = view(session)
                 del out[page.state]
-                return {**out, page.status_md: status.text if status and status.done else values[page.status_md]}
+                return {**out, page.status_md: line}
 
-            yield {**chat(), page.state: session, page.box: gr.MultimodalTextbox(value=None)}
+            # the message box's own Stop button (the page's one Stop) shows while this runs, and only then
+            yield {**chat(), page.state: session, page.box: gr.MultimodalTextbox(value=None, submit_btn=False,
+                                                                                 stop_btn=True)}
             try:
                 for update in work(studio, session, values):
                     if update.settings is not None or update.prompt is not None:
                         pending[id(session)] = update
+                    line = update.status or line
                     yield chat()
             except Exception as e:
                 session.say("assistant", runner.error_message(e))
-                yield chat()
+            # Send again, Stop hidden: in this event's last yield (a .then could land after the next message's Stop)
+            yield {**chat(), page.box: gr.MultimodalTextbox(submit_btn=True, stop_btn=False)}
             history.persist(studio.library, session)  # the conversation outlasts the page (ui/history.py)
         return event
 
@@ -130,13 +137,14 @@ def wire_chat(page: Page, studio: Studio, status: ModelStatus | None) -> None:
 
     # generations start at once and wait in studio.line (FIFO, bounded, cancellable, told their place), so
     # gradio's queue never fills and its "full" never refuses a page load or a panel event
-    engine_event = dict(concurrency_limit=None, api_visibility="private")
+    # show_progress hidden: the chat shows the turn's progress; gradio's would put a pending border on each output
+    engine_event = dict(concurrency_limit=None, api_visibility="private", show_progress="hidden")
     panel_out = [page.box, page.status_md, *panel.persisted(), *panel.plugin_outputs()]
     for trigger, work in ((page.box.submit, send),
                           (page.reroll.click, lambda st, s, v: handlers.reroll(st, s, settings_of(v))),
                           (page.vary.click, lambda st, s, v: handlers.vary(st, s, settings_of(v)))):
         trigger(streamed(work), stream_in, stream_out, **engine_event).then(
-            apply_pending, inputs, panel_out, queue=False, api_visibility="private")
+            apply_pending, inputs, panel_out, queue=False, api_visibility="private", show_progress="hidden")
     def typed(values: dict) -> str:
         return (values[page.box] or {}).get("text", "") if isinstance(values[page.box], dict) else ""
 
@@ -159,8 +167,7 @@ def wire_chat(page: Page, studio: Studio, status: ModelStatus | None) -> None:
     if studio.library is None or not studio.library.enabled:  # with a library, Clear starts a new chat
         page.chatbot.clear(on_clear, page.state, [page.chatbot, page.state, page.gallery, page.selected_md],
                            queue=False, api_visibility="private")
-    for trigger in (page.stop.click, page.box.stop):
-        trigger(handlers.stop, page.state, None, queue=False, api_visibility="private")
+    page.box.stop(handlers.stop, page.state, None, queue=False, api_visibility="private")
 
     def on_reuse(values: dict):
         session = ensure(values[page.state])

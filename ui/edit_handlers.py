@@ -57,7 +57,7 @@ def inpaint(studio: Studio, session: Session, settings: Settings, prompt: str, e
     if mask is None:
         return nothing_yet(session, "Paint over the part to change first (the brush in the editor), then press "
                                     "Inpaint. The rest of the image stays as it is.")
-    return _edit(studio, session, settings, prompt, "🖌️ Inpaint", mask=mask, strength=max(settings.strength, 0.75))
+    return _edit(studio, session, settings, prompt, "Inpaint", mask=mask, strength=max(settings.strength, 0.75))
 
 
 def zoom_out(studio: Studio, session: Session, settings: Settings, prompt: str) -> Iterator[Update]:
@@ -66,7 +66,7 @@ def zoom_out(studio: Studio, session: Session, settings: Settings, prompt: str) 
         return nothing_yet(session, "There is no image to zoom out of yet: send a prompt first.")
     w, h = Image.open(shot.path).size
     dx, dy = round(w * (ZOOM - 1) / 2 / 8) * 8, round(h * (ZOOM - 1) / 2 / 8) * 8
-    return _edit(studio, session, settings, prompt, f"🔍 Zoom out {ZOOM:g}x", outpaint=(dx, dy, dx, dy))
+    return _edit(studio, session, settings, prompt, f"Zoom out {ZOOM:g}x", outpaint=(dx, dy, dx, dy))
 
 
 def pan(studio: Studio, session: Session, settings: Settings, prompt: str, side: str) -> Iterator[Update]:
@@ -80,7 +80,7 @@ def pan(studio: Studio, session: Session, settings: Settings, prompt: str, side:
 
 
 def upscale(studio: Studio, session: Session, settings: Settings, prompt: str) -> Iterator[Update]:
-    return _edit(studio, session, settings, prompt, f"⬆️ Upscale {UPSCALE:g}x", upscale=UPSCALE)
+    return _edit(studio, session, settings, prompt, f"Upscale {UPSCALE:g}x", upscale=UPSCALE)
 
 
 def selected_background(session: Session) -> str | None:

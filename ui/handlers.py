@@ -17,6 +17,7 @@ from typing import Iterator
 from engine.images import metadata
 from engine.request import Request, UserError, valid_schedulers
 from ui import inline
+from ui.marks import PROBLEM
 from ui.runner import Update, run
 from ui.state import Session, Settings
 from ui.studio import Studio, model_family, panel_defaults
@@ -49,7 +50,7 @@ def send(studio: Studio, session: Session, text: str, settings: Settings, files:
             return
         request = build_request(studio, session, asked, settings)
     except UserError as e:
-        session.say("assistant", f"⚠️ {e}")
+        session.say("assistant", f"{PROBLEM} {e}")
         yield Update()
         return
     yield from run(studio, session, request)
@@ -94,7 +95,7 @@ def reroll(studio: Studio, session: Session, settings: Settings) -> Iterator[Upd
     shot = session.selected_shot()
     if shot is None:
         return nothing_yet(session, "Nothing to reroll yet: send a prompt first.")
-    session.say("user", f"🎲 Reroll #{shot.number}")
+    session.say("user", f"Reroll #{shot.number}")
     return run(studio, session, dataclasses.replace(shot.turn, seed=None))
 
 
@@ -103,7 +104,7 @@ def vary(studio: Studio, session: Session, settings: Settings) -> Iterator[Updat
     shot = session.selected_shot()
     if shot is None:
         return nothing_yet(session, "Nothing to vary yet: send a prompt first.")
-    session.say("user", f"🌀 Vary #{shot.number} (strength {settings.vary_strength:g})")
+    session.say("user", f"Vary #{shot.number} (strength {settings.vary_strength:g})")
     return run(studio, session, dataclasses.replace(shot.request, seed=None, init_image=shot.path,
                                                     strength=settings.vary_strength, count=shot.turn.count))
 
@@ -121,7 +122,7 @@ def reuse(session: Session, settings: Settings) -> Update:
         session.say("assistant", "No image yet whose settings could be reused.")
         return Update()
     restored = Settings.from_request(shot.request, settings)
-    session.say("assistant", f"♻️ Settings of #{shot.number} are in the panel (seed {shot.request.seed}) and its "
+    session.say("assistant", f"Settings of #{shot.number} are in the panel (seed {shot.request.seed}) and its "
                              "prompt is in the message box: edit and press Enter.")
     return Update(settings=restored, prompt=shot.request.prompt)
 
@@ -132,7 +133,7 @@ def use_as_control(session: Session) -> str | None:
     if shot is None:
         session.say("assistant", "No image yet to use as a control image.")
         return None
-    session.say("assistant", f"🎛️ #{shot.number} is now the image of ControlNet unit 1 (turned on, type edge; "
+    session.say("assistant", f"#{shot.number} is now the image of ControlNet unit 1 (turned on, type edge; "
                              "change type and preprocessor in the panel). Your next message uses it.")
     return shot.path
 
@@ -157,7 +158,7 @@ def selected_label(session: Session | None) -> str:
     if shot is None:
         return "Actions apply to the selected image (none yet)."
     latest = " (latest)" if shot is session.shots[-1] else ""
-    return f"Selected: **#{shot.number}**{latest} · seed {shot.request.seed} · click another image to change"
+    return f"Selected: **#{shot.number}**{latest} · seed {shot.request.seed}"
 
 
 def restore(studio: Studio, session: Session, file: str, settings: Settings) -> Update:
@@ -166,11 +167,11 @@ def restore(studio: Studio, session: Session, file: str, settings: Settings) -> 
     try:
         request, source = metadata.read_png_settings(file)
     except UserError as e:
-        session.say("assistant", f"⚠️ {name}: {e}")
+        session.say("assistant", f"{PROBLEM} {name}: {e}")
         return Update()
     except Exception:
         log.exception("reading settings from %s failed", name)
-        session.say("assistant", f"⚠️ {name}: its settings could not be read. Is it a PNG made by this app or "
+        session.say("assistant", f"{PROBLEM} {name}: its settings could not be read. Is it a PNG made by this app or "
                                  "AUTOMATIC1111/SD.Next/Fooocus?")
         return Update()
     notes = []
@@ -195,20 +196,20 @@ def restore(studio: Studio, session: Session, file: str, settings: Settings) -> 
              f"seed {restored.seed}" if restored.seed >= 0 else "random seed",
              restored.scheduler, f"LoRAs {loras}" if loras else ""]
     session.say("user", {"path": str(file), "alt_text": f"dropped {name}"})
-    session.say("assistant", f"📥 Restored from {source}: {' · '.join(p for p in parts if p)}. The prompt is in "
+    session.say("assistant", f"Restored from {source}: {' · '.join(p for p in parts if p)}. The prompt is in "
                              f"the message box; press Enter to make it again."
                              + (f" Note: {'; '.join(notes)}." if notes else ""))
     return Update(settings=restored, prompt=request.prompt)
 
 
 def last_seed(session: Session | None) -> int | None:
-    """The selected image's seed, for the panel's ♻️ seed button (None when there is no image yet)."""
+    """The selected image's seed, for the panel's "Last image's" seed button (None when there is no image yet)."""
     shot = session.selected_shot() if session is not None else None
     return shot.request.seed if shot else None
 
 
 def stop(session: Session | None) -> None:
-    """■ Stop: the running generation of this session ends at its next step."""
+    """Stop (the message box's button): the running generation of this session ends at its next step."""
     if session is not None:
         session.cancel.set()
 

@@ -84,7 +84,7 @@ def wire_history(demo: gr.Blocks, page: Page, studio: Studio) -> None:
         removed = library.delete_conversation(session.browser, session.conversation)
         session = fresh(session, new_id()) if removed or session.history else session
         session.history.clear()
-        session.say("assistant", f"🗑️ The chat and its {removed} kept image(s) were deleted.")
+        session.say("assistant", f"The chat and its {removed} kept image(s) were deleted.")
         return view(session)
 
     page.delete_chat.click(on_delete, page.state, chat_out, **QUICK)

@@ -7,6 +7,7 @@ ui/panel_events.py wire their events, ui/panel.py builds the side panel's own co
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 
@@ -15,9 +16,8 @@ from ui.panel import Panel
 from ui.state import Settings, close_session
 
 TITLE = "Diffusion Studio"
-# our images are named studio-*.png / preview-*.jpg: show small ones (the built-in model's 64x64) larger
-CSS = (".no-share .message-buttons button[aria-label='Share'] {display: none !important} #chat {flex-grow: 1} #chat img[src*='studio-'], #chat img[src*='preview-'] {min-width: 192px !important; "
-       "height: auto !important; max-height: 512px !important; object-fit: contain}")
+CSS = (Path(__file__).with_name("page.css")).read_text()  # sizes, the image grid, what fits one screen
+JS = (Path(__file__).with_name("follow.js")).read_text()  # the chat follows new replies (a "New reply" button)
 PLACEHOLDER = ("**Describe an image and press Enter.** Add flags like `--seed 42 --ar 3:2 --no text`; type `/help` "
                "for all of them.")
 
@@ -34,7 +34,6 @@ class Page:
     vary: gr.Button
     reuse: gr.Button
     control: gr.Button
-    stop: gr.Button
     refine: gr.Checkbox
     strength: gr.Slider
     gallery: gr.Gallery
@@ -54,6 +53,7 @@ class Page:
     upscale: gr.Button
 
 
+CHAT_HEIGHT = "calc(100vh - 560px)"  # at 1440x1000 the page fits the screen (page.css: taller on a phone)
 SESSION_TTL_S = 6 * 3600  # a session idle this long is closed and its files deleted (clients without a heartbeat too)
 
 
@@ -75,7 +75,7 @@ def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, s
     state = gr.State(None, delete_callback=close_session, time_to_live=session_ttl)
     saved = gr.BrowserState(None, storage_key="studio-settings")
     ids = gr.BrowserState(None, storage_key="studio-history", secret=keeps or None)
-    with gr.Row(equal_height=True):
+    with gr.Row(equal_height=True, elem_id="header"):
         gr.Markdown(f"## {TITLE}", elem_id="title")
         status_md = gr.Markdown(status_text, elem_id="status")
     with gr.Tabs(selected="chat") as tabs, gr.Tab("Chat", id="chat"):
@@ -85,29 +85,30 @@ def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, s
                                         show_label=False, scale=4, container=False, elem_id="chats")
             delete_chat = gr.Button("Delete chat", size="sm", scale=0, min_width=110, variant="stop",
                                     elem_id="delete-chat")
-        chat_row = gr.Row()
+        chat_row = gr.Row(elem_id="chat-row")
     with chat_row:
-        with gr.Column(scale=3):
-            chatbot = gr.Chatbot(elem_id="chat", label="Chat", height=560, feedback_options=None,
-                                 placeholder=PLACEHOLDER, buttons=chat_buttons(on_space),
-                                 elem_classes=[] if on_space else ["no-share"])
+        with gr.Column(scale=5, min_width=340):
+            # the chat takes the height the rest leaves (page.css); autoscroll is follow.js's
+            chatbot = gr.Chatbot(elem_id="chat", label="Chat", height=CHAT_HEIGHT, min_height=300,
+                                 feedback_options=None, placeholder=PLACEHOLDER, autoscroll=False,
+                                 buttons=chat_buttons(on_space), elem_classes=[] if on_space else ["no-share"])
+            # the one Stop: the box's own stop button, shown only while a generation runs (ui/app.py)
             box = gr.MultimodalTextbox(elem_id="prompt", show_label=False, file_types=["image"],
-                                       file_count="multiple", stop_btn=True, max_plain_text_length=4000,
+                                       file_count="multiple", stop_btn=False, max_plain_text_length=4000,
                                        placeholder="Describe an image… (/help for flags; drop a PNG here to "
                                                    "restore its settings)")
-            selected_md = gr.Markdown(selected_text, elem_id="selected")
-            with gr.Row():
-                reroll = gr.Button("🎲 Reroll", elem_id="reroll", size="sm")
-                vary = gr.Button("🌀 Vary", elem_id="vary", size="sm")
-                reuse = gr.Button("♻️ Reuse settings", elem_id="reuse", size="sm")
-                control = gr.Button("🎛️ Use as control", elem_id="use-control", size="sm")
-                stop = gr.Button("■ Stop", elem_id="stop", size="sm", variant="stop")
-            with gr.Row(equal_height=True):
-                refine = gr.Checkbox(label="Refine: the next message edits the selected image (or --refine S)",
-                                     value=False, scale=3)
-                strength = gr.Slider(0.05, 1.0, step=0.05, value=0.5, label="Refine strength", scale=2)
-            with gr.Accordion("Edit the selected image: paint to repaint, zoom out, pan, upscale", open=False,
-                              elem_id="edit-box") as edit_box:
+            with gr.Row(equal_height=True, elem_id="actions"):
+                selected_md = gr.Markdown(selected_text, elem_id="selected", min_height=0)
+                reroll = gr.Button("Reroll", elem_id="reroll", size="sm", scale=0, min_width=80)
+                vary = gr.Button("Vary", elem_id="vary", size="sm", scale=0, min_width=70)
+                reuse = gr.Button("Reuse settings", elem_id="reuse", size="sm", scale=0, min_width=110)
+                control = gr.Button("Use as control", elem_id="use-control", size="sm", scale=0, min_width=110)
+                refine = gr.Checkbox(label="Refine with the next message", value=False, elem_id="refine",
+                                     scale=0, container=False)
+            with gr.Accordion("Edit the selected image: refine strength, paint to repaint, zoom out, pan, upscale",
+                              open=False, elem_id="edit-box") as edit_box:
+                strength = gr.Slider(0.05, 1.0, step=0.05, value=0.5, label="Refine strength (the Refine switch, "
+                                     "--refine S): low keeps more of the image", elem_id="strength")
                 editor = gr.ImageEditor(type="pil", label="Paint over what to change (the brush); the message "
                                         "box's text, if any, says what to put there", elem_id="editor",
                                         brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed", default_size=12),
@@ -122,17 +123,18 @@ def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, s
                     pans = {side: gr.Button(f"Pan {side}", size="sm", elem_id=f"edit-pan-{side}")
                             for side in ("left", "up", "down", "right")}
                     upscale = gr.Button("Upscale 2x", size="sm", elem_id="edit-upscale")
-            gallery = gr.Gallery(label="This session's images: click to select; ⬇ downloads the PNG with its "
-                                       "settings", columns=8, fit_columns=False, object_fit="contain", height=200,
-                                 allow_preview=True, elem_id="gallery", buttons=["download", "fullscreen"])
-        with gr.Column(scale=1, min_width=320):
+            gallery = gr.Gallery(label="This session's images: click one to select it (the actions act on it); "
+                                       "downloads keep the settings", columns=8, fit_columns=False,
+                                 object_fit="contain", height=124, allow_preview=True, elem_id="gallery",
+                                 buttons=["download", "fullscreen"])
+        with gr.Column(scale=2, min_width=340, elem_id="panel"):
             panel = Panel(models, start, defaults, local_paths)
     library = None
     if keeps:
         with tabs, gr.Tab("Library", id="library"):
             library = build_tab(can_import=local_paths)
     return Page(state=state, saved=saved, status_md=status_md, chatbot=chatbot, box=box, selected_md=selected_md,
-                reroll=reroll, vary=vary, reuse=reuse, control=control, stop=stop, refine=refine, strength=strength,
+                reroll=reroll, vary=vary, reuse=reuse, control=control, refine=refine, strength=strength,
                 gallery=gallery, panel=panel, ids=ids, tabs=tabs, new_chat=new_chat, conversations=conversations,
                 delete_chat=delete_chat, library=library, edit_box=edit_box, editor=editor, paint=paint,
                 inpaint=inpaint, zoom_out=zoom_out, pans=pans, upscale=upscale)

@@ -18,6 +18,7 @@ import gradio as gr
 
 from engine.request import Request, UserError
 from store.library import Entry, Library
+from ui.marks import PROBLEM
 from ui.state import Session, Shot
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ def send_to_chat(library: Library | None, session: Session, entry_id: int | None
     shot = Shot(number, str(shown), request, request, entry.model, index)
     session.shots.append(shot)
     session.selected = len(session.shots) - 1
-    session.say("assistant", f"📚 #{number} is from the library ({entry.when}). It is selected: **Reuse settings**, "
+    session.say("assistant", f"#{number} is from the library ({entry.when}). It is selected: **Reuse settings**, "
                              "**Use as control**, **Vary** or **Refine** act on it.")
     return shot
 
@@ -193,6 +194,6 @@ def import_folder(library: Library | None, folder: str) -> str:
     try:
         added, unreadable = library.import_folder(Path(folder.strip()))
     except UserError as e:
-        return f"⚠️ {e}"
+        return f"{PROBLEM} {e}"
     note = f" ({unreadable} without readable settings: searchable by date only)" if unreadable else ""
     return f"Imported {added} image(s) from {folder.strip()}{note}."

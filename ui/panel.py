@@ -2,12 +2,13 @@
 
 `Panel` builds the components (inside the caller's layout) and converts between their values and a
 `Settings` by name, never by position: handlers get `{component: value}` dicts from gradio.
-Gradio needs static components, so ControlNet has a fixed three units and plugins a fixed number of rows
-whose unused ones are hidden.
+Gradio needs static components, so ControlNet has a fixed three units (one tab each) and plugins a fixed number
+of rows whose unused ones are hidden.
 """
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 
 import gradio as gr
@@ -27,6 +28,8 @@ from ui.state import RANDOM_SEED, Settings
 
 MAX_PLUGIN_ROWS = 8
 ASPECTS = ["1:1", "3:2", "2:3", "4:3", "3:4", "16:9", "9:16"]
+ASPECT_LABEL = "Aspect"  # at the model's native size
+LORA_WEIGHT = (-4.0, 4.0)  # the weights plugins/README.md documents
 
 
 def preprocessor_choices(kind: str) -> list[tuple[str, str]]:
@@ -51,81 +54,105 @@ class ControlRow:
 
 @dataclass
 class PluginRow:
-    box: gr.Row
-    toggle: gr.Checkbox
+    box: gr.Column
+    toggle: gr.Checkbox  # labelled with the plugin's name
     weight: gr.Slider
+    about: gr.HTML  # trigger and status; the description on hover
 
 
 class Panel:
-    """The side panel's components; build it inside a gr.Column."""
+    """The side panel's components; build it inside a gr.Column. Closed, it fits one screen beside the chat."""
 
     def __init__(self, models: list[tuple[str, str]], settings: Settings, defaults: dict, local_paths: bool):
         """`models`: the picker's (label, value) pairs; `defaults`: ui.studio.panel_defaults of settings.model."""
-        self.model = gr.Dropdown(models, value=settings.model, label="Model",
-                                 info="Defaults follow the model family when you switch.")
-        with gr.Row(equal_height=True):
-            self.other_model = gr.Textbox(label="Other model", scale=4, max_lines=1,
-                                          placeholder="Hub id" + (", folder or .safetensors path" if local_paths
-                                                                  else " (owner/name)"))
-            self.use_model = gr.Button("Use", scale=1, min_width=60)
-        self.negative = gr.Textbox(label="Negative prompt", lines=2, value=settings.negative,
-                                   placeholder="what to keep out of the image (--no in a message adds to it)")
+        self.model = gr.Dropdown(models, value=settings.model, label="Model", elem_id="model")
+        self.negative = gr.Textbox(label="Negative prompt", lines=1, max_lines=4, value=settings.negative,
+                                   placeholder="what to keep out (--no in a message adds to it)")
         with gr.Row():
             self.steps = gr.Slider(1, MAX_STEPS, step=1, value=settings.steps or defaults["steps"], label="Steps",
-                                   elem_id="steps")
+                                   elem_id="steps", min_width=140)
             self.guidance = gr.Slider(0, 30, step=0.5, value=defaults["guidance"] if settings.guidance is None
-                                      else settings.guidance, label="Guidance (CFG)")
+                                      else settings.guidance, label="Guidance (CFG)", min_width=140)
+        with gr.Row():  # the limits follow the model's family (show_model): the built-in model stops at 512
+            size = dict(minimum=defaults["multiple"], maximum=defaults["max_size"], step=defaults["multiple"],
+                        min_width=140)
+            self.width = gr.Slider(**size, value=settings.width or defaults["width"], label="Width",
+                                   elem_id="width")
+            self.height = gr.Slider(**size, value=settings.height or defaults["height"], label="Height",
+                                    elem_id="height")
         with gr.Row(equal_height=True):
-            self.seed = gr.Number(value=settings.seed, precision=0, label="Seed (-1 = random)", scale=3,
-                                  elem_id="seed")
-            self.random_seed = gr.Button("🎲", scale=1, min_width=40)
-            self.last_seed = gr.Button("♻️", scale=1, min_width=40)
-        self.aspect = gr.Radio(ASPECTS, value=None, label="Aspect (at the model's native size)")
-        with gr.Row():
-            self.width = gr.Slider(8, 2048, step=8, value=settings.width or defaults["width"], label="Width")
-            self.height = gr.Slider(8, 2048, step=8, value=settings.height or defaults["height"], label="Height")
-        self.count = gr.Slider(1, MAX_COUNT, step=1, value=settings.count, label="Number of images")
-        with gr.Accordion("Advanced", open=False):
+            self.aspect = gr.Dropdown(ASPECTS, value=None, label=ASPECT_LABEL, min_width=110, scale=1,
+                                      elem_id="aspect")
+            self.count = gr.Slider(1, MAX_COUNT, step=1, value=settings.count, label="Images", min_width=140,
+                                   scale=2, elem_id="count")
+        with gr.Row(elem_id="seed-row"):
+            self.seed = gr.Number(value=settings.seed, precision=0, label="Seed (-1 = random)", scale=2,
+                                  min_width=110, elem_id="seed")
+            self.random_seed = gr.Button("Random", size="sm", scale=1, min_width=70, elem_id="seed-random")
+            self.last_seed = gr.Button("Last image's", size="sm", scale=1, min_width=90, elem_id="seed-last")
+        with gr.Accordion("Advanced: other model, scheduler, restore", open=False, elem_id="advanced"):
+            with gr.Row(equal_height=True):
+                self.other_model = gr.Textbox(label="Other model", scale=4, max_lines=1, elem_id="other-model",
+                                              placeholder="Hub id" + (", folder or .safetensors path" if local_paths
+                                                                      else " (owner/name)"))
+                self.use_model = gr.Button("Use", scale=1, min_width=60, size="sm")
             self.scheduler = gr.Dropdown(defaults["schedulers"], value=settings.scheduler
                                          if settings.scheduler in defaults["schedulers"] else "default",
                                          label="Scheduler", info=f"default = {defaults['scheduler']}")
             self.vary_strength = gr.Slider(0.05, 1.0, step=0.05, value=settings.vary_strength,
-                                           label="Vary strength", info="how far 🌀 Vary moves from the image")
+                                           label="Vary strength", info="how far Vary moves from the image")
             self.restore_file = gr.File(label="Restore settings from a PNG", file_types=[".png", ".jpg", ".jpeg",
                                                                                          ".webp"], type="filepath",
                                         interactive=True, elem_id="restore-file", height=90)
-        with gr.Accordion("ControlNet units: pose / edge / depth", open=False) as self.control_box:
-            gr.Markdown("Upload a photo (it is preprocessed into a map) or a ready map with preprocessor "
-                        "*none*. Images are centre-cropped to the generation size's aspect, then resized. The map the "
-                        "model was given is shown with the result.")
-            self.units = [self._control_unit(i) for i in range(MAX_CONTROLS)]
-        with gr.Accordion("Plugins (LoRA)", open=False):
-            self.plugin_note = gr.Markdown("No plugins found for this model. Add manifests to plugins/.")
+        with gr.Accordion("ControlNet: pose / edge / depth", open=False, elem_id="control-box") as self.control_box:
+            gr.Markdown("A photo is preprocessed into a map; a ready map needs preprocessor *none*. Images are "
+                        "centre-cropped to the image's aspect. The reply shows the map beside the image.",
+                        elem_classes=["panel-note"])
+            with gr.Tabs(elem_id="control-units"):  # one unit on screen at a time, not three stacked
+                self.units = []
+                for i in range(MAX_CONTROLS):
+                    with gr.Tab(f"Unit {i + 1}", id=f"unit-{i + 1}"):
+                        self.units.append(self._control_unit(i))
+        with gr.Accordion("Plugins (LoRA)", open=False, elem_id="plugins-box"):
+            self.plugin_note = gr.Markdown("No plugins found for this model. Add manifests to plugins/.",
+                                           elem_classes=["panel-note"])
             self.plugin_names = gr.State([])
-            self.plugins = []
-            for _ in range(MAX_PLUGIN_ROWS):
-                with gr.Row(visible=False, equal_height=True) as box:
-                    self.plugins.append(PluginRow(box, gr.Checkbox(label="", value=False, scale=2, min_width=120),
-                                                  gr.Slider(-2, 2, step=0.05, value=1.0, label="weight", scale=3)))
+            self.plugins = [self._plugin_row(i) for i in range(MAX_PLUGIN_ROWS)]
 
     @staticmethod
     def _control_unit(i: int) -> ControlRow:
-        with gr.Group():
-            with gr.Row(equal_height=True):
-                enabled = gr.Checkbox(label=f"Unit {i + 1} on", value=False, min_width=80)
-                kind = gr.Radio(list(CONTROL_KINDS), value="edge", label="Type", min_width=160)
-            image = checked_image(sources=["upload", "clipboard"], label=f"Unit {i + 1} image", height=160)
-            preprocessor = gr.Dropdown(preprocessor_choices("edge"), value="auto", label="Preprocessor")
-            with gr.Row():
+        with gr.Row(equal_height=True, elem_classes=["unit-head"]):
+            enabled = gr.Checkbox(label=f"Unit {i + 1} on", value=False, min_width=100, scale=0, container=False)
+            kind = gr.Radio(list(CONTROL_KINDS), value="edge", label="Type", show_label=False, min_width=200,
+                            scale=1, container=False)
+        with gr.Row():
+            image = checked_image(sources=["upload", "clipboard"], label=f"Unit {i + 1} image", height=150,
+                                  min_width=140)
+            with gr.Column(min_width=140):
+                preprocessor = gr.Dropdown(preprocessor_choices("edge"), value="auto", label="Preprocessor")
                 scale = gr.Slider(0, 2, step=0.05, value=1.0, label="Scale")
-                start = gr.Slider(0, 1, step=0.05, value=0.0, label="Start")
-                end = gr.Slider(0, 1, step=0.05, value=1.0, label="End")
-            with gr.Row():
-                low = gr.Slider(0, 255, step=1, value=100, label="Canny low (edge)")
-                high = gr.Slider(0, 255, step=1, value=200, label="Canny high (edge)")
+        with gr.Row():
+            start = gr.Slider(0, 1, step=0.05, value=0.0, label="Start", min_width=100)
+            end = gr.Slider(0, 1, step=0.05, value=1.0, label="End", min_width=100)
+        with gr.Row():
+            low = gr.Slider(0, 255, step=1, value=100, label="Canny low (edge)", min_width=100)
+            high = gr.Slider(0, 255, step=1, value=200, label="Canny high (edge)", min_width=100)
         kind.input(lambda k: gr.update(choices=preprocessor_choices(k), value="auto"), kind, preprocessor,
                    api_visibility="private", queue=False)
         return ControlRow(enabled, kind, image, preprocessor, scale, start, end, low, high)
+
+    @staticmethod
+    def _plugin_row(i: int) -> PluginRow:
+        """One plugin on one line (its name, a weight slider), its trigger and status under it; the description
+        shows on hover."""
+        with gr.Column(visible=False, elem_classes=["plugin-row"], variant="compact") as box:
+            with gr.Row(equal_height=True):
+                toggle = gr.Checkbox(label="", value=False, scale=2, min_width=120, container=False,
+                                     elem_classes=["plugin-toggle"])
+                weight = gr.Slider(LORA_WEIGHT[0], LORA_WEIGHT[1], step=0.05, value=1.0, label="weight", scale=3,
+                                   min_width=150, show_label=False, container=False)
+            about = gr.HTML("", elem_classes=["plugin-about"], padding=False)
+        return PluginRow(box, toggle, weight, about)
 
     # ------------------------------------------------------------------------------- values <-> Settings
     def settings_inputs(self) -> set:
@@ -141,8 +168,8 @@ class Panel:
 
     def plugin_outputs(self) -> list:
         """Every component `show_plugins` updates."""
-        return [c for row in self.plugins for c in (row.box, row.toggle, row.weight)] + [self.plugin_names,
-                                                                                          self.plugin_note]
+        return [c for row in self.plugins for c in (row.box, row.toggle, row.weight, row.about)] + [
+            self.plugin_names, self.plugin_note]
 
     def persisted(self) -> list:
         """Components whose changes are saved in the browser."""
@@ -191,13 +218,17 @@ class Panel:
         return out
 
     def show_model(self, d: dict, plugins: list[dict], keep: Settings | None = None) -> dict:
-        """Panel updates for a newly picked model: its family's defaults `d` (unless `keep`) and its plugins."""
+        """Panel updates for a newly picked model: its family's defaults `d` (unless `keep`), its size limits and
+        its plugins."""
         out = {self.scheduler: gr.update(choices=d["schedulers"], info=f"default = {d['scheduler']}",
                                          value=(keep.scheduler if keep and keep.scheduler in d["schedulers"]
                                                 else "default"))}
+        for comp, side in ((self.width, "width"), (self.height, "height")):  # the family's limits: 8..512 by 8 for
+            value = getattr(keep, side) if keep is not None else d[side]  # the built-in model, 16..2048 by 16 Flux
+            out[comp] = gr.update(minimum=d["multiple"], maximum=d["max_size"], step=d["multiple"],
+                                  **({} if value is None else {"value": value}))
         if keep is None:
-            out.update({self.steps: d["steps"], self.guidance: d["guidance"], self.width: d["width"],
-                        self.height: d["height"]})
+            out.update({self.steps: d["steps"], self.guidance: d["guidance"]})
         out.update(self.show_plugins(plugins))
         return out
 
@@ -211,12 +242,21 @@ class Panel:
         for i, row in enumerate(self.plugins):
             if i < len(rows):
                 r = rows[i]
-                label = r["name"] + ("" if r["compatible"] else f" — {r['why']}")
                 out[row.box] = gr.update(visible=True)
-                out[row.toggle] = gr.update(label=label, value=False, interactive=r["compatible"],
-                                            info=r["description"] or None)
+                out[row.toggle] = gr.update(label=r["name"], value=False, interactive=r["compatible"])
                 out[row.weight] = gr.update(value=r["weight"], interactive=r["compatible"])
+                out[row.about] = plugin_about(r)
             else:
                 out[row.box] = gr.update(visible=False)
                 out[row.toggle] = gr.update(value=False)
         return out
+
+
+def plugin_about(row: dict) -> str:
+    """The line under a plugin's name: its trigger word and status (why it can't be used, if so); the
+    description is its hover text."""
+    status = "ready" if row["compatible"] else row["why"] or row["status"]
+    parts = ([f"trigger <code>{html.escape(row['trigger'])}</code>"] if row.get("trigger") else []) + [
+        html.escape(status)]
+    title = html.escape(" ".join(x for x in (row["description"], f"Status: {row['status']}.") if x), quote=True)
+    return f'<div class="plugin-line" title="{title}">{" · ".join(parts)}</div>'

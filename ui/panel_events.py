@@ -11,6 +11,7 @@ import gradio as gr
 from engine.request import UserError
 from ui import handlers, panel_handlers
 from ui.layout import Page
+from ui.marks import PROBLEM
 from ui.panel import Panel
 from ui.panel_handlers import ModelView
 from ui.state import RANDOM_SEED
@@ -54,7 +55,7 @@ def wire_panel(demo: gr.Blocks, page: Page, studio: Studio, status: ModelStatus 
         try:
             width, height = panel_handlers.aspect_size(studio, values[panel.model], values[panel.aspect])
         except UserError as e:
-            return {status_md: f"⚠️ {e}"}
+            return {status_md: f"{PROBLEM} {e}"}
         return {panel.width: width, panel.height: height}
 
     panel.aspect.input(on_aspect, {panel.model, panel.aspect}, [panel.width, panel.height, status_md], **PRIVATE)
@@ -71,8 +72,8 @@ def wire_panel(demo: gr.Blocks, page: Page, studio: Studio, status: ModelStatus 
         remembered, view = panel_handlers.page_load(studio, values[page.saved])
         out = panel.show_plugins(view.plugins)
         if remembered is not None:
-            out.update(show_view(panel, status_md, view, keep=remembered))
             out.update(panel.show(remembered))
+            out.update(show_view(panel, status_md, view, keep=remembered))  # with the size limits of its family
         if status is not None:
             out[status_md] = status.text
         return out

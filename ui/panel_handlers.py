@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from engine.request import UserError
 from ui.inline import parse_ratio, size_for_ratio
+from ui.marks import PROBLEM
 from ui.state import Settings
 from ui.studio import Studio, panel_defaults, plugin_rows
 
@@ -29,7 +30,7 @@ def model_view(studio: Studio, model: str, ready: str = "") -> ModelView:
     try:
         defaults = panel_defaults(studio, model)
     except UserError as e:
-        return ModelView(model, f"⚠️ {e}")
+        return ModelView(model, f"{PROBLEM} {e}")
     return ModelView(model, ready, defaults, plugin_rows(studio.engine, model))
 
 

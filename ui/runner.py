@@ -19,6 +19,7 @@ from engine.engine import Cancelled
 from engine.request import Request, UserError
 from ui import history
 from ui.line import Busy, Line  # noqa: F401  (Line: ui.app builds the studio's line from here)
+from ui.marks import BUSY, NOTE, PROBLEM, STOPPED
 from ui.state import Session, Settings, Shot
 from ui.studio import Studio
 
@@ -37,6 +38,7 @@ class Update:
 
     settings: Settings | None = None
     prompt: str | None = None
+    status: str | None = None  # a new status line: how the turn's model did (None: leave it)
     quiet: bool = False  # nothing changed: a yield only so that a close (Stop, cancel, client gone) takes effect
 
 
@@ -111,7 +113,7 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
     """Generate `request`, streaming its place in line and progress into the chat, then show the images and one
     settings line. Closing this generator (the browser gone, a cancelled event) stops the engine too."""
     session.cancel.clear()
-    pending = session.say("assistant", "⏳ Starting…")
+    pending = session.say("assistant", "Starting…")
     started = time.perf_counter()
     previews: list[Path] = []
     result, error, redrawn = None, None, 0.0
@@ -124,12 +126,13 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
                 result = done.value
                 break
             if what == "waiting":
-                text = f"⏳ Waiting for the engine: {step} ahead of you · press ■ Stop to leave the line"
+                text = f"Waiting for the engine: {step} ahead of you · Stop (■ in the message box) leaves the line"
             elif step < 0:
                 yield Update(quiet=True)
                 continue
             else:
-                text = f"⏳ Step {step}/{total} · {time.perf_counter() - started:.1f}s · press ■ Stop to cancel"
+                text = (f"Step {step}/{total} · {time.perf_counter() - started:.1f}s · Stop (■ in the message box) "
+                        "cancels")
             same = session.history[pending:] == [{"role": "assistant", "content": text}]
             if preview is None and (same or (what == "step" and time.perf_counter() - redrawn < REDRAW_S)):
                 yield Update(quiet=True)  # every redraw re-sends the whole history: at most a few a second
@@ -155,7 +158,17 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
         show_result(session, result, studio.library)
     else:
         session.say("assistant", error_message(error))
-    yield Update()
+    yield Update(status=model_status(request.model, error))
+
+
+def model_status(model: str, error: BaseException | None) -> str | None:
+    """The status line after a turn on `model`: ready, or that it failed (so the line never says another model is
+    ready while the picker shows this one); None after a Stop or a full line, which say nothing about the model."""
+    if error is None:
+        return f"**{model}** ready (it made the last image)"
+    if isinstance(error, (Busy, Cancelled)):
+        return None
+    return f"{PROBLEM} **{model}** could not make the last message's image: the chat says why."
 
 
 def show_result(session: Session, result, library=None) -> None:
@@ -180,7 +193,7 @@ def show_result(session: Session, result, library=None) -> None:
     black = [s.number for s, image in zip(session.shots[-len(result.images):], result.images) if is_black(image)]
     if any("NaN/inf" in n for n in result.notes):
         black = []  # the engine saw the invalid values themselves and said so
-    notes = "".join(f"\n\nℹ️ {n}" for n in result.notes + ([black_note(black, result.request)] if black else []))
+    notes = "".join(f"\n\n{NOTE} {n}" for n in result.notes + ([black_note(black, result.request)] if black else []))
     session.say("assistant", f"{numbers} · `{result.settings_line()}`{notes}")
     session.selected = None  # actions follow the newest image
 
@@ -216,11 +229,11 @@ def black_note(numbers: list[int], request: Request) -> str:
 def error_message(error: BaseException) -> str:
     """The chat's reply to a failed run: a stop, busy, the engine's own `UserError` text, or a short apology."""
     if isinstance(error, Busy):
-        return f"⏸️ {error}"
+        return f"{BUSY} {error}"
     if isinstance(error, Cancelled):
-        return "⏹️ Stopped. Nothing was saved; send the message again when you're ready."
+        return f"{STOPPED} Nothing was saved; send the message again when you're ready."
     if isinstance(error, UserError):
-        return f"⚠️ {error}"
+        return f"{PROBLEM} {error}"
     log.error("generation failed", exc_info=error)
-    return (f"⚠️ Something went wrong inside the app ({type(error).__name__}); the details are in the server "
+    return (f"{PROBLEM} Something went wrong inside the app ({type(error).__name__}); the details are in the server "
             "log. Your conversation and settings are kept: try again, or change the model or settings.")

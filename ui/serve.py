@@ -16,7 +16,7 @@ import gradio as gr
 
 from engine.request import UserError
 from ui.app import build
-from ui.layout import CSS
+from ui.layout import CSS, JS
 from ui.studio import ModelStatus
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -139,7 +139,7 @@ def launch(demo: gr.Blocks, host: str, port: int, share: bool = False, auth: tup
     server too (apis.add_tools added the tools)."""
     # ssr_mode=False: gradio 6.27-6.31 has an auth bypass through server-side rendering.
     demo.launch(server_name=host, server_port=port, share=share, auth=auth, max_file_size=MAX_FILE_SIZE,
-                show_error=False, ssr_mode=False, css=CSS, prevent_thread_lock=True, quiet=False,
+                show_error=False, ssr_mode=False, css=CSS, js=JS, prevent_thread_lock=True, quiet=False,
                 footer_links=["api"], mcp_server=mcp)
     if auth is not None:  # gradio builds its app inside launch: wrap the built stack (add_middleware is too late)
         app = demo.server_app

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from engine.request import DEFAULTS, Request, UserError, valid_schedulers
 from ui.line import Line
+from ui.marks import PROBLEM
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +47,19 @@ class ModelStatus:
     """The status line: the default model loading in the background, then ready or the error."""
 
     def __init__(self, model: str):
-        self.model, self.text, self.done = model, f"⏳ Loading **{model}** in the background…", False
+        self.model, self.text, self.done = model, f"Loading **{model}** in the background…", False
 
     def load(self, engine) -> None:
         started = time.perf_counter()
         try:
             engine.warm(self.model)  # under the engine's own lock: never beside a generation
-            self.text = f"✅ **{self.model}** ready (loaded in {time.perf_counter() - started:.1f}s)"
+            self.text = f"**{self.model}** ready (loaded in {time.perf_counter() - started:.1f}s)"
         except UserError as e:
-            self.text = f"⚠️ {e}"
+            self.text = f"{PROBLEM} {e}"
         except Exception as e:
             log.exception("loading %s failed", self.model)
-            self.text = f"⚠️ Loading {self.model} failed ({type(e).__name__}); see the server log. Pick another model."
+            self.text = (f"{PROBLEM} Loading {self.model} failed ({type(e).__name__}); see the server log. Pick "
+                         "another model.")
         self.done = True
 
     def start(self, engine) -> None:
@@ -70,12 +72,13 @@ def model_family(studio: Studio, model: str) -> str:
 
 
 def panel_defaults(studio: Studio, model: str) -> dict:
-    """Steps, guidance, size and scheduler for a model family, plus the scheduler choices, for the panel.
+    """Steps, guidance, size and scheduler for a model family, plus the scheduler choices and the size limits
+    (`multiple`, `max_size`: the width/height sliders' step and maximum), for the panel.
 
     UserError when the model can't be used here (the engine's words: missing, or a path on a shared server)."""
     d = dict(studio.engine.defaults(model))
     d["schedulers"] = ["default"] + valid_schedulers(d["family"])
-    d["multiple"] = DEFAULTS[d["family"]].multiple
+    d["multiple"], d["max_size"] = DEFAULTS[d["family"]].multiple, DEFAULTS[d["family"]].max_size
     return d
 
 
@@ -83,7 +86,8 @@ def builtin_defaults() -> dict:
     """`panel_defaults` of the built-in family, for a page whose default model can't be used."""
     d = DEFAULTS["builtin"]
     return {"family": "builtin", "steps": d.steps, "guidance": d.guidance, "width": d.size, "height": d.size,
-            "scheduler": d.scheduler, "multiple": d.multiple, "schedulers": ["default"] + valid_schedulers("builtin")}
+            "scheduler": d.scheduler, "multiple": d.multiple, "max_size": d.max_size,
+            "schedulers": ["default"] + valid_schedulers("builtin")}
 
 
 def model_choices(default_model: str) -> list[tuple[str, str]]:
@@ -103,7 +107,7 @@ def model_choices(default_model: str) -> list[tuple[str, str]]:
 
 
 def plugin_rows(engine, model: str) -> list[dict]:
-    """LoRA plugins for the panel: name, family, weight, status, compatible, why, description.
+    """LoRA plugins for the panel: name, family, weight, status, compatible, why, description, trigger.
 
     Asks the engine's plugin manager (judged against the model's family); no plugin system, or a failing one,
     means no rows, never a broken page.
@@ -122,9 +126,8 @@ def plugin_rows(engine, model: str) -> list[dict]:
             continue
         status = str(item.get("status", "ready"))
         why = item.get("why") or (status[len("error: "):] if status.startswith("error") else "")
-        trigger = f" Trigger: {item['trigger']}." if item.get("trigger") else ""
         rows.append({"name": item["name"], "family": item.get("family"), "weight": float(item.get("weight", 1.0)),
                      "status": status, "compatible": bool(item.get("compatible", not why)), "why": why,
-                     "description": (item.get("description") or "") + trigger})
+                     "description": item.get("description") or "", "trigger": item.get("trigger") or ""})
     rows.sort(key=lambda r: not r["compatible"])
     return rows
