@@ -222,3 +222,42 @@ def test_a_failed_model_switch_is_what_the_status_line_says(browser, studio_url)
         assert "stable-diffusion-xl" in page.locator("#model input").input_value()
     finally:
         context.close()
+
+
+@pytest.fixture
+def builtin_controlnet(tiny_model, tmp_path, monkeypatch):
+    """A tiny ControlNet (from the tests' tiny SD1.5 UNet) as the built-in family's edge/depth/pose nets."""
+    import diffusers
+
+    from engine import control
+
+    unet = diffusers.UNet2DConditionModel.from_pretrained(tiny_model("sd15"), subfolder="unet")
+    diffusers.ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8)).save_pretrained(
+        tmp_path / "controlnet")
+    monkeypatch.setitem(control.CONTROLNETS, "builtin",
+                        {k: (str(tmp_path / "controlnet"), None) for k in ("edge", "depth", "pose")})
+
+
+def test_the_control_map_is_shown_readable_beside_its_image(browser, studio_url, builtin_controlnet,  # noqa: F811
+                                                            tmp_path):
+    from PIL import Image, ImageDraw
+
+    edges = Image.new("RGB", (64, 64), "black")
+    ImageDraw.Draw(edges).rectangle([12, 12, 44, 44], outline="white", width=3)
+    edges.save(tmp_path / "edges.png")
+    context, page = open_at(browser, studio_url, 1440, 1000)
+    try:
+        page.click("#control-box > button")
+        page.get_by_label("Unit 1 on").check()
+        page.locator("#control-units input[type=file]").first.set_input_files(str(tmp_path / "edges.png"))
+        page.wait_for_selector("#control-units img", timeout=15_000)
+        send(page, "a red square --steps 2", 1)
+        control_map = page.locator("#chat img[src*='control-']")
+        control_map.wait_for(timeout=20_000)
+        page.wait_for_timeout(500)
+        image, shown = page.locator(IMAGE.format(1)).bounding_box(), control_map.bounding_box()
+        assert shown["width"] >= 150 and shown["height"] >= 150  # was about 64 px
+        assert abs(shown["y"] - image["y"]) < 10 and shown["x"] >= image["x"] + image["width"]  # beside it
+        assert "control map" in page.inner_text("#chat")  # the reply says what it is
+    finally:
+        context.close()

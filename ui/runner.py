@@ -194,7 +194,10 @@ def show_result(session: Session, result, library=None) -> None:
     if any("NaN/inf" in n for n in result.notes):
         black = []  # the engine saw the invalid values themselves and said so
     notes = "".join(f"\n\n{NOTE} {n}" for n in result.notes + ([black_note(black, result.request)] if black else []))
-    session.say("assistant", f"{numbers} · `{result.settings_line()}`{notes}")
+    beside = ""
+    if result.control_maps:  # in the images' grid (ui/page.css), beside the image they shaped
+        beside = f" · beside it: the control map{'s' if len(result.control_maps) > 1 else ''} the model was given"
+    session.say("assistant", f"{numbers} · `{result.settings_line()}`{beside}{notes}")
     session.selected = None  # actions follow the newest image
 
 
