@@ -261,3 +261,41 @@ def test_the_control_map_is_shown_readable_beside_its_image(browser, studio_url,
         assert "control map" in page.inner_text("#chat")  # the reply says what it is
     finally:
         context.close()
+
+
+LOG = "document.querySelector('#chat [role=log]')"  # the chat's scrolling element
+
+
+def chat_scroll(page) -> dict:
+    return page.evaluate(f"(() => {{ const l = {LOG}; return {{top: l.scrollTop, bottom: l.scrollHeight - "
+                         "l.scrollTop - l.clientHeight}; })()")
+
+
+def test_the_chat_follows_new_replies_unless_the_user_reads_older_ones(browser, studio_url):  # noqa: F811
+    context, page = open_at(browser, studio_url, 1440, 1000)
+    try:
+        for n in range(1, 4):  # more than the chat's height
+            send(page, f"a red circle, take {n}", n)
+        page.evaluate(f"{LOG}.scrollTop = 0")  # the user goes back to an older image and picks it
+        page.locator(IMAGE.format(1)).click()
+        page.wait_for_function("document.querySelector('#selected').innerText.includes('#1')", timeout=10_000)
+        send(page, "a blue square", 4)  # asking for a new reply: the chat follows it
+        page.wait_for_timeout(800)
+        assert chat_scroll(page)["bottom"] < 60
+        log_box, image = page.locator("#chat [role=log]").bounding_box(), page.locator(IMAGE.format(4)).bounding_box()
+        assert log_box["y"] <= image["y"] and image["y"] + image["height"] <= log_box["y"] + log_box["height"]
+
+        page.fill("#prompt textarea", "a slow green circle --steps 200 --n 2")
+        page.press("#prompt textarea", "Enter")
+        page.wait_for_function("document.querySelector('#chat').innerText.includes('Step ')", timeout=60_000)
+        page.evaluate(f"{LOG}.scrollTop = 0")  # reading older replies while it runs
+        page.wait_for_selector(IMAGE.format(6), timeout=120_000)
+        page.wait_for_timeout(800)
+        assert chat_scroll(page)["top"] < 50  # the reply did not pull the user away
+        jump = page.locator("#new-reply")
+        assert jump.is_visible() and "New reply" in jump.inner_text()
+        jump.click()
+        page.wait_for_timeout(500)
+        assert chat_scroll(page)["bottom"] < 60 and not jump.is_visible()
+    finally:
+        context.close()

@@ -4,14 +4,21 @@
   const NEAR_PX = 60;  // this close to the bottom counts as "at the newest reply"
   const ARROW = '<svg width="12" height="12" viewBox="0 0 12 12" aria-hidden="true"><path d="M6 2v7M2.5 6 6 9.5 9.5 6"' +
                 ' fill="none" stroke="currentColor" stroke-width="1.6" stroke-linecap="round"/></svg>';
-  let following = true, seen = 0, button = null, watched = null;
+  // `pinned`: where this script last put the chat (its bottom). Content growing leaves scrollTop there; the user
+  // scrolling up moves it above, which a mutation can see before the scroll event arrives (streamed replies)
+  let following = true, pinned = 0, seen = 0, button = null, watched = null;
   const log = () => document.querySelector('#chat [role=log]');
-  const count = () => document.querySelectorAll('#chat .message-row').length;
+  const count = () => document.querySelectorAll('#chat .message-row .message').length;  // texts and images
   const atBottom = (el) => el.scrollHeight - el.scrollTop - el.clientHeight < NEAR_PX;
 
+  const scrolledUp = (el) => !atBottom(el) && el.scrollTop < pinned - 4;
+  function pin(el) {
+    el.scrollTop = el.scrollHeight;
+    pinned = el.scrollTop;
+  }
   function toBottom() {
     const el = log();
-    if (el) el.scrollTop = el.scrollHeight;
+    if (el) pin(el);
     following = true;
     seen = count();
     if (button) button.classList.remove('shown');
@@ -32,13 +39,20 @@
     if (!el) return;
     if (el !== watched) {  // gradio may replace the scrolling element (the placeholder, a cleared chat)
       watched = el;
+      pinned = el.scrollTop;
       el.addEventListener('scroll', () => {
-        following = atBottom(el);
-        if (following && button) button.classList.remove('shown');
+        if (atBottom(el)) {
+          following = true;
+          pinned = el.scrollTop;
+          if (button) button.classList.remove('shown');
+        } else if (scrolledUp(el)) {
+          following = false;
+        }
       });
     }
+    if (following && scrolledUp(el)) following = false;
     if (following) {
-      el.scrollTop = el.scrollHeight;
+      pin(el);
       seen = count();
     } else if (count() > seen && button) {
       button.classList.add('shown');
