@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a folder of plugin manifests (repeatable; default: plugins/ and assets/plugins/)")
 
     train = sub.add_parser("train", help="train the built-in model (and its ControlNets/LoRAs)")
-    train.add_argument("what", choices=("builtin", "controlnets", "loras", "smoke"))
+    train.add_argument("what", choices=("builtin", "controlnets", "loras", "fast", "smoke"))
     train.add_argument("--out", default="assets/builtin")
     train.add_argument("--work", default="runs/builtin", help="checkpoints to resume from")
     train.add_argument("--vae-steps", type=int, default=None)
@@ -119,9 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch", type=int, default=None, help="UNet / ControlNet batch size")
     train.add_argument("--vae-batch", type=int, default=None)
     train.add_argument("--pool", type=int, default=None, help="scenes pre-rendered for the UNet stage")
-    train.add_argument("--init", default=None, help="builtin: continue the UNet stage from this pipeline folder")
-    train.add_argument("--unet-lr", type=float, default=None)
+    train.add_argument("--init", default=None, help="builtin: continue the UNet stage from this pipeline folder; "
+                       "controlnets: continue DIR/controlnet-KIND (e.g. assets)")
+    train.add_argument("--unet-lr", type=float, default=None, help="learning rate (UNet stage, or a ControlNet)")
     train.add_argument("--workers", type=int, default=0, help="processes rendering batches ahead of the trainer")
+    train.add_argument("--sides", type=lambda v: tuple(int(x) for x in v.split(",")), default=None,
+                       help="builtin unet / fast: canvas sides to train on, e.g. 48,64,96,128 (multi-aspect)")
+    train.add_argument("--square-share", type=float, default=None, help="share of the batches kept at 64x64")
+    train.add_argument("--pairs", type=int, default=None, help="fast: teacher images to distil from")
 
     lora = sub.add_parser("train-lora", help="train a LoRA plugin from a folder of captioned images")
     lora.add_argument("folder", help="images with a .txt caption beside each (same name)")

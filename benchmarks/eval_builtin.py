@@ -4,6 +4,8 @@
     python benchmarks/eval_builtin.py --sweep         # also steps/guidance/scheduler candidates (picks defaults)
     python benchmarks/eval_builtin.py --sizes 64x64,96x64,128x128 --n 40 [--model runs/x --baseline builtin]
                                                       # per canvas size, default settings, one-object counts
+    python benchmarks/eval_builtin.py --fast [--n 200 --sizes ...]
+                                                      # the 4-step `fast` LoRA against the full model, side by side
 
 Prompts are drawn from the grammar with a fixed seed; each image has its own fixed seed. A second set of
 two-object prompts ("pairs") tests binding words to places, and a third of stick-figure prompts ("people"),
@@ -176,10 +178,16 @@ def main() -> int:
     p.add_argument("--sizes", default=None, help="WxH list, e.g. 64x64,96x64,64x96,80x56,128x128,128x80: per-size "
                                                  "scores only")
     p.add_argument("--baseline", default=None, help="with --sizes: also score this model on the same prompts")
+    p.add_argument("--fast", action="store_true", help="score and time the `fast` LoRA plugin (4 steps) against the "
+                                                       "full model in one run (with --sizes: also per size)")
     args = p.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.fast:
+        from benchmarks.eval_fast import main_fast
+
+        return main_fast(args)
     if args.sizes:
         from engine.engine import Engine
 

@@ -28,6 +28,20 @@ def write_card(folder: Path, eval_md: str = "", controlnet_md: str = "") -> Path
     from .controlnet import STEPS
 
     cn_steps = ", ".join(f"{k} {v} steps" for k, v in STEPS.items())
+    assets = folder.parent
+    continued = {}  # ControlNets continued after phase 3 (engine/train/controlnet.py writes training.json)
+    for kind in STEPS:
+        log = assets / f"controlnet-{kind}" / "training.json"
+        continued[kind] = json.loads(log.read_text()) if log.is_file() else []
+    cn_more = "; ".join(f"{kind}: " + ", then ".join(
+        f"{ph['steps']} steps at batch {ph['batch']}, lr {ph['lr']:g}"
+        + (f", canvases {min(ph['sides'])}-{max(ph['sides'])} px" if ph.get("sides") else "")
+        + f", {ph['minutes']} min on {'a lent GPU' if str(ph.get('device')).startswith('cuda') else 'one CPU thread'}"
+        for ph in phases) for kind, phases in continued.items() if phases)
+    if cn_more:
+        cn_more = (f" Then each continued on the multi-aspect UNet (phase 4), a third of the captions naming sizes "
+                   f"and places that contradict the map, so that the map's outline wins over the words: {cn_more}.")
+    fast = _fast_paragraph(assets / "plugins")
     cpu_note = notes.get("cpu_note", "not measured")
     card = f"""# The built-in model
 
@@ -73,13 +87,13 @@ tools/train_on_gpu.sh` (phase 3: the UNet continued on the GPU, then the Control
    VAE's 4x downsampling), base model (the finished UNet) frozen, on the GPU at once, batch 64, AdamW 3e-4
    cosine, the same loss: {cn_steps}; captions never name the position and half are empty (with the
    position in the caption the base model places the object itself and the ControlNet learns nothing); edge
-   maps thickened to 1-3 px half the time. See `assets/controlnet-*/` and the adherence table below.
+   maps thickened to 1-3 px half the time.{cn_more} See `assets/controlnet-*/` and the adherence table below.
 5. LoRA plugins (`assets/plugins/`, the same loss, base frozen, on the CPU): `pastel` (rank 4 on the attention
    projections, 400 steps, trigger "pastel style") and `outline` (rank 8 on the attention projections and the
    ResNet convolutions, 1000 steps, trigger "outline style": attention alone could not turn filled into
    hollow). Trained on the finished UNet; their effect is measured by `benchmarks/eval_loras.py` (see
    `benchmarks/RESULTS.md`), their loading and switching cost by `benchmarks/lora_plugins.py`.
-
+{fast}
 Timing: {notes.get('timing_note', '')}. Every stage is seeded and resumable from `runs/builtin/*.ckpt`;
 `--minutes` gives a stage a time budget instead of a step count (the steps it reached are recorded in
 `studio.json`; the defaults of `TrainConfig` are phase 1's numbers, `controlnet.STEPS` the shipped
@@ -94,6 +108,21 @@ minutes: {cpu_note}.
     path = folder / "README.md"
     path.write_text(card)
     return path
+
+
+def _fast_paragraph(plugins: Path) -> str:
+    log = plugins / "fast.json"
+    if not log.is_file():
+        return ""
+    info = json.loads(log.read_text())
+    return (f"6. The `fast` plugin (`assets/plugins/fast.*`, `python app.py train fast`): a rank-{info['rank']} LoRA "
+            f"on the UNet's attention, feed-forward, ResNet convolutions and time projections, distilled from "
+            f"this model sampled at its defaults ({info['teacher_steps']} steps, guidance {info['teacher_guidance']:g})"
+            f" into {info['student_steps']} DDIM steps without guidance: {info['pairs']} teacher images at canvases "
+            f"{min(info['sides'])}-{max(info['sides'])} px, then {info['steps']} steps at batch {info['batch']} "
+            f"({info['minutes']} min on one CPU thread), the student learning the v that leads along the DDIM path "
+            "from each starting noise to the teacher's image (engine/train/fast.py). Its manifest sets 4 steps, "
+            "DDIM and guidance 1 where the user has not set them.\n")
 
 
 if __name__ == "__main__":  # python -m engine.train.card [SECTION.md ...]: rewrite the card with these score sections

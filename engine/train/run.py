@@ -4,6 +4,7 @@ builtin      tokenizer, VAE, decoder, UNet + text encoder -> assets/builtin (a d
              `--stage` runs one, `--device cuda --minutes M --workers N` trains on a GPU in a time budget
 controlnets  edge, depth, pose ControlNets for it -> assets/controlnet-{edge,depth,pose}
 loras        the demo LoRA plugins -> assets/plugins
+fast         the 4-step `fast` LoRA plugin, distilled from the built-in model -> assets/plugins
 smoke        all of the above (and a multi-aspect continuation) at toy step counts into a temporary folder,
              then load and generate (CI)
 """
@@ -18,6 +19,7 @@ import torch
 
 from .builtin import MINUTE_SHARES, TrainConfig, train_all
 from .controlnet import KINDS, train_controlnet
+from .fast import train_fast
 from .lora import train_demo_loras
 
 log = logging.getLogger(__name__)
@@ -43,10 +45,15 @@ def main(args) -> int:
         train_all(cfg, args.stage)
     elif args.what == "controlnets":
         for kind in (args.kind,) if args.kind else KINDS:
+            init = Path(args.init) / f"controlnet-{kind}" if args.init else None  # continue a trained one
+            extra = {k: getattr(args, k) for k in ("sides", "square_share") if getattr(args, k, None)}
             train_controlnet(kind, out, work, batch=args.batch or 64, device=args.device, minutes=args.minutes,
-                             workers=args.workers)
+                             workers=args.workers, init=init, lr=args.unet_lr or 3e-4, **extra)
     elif args.what == "loras":
         train_demo_loras(out, out.parent / "plugins")
+    elif args.what == "fast":
+        extra = {k: getattr(args, k) for k in ("pairs", "batch", "sides", "square_share") if getattr(args, k, None)}
+        train_fast(out, out.parent / "plugins", work, minutes=args.minutes, **extra)
     return 0
 
 
@@ -65,6 +72,7 @@ def smoke(folder: Path) -> Path:
     train_all(aspect, "pipeline")
     cn = train_controlnet("edge", cfg.out, cfg.work, steps=2, batch=2)
     train_demo_loras(cfg.out, folder / "plugins", steps=2)
+    train_fast(cfg.out, folder / "plugins", cfg.work, pairs=8, steps=2, batch=4, sides=(48, 64))
     engine = Engine(device="cpu", local_paths=True)
     result = engine.generate(Request(prompt="a big red circle on the left, blue background", model=str(cfg.out),
                                      seed=0, steps=2))

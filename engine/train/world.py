@@ -251,22 +251,28 @@ _POSE_LIMB_ORDER = [(1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 
                     (11, 12), (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17)]
 
 
-def render_pose(scene: Scene, size: int = SIZE) -> np.ndarray:
+def render_pose(scene: Scene, width: int = SIZE, height: int = SIZE) -> np.ndarray:
     """OpenPose-style skeleton on black (coloured limbs and joints) for every person in the scene."""
-    s = 256
-    img = Image.new("RGB", (s, s), (0, 0, 0))
+    c = _Canvas(width * 4, height * 4)
+    img = Image.new("RGB", (c.w, c.h), (0, 0, 0))
     draw = ImageDraw.Draw(img)
     for thing in scene.things:
         if thing.kind != "person":
             continue
-        pts = [(x * s, y * s) for x, y in thing.pose]
+        pts = [c.keypoint(thing, x, y) for x, y in thing.pose]
         for i, (a, b) in enumerate(_POSE_LIMB_ORDER):
-            c = tuple(int(0.6 * v) for v in _POSE_COLORS[i])
-            draw.line([pts[a], pts[b]], fill=c, width=max(3, s // 64))
-        r = max(2, s // 96)
+            colour = tuple(int(0.6 * v) for v in _POSE_COLORS[i])
+            draw.line([pts[a], pts[b]], fill=colour, width=max(3, c.m // 64))
+        r = max(2, c.m // 96)
         for i, (x, y) in enumerate(pts):
             draw.ellipse([x - r, y - r, x + r, y + r], fill=_POSE_COLORS[i])
-    return np.asarray(img.resize((size, size), Image.BILINEAR))
+    return np.asarray(img.resize((width, height), Image.BILINEAR))
+
+
+def keypoints(thing: Thing, width: int = SIZE, height: int = SIZE) -> list[tuple[float, float]]:
+    """A person's keypoints in pixels of a width x height canvas (as render and render_pose draw them)."""
+    c = _Canvas(width, height)
+    return [c.keypoint(thing, x, y) for x, y in thing.pose]
 
 
 def corpus_words() -> list[str]:
