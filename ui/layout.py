@@ -53,7 +53,7 @@ class Page:
     upscale: gr.Button
 
 
-CHAT_HEIGHT = "calc(100vh - 560px)"  # at 1440x1000 the page fits the screen (page.css: taller on a phone)
+CHAT_HEIGHT = "calc(100vh - 576px)"  # at 1440x1000 the page fits the screen (page.css: taller on a phone)
 SESSION_TTL_S = 6 * 3600  # a session idle this long is closed and its files deleted (clients without a heartbeat too)
 
 
@@ -125,7 +125,7 @@ def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, s
                     upscale = gr.Button("Upscale 2x", size="sm", elem_id="edit-upscale")
             gallery = gr.Gallery(label="This session's images: click one to select it (the actions act on it); "
                                        "downloads keep the settings", columns=8, fit_columns=False,
-                                 object_fit="contain", height=124, allow_preview=True, elem_id="gallery",
+                                 object_fit="contain", height=140, allow_preview=True, elem_id="gallery",
                                  buttons=["download", "fullscreen"])
         with gr.Column(scale=2, min_width=340, elem_id="panel"):
             panel = Panel(models, start, defaults, local_paths)

@@ -80,7 +80,7 @@ class Panel:
                                    elem_id="width")
             self.height = gr.Slider(**size, value=settings.height or defaults["height"], label="Height",
                                     elem_id="height")
-        with gr.Row(equal_height=True):
+        with gr.Row():
             self.aspect = gr.Dropdown(ASPECTS, value=None, label=ASPECT_LABEL, min_width=110, scale=1,
                                       elem_id="aspect")
             self.count = gr.Slider(1, MAX_COUNT, step=1, value=settings.count, label="Images", min_width=140,
@@ -103,7 +103,7 @@ class Panel:
                                            label="Vary strength", info="how far Vary moves from the image")
             self.restore_file = gr.File(label="Restore settings from a PNG", file_types=[".png", ".jpg", ".jpeg",
                                                                                          ".webp"], type="filepath",
-                                        interactive=True, elem_id="restore-file", height=90)
+                                        interactive=True, elem_id="restore-file", height=120)
         with gr.Accordion("ControlNet: pose / edge / depth", open=False, elem_id="control-box") as self.control_box:
             gr.Markdown("A photo is preprocessed into a map; a ready map needs preprocessor *none*. Images are "
                         "centre-cropped to the image's aspect. The reply shows the map beside the image.",
@@ -147,10 +147,10 @@ class Panel:
         shows on hover."""
         with gr.Column(visible=False, elem_classes=["plugin-row"], variant="compact") as box:
             with gr.Row(equal_height=True):
-                toggle = gr.Checkbox(label="", value=False, scale=2, min_width=120, container=False,
+                toggle = gr.Checkbox(label="", value=False, scale=1, min_width=150, container=False,
                                      elem_classes=["plugin-toggle"])
-                weight = gr.Slider(LORA_WEIGHT[0], LORA_WEIGHT[1], step=0.05, value=1.0, label="weight", scale=3,
-                                   min_width=150, show_label=False, container=False)
+                weight = gr.Slider(LORA_WEIGHT[0], LORA_WEIGHT[1], step=0.05, value=1.0, label="weight", scale=1,
+                                   min_width=130, show_label=False, container=False)
             about = gr.HTML("", elem_classes=["plugin-about"], padding=False)
         return PluginRow(box, toggle, weight, about)
 
