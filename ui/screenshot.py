@@ -4,16 +4,19 @@
     python -m ui.screenshot --url http://127.0.0.1:7860 --out assets/screenshot.png
 
 Prints the time from Enter to image for each prompt. Needs Debian's Chromium and the playwright package
-(`apt-get install -y chromium fonts-noto-color-emoji && pip install playwright`; no `playwright install`).
+(`apt-get install -y chromium && pip install playwright`; no `playwright install`, no emoji font: the page draws
+none). The app it starts keeps its images in a temporary folder, so the page has its Library tab and chat list.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -23,16 +26,17 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 PROMPTS = ["a big red circle on a blue background",
            "a small yellow triangle on the left, green background --seed 42",
-           "a purple square --ar 3:2"]
+           "a purple square on a yellow background --n 4"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_app(model: str) -> tuple[subprocess.Popen, str]:
+def start_app(model: str, outputs: str) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", model, "--port", str(port)], env=env)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", model, "--port", str(port),
+                             "--outputs", outputs], env=env)
     url = f"http://127.0.0.1:{port}"
     for _ in range(240):
         try:
@@ -61,8 +65,10 @@ def drive(url: str, out: Path, prompts: list[str]) -> list[float]:
             page.fill("#prompt textarea", prompt)
             started = time.perf_counter()
             page.press("#prompt textarea", "Enter")
-            count += 1
+            asked = re.search(r"--n (\d+)", prompt)
+            count += int(asked.group(1)) if asked else 1
             page.wait_for_selector(f"#chat img[src*='studio-{count:04d}']", timeout=300_000)
+            page.wait_for_selector("#prompt button.submit-button", timeout=60_000)  # the turn has ended
             timings.append(time.perf_counter() - started)
             print(f"{timings[-1]:6.2f}s  Enter to image: {prompt}")
         page.wait_for_timeout(800)
@@ -80,13 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not Path(CHROMIUM).exists():
         raise SystemExit(f"{CHROMIUM} is missing: apt-get install -y chromium")
-    proc, url = (None, args.url) if args.url else start_app(args.model)
-    try:
-        drive(url, Path(args.out), PROMPTS)
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
+    with tempfile.TemporaryDirectory(prefix="screenshot-outputs-") as outputs:
+        proc, url = (None, args.url) if args.url else start_app(args.model, outputs)
+        try:
+            drive(url, Path(args.out), PROMPTS)
+        finally:
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=30)
     print(f"saved {args.out}")
     return 0
 
