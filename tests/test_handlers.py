@@ -276,3 +276,24 @@ def test_a_line_with_two_slots_runs_two_and_counts_only_the_rest_as_waiting():
         line.join()
     line.leave(b)  # a slot frees: the first waiting one runs
     assert line.wait(c, 0) == 0 and line.waiting == 0 and line.served == 1
+
+
+def test_the_fast_plugin_in_the_panel_takes_its_own_steps_unless_the_user_set_them(engine, session):
+    """The panel always sends steps and guidance; at the model's defaults they give way to `fast`'s own 4 steps."""
+    from engine.request import LoraSpec
+    from ui.studio import Studio
+
+    studio = Studio(engine, "builtin")
+    panel = Settings(model="builtin", steps=10, guidance=2.0, seed=1, loras=[LoraSpec("fast", 1.0)])
+    for text, settings, steps in (("a big red circle on the left, blue background", panel, 4),
+                                  ("a big red circle on the left, blue background --steps 10", panel, 10),
+                                  ("a big red circle on the left, blue background", dataclasses.replace(panel,
+                                                                                                       steps=12), 12)):
+        list(handlers.send(studio, session, text, settings, []))
+        shot = session.shots[-1]
+        assert shot.request.steps == steps and f"Steps: {steps}," in Image.open(shot.path).text["parameters"]
+    assert session.shots[0].request.guidance == 1.0 and session.shots[0].request.scheduler == "ddim"
+    assert "set its own steps 4" in str(session.history)
+    plain = Settings(model="builtin", steps=10, guidance=2.0, seed=1)  # no such LoRA: the panel's values as they are
+    list(handlers.send(studio, session, "a small blue square, white background", plain, []))
+    assert session.shots[-1].request.steps == 10

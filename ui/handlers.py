@@ -87,6 +87,26 @@ def build_request(studio: Studio, session: Session, asked: inline.Inline, settin
         request.strength = asked.refine if asked.refine is not None else settings.strength
         if "width" not in asked.overrides and not asked.aspect:
             request.width, request.height = shot.request.width, shot.request.height
+    return yield_to_plugin_sampling(studio, request, set(asked.overrides))
+
+
+SAMPLING = ("steps", "guidance", "scheduler")
+
+
+def yield_to_plugin_sampling(studio: Studio, request: Request, typed: set[str]) -> Request:
+    """The panel's steps, guidance and scheduler, where they still hold the model's defaults and the message did not
+    set them, give way to a chosen LoRA's own (the 4-step `fast` plugin: 4 steps, DDIM, guidance 1): the engine
+    then takes the plugin's, and says so in the reply."""
+    if not any(lora.weight for lora in request.loras):
+        return request
+    own = {row["name"] for row in studio.engine.plugin_listing(request.model)
+           if any(row.get(key) is not None for key in SAMPLING)}
+    if not any(lora.name in own and lora.weight for lora in request.loras):
+        return request
+    defaults = panel_defaults(studio, request.model)
+    for key in SAMPLING:
+        if key not in typed and getattr(request, key) in (None, defaults[key]):
+            setattr(request, key, None)
     return request
 
 
