@@ -126,8 +126,9 @@ def plugin_rows(engine, model: str) -> list[dict]:
             continue
         status = str(item.get("status", "ready"))
         why = item.get("why") or (status[len("error: "):] if status.startswith("error") else "")
+        trigger = f" Trigger: {item['trigger']}." if item.get("trigger") else ""  # the MCP tool lists it so
         rows.append({"name": item["name"], "family": item.get("family"), "weight": float(item.get("weight", 1.0)),
                      "status": status, "compatible": bool(item.get("compatible", not why)), "why": why,
-                     "description": item.get("description") or "", "trigger": item.get("trigger") or ""})
+                     "description": (item.get("description") or "") + trigger, "trigger": item.get("trigger") or ""})
     rows.sort(key=lambda r: not r["compatible"])
     return rows
