@@ -549,16 +549,3 @@ def test_sessions_do_not_see_each_other(server):
     secret = "a big yellow triangle at the top, black background --steps 2"
     assert "yellow triangle" in chat_text(a.send(secret))
     assert "yellow triangle" not in chat_text(b.send("a blue square --steps 2"))
-
-
-def test_item7_generations_leave_no_component_copies_in_the_session(server):
-    """Each gradio prop update (an output a yield leaves out gets one) rebuilds that component and keeps the old one in
-    the session's config for good: 4 message boxes a generation, the ~0.1 MB each that bench_memory.py saw grow."""
-    tab = Tab(server.url)
-    ok(tab)
-    sessions = server.demo.state_holder.session_data
-    before = {key: len(state.blocks_config.blocks) for key, state in sessions.items()}
-    for _ in range(3):
-        ok(tab)
-    after = {key: len(state.blocks_config.blocks) for key, state in sessions.items() if key in before}
-    assert after == before and max(after.values()) == len(server.demo.blocks)

@@ -26,10 +26,6 @@ from ui.state import Session, Settings, ensure
 from ui.studio import ModelStatus, Studio, builtin_defaults, model_choices, panel_defaults
 
 log = logging.getLogger(__name__)
-# While a generation runs the message box shows its Stop instead of Send (page.css: #prompt.busy). Switched here in
-# the browser, before the event and after it: a server-side prop update would cost memory on every generation.
-BUSY_JS = "(...args) => { document.querySelector('#prompt')?.classList.add('busy'); return args; }"
-IDLE_JS = "(...args) => { document.querySelector('#prompt')?.classList.remove('busy'); return args; }"
 
 
 def build(engine, default_model: str = "builtin", *, gpu=None, status: ModelStatus | None = None,
@@ -90,10 +86,7 @@ def wire_chat(page: Page, studio: Studio) -> None:
     # A streaming event redraws only the chat: gradio rebuilds every output a yield leaves out (a component and
     # its JSON schema each), so the panel's ~35 outputs in the stream cost more than the sampling. A turn's new
     # settings or prompt (a PNG dropped into the chat) wait in `pending` for the quick `apply_pending` after it.
-    # Not the message box: an output left out of a yield gets gradio's "generic update", which rebuilds that
-    # component and keeps the old one in the session's config for good (~0.1 MB a generation: bench_memory.py).
-    # The box is emptied by its own quick event (`clear_box`) and swaps Send/Stop in the browser (BUSY_JS).
-    stream_out = [page.chatbot, page.state, page.gallery, page.selected_md, page.status_md]
+    stream_out = [page.chatbot, page.state, page.gallery, page.selected_md, page.status_md, page.box]
     stream_in = inputs | {page.status_md}
     pending: dict[int, Update] = {}  # id(session) -> the turn's last Update with settings or a prompt
 
@@ -112,7 +105,9 @@ def wire_chat(page: Page, studio: Studio) -> None:
                 del out[page.state]
                 return {**out, page.status_md: line}
 
-            yield {**chat(), page.state: session}
+            # the message box's own Stop button (the page's one Stop) shows while this runs, and only then
+            yield {**chat(), page.state: session, page.box: gr.MultimodalTextbox(value=None, submit_btn=False,
+                                                                                 stop_btn=True)}
             try:
                 for update in work(studio, session, values):
                     if update.settings is not None or update.prompt is not None:
@@ -121,13 +116,10 @@ def wire_chat(page: Page, studio: Studio) -> None:
                     yield chat()
             except Exception as e:
                 session.say("assistant", runner.error_message(e))
-            yield chat()
+            # Send again, Stop hidden: in this event's last yield (a .then could land after the next message's Stop)
+            yield {**chat(), page.box: gr.MultimodalTextbox(submit_btn=True, stop_btn=False)}
             history.persist(studio.library, session)  # the conversation outlasts the page (ui/history.py)
         return event
-
-    def clear_box(trigger) -> None:
-        """Empty the message box once a generation has taken its text (a plain value: no rebuild)."""
-        trigger(lambda: None, None, page.box, queue=False, api_visibility="private", show_progress="hidden")
 
     def apply_pending(values: dict):
         """The panel and message box for the turn that just ended (when it restored settings)."""
@@ -151,10 +143,8 @@ def wire_chat(page: Page, studio: Studio) -> None:
     for trigger, work in ((page.box.submit, send),
                           (page.reroll.click, lambda st, s, v: handlers.reroll(st, s, settings_of(v))),
                           (page.vary.click, lambda st, s, v: handlers.vary(st, s, settings_of(v)))):
-        trigger(streamed(work), stream_in, stream_out, js=BUSY_JS, **engine_event).then(
-            apply_pending, inputs, panel_out, js=IDLE_JS, queue=False, api_visibility="private",
-            show_progress="hidden")
-        clear_box(trigger)
+        trigger(streamed(work), stream_in, stream_out, **engine_event).then(
+            apply_pending, inputs, panel_out, queue=False, api_visibility="private", show_progress="hidden")
     def typed(values: dict) -> str:
         return (values[page.box] or {}).get("text", "") if isinstance(values[page.box], dict) else ""
 
@@ -165,9 +155,7 @@ def wire_chat(page: Page, studio: Studio) -> None:
     edits += [(button.click, lambda st, s, v, side=side: edit_handlers.pan(st, s, settings_of(v), typed(v), side))
               for side, button in page.pans.items()]
     for trigger, work in edits:
-        trigger(streamed(work), stream_in | {page.editor}, stream_out, js=BUSY_JS, **engine_event).then(
-            None, js=IDLE_JS, queue=False, api_visibility="private")
-        clear_box(trigger)
+        trigger(streamed(work), stream_in | {page.editor}, stream_out, **engine_event)
     page.paint.click(lambda state: edit_handlers.selected_background(ensure(state)), page.state, page.editor,
                      queue=False, api_visibility="private")
     def on_clear(state):

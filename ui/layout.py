@@ -92,9 +92,9 @@ def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, s
             chatbot = gr.Chatbot(elem_id="chat", label="Chat", height=CHAT_HEIGHT, min_height=300,
                                  feedback_options=None, placeholder=PLACEHOLDER, autoscroll=False,
                                  buttons=chat_buttons(on_space), elem_classes=[] if on_space else ["no-share"])
-            # the one Stop: the box's own stop button, shown only while a generation runs (page.css, ui/app.py BUSY_JS)
+            # the one Stop: the box's own stop button, shown only while a generation runs (ui/app.py)
             box = gr.MultimodalTextbox(elem_id="prompt", show_label=False, file_types=["image"],
-                                       file_count="multiple", stop_btn=True, max_plain_text_length=4000,
+                                       file_count="multiple", stop_btn=False, max_plain_text_length=4000,
                                        placeholder="Describe an image… (/help for flags; drop a PNG here to "
                                                    "restore its settings)")
             with gr.Row(equal_height=True, elem_id="actions"):
