@@ -2,8 +2,9 @@
 
 Fused LoRAs sample faster (no extra matmuls per layer) but every change of the set means unfusing first. The
 weights a fuse touches are saved beforehand, so unfusing restores them bit for bit (subtracting the delta again
-would drift, most in bf16). On a GPU the manager fuses once the same set has been asked for `AUTO_FUSE_AFTER`
-times in a row; on the CPU, never.
+would drift, most in bf16). The manager fuses once the same set has been asked for `AUTO_FUSE_AFTER` times in a
+row: on a GPU, and on the CPU for small denoisers (the built-in model: fusing its 4.3M weights takes milliseconds
+and makes the 4-step `fast` plugin ~25% faster); a large model on the CPU, never (each fuse would copy gigabytes).
 """
 
 from __future__ import annotations
@@ -16,15 +17,19 @@ from .adapters import PipeState, lora_components
 
 log = logging.getLogger(__name__)
 
-AUTO_FUSE_AFTER = 3  # identical consecutive requests before the LoRAs are fused on a GPU (fuse_after=None)
+AUTO_FUSE_AFTER = 3  # identical consecutive requests before the LoRAs are fused (fuse_after=None)
+SMALL_ON_CPU = 50_000_000  # parameters: a denoiser below this is fused on the CPU too
 
 
 def fuse_after(pipe, setting: int | None) -> int:
     if setting is not None:
         return setting
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-    on_gpu = denoiser is not None and next(denoiser.parameters()).device.type == "cuda"
-    return AUTO_FUSE_AFTER if on_gpu else 0
+    if denoiser is None:
+        return 0
+    on_gpu = next(denoiser.parameters()).device.type == "cuda"
+    small = sum(p.numel() for p in denoiser.parameters()) < SMALL_ON_CPU
+    return AUTO_FUSE_AFTER if on_gpu or small else 0
 
 
 def fuse(pipe, state: PipeState) -> None:
