@@ -5,6 +5,7 @@ The full evaluation is benchmarks/eval_builtin.py and benchmarks/eval_controlnet
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
@@ -179,3 +180,13 @@ def test_the_fast_plugin_follows_held_out_prompts_at_several_sizes(engine):
             right += all(score[k] for k in ("background", "color", "position", "one_object"))
             total += 1
     assert right >= total - 1, f"{right}/{total} right"
+
+
+def test_the_fast_plugin_is_fused_after_a_few_identical_requests_on_the_cpu(engine):
+    """The built-in model is small: its LoRAs get fused on the CPU too (faster sampling), and unfused exactly."""
+    base = Request(prompt="a big green square in the center, black background", seed=2)
+    before = np.asarray(engine.generate(base).images[0])
+    request = dataclasses.replace(base, loras=[LoraSpec("fast", 1.0)])
+    notes = [engine.generate(request).notes for _ in range(4)]
+    assert not any("fused" in n for n in notes[0] + notes[1]) and any("fused" in n for n in notes[2] + notes[3])
+    assert np.array_equal(np.asarray(engine.generate(base).images[0]), before)  # unfused: the base model exactly
