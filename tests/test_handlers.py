@@ -197,6 +197,9 @@ def test_the_status_line_says_how_the_turns_model_did(studio, session, settings)
     updates = list(handlers.send(studio, session, "a red circle", settings))
     assert updates[-1].status == f"**{settings.model}** ready (it made the last image)"
     assert runner.model_status("builtin", Cancelled()) is None  # a Stop says nothing about the model
+    assert runner.model_status("builtin", UserError("steps = 999"), settings_fault=True) is None  # nor bad settings
+    updates = list(handlers.send(studio, session, "a red circle --steps 999", settings))
+    assert "out of range" in session.history[-1]["content"] and updates[-1].status is None  # the model is still fine
 
 
 def test_the_page_follows_the_engine_config():

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from engine.engine import Cancelled
-from engine.request import Request, UserError
+from engine.request import Request, UserError, check_request
 from ui import history
 from ui.line import Busy, Line  # noqa: F401  (Line: ui.app builds the studio's line from here)
 from ui.marks import BUSY, NOTE, PROBLEM, STOPPED
@@ -158,15 +158,31 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
         show_result(session, result, studio.library)
     else:
         session.say("assistant", error_message(error))
-    yield Update(status=model_status(request.model, error))
+    yield Update(status=model_status(request.model, error, bad_settings(studio, request, error)))
 
 
-def model_status(model: str, error: BaseException | None) -> str | None:
+def bad_settings(studio: Studio, request: Request, error: BaseException | None) -> bool:
+    """Was `error` the engine refusing the request's settings (not its model)? Asked of the engine's own checks."""
+    if not isinstance(error, UserError):
+        return False
+    try:
+        source = studio.engine.resolve(request.model)
+    except UserError:
+        return False  # the model itself
+    try:
+        check_request(request, source.family, source.variant)
+    except UserError:
+        return True
+    return False
+
+
+def model_status(model: str, error: BaseException | None, settings_fault: bool = False) -> str | None:
     """The status line after a turn on `model`: ready, or that it failed (so the line never says another model is
-    ready while the picker shows this one); None after a Stop or a full line, which say nothing about the model."""
+    ready while the picker shows this one); None after a Stop, a full line or refused settings (`settings_fault`:
+    "--steps 999"), which say nothing about the model."""
     if error is None:
         return f"**{model}** ready (it made the last image)"
-    if isinstance(error, (Busy, Cancelled)):
+    if isinstance(error, (Busy, Cancelled)) or settings_fault:
         return None
     return f"{PROBLEM} **{model}** could not make the last message's image: the chat says why."
 
