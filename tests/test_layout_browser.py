@@ -50,6 +50,19 @@ def test_help_shows_the_lora_tag_literally(browser, app_url):  # noqa: F811
         context.close()
 
 
+def test_the_users_own_lora_tag_shows_in_their_message(browser, app_url):  # noqa: F811
+    context, page = open_chat(browser, app_url)
+    try:
+        page.fill("#prompt textarea", "a red circle <lora:nosuch:0.5>")
+        page.press("#prompt textarea", "Enter")
+        page.wait_for_function("document.querySelector('#chat').innerText.includes('nosuch')", timeout=20_000)
+        page.wait_for_function("document.querySelectorAll('#chat .message-row').length >= 2", timeout=20_000)
+        mine = page.locator("#chat .message-row.user-row").first.inner_text()
+        assert "<lora:nosuch:0.5>" in mine, mine  # the Markdown sanitiser used to drop it as an HTML tag
+    finally:
+        context.close()
+
+
 def test_no_share_button_off_spaces(browser, app_url):  # noqa: F811
     context, page = open_chat(browser, app_url)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -23,6 +24,12 @@ from ui.state import Session, Settings
 from ui.studio import Studio, model_family, panel_defaults
 
 log = logging.getLogger(__name__)
+ANGLE_TAG = re.compile(r"(?<!`)<[^<>`\n]{1,200}>(?!`)")  # <lora:pastel:0.8>: HTML to the chat's sanitiser
+
+
+def as_shown(text: str) -> str:
+    """The user's message as the chat shows it: `<...>` tags as code, or the Markdown sanitiser drops them."""
+    return ANGLE_TAG.sub(lambda m: f"`{m.group(0)}`", text)
 
 
 # ------------------------------------------------------------------------------------------------ messages
@@ -41,7 +48,7 @@ def send(studio: Studio, session: Session, text: str, settings: Settings, files:
                                      "then press Enter. Type /help for flags like `--seed 42 --ar 3:2`.")
             yield Update()
         return
-    session.say("user", text)
+    session.say("user", as_shown(text))
     try:
         asked = inline.parse_message(text)
         if asked.command == "help":
