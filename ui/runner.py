@@ -26,7 +26,6 @@ from ui.studio import Studio
 log = logging.getLogger(__name__)
 
 ENGINE_GROUP = "engine"  # the gradio concurrency group of every event that runs the engine (one GPU: one at a time)
-PREVIEWS_PER_RUN = 4
 REDRAW_S = 0.25  # the step counter is redrawn at most this often (a preview always is)
 LINE_POLL_S = 1.0  # how often a generation waiting in line yields (a Stop while waiting takes up to this long)
 WAIT_POLL_S = 0.25  # how often a waiting or running generation yields (so a close takes effect)
@@ -63,17 +62,22 @@ def stream(studio: Studio, request: Request, cancel: threading.Event, previews: 
     outcome: dict[str, Any] = {}
     worker = None
 
+    plan = None  # the run's previews (ui/previews.py), planned at its first step
+
     def progress(step: int, total: int, latents) -> None:
-        every = max(1, total // PREVIEWS_PER_RUN)
         preview = None
-        if previews and step < total and step % every == 0:
+        if previews and step < total and plan is not None and plan.due(step, total):
             try:
+                started = time.perf_counter()
                 preview = studio.engine.preview(request.model, latents)
+                plan.measured(time.perf_counter() - started)
             except Exception:  # a preview is a nicety; never fail the generation for it
                 log.debug("preview failed", exc_info=True)
         events.put((step, total, preview))
 
     def work() -> None:
+        nonlocal plan
+        plan = studio.previews.plan(request.model)
         try:
             outcome["result"] = generate(studio, request, progress=progress, cancel=cancel)
         except BaseException as e:  # handed to the caller's thread, which decides what the user sees

@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from engine.request import DEFAULTS, Request, UserError, valid_schedulers
 from ui.line import Line
 from ui.marks import PROBLEM
+from ui.previews import PreviewCosts
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class Studio:
     gpu: Callable[[Request], Any] | None = None  # ZeroGPU: request -> Result, run in a GPU worker (no live preview)
     line: Any = None  # ui.line.Line: the generations waiting for the engine (default: 16 may wait)
     library: Any = None  # store.library.Library: kept images and conversations (None: nothing is kept)
+    previews: PreviewCosts = field(default_factory=PreviewCosts)  # what a live preview costs, per model
 
     def __post_init__(self):
         if self.line is None:  # one generation at a time on the local engine, one per Ray Serve replica
