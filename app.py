@@ -160,6 +160,9 @@ def engine_config(args, serving: bool):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from engine import malloc
+
+    malloc.tune()  # two glibc arenas: a long-running server's memory stays flat (engine/malloc.py)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -33,7 +33,10 @@ class EngineReplica:
     def __init__(self, config: EngineConfig, model: str, threads: int):
         import torch
 
+        from engine import malloc
         from engine.engine import Engine
+
+        malloc.tune()  # a replica lives as long as the server: the same flat memory (engine/malloc.py)
 
         torch.set_num_threads(threads)
         self.engine = Engine(config)
