@@ -19,7 +19,7 @@ from . import edit
 from .config import EngineConfig
 from .request import Request, UserError, check_request, defaults_for
 from .result import Cancelled, Result, broken_note, to_pil
-from .sources import loading
+from .sources import loading, pinned
 from .sources.hub import Hub
 from .sources.resolve import Resolver, Source
 
@@ -99,6 +99,7 @@ class Engine:
                 return
         pipe.to(self.device)
         self._optimize(loaded)
+        pinned.pin(pipe)  # every part is on self.device: no module walk at each call (engine/sources/pinned.py)
 
     def _optimize(self, loaded: loading.LoadedModel) -> None:
         """Speed settings that keep outputs (channels_last) or change them only within float rounding (compile)."""

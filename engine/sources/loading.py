@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from ..request import SCHEDULERS, UserError
 from .hub import Hub
+from .pinned import pin
 from .resolve import Source
 
 log = logging.getLogger(__name__)
@@ -153,12 +154,17 @@ class LoadedModel:
         if controlnet is None:
             key = (kind,)
             if key not in self.variants:
-                self.variants[key] = getattr(diffusers, name).from_pipe(self.pipe)
-                self.variants[key].set_progress_bar_config(disable=True)
+                self.variants[key] = self._derive(getattr(diffusers, name))
             return self.variants[key]
         # ControlNet variants are cheap to make (no weights copied) and change with the units
-        pipe = getattr(diffusers, name).from_pipe(self.pipe, controlnet=controlnet)
+        return self._derive(getattr(diffusers, name), controlnet=controlnet)
+
+    def _derive(self, cls, **parts):
+        """A pipeline of class `cls` on this model's loaded components (plus `parts`), on their device."""
+        pipe = cls.from_pipe(self.pipe, **parts)
         pipe.set_progress_bar_config(disable=True)
+        if not self.offload:
+            pin(pipe)
         return pipe
 
 
