@@ -218,6 +218,25 @@ def test_slider_limits_follow_the_model_family(browser, studio_url, tiny_model):
         context.close()
 
 
+def test_the_aspect_box_names_the_current_sizes_aspect(browser, studio_url):  # noqa: F811
+    context, page = open_at(browser, studio_url, 1440, 1000)
+    aspect = "document.querySelector('#aspect input').value"
+    try:
+        assert page.evaluate(aspect) == "1:1"  # 64x64: it was blank until a preset was picked
+        page.click("#aspect input")
+        page.get_by_role("option", name="16:9", exact=True).click()
+        page.wait_for_function("document.querySelector('#width input[type=number]').value === '88'", timeout=10_000)
+        assert page.locator("#height input[type=number]").input_value() == "48"
+        page.fill("#width input[type=number]", "200")
+        page.press("#width input[type=number]", "Enter")
+        page.wait_for_function(f"{aspect} === 'custom'", timeout=10_000)  # 200x48 is no preset
+        page.fill("#height input[type=number]", "200")
+        page.press("#height input[type=number]", "Enter")
+        page.wait_for_function(f"{aspect} === '1:1'", timeout=10_000)
+    finally:
+        context.close()
+
+
 def test_a_failed_model_switch_is_what_the_status_line_says(browser, studio_url):  # noqa: F811
     context, page = open_at(browser, studio_url, 1440, 1000)
     try:

@@ -21,6 +21,8 @@ RATIO_RE = re.compile(r"(\d+(?:\.\d+)?)\s*[:/x]\s*(\d+(?:\.\d+)?)")
 SIZE_RE = re.compile(r"(\d+)(?:\s*[x×*]\s*(\d+))?")
 DEFAULT_REFINE = 0.5
 MAX_RATIO = 4.0
+ASPECTS = ["1:1", "3:2", "2:3", "4:3", "3:4", "16:9", "9:16"]  # the panel's presets
+CUSTOM = "custom"  # the Aspect box for a width and height that match no preset
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,11 @@ from engine.request import (
     LoraSpec,
 )
 from ui.checked_image import checked_image
+from ui.inline import ASPECTS, CUSTOM
+from ui.panel_handlers import aspect_label
 from ui.state import RANDOM_SEED, Settings
 
 MAX_PLUGIN_ROWS = 8
-ASPECTS = ["1:1", "3:2", "2:3", "4:3", "3:4", "16:9", "9:16"]
 ASPECT_LABEL = "Aspect"  # at the model's native size
 LORA_WEIGHT = (-4.0, 4.0)  # the weights plugins/README.md documents
 
@@ -81,7 +82,8 @@ class Panel:
             self.height = gr.Slider(**size, value=settings.height or defaults["height"], label="Height",
                                     elem_id="height")
         with gr.Row():
-            self.aspect = gr.Dropdown(ASPECTS, value=None, label=ASPECT_LABEL, min_width=110, scale=1,
+            shown = aspect_label(settings.width or defaults["width"], settings.height or defaults["height"])
+            self.aspect = gr.Dropdown(ASPECTS + [CUSTOM], value=shown, label=ASPECT_LABEL, min_width=110, scale=1,
                                       elem_id="aspect")
             self.count = gr.Slider(1, MAX_COUNT, step=1, value=settings.count, label="Images", min_width=140,
                                    scale=2, elem_id="count")

@@ -10,6 +10,7 @@ import gradio as gr
 
 from engine.request import UserError
 from ui import handlers, panel_handlers
+from ui.inline import ASPECTS
 from ui.layout import Page
 from ui.marks import PROBLEM
 from ui.panel import Panel
@@ -52,6 +53,8 @@ def wire_panel(demo: gr.Blocks, page: Page, studio: Studio, status: ModelStatus 
         trigger(on_other_model, {panel.other_model}, model_out + [panel.model], **PRIVATE)
 
     def on_aspect(values: dict):
+        if values[panel.aspect] not in ASPECTS:  # "custom": the size stays as it is
+            return {}
         try:
             width, height = panel_handlers.aspect_size(studio, values[panel.model], values[panel.aspect])
         except UserError as e:
@@ -59,6 +62,8 @@ def wire_panel(demo: gr.Blocks, page: Page, studio: Studio, status: ModelStatus 
         return {panel.width: width, panel.height: height}
 
     panel.aspect.input(on_aspect, {panel.model, panel.aspect}, [panel.width, panel.height, status_md], **PRIVATE)
+    for side in (panel.width, panel.height):  # the box names the current size's aspect, "custom" if none
+        side.change(panel_handlers.aspect_label, [panel.width, panel.height], panel.aspect, **PRIVATE)
     panel.random_seed.click(lambda: RANDOM_SEED, None, panel.seed, **PRIVATE)
 
     def on_last_seed(session):

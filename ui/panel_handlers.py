@@ -6,10 +6,11 @@ A model switch answers with a `ModelView` (the family's defaults, the plugin row
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from engine.request import UserError
-from ui.inline import parse_ratio, size_for_ratio
+from ui.inline import ASPECTS, CUSTOM, parse_ratio, size_for_ratio
 from ui.marks import PROBLEM
 from ui.state import Settings
 from ui.studio import Studio, panel_defaults, plugin_rows
@@ -53,6 +54,19 @@ def aspect_size(studio: Studio, model: str, aspect: str) -> tuple[int, int]:
     """Width and height for an aspect preset at the model's native size; UserError when the model can't be used."""
     d = panel_defaults(studio, model)
     return size_for_ratio(parse_ratio(aspect), d["width"], d["multiple"])
+
+
+def aspect_label(width, height) -> str:
+    """The aspect preset nearest to width x height (within 5.5% of its ratio: half the gap between the closest
+    two presets), else CUSTOM; what the Aspect box shows for the current size."""
+    try:
+        ratio = float(width) / float(height)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return CUSTOM
+    if not math.isfinite(ratio) or ratio <= 0:
+        return CUSTOM
+    gap, best = min((abs(math.log(ratio * h / w)), label) for label in ASPECTS for w, h in [parse_ratio(label)])
+    return best if gap <= 0.055 else CUSTOM
 
 
 def page_load(studio: Studio, saved: dict | None) -> tuple[Settings | None, ModelView]:
