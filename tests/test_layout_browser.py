@@ -36,6 +36,28 @@ def test_restore_box_takes_a_studio_png_and_answers_a_bad_file(browser, app_url,
         context.close()
 
 
+def test_a_png_dropped_into_the_message_box_restores_its_settings(browser, app_url, tmp_path):  # noqa: F811
+    context, page = open_chat(browser, app_url)
+    try:
+        send(page, "a blue circle --seed 6 --steps 3", 1)
+        png = tmp_path / "made-here.png"
+        png.write_bytes(page.request.get(page.locator(IMAGE.format(1)).get_attribute("src")).body())
+        page.locator("#prompt input[type=file]").set_input_files(str(png))
+        page.wait_for_timeout(500)
+        page.press("#prompt textarea", "Enter")
+        page.wait_for_function("document.querySelector('#chat').innerText.includes('Restored from')",
+                               timeout=20_000)
+        # the panel shows the PNG's settings (a quick event after the turn) and the box its prompt
+        page.wait_for_function("document.querySelector('#steps input[type=number]').value == '3'", timeout=10_000)
+        assert page.locator("#seed input").input_value() == "6"
+        page.wait_for_function("document.querySelector('#prompt textarea').value == 'a blue circle'",
+                               timeout=10_000)
+        send(page, "a red square", 2)  # a plain message after it: the panel keeps the restored steps
+        assert page.locator("#steps input[type=number]").input_value() == "3"
+    finally:
+        context.close()
+
+
 def test_help_shows_the_lora_tag_literally(browser, app_url):  # noqa: F811
     context, page = open_chat(browser, app_url)
     try:

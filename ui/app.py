@@ -10,6 +10,7 @@ traceback. Serving (launch, --auth, warnings) is ui/serve.py.
 from __future__ import annotations
 
 import logging
+import time
 
 import gradio as gr
 
@@ -86,7 +87,8 @@ def wire_chat(page: Page, studio: Studio) -> None:
     # A streaming event redraws only the chat: gradio rebuilds every output a yield leaves out (a component and
     # its JSON schema each), so the panel's ~35 outputs in the stream cost more than the sampling. A turn's new
     # settings or prompt (a PNG dropped into the chat) wait in `pending` for the quick `apply_pending` after it.
-    stream_out = [page.chatbot, page.state, page.gallery, page.selected_md, page.status_md, page.box]
+    stream_out = [page.chatbot, page.state, page.gallery, page.selected_md, page.status_md, page.box,
+                  page.pending_tick]
     stream_in = inputs | {page.status_md}
     pending: dict[int, Update] = {}  # id(session) -> the turn's last Update with settings or a prompt
 
@@ -105,19 +107,25 @@ def wire_chat(page: Page, studio: Studio) -> None:
                 del out[page.state]
                 return {**out, page.status_md: line}
 
-            # the message box's own Stop button (the page's one Stop) shows while this runs, and only then
-            yield {**chat(), page.state: session, page.box: gr.MultimodalTextbox(value=None, submit_btn=False,
-                                                                                 stop_btn=True)}
+            # the message box's own Stop button (the page's one Stop) shows while this runs, and only then; it
+            # comes with the turn's first redraw (the user's message), not a yield of its own: each costs a pass
+            # over the whole chat
+            first = {page.state: session, page.box: gr.MultimodalTextbox(value=None, submit_btn=False,
+                                                                         stop_btn=True)}
             try:
                 for update in work(studio, session, values):
                     if update.settings is not None or update.prompt is not None:
                         pending[id(session)] = update
                     line = update.status or line
-                    yield chat()
+                    yield {**chat(), **first}
+                    first = {}
             except Exception as e:
                 session.say("assistant", runner.error_message(e))
             # Send again, Stop hidden: in this event's last yield (a .then could land after the next message's Stop)
-            yield {**chat(), page.box: gr.MultimodalTextbox(submit_btn=True, stop_btn=False)}
+            done = {page.box: gr.MultimodalTextbox(submit_btn=True, stop_btn=False)}
+            if id(session) in pending:  # settings or a prompt to show: the quick panel event runs on this tick
+                done[page.pending_tick] = time.monotonic_ns()
+            yield {**chat(), **{k: v for k, v in first.items() if k is not page.box}, **done}
             history.persist(studio.library, session)  # the conversation outlasts the page (ui/history.py)
         return event
 
@@ -143,8 +151,11 @@ def wire_chat(page: Page, studio: Studio) -> None:
     for trigger, work in ((page.box.submit, send),
                           (page.reroll.click, lambda st, s, v: handlers.reroll(st, s, settings_of(v))),
                           (page.vary.click, lambda st, s, v: handlers.vary(st, s, settings_of(v)))):
-        trigger(streamed(work), stream_in, stream_out, **engine_event).then(
-            apply_pending, inputs, panel_out, queue=False, api_visibility="private", show_progress="hidden")
+        trigger(streamed(work), stream_in, stream_out, **engine_event)
+    # only when a turn left settings to show (a dropped PNG): an event run after every turn would cost gradio a
+    # rebuild of its ~45 outputs (gr.skip() included), ~60 ms a message
+    page.pending_tick.change(apply_pending, inputs, panel_out, queue=False, api_visibility="private",
+                             show_progress="hidden")
     def typed(values: dict) -> str:
         return (values[page.box] or {}).get("text", "") if isinstance(values[page.box], dict) else ""
 

@@ -51,6 +51,7 @@ class Page:
     zoom_out: gr.Button
     pans: dict  # side -> gr.Button
     upscale: gr.Button
+    pending_tick: gr.State  # changed when a turn leaves settings for the panel (a dropped PNG): shows them
 
 
 CHAT_HEIGHT = "calc(100vh - 576px)"  # at 1440x1000 the page fits the screen (page.css: taller on a phone)
@@ -75,6 +76,7 @@ def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, s
     state = gr.State(None, delete_callback=close_session, time_to_live=session_ttl)
     saved = gr.BrowserState(None, storage_key="studio-settings")
     ids = gr.BrowserState(None, storage_key="studio-history", secret=keeps or None)
+    pending_tick = gr.State(0)
     with gr.Row(equal_height=True, elem_id="header"):
         gr.Markdown(f"## {TITLE}", elem_id="title")
         status_md = gr.Markdown(status_text, elem_id="status")
@@ -137,4 +139,4 @@ def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, s
                 reroll=reroll, vary=vary, reuse=reuse, control=control, refine=refine, strength=strength,
                 gallery=gallery, panel=panel, ids=ids, tabs=tabs, new_chat=new_chat, conversations=conversations,
                 delete_chat=delete_chat, library=library, edit_box=edit_box, editor=editor, paint=paint,
-                inpaint=inpaint, zoom_out=zoom_out, pans=pans, upscale=upscale)
+                inpaint=inpaint, zoom_out=zoom_out, pans=pans, upscale=upscale, pending_tick=pending_tick)

@@ -120,7 +120,7 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
     pending = session.say("assistant", "Starting…")
     started = time.perf_counter()
     previews: list[Path] = []
-    result, error, redrawn = None, None, 0.0
+    result, error, redrawn, yielded = None, None, 0.0, 0.0
     steps = stream(studio, request, session.cancel)
     try:
         while True:
@@ -132,16 +132,22 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
             if what == "waiting":
                 text = f"Waiting for the engine: {step} ahead of you · Stop (■ in the message box) leaves the line"
             elif step < 0:
-                yield Update(quiet=True)
+                if time.perf_counter() - yielded >= WAIT_POLL_S:
+                    yielded = time.perf_counter()
+                    yield Update(quiet=True)
                 continue
             else:
                 text = (f"Step {step}/{total} · {time.perf_counter() - started:.1f}s · Stop (■ in the message box) "
                         "cancels")
             same = session.history[pending:] == [{"role": "assistant", "content": text}]
             if preview is None and (same or (what == "step" and time.perf_counter() - redrawn < REDRAW_S)):
-                yield Update(quiet=True)  # every redraw re-sends the whole history: at most a few a second
+                # every yield costs gradio a pass over the whole history and gallery (30-40 ms with a few dozen
+                # images, beside the sampling): a quiet one, only so that a close takes effect, a few a second
+                if time.perf_counter() - yielded >= WAIT_POLL_S:
+                    yielded = time.perf_counter()
+                    yield Update(quiet=True)
                 continue
-            redrawn = time.perf_counter()
+            redrawn = yielded = time.perf_counter()
             if preview is not None:
                 path = session.workdir / f"preview-{len(previews)}.jpg"
                 preview.save(path, quality=85)
