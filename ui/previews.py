@@ -23,6 +23,7 @@ class PreviewCosts:
     """The last measured preview decode, in seconds, per model; shared by every session of the studio."""
 
     seconds: dict[str, float] = field(default_factory=dict)
+    step_s: dict[str, float] = field(default_factory=dict)  # the last run's time per sampling step, per model
 
     def plan(self, model: str) -> Plan:
         """A plan for one run of `model` whose sampling starts now."""
@@ -37,10 +38,16 @@ class Plan:
     model: str
     started: float = field(default_factory=time.perf_counter)
     steps: frozenset[int] | None = None  # decided at the first step
+    first: tuple[int, float] | None = None  # (step, time) of the first step seen
 
     def due(self, step: int, total: int) -> bool:
+        now = time.perf_counter()
         if self.steps is None:
-            self.steps = self.decide(step, total, (time.perf_counter() - self.started) / max(1, step))
+            # the first step's time includes encoding the prompt: the last run's steps tell better when known
+            per_step = self.costs.step_s.get(self.model, (now - self.started) / max(1, step))
+            self.steps, self.first = self.decide(step, total, per_step), (step, now)
+        elif step > self.first[0]:
+            self.costs.step_s[self.model] = (now - self.first[1]) / (step - self.first[0])
         return step in self.steps
 
     def decide(self, first: int, total: int, per_step: float) -> frozenset[int]:
