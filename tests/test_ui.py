@@ -13,6 +13,7 @@ from tests.ui_fixtures import *  # noqa: F403  (the UI tests' fixtures: studio, 
 from tests.ui_fixtures import a1111_png
 from ui import api, handlers, inline
 from ui.marks import PROBLEM
+from ui.previews import MIN_RUN_S
 from ui.state import Session, Settings
 from ui.studio import model_family
 
@@ -185,6 +186,7 @@ def test_control_unit_without_image_is_explained(studio, session, settings):
 
 def test_progress_preview_and_stop(studio, session, settings):
     many = dataclasses.replace(settings, steps=40)
+    studio.previews.min_run_s = 0.0  # the tiny model's 40 steps count as a run long enough for previews
     session.history.clear()
     seen_preview = False
     for _ in handlers.send(studio, session, "a red circle", many):
@@ -192,6 +194,7 @@ def test_progress_preview_and_stop(studio, session, settings):
                             for m in session.history)
         if seen_preview:
             handlers.stop(session)
+    studio.previews.min_run_s = MIN_RUN_S
     assert seen_preview
     assert "Stopped" in session.history[-1]["content"] and session.shots == []
     say(studio, session, "a red circle", settings)  # a stop leaves the session usable

@@ -125,8 +125,8 @@ def wire_chat(page: Page, studio: Studio) -> None:
             done = {page.box: gr.MultimodalTextbox(submit_btn=True, stop_btn=False)}
             if id(session) in pending:  # settings or a prompt to show: the quick panel event runs on this tick
                 done[page.pending_tick] = time.monotonic_ns()
-            yield {**chat(), **{k: v for k, v in first.items() if k is not page.box}, **done}
-            history.persist(studio.library, session)  # the conversation outlasts the page (ui/history.py)
+            history.persist(studio.library, session, soon=True)  # the conversation outlasts the page
+            yield {**chat(), **{k: v for k, v in first.items() if k is not page.box}, **done}  # the event's end
         return event
 
     def apply_pending(values: dict):
@@ -151,7 +151,10 @@ def wire_chat(page: Page, studio: Studio) -> None:
     for trigger, work in ((page.box.submit, send),
                           (page.reroll.click, lambda st, s, v: handlers.reroll(st, s, settings_of(v))),
                           (page.vary.click, lambda st, s, v: handlers.vary(st, s, settings_of(v)))):
-        trigger(streamed(work), stream_in, stream_out, **engine_event)
+        # Enter while this tab's turn is still ending is kept and sent when it ends (gradio's default, "once",
+        # dropped it: the text stayed in the box until Enter was pressed again)
+        mode = {"trigger_mode": "always_last"} if trigger == page.box.submit else {}
+        trigger(streamed(work), stream_in, stream_out, **engine_event, **mode)
     # only when a turn left settings to show (a dropped PNG): an event run after every turn would cost gradio a
     # rebuild of its ~45 outputs (gr.skip() included), ~60 ms a message
     page.pending_tick.change(apply_pending, inputs, panel_out, queue=False, api_visibility="private",

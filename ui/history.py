@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from engine.request import Request
@@ -19,6 +20,7 @@ from store.outputs import DiskError
 from ui.state import Session, Shot
 
 log = logging.getLogger(__name__)
+_WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="studio-persist")  # one: writes stay in order
 
 
 def keep(library: Library | None, session: Session, result, i: int, shown: Path, init_image=None) -> str | None:
@@ -112,16 +114,28 @@ def title_of(session: Session) -> str:
     return "New chat"
 
 
-def persist(library: Library | None, session: Session) -> None:
-    """Store the session under its browser and conversation ids (nothing when either is unknown or not kept)."""
+def persist(library: Library | None, session: Session, soon: bool = False) -> None:
+    """Store the session under its browser and conversation ids (nothing when either is unknown or not kept).
+
+    `soon`: write it in the background writer, in order (the chat's turns: until its event ends, gradio ignores
+    the tab's next Enter, so a turn ends with its last redraw, not after the database write). The snapshot is
+    taken here, so later turns cannot change what is written."""
     if library is None or not library.enabled or not session.browser or not session.history:
         return
     if not session.conversation:
         session.conversation = new_id()
+    args = (library, session.browser, session.conversation, snapshot(session), title_of(session))
+    if soon:
+        _WRITER.submit(_save, *args)
+    else:
+        _save(*args)
+
+
+def _save(library: Library, browser: str, conversation: str, state: dict, title: str) -> None:
     try:
-        library.save_conversation(session.browser, session.conversation, snapshot(session), title_of(session))
+        library.save_conversation(browser, conversation, state, title)
     except Exception:  # the chat goes on; the next event tries again
-        log.exception("could not store conversation %s", session.conversation)
+        log.exception("could not store conversation %s", conversation)
 
 
 def ids_of(saved) -> tuple[str, str]:

@@ -26,7 +26,8 @@ from ui.studio import Studio
 log = logging.getLogger(__name__)
 
 ENGINE_GROUP = "engine"  # the gradio concurrency group of every event that runs the engine (one GPU: one at a time)
-REDRAW_S = 0.25  # the step counter is redrawn at most this often (a preview always is)
+REDRAW_S = 0.5  # then at most this often (a preview always is): each redraw is a pass of gradio and the browser
+FIRST_REDRAW_S = 1.0  # and not before the run is this old: a faster reply goes from "Starting…" to its image
 LINE_POLL_S = 1.0  # how often a generation waiting in line yields (a Stop while waiting takes up to this long)
 WAIT_POLL_S = 0.25  # how often a waiting or running generation yields (so a close takes effect)
 
@@ -140,7 +141,8 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
                 text = (f"Step {step}/{total} · {time.perf_counter() - started:.1f}s · Stop (■ in the message box) "
                         "cancels")
             same = session.history[pending:] == [{"role": "assistant", "content": text}]
-            if preview is None and (same or (what == "step" and time.perf_counter() - redrawn < REDRAW_S)):
+            early = what == "step" and time.perf_counter() - started < FIRST_REDRAW_S
+            if preview is None and (same or early or (what == "step" and time.perf_counter() - redrawn < REDRAW_S)):
                 # every yield costs gradio a pass over the whole history and gallery (30-40 ms with a few dozen
                 # images, beside the sampling): a quiet one, only so that a close takes effect, a few a second
                 if time.perf_counter() - yielded >= WAIT_POLL_S:
