@@ -58,6 +58,20 @@ def test_a_png_dropped_into_the_message_box_restores_its_settings(browser, app_u
         context.close()
 
 
+def test_enter_while_a_turn_runs_sends_the_message_when_it_ends(browser, app_url):  # noqa: F811
+    context, page = open_chat(browser, app_url)
+    try:
+        page.fill("#prompt textarea", "a red circle --steps 100")
+        page.press("#prompt textarea", "Enter")
+        page.wait_for_function("document.querySelector('#prompt textarea').value === ''", timeout=10_000)
+        page.fill("#prompt textarea", "a blue square")
+        page.press("#prompt textarea", "Enter")  # once, while the first turn runs (gradio used to drop it)
+        page.wait_for_selector(IMAGE.format(2), timeout=60_000)
+        assert page.locator("#chat .message-row.user-row").nth(1).inner_text().strip() == "a blue square"
+    finally:
+        context.close()
+
+
 def test_help_shows_the_lora_tag_literally(browser, app_url):  # noqa: F811
     context, page = open_chat(browser, app_url)
     try:
