@@ -136,8 +136,9 @@ def header(title: str, args, extra: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def report(section: str, args, echo: bool = True) -> None:
-    """Print the Markdown section (unless already printed part by part); append it to RESULTS.md unless --no-write."""
+def report(section: str, args, echo: bool = True, latest: str | None = None) -> None:
+    """Print the Markdown section (unless already printed part by part); append it to RESULTS.md unless --no-write,
+    and then also write it alone to benchmarks/`latest` (the file the model card is made from) when given."""
     if echo:
         print("\n" + section, flush=True)
     if args.no_write:
@@ -146,6 +147,8 @@ def report(section: str, args, echo: bool = True) -> None:
     with RESULTS.open("a", encoding="utf-8") as f:
         f.write("\n" + section.rstrip() + "\n")
     print(f"appended to {RESULTS.relative_to(ROOT)}")
+    if latest:
+        (ROOT / "benchmarks" / latest).write_text(section)
 
 
 def run_sections(title: str, args, sections: list[tuple[str, Callable[[], str]]]) -> None:

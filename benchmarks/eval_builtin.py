@@ -135,9 +135,7 @@ def main_sizes(args, engine, sizes: list[tuple[int, int]]) -> int:
                + f"Same prompts and seeds at every size. Scorer on ground-truth renders at these sizes: worst "
                f"attribute {100 * worst:.0f}%. `one object`: exactly one region of the object's colour; `objects`: "
                f"the mean count of such regions.\n\n{sizes_table(results)}\n")
-    common.report(section, args)
-    if not args.no_write:
-        (ROOT / "benchmarks" / "builtin_sizes_latest.md").write_text(section)
+    common.report(section, args, latest="builtin_sizes_latest.md")
     return 0
 
 
@@ -239,9 +237,7 @@ def main() -> int:
                f"{table(rows)}\n\n"
                f"Latency, one image at default settings, warm (median of 15): **{lat1:.3f} s** on 1 thread, "
                f"{lat2:.3f} s on 2 threads (goal <= 0.5 s).\n")
-    common.report(section, args)  # prints it; appends to RESULTS.md unless --no-write
-    if not args.no_write:
-        (ROOT / "benchmarks" / "builtin_eval_latest.md").write_text(section)
+    common.report(section, args, latest="builtin_eval_latest.md")
     return 0
 
 

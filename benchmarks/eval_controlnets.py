@@ -119,9 +119,7 @@ def main() -> int:
             rows[(kind, w, h)] = evaluate_kind(engine, kind, args.n, w, h)
             print(kind, f"{w}x{h}", {k: round(v, 3) for k, v in rows[(kind, w, h)].items()}, flush=True)
     text = section(rows, args.n, common.commit())
-    common.report(text, args)  # prints it; appends to RESULTS.md unless --no-write
-    if not args.no_write:
-        (ROOT / "benchmarks" / "controlnet_eval_latest.md").write_text(text)
+    common.report(text, args, latest="controlnet_eval_latest.md")
     return 0
 
 

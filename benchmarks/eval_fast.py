@@ -102,7 +102,5 @@ def main_fast(args) -> int:
                f"Speed, one 64x64 image through Engine.generate, warm, alternately (median of 15): full model "
                f"**{speed['full']:.3f} s**, fast **{speed['fast']:.3f} s** ({ratio:.1f}x faster); goal <= 0.12 s: "
                f"{common.verdict(speed['fast'], 0.12)}.\n")
-    common.report(section, args)
-    if not args.no_write:
-        (ROOT / "benchmarks" / "fast_eval_latest.md").write_text(section)
+    common.report(section, args, latest="fast_eval_latest.md")
     return 0

@@ -13,6 +13,12 @@ import pytest
 from tests.test_browser import IMAGE, app_url, browser, free_port, open_chat, send  # noqa: F401  (fixtures)
 
 
+def enter(page, text: str) -> None:
+    """Type `text` into the message box and press Enter once."""
+    page.fill("#prompt textarea", text)
+    page.press("#prompt textarea", "Enter")
+
+
 def test_restore_box_takes_a_studio_png_and_answers_a_bad_file(browser, app_url, tmp_path):  # noqa: F811
     context, page = open_chat(browser, app_url)
     try:
@@ -61,11 +67,9 @@ def test_a_png_dropped_into_the_message_box_restores_its_settings(browser, app_u
 def test_enter_while_a_turn_runs_sends_the_message_when_it_ends(browser, app_url):  # noqa: F811
     context, page = open_chat(browser, app_url)
     try:
-        page.fill("#prompt textarea", "a red circle --steps 100")
-        page.press("#prompt textarea", "Enter")
+        enter(page, "a red circle --steps 100")
         page.wait_for_function("document.querySelector('#prompt textarea').value === ''", timeout=10_000)
-        page.fill("#prompt textarea", "a blue square")
-        page.press("#prompt textarea", "Enter")  # once, while the first turn runs (gradio used to drop it)
+        enter(page, "a blue square")  # once, while the first turn runs (gradio used to drop it)
         page.wait_for_selector(IMAGE.format(2), timeout=60_000)
         assert page.locator("#chat .message-row.user-row").nth(1).inner_text().strip() == "a blue square"
     finally:
@@ -75,8 +79,7 @@ def test_enter_while_a_turn_runs_sends_the_message_when_it_ends(browser, app_url
 def test_help_shows_the_lora_tag_literally(browser, app_url):  # noqa: F811
     context, page = open_chat(browser, app_url)
     try:
-        page.fill("#prompt textarea", "/help")
-        page.press("#prompt textarea", "Enter")
+        enter(page, "/help")
         page.wait_for_function("document.querySelector('#chat').innerText.includes('How to use the studio')",
                                timeout=20_000)
         chat = page.locator("#chat")
@@ -89,8 +92,7 @@ def test_help_shows_the_lora_tag_literally(browser, app_url):  # noqa: F811
 def test_the_users_own_lora_tag_shows_in_their_message(browser, app_url):  # noqa: F811
     context, page = open_chat(browser, app_url)
     try:
-        page.fill("#prompt textarea", "a red circle <lora:nosuch:0.5>")
-        page.press("#prompt textarea", "Enter")
+        enter(page, "a red circle <lora:nosuch:0.5>")
         page.wait_for_function("document.querySelector('#chat').innerText.includes('nosuch')", timeout=20_000)
         page.wait_for_function("document.querySelectorAll('#chat .message-row').length >= 2", timeout=20_000)
         mine = page.locator("#chat .message-row.user-row").first.inner_text()
@@ -161,12 +163,10 @@ def test_the_page_fits_one_screen_with_one_stop_and_no_emoji(browser, studio_url
         assert page.locator("#stop").count() == 0  # the message box's Stop is the only one, hidden while idle
         assert page.locator("#prompt button.stop-button:visible").count() == 0
         send(page, "a big red circle on a blue background", 1)
-        page.fill("#prompt textarea", "/help")
-        page.press("#prompt textarea", "Enter")
+        enter(page, "/help")
         page.wait_for_function("document.querySelector('#chat').innerText.includes('How to use')", timeout=20_000)
         assert page.evaluate("document.documentElement.scrollHeight") <= 1000  # every accordion closed
-        page.fill("#prompt textarea", "a slow red circle --steps 200 --n 8")
-        page.press("#prompt textarea", "Enter")
+        enter(page, "a slow red circle --steps 200 --n 8")
         page.wait_for_function("document.querySelector('#chat').innerText.includes('Step ')", timeout=60_000)
         assert page.locator("#prompt button.stop-button:visible").count() == 1  # active during a generation
         assert page.locator("#prompt button.submit-button:visible").count() == 0
@@ -280,8 +280,7 @@ def test_a_failed_model_switch_is_what_the_status_line_says(browser, studio_url)
         page.get_by_role("option", name=re.compile("stable-diffusion-xl")).click()
         page.wait_for_function("document.querySelector('#status').innerText.includes('stable-diffusion-xl')",
                                timeout=10_000)
-        page.fill("#prompt textarea", "a red circle")
-        page.press("#prompt textarea", "Enter")
+        enter(page, "a red circle")
         page.wait_for_function("document.querySelector('#chat').innerText.includes('local Hugging Face cache')",
                                timeout=30_000)
         page.wait_for_timeout(500)
@@ -353,8 +352,7 @@ def test_the_chat_follows_new_replies_unless_the_user_reads_older_ones(browser, 
         log_box, image = page.locator("#chat [role=log]").bounding_box(), page.locator(IMAGE.format(4)).bounding_box()
         assert log_box["y"] <= image["y"] and image["y"] + image["height"] <= log_box["y"] + log_box["height"]
 
-        page.fill("#prompt textarea", "a slow green circle --steps 200 --n 2")
-        page.press("#prompt textarea", "Enter")
+        enter(page, "a slow green circle --steps 200 --n 2")
         page.wait_for_function("document.querySelector('#chat').innerText.includes('Step ')", timeout=60_000)
         page.evaluate(f"{LOG}.scrollTop = 0")  # reading older replies while it runs
         page.wait_for_selector(IMAGE.format(6), timeout=120_000)

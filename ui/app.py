@@ -126,7 +126,9 @@ def wire_chat(page: Page, studio: Studio) -> None:
             if id(session) in pending:  # settings or a prompt to show: the quick panel event runs on this tick
                 done[page.pending_tick] = time.monotonic_ns()
             history.persist(studio.library, session, soon=True)  # the conversation outlasts the page
-            yield {**chat(), **{k: v for k, v in first.items() if k is not page.box}, **done}  # the event's end
+            if first:  # no redraw yet: the session goes into its gr.State with this last one
+                done[page.state] = session
+            yield {**chat(), **done}  # the event's end
         return event
 
     def apply_pending(values: dict):

@@ -130,26 +130,24 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
             except StopIteration as done:
                 result = done.value
                 break
+            now = time.perf_counter()
             if what == "waiting":
                 text = f"Waiting for the engine: {step} ahead of you · Stop (■ in the message box) leaves the line"
-            elif step < 0:
-                if time.perf_counter() - yielded >= WAIT_POLL_S:
-                    yielded = time.perf_counter()
+            elif step >= 0:
+                text = f"Step {step}/{total} · {now - started:.1f}s · Stop (■ in the message box) cancels"
+            else:  # loading, decoding: nothing new to show
+                text = None
+            # every yield costs gradio a pass over the whole history and gallery (30-40 ms with a few dozen images,
+            # beside the sampling): the step counter once a run is FIRST_REDRAW_S old, then every REDRAW_S; else
+            # a quiet yield every WAIT_POLL_S, only so that a close (Stop, cancel, client gone) takes effect
+            counter_waits = what == "step" and (now - started < FIRST_REDRAW_S or now - redrawn < REDRAW_S)
+            if text is None or (preview is None and (
+                    counter_waits or session.history[pending:] == [{"role": "assistant", "content": text}])):
+                if now - yielded >= WAIT_POLL_S:
+                    yielded = now
                     yield Update(quiet=True)
                 continue
-            else:
-                text = (f"Step {step}/{total} · {time.perf_counter() - started:.1f}s · Stop (■ in the message box) "
-                        "cancels")
-            same = session.history[pending:] == [{"role": "assistant", "content": text}]
-            early = what == "step" and time.perf_counter() - started < FIRST_REDRAW_S
-            if preview is None and (same or early or (what == "step" and time.perf_counter() - redrawn < REDRAW_S)):
-                # every yield costs gradio a pass over the whole history and gallery (30-40 ms with a few dozen
-                # images, beside the sampling): a quiet one, only so that a close takes effect, a few a second
-                if time.perf_counter() - yielded >= WAIT_POLL_S:
-                    yielded = time.perf_counter()
-                    yield Update(quiet=True)
-                continue
-            redrawn = yielded = time.perf_counter()
+            redrawn = yielded = now
             if preview is not None:
                 path = session.workdir / f"preview-{len(previews)}.jpg"
                 preview.save(path, quality=85)
