@@ -365,3 +365,27 @@ def test_the_chat_follows_new_replies_unless_the_user_reads_older_ones(browser, 
         assert chat_scroll(page)["bottom"] < 60 and not jump.is_visible()
     finally:
         context.close()
+
+
+def test_a_reply_lays_the_page_out_a_few_times_not_at_every_change(browser, app_url):  # noqa: F811
+    """The chat's follow script looks at the scroll position (which makes the browser lay the page out) once a
+    frame at most; it used to look at each of a redraw's many changes: ~2x the layouts, ~50 ms of CPU a reply."""
+    import statistics
+
+    context, page = open_chat(browser, app_url)
+    try:
+        cdp = context.new_cdp_session(page)
+        cdp.send("Performance.enable")
+
+        def layouts() -> float:
+            return next(m["value"] for m in cdp.send("Performance.getMetrics")["metrics"] if m["name"] == "LayoutCount")
+
+        counts = []
+        for n in range(1, 7):
+            before = layouts()
+            send(page, f"a red circle, take {n} --steps 2", n)
+            page.wait_for_timeout(300)  # the image's own layout
+            counts.append(layouts() - before)
+        assert statistics.median(counts[2:]) <= 24, counts
+    finally:
+        context.close()

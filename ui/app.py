@@ -99,17 +99,24 @@ def wire_chat(page: Page, studio: Studio) -> None:
             pending.pop(id(session), None)
 
             line = values[page.status_md]  # the status line as it is, until a run says how its model did
+            # what the page shows now: gradio checks every file of a value it is given (~1 ms an image, beside the
+            # sampling) and the browser renders it again, while one it is not given costs a rebuild (~1-4 ms): so a
+            # yield gives only what changed since the last, and one with nothing new gives nothing (gr.skip())
+            def showing() -> dict:
+                return {**view(session), page.status_md: line}
 
-            def chat() -> dict:
-                """Values for the chat's outputs (cheap: unchanged values send nothing); the session is in its
-                gr.State after the first yield (a State left out costs nothing, the message box one rebuild)."""
-                out = view(session)
-                del out[page.state]
-                return {**out, page.status_md: line}
+            def copy(values: dict) -> dict:  # as sent: later turns change the session's lists in place
+                return {k: list(v) if isinstance(v, list) else v for k, v in values.items()}
+
+            shown = copy(showing())
+
+            def changes(extra: dict) -> dict:
+                out = {k: v for k, v in showing().items() if k is not page.state and v != shown[k]}
+                shown.update(copy(out))
+                return {**out, **extra} or gr.skip()
 
             # the message box's own Stop button (the page's one Stop) shows while this runs, and only then; it
-            # comes with the turn's first redraw (the user's message), not a yield of its own: each costs a pass
-            # over the whole chat
+            # comes with the turn's first redraw (the user's message), not a yield of its own
             first = {page.state: session, page.box: gr.MultimodalTextbox(value=None, submit_btn=False,
                                                                          stop_btn=True)}
             try:
@@ -117,7 +124,7 @@ def wire_chat(page: Page, studio: Studio) -> None:
                     if update.settings is not None or update.prompt is not None:
                         pending[id(session)] = update
                     line = update.status or line
-                    yield {**chat(), **first}
+                    yield changes(first)
                     first = {}
             except Exception as e:
                 session.say("assistant", runner.error_message(e))
@@ -128,7 +135,7 @@ def wire_chat(page: Page, studio: Studio) -> None:
             history.persist(studio.library, session, soon=True)  # the conversation outlasts the page
             if first:  # no redraw yet: the session goes into its gr.State with this last one
                 done[page.state] = session
-            yield {**chat(), **done}  # the event's end
+            yield changes(done)  # the event's end
         return event
 
     def apply_pending(values: dict):

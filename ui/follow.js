@@ -58,9 +58,17 @@
       button.classList.add('shown');
     }
   }
-  new MutationObserver(changed).observe(document.body, {childList: true, subtree: true});
+  // once a frame at most: a redraw of the chat is hundreds of mutations, and each look at the scroll position
+  // makes the browser lay the page out again (that was ~50 ms of CPU a reply, beside the sampling)
+  let queued = false;
+  const soon = () => {
+    if (queued) return;
+    queued = true;
+    requestAnimationFrame(() => { queued = false; changed(); });
+  };
+  new MutationObserver(soon).observe(document.body, {childList: true, subtree: true});
   document.addEventListener('load', (e) => {  // an image that loads grows the chat
-    if (e.target.tagName === 'IMG' && following && e.target.closest('#chat')) changed();
+    if (e.target.tagName === 'IMG' && following && e.target.closest('#chat')) soon();
   }, true);
   // the user asks for a new reply: follow it, wherever they were reading
   document.addEventListener('keydown', (e) => {

@@ -29,17 +29,18 @@ ENGINE_GROUP = "engine"  # the gradio concurrency group of every event that runs
 REDRAW_S = 0.5  # then at most this often (a preview always is): each redraw is a pass of gradio and the browser
 FIRST_REDRAW_S = 1.0  # and not before the run is this old: a faster reply goes from "Starting…" to its image
 LINE_POLL_S = 1.0  # how often a generation waiting in line yields (a Stop while waiting takes up to this long)
-WAIT_POLL_S = 0.25  # how often a waiting or running generation yields (so a close takes effect)
+WAIT_POLL_S = 1.0  # how often a running generation yields with nothing new, so a closed tab's event ends (Stop
+# itself needs no yield: it sets the session's cancel switch, and the engine stops at its next step)
 
 
 @dataclass
 class Update:
-    """One redraw: the chat always; the panel and message box only when these are set."""
+    """A point to redraw the chat at (ui/app.py sends what changed, if anything); the panel and message box only
+    when these are set."""
 
     settings: Settings | None = None
     prompt: str | None = None
     status: str | None = None  # a new status line: how the turn's model did (None: leave it)
-    quiet: bool = False  # nothing changed: a yield only so that a close (Stop, cancel, client gone) takes effect
 
 
 def generate(studio: Studio, request: Request, **live):
@@ -137,15 +138,15 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
                 text = f"Step {step}/{total} · {now - started:.1f}s · Stop (■ in the message box) cancels"
             else:  # loading, decoding: nothing new to show
                 text = None
-            # every yield costs gradio a pass over the whole history and gallery (30-40 ms with a few dozen images,
-            # beside the sampling): the step counter once a run is FIRST_REDRAW_S old, then every REDRAW_S; else
-            # a quiet yield every WAIT_POLL_S, only so that a close (Stop, cancel, client gone) takes effect
+            # every redraw costs gradio a pass over the whole history (~1 ms an image, beside the sampling) and
+            # the browser a render of it: the step counter once a run is FIRST_REDRAW_S old, then every REDRAW_S;
+            # else a yield with nothing new every WAIT_POLL_S, so a closed tab's event ends
             counter_waits = what == "step" and (now - started < FIRST_REDRAW_S or now - redrawn < REDRAW_S)
             if text is None or (preview is None and (
                     counter_waits or session.history[pending:] == [{"role": "assistant", "content": text}])):
                 if now - yielded >= WAIT_POLL_S:
                     yielded = now
-                    yield Update(quiet=True)
+                    yield Update()  # nothing new: ui/app.py sends nothing for it
                 continue
             redrawn = yielded = now
             if preview is not None:

@@ -1,0 +1,76 @@
+"""What a chat turn sends to the page, yield by yield (issue #15: the chat under load).
+
+Every value gradio is given for the chat or the gallery costs a pass over each of their files (~1 ms an image on
+the server, a render in the browser), beside the sampling. So a turn sends the chat when something in it changed
+(the message, a step counter, a preview, the image), the gallery only when it changed, and a yield that is there
+only so a closed tab's event ends sends nothing at all. The tests run the page's own Enter event on a tiny model.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+import pytest
+
+from ui import runner
+from ui.app import build
+
+
+@pytest.fixture(scope="module")
+def demo(engine, tiny_model):
+    return build(engine, str(tiny_model("sd15")))
+
+
+def by_elem(demo, elem_id: str):
+    return next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+
+
+def enter(demo, text: str, state=None) -> list[dict]:
+    """Run the message box's Enter event as gradio would, with the page's initial values; its yields."""
+    box = by_elem(demo, "prompt")
+    fn = next(f for f in demo.fns.values() if (box._id, "submit") in [tuple(t) for t in f.targets])
+    values = {c: c.value for c in fn.inputs}
+    values[box] = {"text": text, "files": []}
+    values[next(c for c in fn.inputs if isinstance(c, gr.State) and c.value is None)] = state
+    # each as it was sent (a later yield changes the session's lists in place)
+    return [{c: list(v) if isinstance(v, list) else v for c, v in out.items()} if out != gr.skip() else out
+            for out in fn.fn(values)]
+
+
+def carries(out, component) -> bool:
+    return isinstance(out, dict) and component in out
+
+
+@pytest.fixture
+def slow_quiet_run(demo, monkeypatch):
+    """A run with no step counter (its first redraw would be 60 s in), no previews, and a quiet yield at every
+    chance."""
+    monkeypatch.setattr(runner, "FIRST_REDRAW_S", 60.0)
+    monkeypatch.setattr(demo.studio.previews, "min_run_s", float("inf"))
+    monkeypatch.setattr(runner, "WAIT_POLL_S", 0.0)
+
+
+def test_a_turn_sends_the_chat_for_the_message_and_the_image_and_nothing_in_between(demo, slow_quiet_run):
+    chat, gallery, box = by_elem(demo, "chat"), by_elem(demo, "gallery"), by_elem(demo, "prompt")
+    yields = enter(demo, "a red circle --steps 12 --size 32x32")
+    with_chat = [out for out in yields if carries(out, chat)]
+    assert len(with_chat) == 2, f"the chat was sent {len(with_chat)} times"
+    message, image = with_chat
+    assert message is yields[0] and "Starting" in str(message[chat][-1]["content"])
+    assert isinstance(image[chat][-2]["content"], dict) and "steps" in image[chat][-1]["content"]
+    quiet = [out for out in yields[1:] if out == gr.skip()]  # gradio's single skip(): every output as it is
+    assert len(quiet) >= 2, "expected yields with nothing new between the steps"
+    # the gallery: when it changed (the new image), never with the message
+    assert [out for out in yields if carries(out, gallery)] == [image] and len(image[gallery]) == 1
+    assert set(yields[-1]) == {box}, "the event's end gives the Send button back, and nothing else"
+
+
+def test_a_later_turn_sends_the_gallery_once_and_only_when_it_grew(demo, slow_quiet_run):
+    chat, gallery = by_elem(demo, "chat"), by_elem(demo, "gallery")
+    yields = enter(demo, "a blue square --steps 2 --size 32x32")
+    state = next(v for out in yields if isinstance(out, dict) for v in out.values() if hasattr(v, "history"))
+    again = enter(demo, "a green square --steps 2 --size 32x32", state)
+    assert sum(carries(out, gallery) for out in again) == 1 and len(state.gallery()) == 2
+    assert sum(carries(out, chat) for out in again) == 2
+    help_turn = enter(demo, "/help", state)  # no new image: the page's gallery is already right
+    assert not any(carries(out, gallery) for out in help_turn)
+    assert "--seed" in str([out[chat] for out in help_turn if carries(out, chat)][-1][-1]["content"])
