@@ -573,6 +573,22 @@ def test_manifests_hub_sources_and_bare_files_are_listed(tmp_path, lora_store):
         fetch_lora_file(next(m for m in engine.plugins.manifests() if m.name == "pixel-xl"), engine.hub)
 
 
+def test_plugins_added_changed_or_removed_while_the_app_runs_show_up(tmp_path, lora_store):
+    """The manager reads the manifests again only when the folders' files change, and then always."""
+    manager = PluginManager(dirs=[tmp_path / "plugins"])
+    assert manager.manifests() == []
+    put(lora_store("sd15"), tmp_path / "plugins", "ink")
+    assert [m.name for m in manager.manifests()] == ["ink"]
+    toml = manifest(tmp_path / "plugins", "ink.toml", name="ink", kind="lora", family="sd15",
+                    source="ink.safetensors", weight=0.5)
+    assert [(m.name, m.weight) for m in manager.manifests()] == [("ink", 0.5)]
+    toml.write_text(toml.read_text().replace("0.5", "0.75"))  # an edit within the same second
+    assert manager.manifests()[0].weight == 0.75
+    assert manager.listing()[0]["status"] == "ready"
+    (tmp_path / "plugins" / "ink.safetensors").unlink()  # the file a manifest names
+    assert manager.listing()[0]["status"] != "ready"
+
+
 def test_the_repo_manifests_parse():
     for m in load_manifests([ROOT / "plugins"]):
         assert m.error is None, (m.path, m.error)

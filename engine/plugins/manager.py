@@ -22,7 +22,16 @@ from ..sources.loading import free_memory
 from . import fusing
 from .adapters import Adapter, AdapterCache, PipeState, still_current
 from .lora_files import FAMILY_NAMES, LoraCheck, check_lora, first_line
-from .manifests import SAMPLING, Manifest, fetch_lora_file, find_lora, load_manifests, manifest_status, show_path
+from .manifests import (
+    SAMPLING,
+    Manifest,
+    fetch_lora_file,
+    files_state,
+    find_lora,
+    load_manifests,
+    manifest_status,
+    show_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +76,7 @@ class PluginManager:
         self.cache = AdapterCache(max_cached, hotswap, hotswap_rank)
         self.hub = hub or Hub()
         self._pipes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._read: tuple[tuple, list[Manifest]] = ((None,), [])  # (files_state, manifests) when last read
 
     @property
     def loads(self) -> int:
@@ -75,8 +85,14 @@ class PluginManager:
 
     # ------------------------------------------------------------------------------------- listing
     def manifests(self) -> list[Manifest]:
-        """Every plugin, read afresh (manifests added while the app runs show up)."""
-        return load_manifests(self.dirs)
+        """Every plugin, read again when a file in the plugin folders (or one a manifest names) was added, changed
+        or removed: plugins added while the app runs show up. A generation asks twice, and reading them all cost
+        ~3 ms of a 4-step 64x64 image's 0.11 s; looking at the files' state costs ~0.2 ms."""
+        state, manifests = self._read
+        if files_state(self.dirs, manifests) != state:
+            manifests = load_manifests(self.dirs)
+            self._read = (files_state(self.dirs, manifests), manifests)
+        return list(self._read[1])
 
     def listing(self, family: str | None = None) -> list[dict]:
         """Plain rows for `app.py plugins` and the UI panel; `compatible`/`why` judge against `family` if given."""

@@ -91,6 +91,20 @@ def load_manifests(dirs: list[Path]) -> list[Manifest]:
     return found
 
 
+def files_state(dirs: list[Path], manifests: list[Manifest]) -> tuple:
+    """What the plugin folders hold (each entry's path, size and change time) and the state of the files their
+    `manifests` name: while it stays the same, `load_manifests` would read the same plugins."""
+    paths = [p for d in dirs if Path(d).expanduser().is_dir() for p in sorted(Path(d).expanduser().rglob("*"))]
+    state = []
+    for path in paths + [m.file for m in manifests if m.file is not None]:
+        try:
+            st = path.stat()
+            state.append((str(path), st.st_size, st.st_mtime_ns))
+        except OSError:
+            state.append((str(path), None, None))
+    return tuple(state)
+
+
 def _hidden(path: Path, folder: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(folder).parts)
 
