@@ -2,9 +2,11 @@
 
 Pure numpy on RGB images of any size (read with the shorter side at 64 px, so thresholds are in 64-px units).
 `score_image` reads an image the way a person would check it: the background is the border's colour, the
-object is what differs from it, and its bounding box's fill ratio tells a square (~1.0) from a circle (~0.79)
-from a triangle (~0.5). `count_objects` counts the separate regions of the object's colour: a model that never
-saw wide canvases draws the object twice or more there.
+object is what differs from it, and its shape is the one of circle, square and triangle that covers it best
+(`shape_of`: each drawn at the object's area and centre, the square at every tilt, the triangle tilted up to 30
+degrees). That used to be its bounding box's fill ratio (a square ~1.0, a circle ~0.79, a triangle ~0.5), which
+called a square tilted by 5 degrees, or with softened corners, a circle. `count_objects` counts the separate
+regions of the object's colour: a model that never saw wide canvases draws the object twice or more there.
 """
 
 from __future__ import annotations
@@ -57,10 +59,54 @@ def analyse(image) -> dict:
     out["position"] = min(world.POSITIONS, key=lambda p: (world.POSITIONS[p][0] - cx) ** 2
                           + (world.POSITIONS[p][1] - cy) ** 2)
     h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
-    fill = mask.sum() / float(h * w)
-    out["shape"] = "square" if fill > 0.9 else "circle" if fill > 0.64 else "triangle"
+    out["shape"] = shape_of(mask)
     out["size"] = "big" if max(h, w) > 23 else "small"
     return out
+
+
+def _outlines(area: float) -> dict[str, list[np.ndarray]]:
+    """Each shape's outlines at `area`, centred on their centroid, as (k, 2) x/y vertex arrays (the circle a
+    64-gon); the triangle is the world's (apex up, 2.2 wide for 2.0 high)."""
+    r = np.sqrt(area / np.pi)
+    t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    half = np.sqrt(area) / 2
+    square = np.array([(-half, -half), (half, -half), (half, half), (-half, half)])
+    h = np.sqrt(area / 2.2)
+    triangle = np.array([(0, -1.1 * h), (1.1 * h, 0.9 * h), (-1.1 * h, 0.9 * h)])
+    triangle = triangle - triangle.mean(axis=0)
+
+    def turned(poly: np.ndarray, degrees) -> list[np.ndarray]:
+        out = []
+        for a in np.deg2rad(np.asarray(degrees, dtype=float)):
+            rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+            out.append(poly @ rot.T)
+        return out
+
+    return {"circle": [np.stack([r * np.cos(t), r * np.sin(t)], axis=1)],
+            "square": turned(square, range(0, 90, 5)), "triangle": turned(triangle, range(-30, 31, 5))}
+
+
+def _inside(poly: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Which points (x, y) lie inside the convex polygon `poly` (vertices in either turning order)."""
+    edges = np.roll(poly, -1, axis=0) - poly
+    cross = edges[:, 0, None] * (y[None] - poly[:, 1, None]) - edges[:, 1, None] * (x[None] - poly[:, 0, None])
+    return (cross >= 0).all(axis=0) | (cross <= 0).all(axis=0)
+
+
+def shape_of(mask: np.ndarray) -> str:
+    """The shape (circle, square or triangle) whose outline, drawn at the mask's area and centroid, overlaps the
+    mask best (intersection over union), over the tilts `_outlines` gives."""
+    ys, xs = np.nonzero(mask)
+    cx, cy = xs.mean(), ys.mean()
+    gy, gx = np.mgrid[0:mask.shape[0], 0:mask.shape[1]]
+    x, y = gx.ravel() + 0.5 - (cx + 0.5), gy.ravel() + 0.5 - (cy + 0.5)  # pixel centres around the centroid
+    flat, area = mask.ravel(), float(mask.sum())
+    best = {}
+    for kind, outlines in _outlines(area).items():
+        for poly in outlines:
+            inside = _inside(poly, x, y)
+            best[kind] = max(best.get(kind, 0.0), (inside & flat).sum() / float((inside | flat).sum()))
+    return max(best, key=best.get)
 
 
 def count_objects(image, color: str, background: str, min_area: int = 12) -> int:
