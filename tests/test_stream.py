@@ -74,3 +74,18 @@ def test_a_later_turn_sends_the_gallery_once_and_only_when_it_grew(demo, slow_qu
     help_turn = enter(demo, "/help", state)  # no new image: the page's gallery is already right
     assert not any(carries(out, gallery) for out in help_turn)
     assert "--seed" in str([out[chat] for out in help_turn if carries(out, chat)][-1][-1]["content"])
+
+
+def test_the_latest_preview_stays_in_the_chat_until_a_newer_one_or_the_image(demo, monkeypatch):
+    """Step counters redraw the chat between previews; each used to drop the preview it had just shown."""
+    chat = by_elem(demo, "chat")
+    monkeypatch.setattr(runner, "FIRST_REDRAW_S", 0.0)  # a step counter at every step
+    monkeypatch.setattr(runner, "REDRAW_S", 0.0)
+    monkeypatch.setattr(demo.studio.previews, "min_run_s", 0.0)  # the tiny model's 40 steps get previews
+    sent = [out[chat] for out in enter(demo, "a red circle --steps 40 --size 32x32") if carries(out, chat)]
+    previews = [next((m["content"]["path"] for m in h if isinstance(m["content"], dict)
+                      and m["content"]["path"].endswith(".jpg")), None) for h in sent]
+    first = next(i for i, p in enumerate(previews) if p)
+    counters = [h for h in sent[first:-1] if "Step " in str(h[-2:])]
+    assert len(counters) >= 3 and all(previews[first:-1]), "a step counter redraw dropped the preview"
+    assert previews[-1] is None and isinstance(sent[-1][-2]["content"], dict), "the image replaces the preview"

@@ -124,6 +124,12 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
     previews: list[Path] = []
     result, error, redrawn, yielded = None, None, 0.0, 0.0
     steps = stream(studio, request, session.cancel)
+
+    def progress(text: str) -> list[dict]:
+        """The run's messages: its text, and the latest preview until a newer one or the image comes."""
+        shown = [{"role": "assistant", "content": text}]
+        return shown + [{"role": "assistant", "content": {"path": str(previews[-1])}}] if previews else shown
+
     try:
         while True:
             try:
@@ -142,8 +148,7 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
             # the browser a render of it: the step counter once a run is FIRST_REDRAW_S old, then every REDRAW_S;
             # else a yield with nothing new every WAIT_POLL_S, so a closed tab's event ends
             counter_waits = what == "step" and (now - started < FIRST_REDRAW_S or now - redrawn < REDRAW_S)
-            if text is None or (preview is None and (
-                    counter_waits or session.history[pending:] == [{"role": "assistant", "content": text}])):
+            if text is None or (preview is None and (counter_waits or session.history[pending:] == progress(text))):
                 if now - yielded >= WAIT_POLL_S:
                     yielded = now
                     yield Update()  # nothing new: ui/app.py sends nothing for it
@@ -153,10 +158,7 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
                 path = session.workdir / f"preview-{len(previews)}.jpg"
                 preview.save(path, quality=85)
                 previews.append(path)
-                session.history[pending:] = [{"role": "assistant", "content": text},
-                                             {"role": "assistant", "content": {"path": str(path)}}]
-            else:
-                session.history[pending:] = [{"role": "assistant", "content": text}]
+            session.history[pending:] = progress(text)
             yield Update()
     except Exception as e:  # Busy, Cancelled, a UserError, a failure: the chat says it
         error = e
