@@ -59,6 +59,15 @@ def test_the_scorer_reads_a_tilted_shape_as_that_shape(kind, size, degrees):
     assert evaluate.analyse(softened)["shape"] == kind
 
 
+def test_the_scorer_names_no_shape_for_what_is_none_of_them():
+    bar = np.zeros((64, 64), bool)
+    bar[30:34, 10:54] = True
+    assert evaluate.shape_of(bar) is None
+    ring = np.hypot(*np.mgrid[-32:32, -32:32]) < 20
+    ring &= np.hypot(*np.mgrid[-32:32, -32:32]) > 14  # an outline, not a filled circle
+    assert evaluate.shape_of(ring) is None
+
+
 @pytest.mark.parametrize("width,height", [(96, 64), (64, 96), (80, 56), (128, 128), (48, 48)])
 def test_world_draws_any_canvas_and_the_scorer_reads_it(width, height):
     scenes = evaluate.eval_scenes(20, seed=8)

@@ -13,6 +13,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -574,19 +575,22 @@ def test_manifests_hub_sources_and_bare_files_are_listed(tmp_path, lora_store):
 
 
 def test_plugins_added_changed_or_removed_while_the_app_runs_show_up(tmp_path, lora_store):
-    """The manager reads the manifests again only when the folders' files change, and then always."""
-    manager = PluginManager(dirs=[tmp_path / "plugins"])
+    """The manager reads the manifests again only when the folders' files change, and then always: each step
+    below would see the previous step's plugins from a stale cache."""
+    folder = tmp_path / "plugins"
+    manager = PluginManager(dirs=[folder])
     assert manager.manifests() == []
-    put(lora_store("sd15"), tmp_path / "plugins", "ink")
-    assert [m.name for m in manager.manifests()] == ["ink"]
-    toml = manifest(tmp_path / "plugins", "ink.toml", name="ink", kind="lora", family="sd15",
-                    source="ink.safetensors", weight=0.5)
-    assert [(m.name, m.weight) for m in manager.manifests()] == [("ink", 0.5)]
-    toml.write_text(toml.read_text().replace("0.5", "0.75"))  # an edit within the same second
-    assert manager.manifests()[0].weight == 0.75
-    assert manager.listing()[0]["status"] == "ready"
-    (tmp_path / "plugins" / "ink.safetensors").unlink()  # the file a manifest names
-    assert manager.listing()[0]["status"] != "ready"
+    put(lora_store("sd15"), folder, "ink")
+    assert [(m.name, m.weight, m.path.suffix) for m in manager.manifests()] == [("ink", 1.0, ".safetensors")]
+    toml = manifest(folder, "ink.toml", name="ink", kind="lora", family="sd15", source="ink.safetensors", weight=0.5)
+    assert [(m.name, m.weight, m.path.suffix) for m in manager.manifests()] == [("ink", 0.5, ".toml")]
+    time.sleep(0.02)  # past the kernel's timestamp tick since the file was written, as any edit by hand is
+    toml.write_text(toml.read_text().replace("0.5", "0.7"))  # the same size: its change time tells
+    assert manager.manifests()[0].weight == 0.7
+    toml.unlink()
+    assert [(m.name, m.weight, m.path.suffix) for m in manager.manifests()] == [("ink", 1.0, ".safetensors")]
+    (folder / "ink.safetensors").unlink()
+    assert manager.manifests() == []
 
 
 def test_the_repo_manifests_parse():

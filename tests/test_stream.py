@@ -8,11 +8,14 @@ only so a closed tab's event ends sends nothing at all. The tests run the page's
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 import pytest
 
 from ui import runner
 from ui.app import build
+from ui.state import Session
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +49,12 @@ def slow_quiet_run(demo, monkeypatch):
     chance."""
     monkeypatch.setattr(runner, "FIRST_REDRAW_S", 60.0)
     monkeypatch.setattr(demo.studio.previews, "min_run_s", float("inf"))
-    monkeypatch.setattr(runner, "WAIT_POLL_S", 0.0)
+    monkeypatch.setattr(runner, "IDLE_YIELD_S", 0.0)
 
 
 def test_a_turn_sends_the_chat_for_the_message_and_the_image_and_nothing_in_between(demo, slow_quiet_run):
     chat, gallery, box = by_elem(demo, "chat"), by_elem(demo, "gallery"), by_elem(demo, "prompt")
-    yields = enter(demo, "a red circle --steps 12 --size 32x32")
+    yields = enter(demo, "a red circle --steps 12 --size 32x32", Session.new())  # a session the page shows
     with_chat = [out for out in yields if carries(out, chat)]
     assert len(with_chat) == 2, f"the chat was sent {len(with_chat)} times"
     message, image = with_chat
@@ -89,3 +92,33 @@ def test_the_latest_preview_stays_in_the_chat_until_a_newer_one_or_the_image(dem
     counters = [h for h in sent[first:-1] if "Step " in str(h[-2:])]
     assert len(counters) >= 3 and all(previews[first:-1]), "a step counter redraw dropped the preview"
     assert previews[-1] is None and isinstance(sent[-1][-2]["content"], dict), "the image replaces the preview"
+
+
+def test_a_turn_on_a_session_the_server_lost_redraws_everything(demo, slow_quiet_run):
+    """The tab still shows its old chat, gallery and selection when the server has forgotten its session
+    (expired, restarted): the next turn, even /help, sends the new session's whole view."""
+    gallery, selected = by_elem(demo, "gallery"), by_elem(demo, "selected")
+    first = enter(demo, "/help")[0]  # gr.State is None: the page holds nothing the server knows
+    assert carries(first, gallery) and first[gallery] == [] and carries(first, selected)
+
+
+def test_a_run_closed_midway_leaves_no_broken_preview_in_the_chat(demo, monkeypatch):
+    """The tab gone mid-run: gradio closes the event's generator, and the run deletes its preview files; their
+    messages go too (the chat is stored, and comes back on the next visit)."""
+    chat = by_elem(demo, "chat")
+    monkeypatch.setattr(runner, "FIRST_REDRAW_S", 0.0)
+    monkeypatch.setattr(demo.studio.previews, "min_run_s", 0.0)
+    box = by_elem(demo, "prompt")
+    fn = next(f for f in demo.fns.values() if (box._id, "submit") in [tuple(t) for t in f.targets])
+    values = {c: c.value for c in fn.inputs}
+    values[box] = {"text": "a red circle --steps 40 --size 32x32", "files": []}
+    events, session, preview = fn.fn(values), None, None
+    for out in events:
+        session = session or next((v for v in out.values() if hasattr(v, "history")), None)
+        preview = next((m["content"]["path"] for m in out.get(chat, []) if isinstance(m["content"], dict)), None)
+        if preview:
+            break
+    assert session is not None and preview, "expected a live preview before the run ends"
+    events.close()  # what gradio does when the client is gone
+    assert not Path(preview).exists()
+    assert not any(isinstance(m["content"], dict) and m["content"]["path"] == preview for m in session.history)

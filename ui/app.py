@@ -26,6 +26,8 @@ from ui.runner import Update
 from ui.state import Session, Settings, ensure
 from ui.studio import ModelStatus, Studio, builtin_defaults, model_choices, panel_defaults
 
+UNSENT = object()  # an output this event has not sent yet
+
 log = logging.getLogger(__name__)
 
 
@@ -95,6 +97,7 @@ def wire_chat(page: Page, studio: Studio) -> None:
     def streamed(work):
         """Wrap a generating handler: each Update becomes a redraw of the chat; nothing escapes as a raw error."""
         def event(values: dict):
+            known = isinstance(values[page.state], Session)  # else the server lost it (expired, restarted)
             session = ensure(values[page.state])
             pending.pop(id(session), None)
 
@@ -108,10 +111,10 @@ def wire_chat(page: Page, studio: Studio) -> None:
             def copy(values: dict) -> dict:  # as sent: later turns change the session's lists in place
                 return {k: list(v) if isinstance(v, list) else v for k, v in values.items()}
 
-            shown = copy(showing())
+            shown = copy(showing()) if known else {}  # a new session: the page still shows the old one's
 
             def changes(extra: dict) -> dict:
-                out = {k: v for k, v in showing().items() if k is not page.state and v != shown[k]}
+                out = {k: v for k, v in showing().items() if k is not page.state and v != shown.get(k, UNSENT)}
                 shown.update(copy(out))
                 return {**out, **extra} or gr.skip()
 

@@ -29,8 +29,9 @@ ENGINE_GROUP = "engine"  # the gradio concurrency group of every event that runs
 REDRAW_S = 0.5  # then at most this often (a preview always is): each redraw is a pass of gradio and the browser
 FIRST_REDRAW_S = 1.0  # and not before the run is this old: a faster reply goes from "Starting…" to its image
 LINE_POLL_S = 1.0  # how often a generation waiting in line yields (a Stop while waiting takes up to this long)
-WAIT_POLL_S = 1.0  # how often a running generation yields with nothing new, so a closed tab's event ends (Stop
-# itself needs no yield: it sets the session's cancel switch, and the engine stops at its next step)
+WAIT_POLL_S = 0.25  # how often a running generation reports in while loading or decoding (no step to report)
+IDLE_YIELD_S = 1.0  # how often the chat yields with nothing new, so a closed tab's event ends (Stop itself needs
+# no yield: it sets the session's cancel switch, and the engine stops at its next step)
 
 
 @dataclass
@@ -120,9 +121,10 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
     settings line. Closing this generator (the browser gone, a cancelled event) stops the engine too."""
     session.cancel.clear()
     pending = session.say("assistant", "Starting…")
+    yield Update()  # the user's message at once, however long the first step takes (a model loading)
     started = time.perf_counter()
     previews: list[Path] = []
-    result, error, redrawn, yielded = None, None, 0.0, 0.0
+    result, error, redrawn, yielded = None, None, 0.0, time.perf_counter()
     steps = stream(studio, request, session.cancel)
 
     def progress(text: str) -> list[dict]:
@@ -146,10 +148,10 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
                 text = None
             # every redraw costs gradio a pass over the whole history (~1 ms an image, beside the sampling) and
             # the browser a render of it: the step counter once a run is FIRST_REDRAW_S old, then every REDRAW_S;
-            # else a yield with nothing new every WAIT_POLL_S, so a closed tab's event ends
+            # else a yield with nothing new every IDLE_YIELD_S, so a closed tab's event ends
             counter_waits = what == "step" and (now - started < FIRST_REDRAW_S or now - redrawn < REDRAW_S)
             if text is None or (preview is None and (counter_waits or session.history[pending:] == progress(text))):
-                if now - yielded >= WAIT_POLL_S:
+                if now - yielded >= IDLE_YIELD_S:
                     yielded = now
                     yield Update()  # nothing new: ui/app.py sends nothing for it
                 continue
@@ -166,6 +168,10 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
         steps.close()  # a no-op when it finished; else it stops the engine before the previews go
         for path in previews:
             path.unlink(missing_ok=True)
+        if previews:  # closed mid-run (the tab gone): no broken preview image left in the chat
+            shown = {str(path) for path in previews}
+            session.history[:] = [m for m in session.history
+                                  if not (isinstance(m["content"], dict) and m["content"].get("path") in shown)]
     del session.history[pending:]
     if error is None:
         show_result(session, result, studio.library)

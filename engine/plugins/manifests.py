@@ -91,17 +91,22 @@ def load_manifests(dirs: list[Path]) -> list[Manifest]:
     return found
 
 
-def files_state(dirs: list[Path], manifests: list[Manifest]) -> tuple:
-    """What the plugin folders hold (each entry's path, size and change time) and the state of the files their
-    `manifests` name: while it stays the same, `load_manifests` would read the same plugins."""
-    paths = [p for d in dirs if Path(d).expanduser().is_dir() for p in sorted(Path(d).expanduser().rglob("*"))]
+def folders_state(dirs: list[Path]) -> tuple:
+    """What the plugin folders hold: each entry's path, size, inode and change times. While it and
+    `files_state` of the manifests stay the same, `load_manifests` reads the same plugins."""
+    folders = [Path(d).expanduser() for d in dirs]
+    return files_state([p for d in folders if d.is_dir() for p in sorted(d.rglob("*"))])
+
+
+def files_state(paths: list[Path]) -> tuple:
+    """Each path's size, inode and change times (None for a missing one): a rewrite or a replacement shows."""
     state = []
-    for path in paths + [m.file for m in manifests if m.file is not None]:
+    for path in paths:
         try:
             st = path.stat()
-            state.append((str(path), st.st_size, st.st_mtime_ns))
+            state.append((str(path), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
         except OSError:
-            state.append((str(path), None, None))
+            state.append((str(path), None))
     return tuple(state)
 
 

@@ -4,7 +4,7 @@ Pure numpy on RGB images of any size (read with the shorter side at 64 px, so th
 `score_image` reads an image the way a person would check it: the background is the border's colour, the
 object is what differs from it, and its shape is the one of circle, square and triangle that covers it best
 (`shape_of`: each drawn at the object's area and centre, the square at every tilt, the triangle tilted up to 30
-degrees). That used to be its bounding box's fill ratio (a square ~1.0, a circle ~0.79, a triangle ~0.5), which
+degrees; none when even the best covers it poorly, as a bar or a smear). That used to be its bounding box's fill ratio (a square ~1.0, a circle ~0.79, a triangle ~0.5), which
 called a square tilted by 5 degrees, or with softened corners, a circle. `count_objects` counts the separate
 regions of the object's colour: a model that never saw wide canvases draws the object twice or more there.
 """
@@ -93,9 +93,13 @@ def _inside(poly: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (cross >= 0).all(axis=0) | (cross <= 0).all(axis=0)
 
 
-def shape_of(mask: np.ndarray) -> str:
+FITS = 0.6  # the best outline's IoU needed to name a shape at all: a model's shapes fit 0.67-0.99 (the lowest a
+# faint orange triangle on yellow, half lost to the mask's threshold), a ground-truth render 0.93-1.0, a bar 0.24
+
+
+def shape_of(mask: np.ndarray) -> str | None:
     """The shape (circle, square or triangle) whose outline, drawn at the mask's area and centroid, overlaps the
-    mask best (intersection over union), over the tilts `_outlines` gives."""
+    mask best (intersection over union), over the tilts `_outlines` gives; None when none fits (FITS)."""
     ys, xs = np.nonzero(mask)
     cx, cy = xs.mean(), ys.mean()
     gy, gx = np.mgrid[0:mask.shape[0], 0:mask.shape[1]]
@@ -106,7 +110,8 @@ def shape_of(mask: np.ndarray) -> str:
         for poly in outlines:
             inside = _inside(poly, x, y)
             best[kind] = max(best.get(kind, 0.0), (inside & flat).sum() / float((inside | flat).sum()))
-    return max(best, key=best.get)
+    kind = max(best, key=best.get)
+    return kind if best[kind] >= FITS else None
 
 
 def count_objects(image, color: str, background: str, min_area: int = 12) -> int:
