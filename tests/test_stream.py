@@ -122,3 +122,22 @@ def test_a_run_closed_midway_leaves_no_broken_preview_in_the_chat(demo, monkeypa
     events.close()  # what gradio does when the client is gone
     assert not Path(preview).exists()
     assert not any(isinstance(m["content"], dict) and m["content"]["path"] == preview for m in session.history)
+
+
+def test_a_turn_whose_chat_was_left_midway_no_longer_draws_on_the_page(demo, slow_quiet_run):
+    """New chat, Clear or another conversation while a turn runs: the old session is closed (its run stops),
+    and the rest of its event must not put the old chat back over the new one."""
+    chat, gallery, box = by_elem(demo, "chat"), by_elem(demo, "gallery"), by_elem(demo, "prompt")
+    fn = next(f for f in demo.fns.values() if (box._id, "submit") in [tuple(t) for t in f.targets])
+    values = {c: c.value for c in fn.inputs}
+    session = Session.new()
+    values[box] = {"text": "a red circle --steps 40 --size 32x32", "files": []}
+    values[next(c for c in fn.inputs if isinstance(c, gr.State) and c.value is None)] = session
+    events = fn.fn(values)
+    assert carries(next(events), chat)
+    session.close()  # what the New chat event does to the old session
+    rest = list(events)
+    assert rest, "the event still ends (and gives the Send button back)"
+    assert not any(carries(out, chat) or carries(out, gallery) or any(isinstance(c, gr.State) for c in out)
+                   for out in rest if out != gr.skip())
+    assert carries(rest[-1], box)

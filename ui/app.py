@@ -114,6 +114,8 @@ def wire_chat(page: Page, studio: Studio) -> None:
             shown = copy(showing()) if known else {}  # a new session: the page still shows the old one's
 
             def changes(extra: dict) -> dict:
+                if session.closed:  # the tab went on to another chat: its page and gr.State are that chat's now
+                    return {k: v for k, v in extra.items() if k is not page.state} or gr.skip()
                 out = {k: v for k, v in showing().items() if k is not page.state and v != shown.get(k, UNSENT)}
                 shown.update(copy(out))
                 return {**out, **extra} or gr.skip()

@@ -108,6 +108,7 @@ class Session:
     browser: str = ""  # this browser's random id (ui/history.py), "" until the page has loaded
     conversation: str = ""  # the id this chat is stored under in the library
     kept: dict[str, str] = field(default_factory=dict)  # the chat's copy of an image -> its kept file
+    closed: bool = False  # the tab moved on (New chat, Clear, another conversation) or went away
 
     @classmethod
     def new(cls) -> Session:
@@ -143,6 +144,7 @@ class Session:
 
     def close(self) -> None:
         """Stop any running generation and delete this session's files."""
+        self.closed = True
         self.cancel.set()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
