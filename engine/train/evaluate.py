@@ -4,9 +4,10 @@ Pure numpy on RGB images of any size (read with the shorter side at 64 px, so th
 `score_image` reads an image the way a person would check it: the background is the border's colour, the
 object is what differs from it, and its shape is the one of circle, square and triangle that covers it best
 (`shape_of`: each drawn at the object's area and centre, the square at every tilt, the triangle tilted up to 30
-degrees; none when even the best covers it poorly, as a bar or a smear). That used to be its bounding box's fill ratio (a square ~1.0, a circle ~0.79, a triangle ~0.5), which
-called a square tilted by 5 degrees, or with softened corners, a circle. `count_objects` counts the separate
-regions of the object's colour: a model that never saw wide canvases draws the object twice or more there.
+degrees; none when even the best covers it poorly, as a bar or a smear). That used to be its bounding box's
+fill ratio (a square ~1.0, a circle ~0.79, a triangle ~0.5), which called a square tilted by 5 degrees, or with
+softened corners, a circle. `count_objects` counts the separate regions of the object's colour: a model that
+never saw wide canvases draws the object twice or more there.
 """
 
 from __future__ import annotations
