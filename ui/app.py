@@ -95,7 +95,8 @@ def wire_chat(page: Page, studio: Studio) -> None:
     pending: dict[int, Update] = {}  # id(session) -> the turn's last Update with settings or a prompt
 
     def streamed(work):
-        """Wrap a generating handler: each Update becomes a redraw of the chat; nothing escapes as a raw error."""
+        """Wrap a generating handler: each Update becomes a yield of what changed on the page (nothing, if nothing
+        did); nothing escapes as a raw error."""
         def event(values: dict):
             known = isinstance(values[page.state], Session)  # else the server lost it (expired, restarted)
             session = ensure(values[page.state])

@@ -90,8 +90,8 @@ class PluginManager:
         or removed: plugins added while the app runs show up. A generation asks twice, and reading them all cost
         ~3 ms of a 4-step 64x64 image's 0.11 s; looking at the files' state costs ~0.2 ms."""
         state, manifests = self._read
-        if (folders_state(self.dirs), files_state([m.file for m in manifests if m.file])) != state:
-            folders = folders_state(self.dirs)  # before reading: a file written meanwhile is read again next time
+        folders = folders_state(self.dirs)  # before any reading: a file written meanwhile is read again next time
+        if (folders, files_state([m.file for m in manifests if m.file])) != state:
             manifests = load_manifests(self.dirs)
             self._read = ((folders, files_state([m.file for m in manifests if m.file])), manifests)
         return list(self._read[1])
