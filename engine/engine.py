@@ -108,6 +108,8 @@ class Engine:
         denoiser = getattr(loaded.pipe, "unet", None) or getattr(loaded.pipe, "transformer", None)
         if self.channels_last and hasattr(loaded.pipe, "unet"):
             loaded.pipe.unet.to(memory_format=torch.channels_last)
+        if self.channels_last and self.device == "cpu" and getattr(loaded.pipe, "vae", None) is not None:
+            loaded.pipe.vae.to(memory_format=torch.channels_last)  # decodes ~20% faster on the CPU, slower on a GPU
         if self.compile and denoiser is not None:
             if hasattr(denoiser, "compile_repeated_blocks") and getattr(denoiser, "_repeated_blocks", None):
                 denoiser.compile_repeated_blocks(fullgraph=True)  # regional: compiles one block, reuses it

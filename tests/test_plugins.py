@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 
 from engine.engine import Engine
 from engine.images import metadata
@@ -250,8 +251,11 @@ def test_fusing_after_a_stable_streak_keeps_the_image_and_unfuses_to_exact_base(
     fused, result = pixels(engine, model, ("a", 0.7))  # second identical request: fused before sampling
     assert engine.plugins._pipes[engine.load(str(model)).pipe].fused
     assert np.abs(fused - first).max() <= 1
+    assert not any(isinstance(m, BaseTunerLayer) for m in unet.modules())  # bypassed while fused
     off, _ = pixels(engine, model)
     assert np.array_equal(off, base)
+    assert sum(isinstance(m, BaseTunerLayer) for m in unet.modules()) > 0  # back for the next change
+    assert np.array_equal(pixels(engine, model, ("a", 0.7))[0], first)  # unfused again: the adapter still works
     after = {k.replace(".base_layer", ""): v for k, v in unet.state_dict().items() if "lora" not in k}
     assert all(torch.equal(before[k], after[k]) for k in before)  # bit for bit, not W + d - d
 

@@ -39,6 +39,7 @@ class PipeState:
     streak: int = 0  # consecutive requests with this same `active`
     fused: bool = False
     snapshots: list = field(default_factory=list)  # (parameter, its unfused value on CPU) while fused
+    bypassed: list = field(default_factory=list)  # (parent, name, peft layer) taken out of the tree while fused
     layers: list = field(default_factory=list)  # the pipeline's peft LoRA layers (see _set_adapters)
     layers_key: tuple = ()
 

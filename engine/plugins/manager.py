@@ -250,7 +250,7 @@ class PluginManager:
             return False
         after = fusing.fuse_after(pipe, self.fuse_after)
         if after and state.streak >= after:
-            fusing.fuse(pipe, state)
+            fusing.fuse(pipe, state, bypass=not self.cache.hotswap)  # hotswap: a compiled model keeps its tree
             return True
         return False
 
