@@ -6,11 +6,11 @@ would drift, most in bf16). The manager fuses once the same set has been asked f
 row: on a GPU, and on the CPU for small denoisers (the built-in model: fusing its 4.3M weights takes milliseconds
 and makes the 4-step `fast` plugin ~25% faster); a large model on the CPU, never (each fuse would copy gigabytes).
 
-While fused, each peft LoRA layer is taken out of its parent and its base layer (which now holds the merged weight)
-put in its place: a fused peft layer still runs its own Python on every call, ~0.05 ms, which is a fifth of a
-64x64 `fast` image (141 layers x 4 steps). Unfusing puts the peft layers back first, so everything that walks the
-modules (set_adapters, loading, deleting) finds them where diffusers left them. A compiled model keeps its peft
-layers (a changed module tree would recompile it).
+While fused, each peft LoRA layer is taken out of its parent and its base layer (which holds the merged weight) put
+in its place: a fused peft layer still runs its own Python at every call (the built-in UNet with its 141 fused
+layers: 33.7 ms a pass, bypassed 31.3 ms). Unfusing puts the peft layers back first, so whatever walks the modules
+(set_adapters, loading, deleting) finds them where diffusers left them. A compiled model keeps its peft layers (a
+changed module tree would recompile it).
 """
 
 from __future__ import annotations
