@@ -178,6 +178,10 @@ class Engine:
         loras = (self._plugin_manager().apply(loaded, req, allow_paths=self.config.local_paths)
                  if (req.loras or self.plugins) else None)
         prompt = loras.prompt if loras else req.prompt
+        if family == "builtin":  # 'centre', 'middle', 'large': the captions' own words ('center', 'big')
+            from .vocabulary import caption_words
+
+            prompt = caption_words(prompt)
         notes += loras.notes if loras else []  # e.g. "fused for speed"
         if getattr(pipe, "vae", None) is not None:  # tiled VAE decode only where the size needs it
             big = req.width * req.height > 1536 * 1536

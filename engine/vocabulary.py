@@ -12,6 +12,15 @@ from pathlib import Path
 EXAMPLE = "a big red circle on the left, blue background"
 _FILLER = frozenset({"an", "with", "of", "image", "picture", "please", "draw"})  # harmless; not worth a note
 WORD = re.compile(r"[a-z]+")
+# words people write for what the captions say otherwise: the model reads the captions' word instead
+SAME_AS = {"centre": "center", "middle": "center", "centered": "center", "centred": "center", "large": "big",
+           "huge": "big", "little": "small", "tiny": "small"}
+_ANY_CASE = re.compile(r"[A-Za-z]+")
+
+
+def caption_words(prompt: str) -> str:
+    """`prompt` with the words of SAME_AS spelt as the captions spell them ('in the centre' -> 'in the center')."""
+    return _ANY_CASE.sub(lambda m: SAME_AS.get(m.group().lower(), m.group()), prompt)
 
 
 @lru_cache(maxsize=8)
@@ -27,7 +36,7 @@ def model_vocabulary(folder: str) -> frozenset[str]:
 def unknown_words(prompt: str, known: frozenset[str] | set[str]) -> list[str]:
     """The prompt's words not in `known`, in order, once each."""
     seen, out = set(), []
-    for word in WORD.findall(prompt.lower()):
+    for word in WORD.findall(caption_words(prompt).lower()):
         if word not in known and word not in _FILLER and word not in seen:
             seen.add(word)
             out.append(word)

@@ -177,6 +177,16 @@ def test_the_built_in_model_names_the_words_it_does_not_know(engine):
     assert not any("shapes world" in n for n in known.notes)
 
 
+def test_the_built_in_model_reads_centre_and_middle_as_its_own_center(engine):
+    """A new user wrote 'in the centre': the model ignored the word (its captions say 'center'), with a note."""
+    center = engine.generate(Request(prompt="a small red square in the center, blue background", seed=4))
+    for said in ("a small red square in the centre, blue background", "a little red square in the middle, blue "
+                 "background"):
+        result = engine.generate(Request(prompt=said, seed=4))
+        assert np.array_equal(np.asarray(result.images[0]), np.asarray(center.images[0])), said
+        assert not any("shapes world" in n for n in result.notes) and result.request.prompt == said
+
+
 def test_every_scheduler_gives_an_image_or_a_message_on_the_built_in_model(engine):
     """dpm++2m-karras crashed mid-run (IndexError in diffusers' solver: Karras sigmas repeat timesteps on the
     built-in model's near-zero terminal SNR); now it is refused with the model's default named."""
