@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--scheduler", default=None)
     gen.add_argument("--count", type=int, default=1)
     gen.add_argument("--init", default=None, help="image-to-image from this image")
-    gen.add_argument("--strength", type=float, default=0.6)
+    gen.add_argument("--strength", type=float, default=None,
+                     help="how much of --init to redraw, 0.01-1 (default: 0.6; 1 with --mask or an outpaint)")
     gen.add_argument("--mask", default=None, help="inpaint: white = repaint, black = keep (the --init image's size)")
     gen.add_argument("--mask-blur", type=int, default=4, help="feather the mask's edge (pixels)")
     gen.add_argument("--masked-only", type=int, default=None, metavar="PADDING",
@@ -139,10 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def engine_config(args, serving: bool):
+def engine_config(args, local_paths: bool = True):
     """The one EngineConfig of this process, from the command line (and Hugging Face's own HF_HUB_OFFLINE)."""
     from engine.config import DEFAULT_PLUGIN_DIRS, EngineConfig
     from engine.sources.network import decide_offline
@@ -150,8 +148,7 @@ def engine_config(args, serving: bool):
     offline, why = decide_offline()  # no network: fail fast with our message instead of 25 s of Hub retries
     if offline:  # for the libraries that ask the Hub themselves (controlnet_aux, transformers' pipelines)
         os.environ["HF_HUB_OFFLINE"] = "1"
-    # may users name files and folders on this machine? Yes from the CLI; when serving only on loopback, unshared
-    local_paths = not serving or (args.host in LOOPBACK and not args.share and not os.environ.get("SPACE_ID"))
+    # may users name files and folders on this machine? Yes from the CLI; when serving, only on loopback, unshared
     flag = lambda name, default: getattr(args, name, None) or default  # noqa: E731 (models/plugins lack some)
     return EngineConfig(device=flag("device", "auto"), dtype=flag("dtype", "auto"), offload=flag("offload", "auto"),
                         compile=flag("compile", "off"), channels_last=flag("channels_last", "auto"),
@@ -181,8 +178,16 @@ def main(argv: list[str] | None = None) -> int:
         from cli import commands
 
         command = args.command or "serve"
-        config = (None if command.startswith("train") or command == "library"
-                  else engine_config(args, serving=command == "serve"))
+        if command == "serve":  # the composer: engine, service, page and APIs from one ServeConfig
+            import serving
+
+            serve_config = serving.ServeConfig.from_args(args)
+            serving.check_extras(serve_config)  # before anything loads: a missing extra says its install
+            library = commands.library_for(args)
+            if library.enabled:
+                print(f"Keeping images and chats in {library.root} (--outputs none keeps nothing).", flush=True)
+            return serving.serve(serve_config, engine_config(args, local_paths=serve_config.loopback), library)
+        config = None if command.startswith("train") or command == "library" else engine_config(args)
         return commands.HANDLERS[command](args, config)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

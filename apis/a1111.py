@@ -20,13 +20,15 @@ from fastapi.responses import JSONResponse
 from PIL import ImageOps
 
 from apis.auth import Gate
-from apis.jobs import Jobs, decode_base64_image, fit_canvas, png_base64, while_connected, whole_number
-from apis.routes import JsonBody, guarded_route
+from apis.routes import JsonBody, guarded_route, while_connected
 from engine.images.infotext import scheduler_from_a1111, take_lora_tags
-from engine.request import DEFAULTS, MAX_COUNT, SCHEDULERS, ControlUnit, Request, UserError, valid_schedulers
+from engine.request import MAX_COUNT, SCHEDULERS, ControlUnit, Request, UserError, valid_schedulers
 from engine.result import Cancelled
-from ui import runner
-from ui.studio import Studio
+from studio.jobs import Jobs, png_base64
+from studio.line import Busy
+from studio.parse import base64_image, fit_canvas, whole_number
+from studio.requests import make_request
+from studio.service import Studio, model_names
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,9 @@ def error(status: int, kind: str, message: str) -> JSONResponse:
     return JSONResponse({"error": kind, "detail": message, "body": "", "errors": message}, status_code=status)
 
 
-def a1111_request(payload: dict[str, Any], model: str, family: str, img2img: bool) -> Request:
-    """The Request for an A1111 txt2img/img2img body; absent fields take the model's defaults (not A1111's)."""
+def a1111_request(payload: dict[str, Any], model: str, defaults: dict, img2img: bool) -> Request:
+    """The Request for an A1111 txt2img/img2img body; absent fields take the model's defaults (not A1111's), as
+    through every door (`defaults`: engine.Engine.defaults of `model`)."""
     def get(name: str, default=None):
         value = payload.get(name)
         return default if value is None else value
@@ -51,11 +54,11 @@ def a1111_request(payload: dict[str, Any], model: str, family: str, img2img: boo
     count = (whole_number("batch_size", get("batch_size", 1), 1, MAX_COUNT)
              * whole_number("n_iter", get("n_iter", 1), 1, MAX_COUNT))
     seed = get("seed", -1)
-    request = Request(prompt=prompt, negative=get("negative_prompt", ""), model=model, steps=get("steps"),
-                      guidance=get("cfg_scale"), seed=None if seed == -1 else seed, width=get("width"),
-                      height=get("height"), count=count, loras=loras,
-                      scheduler=a1111_scheduler(get("sampler_name") or get("sampler_index"), get("scheduler"),
-                                                family))
+    request = make_request(prompt, model, negative=get("negative_prompt", ""), steps=get("steps"),
+                           guidance=get("cfg_scale"), seed=None if seed == -1 else seed, width=get("width"),
+                           height=get("height"), count=count, loras=loras,
+                           scheduler=a1111_scheduler(get("sampler_name") or get("sampler_index"), get("scheduler"),
+                                                     defaults))
     request.controls = controlnet_units(get("alwayson_scripts", {}))
     if not img2img:
         if get("enable_hr", False):  # hires fix: the image resized hr_scale times, then refined
@@ -64,12 +67,12 @@ def a1111_request(payload: dict[str, Any], model: str, family: str, img2img: boo
     images = get("init_images", [])
     if not isinstance(images, list) or not images:
         raise UserError("img2img needs init_images: a list holding one base64 image (the first one is used).")
-    request.init_image = decode_base64_image(images[0], "init_images[0]")
-    request.strength = get("denoising_strength", 0.75)
+    request.init_image = base64_image(images[0], "init_images[0]")
+    request.strength = get("denoising_strength")  # None: the engine's (1 for an inpaint: it draws what is asked)
     if get("mask") is not None:
         size = [None if get(n) is None else whole_number(n, get(n), 1, 8192) for n in ("width", "height")]
         init, mask, request.width, request.height = fit_canvas(
-            request.init_image, decode_base64_image(get("mask"), "mask"), *size, DEFAULTS[family].multiple)
+            request.init_image, base64_image(get("mask"), "mask"), *size, defaults["multiple"])
         request.init_image, request.mask = init, ImageOps.invert(mask) if get("inpainting_mask_invert", 0) else mask
         request.mask_blur = get("mask_blur", 4)
         if get("inpaint_full_res", get("inpainting_full_res", False)):  # "only masked", with this margin
@@ -106,7 +109,7 @@ def controlnet_units(scripts) -> list[ControlUnit]:
         image = image.get("image") if isinstance(image, dict) else image
         if not image:
             raise UserError(f"ControlNet unit {i} ({kind}) has no image: send it as base64 in 'image'.")
-        control = ControlUnit(kind=kind, image=decode_base64_image(image, f"ControlNet unit {i} image"),
+        control = ControlUnit(kind=kind, image=base64_image(image, f"ControlNet unit {i} image"),
                               preprocessor=CONTROL_MODULES.get(module, module), scale=unit.get("weight", 1.0),
                               start=unit.get("guidance_start", 0.0), end=unit.get("guidance_end", 1.0))
         if control.preprocessor == "canny":
@@ -115,19 +118,20 @@ def controlnet_units(scripts) -> list[ControlUnit]:
     return units
 
 
-def a1111_scheduler(sampler, schedule, family: str) -> str | None:
-    """Our scheduler for an A1111 sampler name and schedule type (None: the model's default)."""
+def a1111_scheduler(sampler, schedule, defaults: dict) -> str | None:
+    """Our scheduler for an A1111 sampler name and schedule type (None: the model's default); `defaults`:
+    engine.Engine.defaults of the model."""
     if not sampler:
         return None
     if not isinstance(sampler, str):
         raise UserError(f"sampler_name must be text, got {type(sampler).__name__}.")
     label = SCHEDULE_LABELS.get(str(schedule or "").strip().lower(), None)
     name = scheduler_from_a1111(sampler, label)
-    if family == "flux" and sampler.strip().lower() == "euler":
-        name = "flow-euler"  # Flux samples flow matching: its one Euler
-    if name not in valid_schedulers(family):
-        raise UserError(f"Sampler {sampler!r} is not available for this {family} model; use one of "
-                        f"{', '.join(sorted(sampler_names(family)))} (GET /sdapi/v1/samplers).")
+    if defaults["flow"] and sampler.strip().lower() == "euler":
+        name = "flow-euler"  # a flow-matching model (Flux): its one Euler
+    if name not in defaults["schedulers"]:
+        raise UserError(f"Sampler {sampler!r} is not available for this {defaults['label']} model; use one of "
+                        f"{', '.join(sorted(sampler_names(defaults['family'])))} (GET /sdapi/v1/samplers).")
     return name
 
 
@@ -158,15 +162,6 @@ def info_json(result) -> str:
     }, default=str)
 
 
-def model_names(studio: Studio, current: str) -> list[str]:
-    """The models to offer: built-in, the known Hub models, cached ones, the server's and the API's current one."""
-    from engine.sources.hub import cached_hub_models
-    from engine.sources.resolve import KNOWN_MODELS
-
-    names = ["builtin", *KNOWN_MODELS, *(repo for repo, _ in cached_hub_models()), studio.default_model, current]
-    return list(dict.fromkeys(names))
-
-
 def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
     """The `/sdapi/v1` routes for `studio`, each behind `gate`."""
     router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111"], route_class=guarded_route(gate, error))
@@ -180,9 +175,8 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
             model = model or options["sd_model_checkpoint"]
             if not isinstance(model, str):
                 raise UserError(f"sd_model_checkpoint must be a model name, got {type(model).__name__}.")
-            family = studio.engine.defaults(model)["family"]
-            result = jobs.run(a1111_request(payload, model, family, img2img), cancel)
-        except runner.Busy as e:
+            result = jobs.run(a1111_request(payload, model, studio.engine.defaults(model), img2img), cancel)
+        except Busy as e:
             return error(503, "Busy", str(e))
         except Cancelled:  # /interrupt: A1111 answers with what it has; we have no half-made image
             return {"images": [], "parameters": echo, "info": json.dumps({"interrupted": True, "infotexts": []})}
@@ -223,21 +217,24 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
                  "metadata": {k: row.get(k) for k in ("family", "trigger", "description", "compatible", "why")}}
                 for row in listing if row.get("kind", "lora") == "lora"]
 
-    @router.get("/samplers")
-    def samplers():
+    def current(answer):
+        """`answer(defaults)` for the API's current model, or A1111's error when that model can't be used."""
         try:
-            family = studio.engine.defaults(options["sd_model_checkpoint"])["family"]
+            return answer(studio.engine.defaults(options["sd_model_checkpoint"]))
         except UserError as e:
             return error(422, "UserError", str(e))
-        return [{"name": name, "aliases": ours, "options": {}} for name, ours in sampler_names(family).items()]
+
+    @router.get("/samplers")
+    def samplers():
+        return current(lambda d: [{"name": name, "aliases": ours, "options": {}}
+                                  for name, ours in sampler_names(d["family"]).items()])
 
     @router.get("/schedulers")
     def schedulers():
-        try:
-            family = studio.engine.defaults(options["sd_model_checkpoint"])["family"]
-        except UserError as e:
-            return error(422, "UserError", str(e))
-        labels = dict.fromkeys(SCHEDULERS[name][3] for name in valid_schedulers(family))
+        return current(schedule_types)
+
+    def schedule_types(defaults: dict):
+        labels = dict.fromkeys(SCHEDULERS[name][3] for name in defaults["schedulers"])
         return [{"name": label.lower(), "label": label, "aliases": None, "default_rho": -1,
                  "need_inner_model": False} for label in labels]
 

@@ -9,37 +9,30 @@ Generations wait in the studio's line like every chat message.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import re
-import secrets
-import tempfile
-import time
-from pathlib import Path
 
 import gradio as gr
 
-from apis.jobs import Jobs, decode_base64_image, fit_canvas
-from engine.images.infotext import take_lora_tags
-from engine.request import DEFAULTS, ControlUnit, UserError
+from engine.request import ControlUnit, UserError
 from engine.result import Cancelled
-from ui import runner
-from ui.state import Settings
-from ui.studio import Studio, plugin_rows
+from studio.files import LinkedFiles
+from studio.jobs import Jobs
+from studio.line import Busy
+from studio.parse import base64_image, fit_canvas, lora_list
+from studio.requests import make_request
+from studio.service import Studio, model_names, plugin_rows
 
 log = logging.getLogger(__name__)
 
 # the tools' endpoints; the tools are named after their functions (generate, list_models, list_plugins, edit)
 ENDPOINTS = ("mcp_generate", "mcp_list_models", "mcp_list_plugins", "mcp_edit")
-FILES_TTL_S = 3600
-OWN_IMAGE = re.compile(r"(studio-[0-9a-f]{12}-seed\d+\.png)$")  # the names `paint` gives
 
 
 def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs:
     """Add the tools' events to `demo` (before launch). Returns the jobs they run in."""
-    jobs = jobs or Jobs(studio)
-    folder = Path(tempfile.mkdtemp(prefix="studio-mcp-"))
+    jobs = jobs or studio.jobs
+    files = LinkedFiles("studio-mcp-")
 
     def generate(prompt: str, negative: str = "", model: str = "", steps: float = 0, guidance: float = -1,
                  seed: float = -1, width: float = 0, height: float = 0, scheduler: str = "default",
@@ -68,20 +61,19 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
         Returns:
             The PNG and its URL, then the settings used: model, size, steps, guidance, seed, scheduler, time.
         """
-        settings = Settings(model=(model or "").strip() or studio.default_model, negative=negative or "",
-                            steps=_whole(steps), guidance=guidance, seed=_whole(seed), width=_whole(width),
-                            height=_whole(height), scheduler=scheduler or "default")
-
         def request():
             units = []
             if (control or "").strip():  # a photo, preprocessed by the kind's default (Canny for edges)
-                units.append(ControlUnit(kind=control.strip(), image=_image(control_image, "control image", folder),
+                units.append(ControlUnit(kind=control.strip(), image=_image(control_image, "control image", files),
                                          scale=control_scale))
-            return dataclasses.replace(settings.request(prompt or ""), loras=_loras(loras), controls=units)
+            return make_request(prompt or "", (model or "").strip() or studio.default_model, form=True,
+                                negative=negative, steps=steps, guidance=guidance, seed=seed, width=width,
+                                height=height, scheduler=scheduler, loras=lora_list(loras, "'outline:0.8, pastel'"),
+                                controls=units)
 
         return paint(request)
 
-    def edit(image: str, prompt: str, mask: str = "", strength: float = 0.6, upscale: float = 0,
+    def edit(image: str, prompt: str, mask: str = "", strength: float = 0, upscale: float = 0,
              negative: str = "", model: str = "", steps: float = 0, guidance: float = -1, seed: float = -1):
         """Change an image that generate or edit returned (or any PNG/JPEG sent as base64) and return the new PNG:
         redraw it following a prompt (refine), repaint only a masked part (inpaint), or make it larger with added
@@ -91,7 +83,8 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
             image: Required. The 'Image URL' that generate or edit returned, or the image itself as base64 PNG/JPEG.
             prompt: Required. What the result should show, e.g. 'a big green square in the center, white background'.
             mask: Inpaint mask as base64 PNG (or an Image URL), the image's size: white = repaint, black = keep.
-            strength: How much to change, 0.01 (almost nothing) to 1 (repaint fully). Default 0.6.
+            strength: How much to change, 0.01 (almost nothing) to 1 (repaint fully). 0: the default, 0.6 for a
+                refine and 1 for an inpaint (the masked part drawn anew).
             upscale: Make the image this many times larger, above 1 up to 4 (e.g. 2), refined at strength 0.35. 0: no.
             negative: What the result should not show. Empty: nothing.
             model: Which model paints, as in generate. Empty: the server's model.
@@ -104,16 +97,15 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
         """
         def request():
             model_name = (model or "").strip() or studio.default_model
-            settings = Settings(model=model_name, negative=negative or "", steps=_whole(steps), guidance=guidance,
-                                seed=_whole(seed))
-            req = dataclasses.replace(settings.request(prompt or ""), init_image=_image(image, "image", folder),
-                                      strength=strength)
+            req = make_request(prompt or "", model_name, form=True, negative=negative, steps=steps,
+                               guidance=guidance, seed=seed, strength=strength,
+                               init_image=_image(image, "image", files))
             if upscale:
                 req.upscale, req.hires_strength = upscale, 0.35
             if mask:
-                multiple = DEFAULTS[studio.engine.defaults(model_name)["family"]].multiple
+                multiple = studio.engine.defaults(model_name)["multiple"]
                 req.init_image, req.mask, req.width, req.height = fit_canvas(
-                    req.init_image, _image(mask, "mask", folder), None, None, multiple)
+                    req.init_image, _image(mask, "mask", files), None, None, multiple)
             return req
 
         return paint(request)
@@ -122,14 +114,11 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
         """Run the request `make_request()` builds in the studio's line; its first image saved for the client."""
         try:
             result = jobs.run(make_request())
-        except (runner.Busy, UserError) as e:
+        except (Busy, UserError) as e:
             raise gr.Error(str(e)) from None
         except Cancelled:
             raise gr.Error("The generation was stopped on the server; call the tool again.") from None
-        path = folder / f"studio-{secrets.token_hex(6)}-seed{result.seeds[0]}.png"
-        result.save_png(0, path)
-        _forget_old(folder)
-        return str(path), result.settings_line()
+        return str(files.save(result, 0)), result.settings_line()
 
     def list_models() -> str:
         """List the models this studio can paint with, as JSON: each with its id (pass it as generate's model),
@@ -139,8 +128,6 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
         Returns:
             JSON: {"default": the server's model, "models": [{"id", "family", "steps", "guidance", "width", "height"}]}.
         """
-        from apis.a1111 import model_names
-
         models = []
         for name in model_names(studio, studio.default_model):
             try:
@@ -180,11 +167,10 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
             gr.Button(visible=False).click(generate, inputs, [image, line], api_name=ENDPOINTS[0], **tool)
             gr.Button(visible=False).click(list_models, [], listing, api_name=ENDPOINTS[1], **tool)
             gr.Button(visible=False).click(list_plugins, plugins_model, listing, api_name=ENDPOINTS[2], **tool)
-            edit_inputs = [text("image"), text("prompt"), text("mask"), number("strength", 0.6),
+            edit_inputs = [text("image"), text("prompt"), text("mask"), number("strength", 0),
                            number("upscale", 0), text("negative"), text("model"), number("steps", 0),
                            number("guidance", -1), number("seed", -1)]
             gr.Button(visible=False).click(edit, edit_inputs, [image, line], api_name=ENDPOINTS[3], **tool)
-    demo.api_jobs = jobs  # apis.mount shares them with the A1111 API's /progress and /interrupt
     return jobs
 
 
@@ -194,33 +180,14 @@ def keep_only_tools(server) -> None:
                                if endpoint.lstrip("/") in ENDPOINTS}
 
 
-def _whole(value):
-    """A form number as an int when it is whole (the engine words the error when it is not)."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-def _image(text: str, what: str, folder: Path) -> bytes:
+def _image(text: str, what: str, files: LinkedFiles) -> bytes:
     """An image argument: the URL (or file name) of an image these tools made, or base64 data."""
     text = (text or "").strip()
-    name = OWN_IMAGE.search(text)
-    if name and (folder / name[1]).is_file():
-        return (folder / name[1]).read_bytes()
-    if name or text.startswith(("http://", "https://", "/")):
+    name = text.rsplit("/", 1)[-1]
+    path = files.find(name)
+    if path is not None:
+        return path.read_bytes()
+    if name.startswith("studio-") or text.startswith(("http://", "https://", "/")):
         raise UserError(f"The {what} {text[:80]!r} is not an image these tools made (or it is older than an hour). "
                         "Pass the 'Image URL' that generate or edit returned, or the image as base64.")
-    return decode_base64_image(text, f"The {what}")
-
-
-def _loras(text: str) -> list:
-    """'outline:0.8, pastel' as LoRA specs, read like the chat's <lora:name:weight> tags."""
-    if not text or not text.strip():
-        return []
-    tags = " ".join(f"<lora:{item.strip()}>" for item in text.split(",") if item.strip())
-    _, loras = take_lora_tags(tags)
-    return loras
-
-
-def _forget_old(folder: Path) -> None:
-    for old in folder.glob("*.png"):
-        if time.time() - old.stat().st_mtime > FILES_TTL_S:
-            old.unlink(missing_ok=True)
+    return base64_image(text, f"The {what}")

@@ -21,8 +21,8 @@ from starlette.routing import Mount
 
 from apis import a1111, openai_images
 from apis.auth import Gate
-from apis.jobs import Jobs
 from apis.mcp_tools import keep_only_tools
+from studio.jobs import Jobs
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def mount(demo: gr.Blocks, auth: tuple[str, str] | None = None, api_token: str |
     only the studio's tools and sits behind the same gate. Returns the APIs' jobs (progress, interrupt)."""
     app, studio = demo.server_app, demo.studio
     gate = Gate(auth, api_token or None)
-    jobs = getattr(demo, "api_jobs", None) or Jobs(studio)
+    jobs = studio.jobs  # one set for every programmatic door: A1111's /progress and /interrupt see MCP's too
     app.include_router(a1111.build_router(studio, jobs, gate))
     app.include_router(openai_images.build_router(studio, jobs, gate))
     mcp = getattr(demo, "mcp_server_obj", None)

@@ -14,10 +14,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
-import secrets
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
@@ -25,18 +22,20 @@ from fastapi import Request as HttpRequest
 from fastapi.responses import FileResponse, JSONResponse
 
 from apis.auth import Gate
-from apis.jobs import Jobs, fit_canvas, png_bytes, while_connected, whole_number
-from apis.routes import JsonBody, guarded_route
-from engine.request import DEFAULTS, MAX_COUNT, Request, UserError
+from apis.routes import JsonBody, guarded_route, while_connected
+from engine.request import MAX_COUNT, Request, UserError
 from engine.result import Cancelled
-from ui import runner
-from ui.studio import Studio
+from studio.files import LinkedFiles
+from studio.jobs import Jobs, png_bytes
+from studio.line import Busy
+from studio.parse import fit_canvas, whole_number
+from studio.requests import make_request
+from studio.service import Studio, model_names
 
 log = logging.getLogger(__name__)
 
 OPENAI_MODELS = re.compile(r"(dall-e-\d|gpt-image-.*|chatgpt-image.*)")
 SIZE = re.compile(r"\s*(\d+)\s*x\s*(\d+)\s*")
-FILES_TTL_S = 3600
 MAX_UPLOAD = 20 * 2**20
 
 
@@ -88,9 +87,9 @@ def studio_request(fields: dict[str, Any], studio: Studio) -> Request:
     width, height = parse_size(fields.get("size"))
     count = whole_number("n", number(fields, "n", int) or 1, 1, MAX_COUNT)
     seed = number(fields, "seed", int)
-    return Request(prompt=prompt, negative=fields.get("negative_prompt") or "", model=model,
-                   steps=number(fields, "steps", int), guidance=number(fields, "guidance_scale"), seed=seed,
-                   width=width, height=height, count=count)
+    return make_request(prompt, model, negative=fields.get("negative_prompt") or "",
+                        steps=number(fields, "steps", int), guidance=number(fields, "guidance_scale"), seed=seed,
+                        width=width, height=height, count=count)
 
 
 def openai_mask(mask_file: bytes | None, image_file: bytes):
@@ -113,7 +112,7 @@ def openai_mask(mask_file: bytes | None, image_file: bytes):
 def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
     """The `/v1/images/*` and `/v1/models` routes for `studio`, behind `gate`."""
     router = APIRouter(prefix="/v1", tags=["OpenAI"], route_class=guarded_route(gate, error))
-    folder = Path(tempfile.mkdtemp(prefix="studio-openai-"))
+    files = LinkedFiles("studio-openai-")
 
     def answer(request: Request, fields: dict, base_url: str, cancel):
         fmt = fields.get("response_format") or "url"
@@ -124,7 +123,7 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
             result = jobs.run(request, cancel)
         except ApiError as e:
             return error(e.status, e.kind, str(e), e.param, e.code)
-        except runner.Busy as e:
+        except Busy as e:
             return error(503, "server_error", str(e), code="server_busy")
         except Cancelled:
             return error(409, "server_error", "The generation was interrupted on the server; send it again.",
@@ -137,22 +136,18 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
                          "server log.")
         data = []
         for i in range(len(result.images)):
-            png = png_bytes(result, i)
             if fmt == "b64_json":
-                data.append({"b64_json": base64.b64encode(png).decode("ascii"), "revised_prompt": None})
-            else:
-                name = f"{secrets.token_urlsafe(16)}.png"  # the link is the key, as OpenAI's signed URLs
-                (folder / name).write_bytes(png)
+                data.append({"b64_json": base64.b64encode(png_bytes(result, i)).decode("ascii"),
+                             "revised_prompt": None})
+            else:  # the link is the key, as OpenAI's signed URLs
+                name = files.save(result, i).name
                 data.append({"url": f"{base_url.rstrip('/')}/v1/images/files/{name}", "revised_prompt": None})
-        _forget_old(folder)
         width, height = result.images[0].size if result.images else (result.request.width, result.request.height)
         return {"created": int(time.time()), "data": data, "size": f"{width}x{height}", "output_format": "png"}
 
     @router.get("/models")
     def models():
         """The models `model` may name (OpenAI's list shape), as the A1111 API's sd-models."""
-        from apis.a1111 import model_names
-
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "studio"}
                                            for name in model_names(studio, studio.default_model)]}
 
@@ -182,10 +177,10 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
             mask_part = form.get("mask")
             mask_file = await mask_part.read() if mask_part is not None and not isinstance(mask_part, str) else None
             request = studio_request(fields, studio)
-            family = studio.engine.defaults(request.model)["family"]
+            multiple = studio.engine.defaults(request.model)["multiple"]
             request.init_image, request.mask, request.width, request.height = fit_canvas(
-                image, openai_mask(mask_file, image), request.width, request.height, DEFAULTS[family].multiple)
-            request.strength = number(fields, "strength") or 1.0
+                image, openai_mask(mask_file, image), request.width, request.height, multiple)
+            request.strength = number(fields, "strength")  # None: the engine's inpaint default (1)
         except ApiError as e:
             return error(e.status, e.kind, str(e), e.param, e.code)
         except UserError as e:
@@ -195,17 +190,11 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
     links = APIRouter()  # no credentials: the link itself is the key (a browser showing it has no header to send)
 
     @links.get("/images/files/{name}")
-    def files(name: str):
-        path = folder / name
-        if not re.fullmatch(r"[\w-]+\.png", name) or not path.is_file():
+    def linked(name: str):
+        path = files.find(name)
+        if path is None:
             return error(404, "invalid_request_error", "No such image (links last an hour).")
         return FileResponse(path, media_type="image/png")
 
     router.include_router(links)  # included routes keep their own (unguarded) route class
     return router
-
-
-def _forget_old(folder: Path) -> None:
-    for old in folder.glob("*.png"):
-        if time.time() - old.stat().st_mtime > FILES_TTL_S:
-            old.unlink(missing_ok=True)

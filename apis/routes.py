@@ -3,15 +3,22 @@ and that API's own error shape for a refused caller or an unreadable body (A1111
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable
+import asyncio
+import logging
+import threading
+from typing import Annotated, Any, Callable, TypeVar
 
 from fastapi import Body
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
 
 from apis.auth import Gate
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+WATCH_S = 0.5  # how often a waiting API call checks that its client is still there
 MAX_BODY = 72 * 2**20  # a 50 MB image (the engine's limit) base64-encoded, and the rest of the request
 JsonBody = Annotated[dict[str, Any], Body(default_factory=dict)]  # the request's JSON object, as it came
 ErrorShape = Callable[[int, str, str], JSONResponse]  # (status, kind, message) -> response
@@ -44,3 +51,17 @@ def guarded_route(gate: Gate, error: ErrorShape) -> type[APIRoute]:
             return route
 
     return GuardedRoute
+
+
+async def while_connected(http, work: Callable[[threading.Event], T]) -> T:
+    """`work(cancel)` in a worker thread; when the HTTP client goes away before it is done, `cancel` is set, so a
+    generation nobody waits for stops within a step and leaves the line (as a closed chat tab does)."""
+    cancel = threading.Event()
+    task = asyncio.ensure_future(run_in_threadpool(work, cancel))
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=WATCH_S)
+        if done:
+            return task.result()
+        if not cancel.is_set() and await http.is_disconnected():
+            log.info("API client gone: its generation is cancelled")
+            cancel.set()

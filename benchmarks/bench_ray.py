@@ -2,7 +2,7 @@
 
     python benchmarks/bench_ray.py [--images 8] [--rounds 3] [--steps 10]
 
-Starts a local Ray with 2 engine replicas (one torch thread each, apis/ray_serve.py) and, each round, makes
+Starts a local Ray with 2 engine replicas (one torch thread each, studio/ray_serve.py) and, each round, makes
 `--images` images one at a time (so one replica works: "1 replica") and then `--images` images two at a time
 (both work: "2 replicas"), each through `RemoteEngine.generate` as the chat and the APIs call it. Prints images/s
 of each and their ratio (goal >= 1.6x on 2 idle cores). Numbers depend on what else the machine's cores do.
@@ -34,11 +34,11 @@ def main() -> int:
 
     import ray
 
-    from apis import ray_serve
     from benchmarks import common
     from engine.config import EngineConfig
     from engine.engine import Engine
     from engine.request import Request
+    from studio import ray_serve
 
     config = EngineConfig(device="cpu")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -232,7 +232,7 @@ def main() -> None:
 
     folder, family = common.model_folder(args.model), Resolver(local_paths=True).resolve(args.model).family
     tmp = Path(tempfile.mkdtemp(prefix="bench-plugins-"))
-    demo = ASSETS_LORAS if family == "builtin" and all((DEFAULT_DIRS[1] / f"{n}.toml").is_file()
+    demo = ASSETS_LORAS if args.model == "builtin" and all((DEFAULT_DIRS[1] / f"{n}.toml").is_file()
                                                        for n in ASSETS_LORAS) else None
     names = demo or ([] if "lora" in args.skip.split(",") else make_loras(folder, tmp, family))
     cn_folder = edge_controlnet(folder, tmp, family)

@@ -70,7 +70,7 @@ def latency(runs: int = 15) -> dict[str, float]:
 
 
 def main_fast(args) -> int:
-    from benchmarks.eval_builtin import parse_sizes, run_config, run_sizes, sizes_table, table
+    from benchmarks.eval_scores import parse_sizes, run_config, run_sizes, sizes_table, table
     from engine.request import DEFAULTS
     from engine.train import evaluate
 

@@ -7,7 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from engine.request import ControlUnit, LoraSpec, Request, UserError
+from engine.request import ControlUnit, Request, UserError
+from studio.jobs import keep_all
+from studio.parse import lora_spec, pan_borders, zoom_borders
+from studio.requests import make_request
 
 
 def _quiet_loading(quiet: bool = True) -> None:
@@ -72,25 +75,10 @@ def outpaint_borders(args) -> tuple[int, int, int, int] | None:
         raise UserError("--zoom-out and --pan extend an image: give it with --init IMG.")
     from engine.images.loading import open_image
 
-    w, h = open_image(args.init, "The init image").size
+    size = open_image(args.init, "The init image").size
     if args.zoom_out is not None:
-        if not 1.0 < args.zoom_out <= 4.0:
-            raise UserError(f"--zoom-out {args.zoom_out:g}: use a factor above 1 and at most 4, e.g. 1.5.")
-        dx, dy = round(w * (args.zoom_out - 1) / 2 / 8) * 8, round(h * (args.zoom_out - 1) / 2 / 8) * 8
-        return (dx, dy, dx, dy)
-    half_w, half_h = round(w / 2 / 8) * 8, round(h / 2 / 8) * 8
-    return {"left": (half_w, 0, 0, 0), "right": (0, 0, half_w, 0), "up": (0, half_h, 0, 0),
-            "down": (0, 0, 0, half_h)}[args.pan]
-
-
-def parse_lora(text: str) -> LoraSpec:
-    name, sep, weight = text.rpartition("=")
-    if not sep:
-        return LoraSpec(text.strip(), 1.0)
-    try:
-        return LoraSpec(name.strip(), float(weight))
-    except ValueError:
-        raise UserError(f"--lora {text!r}: the weight must be a number, e.g. --lora pastel=0.8") from None
+        return zoom_borders(size, args.zoom_out)
+    return pan_borders(size, args.pan)
 
 
 def cmd_generate(args, config) -> int:
@@ -101,13 +89,13 @@ def cmd_generate(args, config) -> int:
         raise UserError(f"--init {args.init}: no such file.")
     if args.mask and not Path(args.mask).is_file():
         raise UserError(f"--mask {args.mask}: no such file.")
-    base = Request(prompt=args.prompt or "", negative=args.negative, model=args.model, steps=args.steps,
-                   guidance=args.guidance, seed=args.seed, width=args.width, height=args.height,
-                   scheduler=args.scheduler, count=args.count, init_image=args.init, strength=args.strength,
-                   controls=[parse_control(c) for c in args.control], loras=[parse_lora(x) for x in args.lora],
-                   mask=args.mask, mask_blur=args.mask_blur, inpaint_padding=args.masked_only,
-                   outpaint=outpaint_borders(args), upscale=args.upscale, hires_strength=args.hires_strength,
-                   upscaler=args.upscaler)
+    base = make_request(args.prompt or "", args.model, negative=args.negative, steps=args.steps,
+                        guidance=args.guidance, seed=args.seed, width=args.width, height=args.height,
+                        scheduler=args.scheduler, count=args.count, init_image=args.init, strength=args.strength,
+                        controls=[parse_control(c) for c in args.control], loras=[lora_spec(x) for x in args.lora],
+                        mask=args.mask, mask_blur=args.mask_blur, inpaint_padding=args.masked_only,
+                        outpaint=outpaint_borders(args), upscale=args.upscale, hires_strength=args.hires_strength,
+                        upscaler=args.upscaler)
     jobs: list[tuple[Request, Path]] = []
     if args.prompt_file:
         pf = Path(args.prompt_file)
@@ -144,15 +132,11 @@ def cmd_generate(args, config) -> int:
 
 def _keep(library, result, request) -> list[str]:
     """Keep the images in the library too (the --out files are the user's; these are the studio's record)."""
-    from store.outputs import DiskError
-
     if library is None or not library.enabled:
         return []
-    try:
-        init = _init_image(request.init_image)
-        kept = [library.keep(result, i, "cli", init_image=init) for i in range(len(result.images))]
-    except DiskError as e:
-        return [str(e)]
+    kept, refused = keep_all(library, result, "cli", init_image=_init_image(request.init_image))
+    if refused:
+        return [refused]
     return [f"kept in the library as {kept[0].path}" + (f" (+{len(kept) - 1} more)" if len(kept) > 1 else "")]
 
 
@@ -302,17 +286,8 @@ def cmd_train_lora(args, config=None) -> int:
     return 0
 
 
-def cmd_serve(args, config) -> int:
-    from ui.serve import serve
-
-    library = library_for(args)
-    if library.enabled:
-        print(f"Keeping images and chats in {library.root} (--outputs none keeps nothing).", flush=True)
-    return serve(args, config, library)
-
-
 HANDLERS = {"generate": cmd_generate, "library": cmd_library, "models": cmd_models, "plugins": cmd_plugins,
-            "train": cmd_train, "train-lora": cmd_train_lora, "serve": cmd_serve}
+            "train": cmd_train, "train-lora": cmd_train_lora}  # serving is the composer's (serving.py)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit("run through app.py")

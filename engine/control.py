@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import ROOT
+from .families import family as family_of
 from .request import DEFAULT_PREPROCESSOR, PREPROCESSORS, ControlUnit, Request, UserError
 from .sources.checkpoint import refuse_pickle
 from .sources.hub import Hub
@@ -111,9 +112,9 @@ class ControlManager:
             return self.nets[source]
         import diffusers
 
-        cls = diffusers.FluxControlNetModel if family == "flux" else diffusers.ControlNetModel
+        cls = getattr(diffusers, family_of(family).controlnet_class)
         path = Path(source)
-        if family == "builtin" and not (path / "config.json").is_file():
+        if family_of(family).caption_words and not (path / "config.json").is_file():
             raise UserError(f"The built-in {path.name} is missing from assets/. Restore it with `git checkout assets` "
                             "or train it with `python app.py train controlnets`.")
         refuse_pickle(path, "ControlNet")

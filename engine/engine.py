@@ -17,7 +17,8 @@ from typing import Callable
 
 from . import edit
 from .config import EngineConfig
-from .request import Request, UserError, check_request, defaults_for
+from .families import family as family_of
+from .request import Request, UserError, check_request, defaults_for, valid_schedulers
 from .result import Cancelled, Result, broken_note, to_pil
 from .sources import loading, pinned
 from .sources.hub import Hub
@@ -26,7 +27,6 @@ from .sources.resolve import Resolver, Source
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, object], None]  # (step, total, latents) -> None
-TRAINED_SIDES = (48, 128)  # the built-in model's multi-aspect training range (its studio.json: unet_phases)
 
 
 class Engine:
@@ -140,6 +140,7 @@ class Engine:
         # 1. which model, and every check of the request (before any slow load)
         source = self.resolve(request.model)
         family, name = source.family, source.name
+        kin = family_of(family)
         request, sampling_note = (self._plugin_manager().sampling(request) if request.loras else (request, None))
         req = check_request(_edit_size(request, family, source.variant), family, source.variant)
         kind = edit.edit_kind(req)
@@ -179,7 +180,7 @@ class Engine:
         loras = (self._plugin_manager().apply(loaded, req, allow_paths=self.config.local_paths)
                  if (req.loras or self.plugins) else None)
         prompt = loras.prompt if loras else req.prompt
-        if family == "builtin":  # 'centre', 'middle', 'large': the captions' own words ('center', 'big')
+        if kin.caption_words:  # 'centre', 'middle', 'large': the captions' own words ('center', 'big')
             from .vocabulary import caption_words
 
             prompt = caption_words(prompt)
@@ -192,18 +193,18 @@ class Engine:
                       width=req.width, height=req.height, num_images_per_prompt=req.count,
                       generator=[torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.count)],
                       callback_on_step_end=self._callback(req, progress, cancel))
-        if family != "flux":
+        if kin.negative_prompt:
             kwargs["negative_prompt"] = req.negative or None
         elif req.negative:
-            notes.append("Flux ignores the negative prompt.")
-        if family == "builtin":
+            notes.append(f"{kin.label} ignores the negative prompt.")
+        if kin.caption_words:
             from .vocabulary import vocabulary_note
 
             note = vocabulary_note(req.prompt, source.location, tuple(loras.triggers) if loras else ())
             notes += [note] if note else []
-        low, high = TRAINED_SIDES
-        if family == "builtin" and not (low <= min(req.width, req.height) and max(req.width, req.height) <= high):
-            notes.append(f"The built-in model learned sizes from {low} to {high} pixels a side: at "
+        low, high = kin.trained_sides or (0, 1 << 30)
+        if not (low <= min(req.width, req.height) and max(req.width, req.height) <= high):
+            notes.append(f"The {kin.label} model learned sizes from {low} to {high} pixels a side: at "
                          f"{req.width}x{req.height} objects may split, repeat or stretch. Stay within {low}-{high} "
                          "(any aspect of the panel's presets) for its best images.")
         if plan is not None:
@@ -318,7 +319,7 @@ class Engine:
         import torch
 
         loaded = self.cache.get(self.resolve(model).location)
-        if loaded is None or latents is None or loaded.source.family == "flux":
+        if loaded is None or latents is None or not family_of(loaded.source.family).previews:
             return None
         vae = loaded.pipe.vae
         with torch.no_grad():
@@ -341,11 +342,15 @@ class Engine:
         return self.controls
 
     def defaults(self, model: str) -> dict:
-        """Default settings of a model's family, for the UI panel."""
+        """A model's defaults and limits as plain values, for any door: family (and its label), steps, guidance,
+        width, height, scheduler, the schedulers that fit, the size multiple and maximum, negative prompt or not."""
         source = self.resolve(model)
-        d = defaults_for(source.family, source.variant)
-        return {"family": source.family, "steps": d.steps, "guidance": d.guidance, "width": d.size,
-                "height": d.size, "scheduler": d.scheduler}
+        kin = family_of(source.family)
+        d = kin.defaults_for(source.variant)
+        return {"family": source.family, "label": kin.label, "steps": d.steps, "guidance": d.guidance,
+                "width": d.size, "height": d.size, "scheduler": d.scheduler, "schedulers": valid_schedulers(kin.name),
+                "multiple": d.multiple, "max_size": d.max_size, "negative_prompt": kin.negative_prompt,
+                "flow": kin.flow}
 
 
 def _check_schedule(scheduler, req: Request, model: str, default: str) -> None:

@@ -10,31 +10,18 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .families import FAMILIES, FAMILIES_BY_NAME, FamilyDefaults, family
+
+__all__ = ["FAMILIES", "FamilyDefaults"]  # engine.families' own, named here for the doors that read them
+
 
 class UserError(Exception):
     """A problem the user can fix. Its message is shown as-is in the chat and on the CLI."""
 
 
-FAMILIES = ("builtin", "sd15", "sdxl", "flux")
-
-
-@dataclass(frozen=True)
-class FamilyDefaults:
-    steps: int
-    guidance: float
-    size: int  # native square size
-    multiple: int  # width/height must be a multiple of this
-    max_size: int
-    scheduler: str
-
-
-DEFAULTS: dict[str, FamilyDefaults] = {
-    "builtin": FamilyDefaults(steps=10, guidance=2.0, size=64, multiple=8, max_size=512, scheduler="dpm++2m"),
-    "sd15": FamilyDefaults(steps=30, guidance=7.5, size=512, multiple=8, max_size=2048, scheduler="dpm++2m-karras"),
-    "sdxl": FamilyDefaults(steps=30, guidance=7.0, size=1024, multiple=8, max_size=2048, scheduler="euler"),
-    "flux": FamilyDefaults(steps=28, guidance=3.5, size=1024, multiple=16, max_size=2048, scheduler="flow-euler"),
-}
-FLUX_SCHNELL = FamilyDefaults(steps=4, guidance=0.0, size=1024, multiple=16, max_size=2048, scheduler="flow-euler")
+DEFAULTS: dict[str, FamilyDefaults] = {name: f.defaults for name, f in FAMILIES_BY_NAME.items()}
+IMG2IMG_STRENGTH = 0.6  # image-to-image without a strength: keeps the picture's layout, redraws its look
+EDIT_STRENGTH = 1.0  # inpaint and outpaint without one: the masked part drawn anew, as diffusers' own default
 
 # name -> (diffusers class, extra config, AUTOMATIC1111 sampler name, A1111 schedule type)
 SCHEDULERS: dict[str, tuple[str, dict, str, str]] = {
@@ -103,7 +90,7 @@ class Request:
     scheduler: str | None = None
     count: int = 1
     init_image: Any = None  # a path or PIL image: image-to-image from it
-    strength: float = 0.6
+    strength: float | None = None  # None: IMG2IMG_STRENGTH, or EDIT_STRENGTH for an inpaint or outpaint
     controls: list[ControlUnit] = field(default_factory=list)
     loras: list[LoraSpec] = field(default_factory=list)
     # edits of the init image (engine/edit.py)
@@ -137,11 +124,9 @@ class Request:
         return cls(**data)
 
 
-def defaults_for(family: str, variant: str = "") -> FamilyDefaults:
-    """The family's defaults; `variant` "schnell" (read from the model, see engine.sources) for Flux-schnell."""
-    if family == "flux" and variant == "schnell":
-        return FLUX_SCHNELL
-    return DEFAULTS[family]
+def defaults_for(name: str, variant: str = "") -> FamilyDefaults:
+    """The family's defaults for a `variant` read from the model (engine.sources), e.g. Flux-schnell's."""
+    return family(name).defaults_for(variant)
 
 
 def _number(name: str, value, kind, low, high, fix: str):
@@ -174,7 +159,7 @@ def _text(name: str, value, limit: int, empty_ok: bool = True) -> str:
     return clean_text(value).strip()
 
 
-def check_request(req: Request, family: str, variant: str = "") -> Request:
+def check_request(req: Request, family: str, variant: str = "") -> Request:  # noqa: C901 (one list of checks)
     """Validate `req` for a model of `family` (and `variant`) and return a new Request with every default filled
     in; `req` itself, its control units and LoRA specs are never changed. Every settings message lives here."""
     d = defaults_for(family, variant)
@@ -204,12 +189,14 @@ def check_request(req: Request, family: str, variant: str = "") -> Request:
     scheduler = req.scheduler if req.scheduler not in (None, "", "default") else d.scheduler
     if scheduler not in SCHEDULERS:
         raise UserError(f"Unknown scheduler {scheduler!r}. Choose one of: {', '.join(valid_schedulers(family))}.")
-    if (scheduler in FLOW_SCHEDULERS) != (family == "flux"):
+    if (scheduler in FLOW_SCHEDULERS) != FAMILIES_BY_NAME[family].flow:
         raise UserError(f"Scheduler {scheduler!r} does not work with {family} models. "
                         f"Choose one of: {', '.join(valid_schedulers(family))}.")
     strength = req.strength
     if req.init_image is not None:
-        strength = _number("strength", req.strength, float, 0.01, 1.0,
+        if strength is None:
+            strength = EDIT_STRENGTH if req.mask is not None or req.outpaint else IMG2IMG_STRENGTH
+        strength = _number("strength", strength, float, 0.01, 1.0,
                            "Image-to-image strength goes from 0.01 (keep the image) to 1 (ignore it).")
         if int(steps * strength) < 1:
             need = int(1 / strength) + 1
@@ -302,7 +289,7 @@ def check_saved(req: Request) -> Request:
         width=maybe("width", int, 8, 4096, "Use 8 to 4096 pixels."),
         height=maybe("height", int, 8, 4096, "Use 8 to 4096 pixels."),
         count=_number("The saved count", req.count, int, 1, MAX_COUNT, f"Use 1 to {MAX_COUNT}."),
-        strength=_number("The saved strength", req.strength, float, 0.0, 1.0, "Use 0 to 1."),
+        strength=maybe("strength", float, 0.0, 1.0, "Use 0 to 1."),
         scheduler=scheduler, controls=units, loras=[_lora(x) for x in req.loras or []])
 
 
@@ -332,5 +319,5 @@ def check_control(unit: ControlUnit, i: int = 1) -> ControlUnit:
     return dataclasses.replace(unit, preprocessor=pre, scale=scale, start=start, end=end, low=low, high=high)
 
 
-def valid_schedulers(family: str) -> list[str]:
-    return [n for n in SCHEDULERS if (n in FLOW_SCHEDULERS) == (family == "flux")]
+def valid_schedulers(name: str) -> list[str]:
+    return [n for n in SCHEDULERS if (n in FLOW_SCHEDULERS) == family(name).flow]

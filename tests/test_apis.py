@@ -13,12 +13,12 @@ import socket
 import threading
 import time
 
+import mcp  # noqa: E402,F401  (the server side of --mcp too; a missing client fails the run, never skips it)
+import numpy as np
+import openai  # noqa: E402
 import pytest
+import webuiapi  # noqa: E402
 from PIL import Image
-
-webuiapi = pytest.importorskip("webuiapi", reason="pip install -r requirements-test.txt (webuiapi)")
-openai = pytest.importorskip("openai", reason="pip install -r requirements-test.txt (openai)")
-pytest.importorskip("mcp", reason="pip install -r requirements-test.txt (mcp)")  # the server side of --mcp too
 
 USER, PASSWORD, TOKEN = "alice", "correct-horse", "tok-123"
 PROMPT = "a big red circle on the left, blue background"
@@ -75,15 +75,20 @@ def left_half_mask(size=(64, 64)) -> Image.Image:
 
 def test_a1111_sampler_and_schedule_names_map_to_ours():
     from apis.a1111 import a1111_scheduler
-    from engine.request import UserError
+    from engine.families import family
+    from engine.request import UserError, valid_schedulers
 
-    assert a1111_scheduler("DPM++ 2M", "karras", "sdxl") == "dpm++2m-karras"
-    assert a1111_scheduler("DPM++ 2M Karras", None, "sd15") == "dpm++2m-karras"  # the old one-name spelling
-    assert a1111_scheduler("Euler a", "automatic", "builtin") == "euler-a"
-    assert a1111_scheduler("Euler", "simple", "flux") == a1111_scheduler("Euler", None, "flux") == "flow-euler"
-    assert a1111_scheduler(None, None, "sdxl") is None  # the model's default
-    with pytest.raises(UserError, match=r"'DPM\+\+ 2M' is not available for this flux model"):
-        a1111_scheduler("DPM++ 2M", None, "flux")
+    def of(name):  # what engine.Engine.defaults says of a model of this family
+        kin = family(name)
+        return {"family": name, "label": kin.label, "flow": kin.flow, "schedulers": valid_schedulers(name)}
+
+    assert a1111_scheduler("DPM++ 2M", "karras", of("sdxl")) == "dpm++2m-karras"
+    assert a1111_scheduler("DPM++ 2M Karras", None, of("sd15")) == "dpm++2m-karras"  # the old one-name spelling
+    assert a1111_scheduler("Euler a", "automatic", of("builtin")) == "euler-a"
+    assert a1111_scheduler("Euler", "simple", of("flux")) == a1111_scheduler("Euler", None, of("flux")) == "flow-euler"
+    assert a1111_scheduler(None, None, of("sdxl")) is None  # the model's default
+    with pytest.raises(UserError, match=r"'DPM\+\+ 2M' is not available for this FLUX.1 model"):
+        a1111_scheduler("DPM++ 2M", None, of("flux"))
 
 
 def test_a1111_txt2img_with_webuiapi(sd):
@@ -400,10 +405,11 @@ def test_mcp_needs_the_credentials_too(server):
 @pytest.fixture(scope="module")
 def ray_studio():
     """2 CPU replicas of the built-in model on a local Ray, one torch thread each, behind a Studio."""
-    ray = pytest.importorskip("ray", reason="pip install -r requirements-test.txt (ray[serve])")
-    from apis import ray_serve
+    import ray
+
     from engine.config import EngineConfig
-    from ui.studio import Studio
+    from studio import ray_serve
+    from studio.service import Studio
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -435,8 +441,8 @@ def test_ray_two_replicas_run_two_api_generations_at_once_through_the_line(ray_s
     """The studio's line has a slot per replica: two API jobs sample at the same time, a third waits its turn."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from apis.jobs import Jobs
     from engine.request import Request
+    from studio.jobs import Jobs
 
     assert ray_studio.line.slots == 2
     jobs, seen = Jobs(ray_studio), 0
@@ -490,3 +496,75 @@ def test_ray_cancel_stops_the_replica_within_a_step(ray_studio):
     with ThreadPoolExecutor(2) as pool:
         made = list(pool.map(lambda s: ray_studio.engine.generate(Request(prompt=PROMPT, seed=s, steps=2)), (1, 2)))
     assert [r.images[0].size for r in made] == [(64, 64)] * 2 and time.perf_counter() - started < 4
+
+
+# ------------------------------------------------------------------------------------- one request, every door
+
+
+def test_a_prompt_and_seed_alone_give_the_same_pixels_through_every_door(server, oa, tmp_path):
+    """The CLI, gradio's /generate, A1111, OpenAI and MCP, each sent only a prompt and a seed (what a client leaves
+    unset, it sends as null), build one Request through studio.requests and get the model's defaults: one image."""
+    import subprocess
+    import sys
+
+    from gradio_client import Client
+
+    from engine.config import ROOT
+
+    seed = 7
+    cli = subprocess.run([sys.executable, str(ROOT / "app.py"), "generate", "--prompt", PROMPT, "--seed", str(seed),
+                          "--out", str(tmp_path / "cli.png"), "--outputs", "none"], capture_output=True, text=True,
+                         timeout=600, cwd=ROOT, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert cli.returncode == 0, cli.stderr
+    images = {"cli": Image.open(tmp_path / "cli.png")}
+    client = Client(server["url"], auth=(USER, PASSWORD), verbose=False)
+    images["/generate"] = Image.open(client.predict(PROMPT, "", "", 0, -1, seed, 0, 0, 1, "default",
+                                                    api_name="/generate")[0])
+    # webuiapi sends its own steps and sampler unless told to leave them to the server, as here
+    bare = webuiapi.WebUIApi(host="127.0.0.1", port=server["port"], username=USER, password=PASSWORD,
+                             sampler=None, scheduler=None, steps=None)
+    images["a1111"] = bare.txt2img(prompt=PROMPT, seed=seed, width=None, height=None, cfg_scale=None).image
+    made = oa.images.generate(prompt=PROMPT, response_format="b64_json", extra_body={"seed": seed})
+    images["openai"] = Image.open(io.BytesIO(base64.b64decode(made.data[0].b64_json)))
+
+    async def work(session):
+        return await session.call_tool("generate", {"prompt": PROMPT, "seed": seed})
+
+    answer = mcp_session(server, work)
+    shown = [part for part in answer.content if part.type == "image"]
+    images["mcp"] = Image.open(io.BytesIO(base64.b64decode(shown[0].data)))
+    pixels = {door: image.convert("RGB").tobytes() for door, image in images.items()}
+    assert {door: image.size for door, image in images.items()} == dict.fromkeys(images, (64, 64))
+    assert len(set(pixels.values())) == 1, [door for door in pixels if pixels[door] != pixels["cli"]]
+    assert "Steps: 10," in images["cli"].text["parameters"]  # the built-in model's own default, not a door's
+
+
+def yellow(image: Image.Image) -> int:
+    rgb = np.asarray(image.convert("RGB")).astype(int)
+    return int(((rgb[..., 0] > 160) & (rgb[..., 1] > 160) & (rgb[..., 2] < 110)).sum())
+
+
+def test_an_inpaint_without_a_strength_draws_what_is_asked_on_the_cli_and_a1111(server, sd, tmp_path):
+    """No strength given: the masked part is drawn anew (the engine's inpaint default, 1), not kept as it was."""
+    import subprocess
+    import sys
+
+    from engine.config import ROOT
+
+    Image.new("RGB", (64, 64), (30, 60, 200)).save(tmp_path / "blue.png")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (32, 0, 64, 64))
+    mask.save(tmp_path / "mask.png")
+    asked = "a big yellow square on the right, blue background"
+    cli = subprocess.run([sys.executable, str(ROOT / "app.py"), "generate", "--prompt", asked, "--seed", "3",
+                          "--init", str(tmp_path / "blue.png"), "--mask", str(tmp_path / "mask.png"),
+                          "--out", str(tmp_path / "cli.png"), "--outputs", "none"], capture_output=True, text=True,
+                         timeout=600, cwd=ROOT, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert cli.returncode == 0, cli.stderr
+    drawn = Image.open(tmp_path / "cli.png")
+    assert "Denoising strength: 1" in drawn.text["parameters"]
+    a1111 = sd.img2img(images=[Image.open(tmp_path / "blue.png")], mask_image=mask.convert("RGB"), prompt=asked,
+                       seed=3, denoising_strength=None, width=None, height=None, cfg_scale=None,
+                       inpaint_full_res=False).image
+    for door, image in {"cli": drawn, "a1111": a1111}.items():
+        assert yellow(image) > 200, f"{door}: {yellow(image)} yellow pixels"

@@ -35,7 +35,7 @@ def app_url(engine, tiny_model, tmp_path_factory):
     """The real app (ui.app.build + launch) on a tiny SD1.5 model marked as the built-in family (64x64)."""
     from ui.app import build
     from ui.serve import launch
-    from ui.studio import ModelStatus
+    from ui.status import ModelStatus
 
     folder = tmp_path_factory.mktemp("browser") / "tiny-builtin"
     shutil.copytree(tiny_model("sd15"), folder)

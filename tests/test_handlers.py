@@ -14,13 +14,13 @@ from PIL import Image
 
 from engine.engine import Cancelled
 from engine.request import Request, UserError, check_request
+from studio.service import builtin_defaults, model_choices
 from tests.ui_fixtures import *  # noqa: F403  (the UI tests' fixtures: studio, shared, session, settings)
 from tests.ui_fixtures import a1111_png
 from ui import api, handlers, panel_handlers, runner
 from ui.marks import PROBLEM, STOPPED
 from ui.panel import Panel
 from ui.state import RANDOM_SEED, Settings
-from ui.studio import builtin_defaults, model_choices
 
 
 def generate(studio, session, text, settings):
@@ -270,7 +270,7 @@ def test_clear_empties_the_chat_the_gallery_and_the_selection(studio, session, s
 
 
 def test_a_line_with_two_slots_runs_two_and_counts_only_the_rest_as_waiting():
-    from ui.line import Busy, Line
+    from studio.line import Busy, Line
 
     line = Line(max_waiting=1, slots=2)
     a, b, c = line.join(), line.join(), line.join()
@@ -284,7 +284,7 @@ def test_a_line_with_two_slots_runs_two_and_counts_only_the_rest_as_waiting():
 def test_the_fast_plugin_in_the_panel_takes_its_own_steps_unless_the_user_set_them(engine, session):
     """The panel always sends steps and guidance; at the model's defaults they give way to `fast`'s own 4 steps."""
     from engine.request import LoraSpec
-    from ui.studio import Studio
+    from studio.service import Studio
 
     studio = Studio(engine, "builtin")
     panel = Settings(model="builtin", steps=10, guidance=2.0, seed=1, loras=[LoraSpec("fast", 1.0)])

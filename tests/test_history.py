@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from engine.request import Request
 from store.library import Library, new_id
+from studio.jobs import keep
 from ui import history, library_page
 from ui.runner import show_result
 from ui.state import Session
@@ -15,7 +16,9 @@ def made(engine, library, session, prompt="a big red circle on the left, blue ba
     session.say("user", prompt)
     show_result(session, result)
     for i, shot in enumerate(session.shots[-len(result.images):]):
-        assert history.keep(library, session, result, i, shot.path) is None
+        entry, refused = keep(library, result, i, "chat", conversation=session.conversation)
+        assert refused is None
+        session.kept[shot.path] = entry.path
     return result
 
 
@@ -89,10 +92,10 @@ def test_ids_from_the_browser_are_checked():
 
 
 def test_api_generations_are_kept_in_the_library_too(tmp_path, engine):
-    """The A1111, OpenAI and MCP endpoints run through apis.jobs.Jobs: their images are kept like the chat's."""
-    from apis.jobs import Jobs
-    from ui.line import Line
-    from ui.studio import Studio
+    """The A1111, OpenAI and MCP endpoints run through studio.jobs.Jobs: their images are kept like the chat's."""
+    from studio.jobs import Jobs
+    from studio.line import Line
+    from studio.service import Studio
 
     library = Library(tmp_path / "outputs")
     jobs = Jobs(Studio(engine, "builtin", line=Line(4), library=library))

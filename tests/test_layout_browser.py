@@ -119,7 +119,7 @@ def studio_url(engine, tiny_model, tmp_path_factory):
     from store.library import Library
     from ui.app import build
     from ui.serve import launch
-    from ui.studio import ModelStatus
+    from ui.status import ModelStatus
 
     root = tmp_path_factory.mktemp("layout")
     folder = root / "tiny-builtin"

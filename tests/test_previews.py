@@ -7,14 +7,14 @@ import threading
 import pytest
 
 from engine.request import Request
+from studio.previews import MIN_RUN_S, MOST, SHARE, PreviewCosts
+from studio.stream import stream
 from tests.ui_fixtures import *  # noqa: F403  (studio: the real engine on a tiny SD1.5 folder)
-from ui import runner
-from ui.previews import MIN_RUN_S, MOST, SHARE, PreviewCosts
 
 
 def preview_steps(studio, request: Request) -> list[int]:
     """The steps at which a real run of `request` through the chat's stream brought a preview image."""
-    seen, steps = [], runner.stream(studio, request, threading.Event())
+    seen, steps = [], stream(studio, request, threading.Event())
     try:
         while True:
             what, step, total, preview = next(steps)

@@ -13,7 +13,6 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from ui import runner
 from ui.app import build
 from ui.state import Session
 
@@ -47,9 +46,9 @@ def carries(out, component) -> bool:
 def slow_quiet_run(demo, monkeypatch):
     """A run with no step counter (its first redraw would be 60 s in), no previews, and a quiet yield at every
     chance."""
-    monkeypatch.setattr(runner, "FIRST_REDRAW_S", 60.0)
+    monkeypatch.setattr(demo.studio.timing, "first_redraw_s", 60.0)
     monkeypatch.setattr(demo.studio.previews, "min_run_s", float("inf"))
-    monkeypatch.setattr(runner, "IDLE_YIELD_S", 0.0)
+    monkeypatch.setattr(demo.studio.timing, "idle_yield_s", 0.0)
 
 
 def test_a_turn_sends_the_chat_for_the_message_and_the_image_and_nothing_in_between(demo, slow_quiet_run):
@@ -82,8 +81,8 @@ def test_a_later_turn_sends_the_gallery_once_and_only_when_it_grew(demo, slow_qu
 def test_the_latest_preview_stays_in_the_chat_until_a_newer_one_or_the_image(demo, monkeypatch):
     """Step counters redraw the chat between previews; each used to drop the preview it had just shown."""
     chat = by_elem(demo, "chat")
-    monkeypatch.setattr(runner, "FIRST_REDRAW_S", 0.0)  # a step counter at every step
-    monkeypatch.setattr(runner, "REDRAW_S", 0.0)
+    monkeypatch.setattr(demo.studio.timing, "first_redraw_s", 0.0)  # a step counter at every step
+    monkeypatch.setattr(demo.studio.timing, "redraw_s", 0.0)
     monkeypatch.setattr(demo.studio.previews, "min_run_s", 0.0)  # the tiny model's 40 steps get previews
     sent = [out[chat] for out in enter(demo, "a red circle --steps 40 --size 32x32") if carries(out, chat)]
     previews = [next((m["content"]["path"] for m in h if isinstance(m["content"], dict)
@@ -106,7 +105,7 @@ def test_a_run_closed_midway_leaves_no_broken_preview_in_the_chat(demo, monkeypa
     """The tab gone mid-run: gradio closes the event's generator, and the run deletes its preview files; their
     messages go too (the chat is stored, and comes back on the next visit)."""
     chat = by_elem(demo, "chat")
-    monkeypatch.setattr(runner, "FIRST_REDRAW_S", 0.0)
+    monkeypatch.setattr(demo.studio.timing, "first_redraw_s", 0.0)
     monkeypatch.setattr(demo.studio.previews, "min_run_s", 0.0)
     box = by_elem(demo, "prompt")
     fn = next(f for f in demo.fns.values() if (box._id, "submit") in [tuple(t) for t in f.targets])

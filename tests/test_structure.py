@@ -1,5 +1,7 @@
-"""The tree reads as the architecture: no import circles between files, the engine never imports gradio, the UI
-never imports torch, and the project's own settings do not travel through environment variables."""
+"""The tree reads as the architecture: no import circles between files anywhere in it, the engine under the
+service under the doors (ui, apis, cli), no door importing another, the engine never importing gradio, the UI
+never importing torch, family names compared only in the family registry, and the project's own settings not
+travelling through environment variables."""
 
 from __future__ import annotations
 
@@ -7,11 +9,21 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("engine", "ui", "cli")
+PACKAGES = ("engine", "studio", "store", "ui", "apis", "cli", "benchmarks", "tools")
+DOORS = ("ui", "apis", "cli")
+# package -> the project packages it may import (the composer app.py / serving.py may import them all)
+MAY_IMPORT = {
+    "engine": {"engine"},
+    "store": {"store", "engine"},
+    "studio": {"studio", "engine", "store"},
+    "ui": {"ui", "studio", "engine", "store"},
+    "apis": {"apis", "studio", "engine", "store"},
+    "cli": {"cli", "studio", "engine", "store"},
+}
 
 
 def _modules() -> dict[str, Path]:
-    files = {"app": ROOT / "app.py"}
+    files = {"app": ROOT / "app.py", "serving": ROOT / "serving.py"}
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
             parts = path.relative_to(ROOT).with_suffix("").parts
@@ -57,6 +69,47 @@ def test_no_import_circles_anywhere():
     for start in graph:
         visit(start, [start], {start})
     assert not circles, f"import circles: {circles[:3]}"
+
+
+def test_the_engine_sits_under_the_service_under_the_doors_and_no_door_imports_another():
+    files = _modules()
+    wrong = []
+    for name, path in files.items():
+        package = name.split(".")[0]
+        if package not in MAY_IMPORT:
+            continue
+        for target in _imports(name, path, set(files)):
+            if target.split(".")[0] not in MAY_IMPORT[package]:
+                wrong.append(f"{name} -> {target}")
+    assert not wrong, f"imports across the architecture: {wrong}"
+
+
+def test_the_service_speaks_no_protocol():
+    """studio/ is under every door: no gradio, no HTTP framework."""
+    for name, path in _modules().items():
+        if name.startswith("studio"):
+            text = path.read_text()
+            for framework in ("gradio", "fastapi", "starlette"):
+                assert f"import {framework}" not in text and f"from {framework}" not in text, (name, framework)
+
+
+def test_family_names_are_compared_only_in_the_registry():
+    """Outside engine/families.py no code compares a family's name (`family == "flux"`): it asks the registry."""
+    from engine.families import FAMILIES
+
+    found = []
+    for name, path in _modules().items():
+        if name == "engine.families":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Compare):
+                continue
+            sides = [node.left, *node.comparators]
+            named = any("family" in ast.unparse(side).lower() for side in sides)
+            literal = [n.value for side in sides for n in ast.walk(side) if isinstance(n, ast.Constant)]
+            if named and any(value in FAMILIES for value in literal):
+                found.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, f"family names compared outside the registry: {found}"
 
 
 def test_engine_has_no_gradio_and_ui_has_no_torch():

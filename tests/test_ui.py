@@ -9,13 +9,13 @@ from PIL import Image
 
 from engine.images import metadata
 from engine.request import ControlUnit, UserError
+from studio.previews import MIN_RUN_S
+from studio.service import model_family
 from tests.ui_fixtures import *  # noqa: F403  (the UI tests' fixtures: studio, shared, session, settings)
 from tests.ui_fixtures import a1111_png
 from ui import api, handlers, inline
 from ui.marks import PROBLEM
-from ui.previews import MIN_RUN_S
 from ui.state import Session, Settings
-from ui.studio import model_family
 
 
 def say(studio, session, text, settings, files=()):

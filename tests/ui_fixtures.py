@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from studio.service import Studio
 from ui.state import Session, Settings
-from ui.studio import Studio
 
 __all__ = ["studio", "shared", "session", "settings"]
 

@@ -3,7 +3,8 @@
     Client(url).predict("a red fox", "", "", 0, -1, 42, 0, 0, 1, "default", api_name="/generate")
 
 The values are the panel's own (0 / -1 / "" / "default" mean the model's default), so they become a
-`Request` through the same `Settings.request` as a chat message, and the engine's checks word every error.
+`Request` through the same `studio.requests.make_request` as a chat message, and the engine's checks word every
+error.
 """
 
 from __future__ import annotations
@@ -11,21 +12,19 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Iterator
 
 import gradio as gr
 
 from engine.request import UserError
-from store.outputs import DiskError
-from ui import runner
-from ui.state import Settings
-from ui.studio import Studio
+from studio.files import LinkedFiles
+from studio.jobs import keep_all
+from studio.requests import make_request
+from studio.service import Studio
+from studio.stream import stream
 
 log = logging.getLogger(__name__)
-
-API_FILES_TTL_S = 3600
 
 
 def generate(studio: Studio, folder: Path, prompt: str, *args, **kwargs) -> list[str]:
@@ -43,25 +42,14 @@ def generate_steps(studio: Studio, folder: Path, prompt: str, negative: str = ""
                    scheduler: str = "default", cancel: threading.Event | None = None) -> Iterator[None]:
     """The endpoint's work, as a generator that yields while it waits or samples and returns the PNG paths
     (with metadata) in `folder`. Closing it (the client cancelled or went away) stops the engine within a step
-    and writes nothing. Files older than an hour are removed."""
-    settings = Settings(model=(model or "").strip() or studio.default_model, negative=negative or "", steps=steps,
-                        guidance=guidance, seed=seed, width=width, height=height, scheduler=scheduler, count=count)
-    request = settings.request(prompt or "")
-    result = yield from runner.stream(studio, request, cancel or threading.Event(), previews=False)
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("studio-*.png"):  # gradio has served (copied) them long since
-        if time.time() - old.stat().st_mtime > API_FILES_TTL_S:
-            old.unlink(missing_ok=True)
-    paths = []
-    for i, s in enumerate(result.seeds):
-        path = folder / f"studio-{time.strftime('%Y%m%d-%H%M%S')}-{i}-seed{s}.png"
-        result.save_png(i, path)
-        paths.append(str(path))
-        if studio.library is not None and studio.library.enabled:
-            try:  # kept like a chat image; a full disk costs the record, not the answer
-                studio.library.keep(result, i, "api")
-            except DiskError as e:
-                log.warning("API image not kept: %s", e)
+    and writes nothing. Files older than an hour are removed; each image is kept in the library like the chat's."""
+    request = make_request(prompt or "", (model or "").strip() or studio.default_model, form=True,
+                           negative=negative, steps=steps, guidance=guidance, seed=seed, width=width, height=height,
+                           count=count, scheduler=scheduler)
+    result = yield from stream(studio, request, cancel or threading.Event(), previews=False)
+    files = LinkedFiles(folder=folder)
+    paths = [str(files.save(result, i)) for i in range(len(result.images))]
+    keep_all(studio.library, result, "api")
     return paths
 
 

@@ -15,16 +15,17 @@ import time
 import gradio as gr
 
 from engine.request import UserError
+from studio.line import Line
+from studio.service import Studio, builtin_defaults, model_choices, panel_defaults
 from ui import api, edit_handlers, handlers, history, runner
 from ui.history_events import wire_history
 from ui.layout import SESSION_TTL_S, TITLE, Page, build_page
-from ui.line import Line
 from ui.marks import PROBLEM
 from ui.panel_events import show_view, wire_panel
 from ui.panel_handlers import model_view
 from ui.runner import Update
 from ui.state import Session, Settings, ensure
-from ui.studio import ModelStatus, Studio, builtin_defaults, model_choices, panel_defaults
+from ui.status import ModelStatus
 
 UNSENT = object()  # an output this event has not sent yet
 

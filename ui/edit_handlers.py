@@ -11,10 +11,11 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from studio.parse import pan_borders, zoom_borders
+from studio.service import Studio
 from ui.handlers import nothing_yet
 from ui.runner import Update, run
 from ui.state import Session, Settings
-from ui.studio import Studio
 
 ZOOM = 1.5
 UPSCALE = 2.0
@@ -42,8 +43,10 @@ def _edit(studio: Studio, session: Session, settings: Settings, prompt: str, wha
         return nothing_yet(session, "There is no image to edit yet: send a prompt first, then edit its image.")
     prompt = (prompt or "").strip() or shot.request.prompt
     session.say("user", f"{what} #{shot.number}" + (f": {prompt}" if prompt != shot.request.prompt else ""))
+    # each edit is one edit of the image as it is now: the source's own edit (its mask, borders, upscale) is done
+    fresh = dict(mask=None, outpaint=None, upscale=None, upscaler=None, inpaint_padding=None, strength=None)
     request = dataclasses.replace(shot.request, prompt=prompt, seed=None, init_image=shot.path, width=None,
-                                  height=None, count=1, **edit)
+                                  height=None, count=1, **{**fresh, **edit})
     return run(studio, session, request)
 
 
@@ -57,25 +60,22 @@ def inpaint(studio: Studio, session: Session, settings: Settings, prompt: str, e
     if mask is None:
         return nothing_yet(session, "Paint over the part to change first (the brush in the editor), then press "
                                     "Inpaint. The rest of the image stays as it is.")
-    return _edit(studio, session, settings, prompt, "Inpaint", mask=mask, strength=max(settings.strength, 0.75))
+    return _edit(studio, session, settings, prompt, "Inpaint", mask=mask)  # strength: the engine's (1: draws anew)
 
 
 def zoom_out(studio: Studio, session: Session, settings: Settings, prompt: str) -> Iterator[Update]:
     shot = session.selected_shot()
     if shot is None:
         return nothing_yet(session, "There is no image to zoom out of yet: send a prompt first.")
-    w, h = Image.open(shot.path).size
-    dx, dy = round(w * (ZOOM - 1) / 2 / 8) * 8, round(h * (ZOOM - 1) / 2 / 8) * 8
-    return _edit(studio, session, settings, prompt, f"Zoom out {ZOOM:g}x", outpaint=(dx, dy, dx, dy))
+    borders = zoom_borders(Image.open(shot.path).size, ZOOM)
+    return _edit(studio, session, settings, prompt, f"Zoom out {ZOOM:g}x", outpaint=borders)
 
 
 def pan(studio: Studio, session: Session, settings: Settings, prompt: str, side: str) -> Iterator[Update]:
     shot = session.selected_shot()
     if shot is None:
         return nothing_yet(session, "There is no image to pan yet: send a prompt first.")
-    w, h = Image.open(shot.path).size
-    hw, hh = round(w / 2 / 8) * 8, round(h / 2 / 8) * 8
-    borders = {"left": (hw, 0, 0, 0), "right": (0, 0, hw, 0), "up": (0, hh, 0, 0), "down": (0, 0, 0, hh)}[side]
+    borders = pan_borders(Image.open(shot.path).size, side)
     return _edit(studio, session, settings, prompt, f"{PAN[side]} Pan {side}", outpaint=borders)
 
 

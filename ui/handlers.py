@@ -17,11 +17,11 @@ from typing import Iterator
 
 from engine.images import metadata
 from engine.request import Request, UserError, valid_schedulers
+from studio.service import Studio, model_family, panel_defaults
 from ui import inline
 from ui.marks import PROBLEM
 from ui.runner import Update, run
 from ui.state import Session, Settings
-from ui.studio import Studio, model_family, panel_defaults
 
 log = logging.getLogger(__name__)
 ANGLE_TAG = re.compile(r"(?<!`)<[^<>`\n]{1,200}>(?!`)")  # <lora:pastel:0.8>: HTML to the chat's sanitiser

@@ -16,24 +16,10 @@ from pathlib import Path
 
 from engine.request import Request
 from store.library import Library, new_id
-from store.outputs import DiskError
 from ui.state import Session, Shot
 
 log = logging.getLogger(__name__)
 _WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="studio-persist")  # one: writes stay in order
-
-
-def keep(library: Library | None, session: Session, result, i: int, shown: Path, init_image=None) -> str | None:
-    """Keep image `i` of `result` in the library; remember which kept file the chat's copy `shown` stands for.
-    Returns a note for the user when the disk refused (the image stays in the chat either way)."""
-    if library is None or not library.enabled:
-        return None
-    try:
-        entry = library.keep(result, i, "chat", conversation=session.conversation, init_image=init_image)
-    except DiskError as e:
-        return str(e)
-    session.kept[str(shown)] = entry.path
-    return None
 
 
 def snapshot(session: Session) -> dict:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from engine.images.infotext import take_lora_tags
 from engine.request import LoraSpec, UserError
+from studio.parse import lora_spec
 
 FLAG_RE = re.compile(r"(?<!\S)--([A-Za-z][\w-]*)")
 DASH_RE = re.compile(r"(?<!\S)[\u2014\u2013](?=[A-Za-z])")  # phones turn "--" into an em or en dash
@@ -126,12 +127,7 @@ def _apply(out: Inline, name: str, value: str) -> None:
         out.overrides["width"] = int(match[1])
         out.overrides["height"] = int(match[2] or match[1])
     elif flag.name == "lora":
-        lora_name, sep, weight = value.rpartition("=")
-        if not sep:
-            lora_name, weight = value, "1"
-        if not lora_name.strip():
-            raise UserError(f"{flag_text!r}: write --lora NAME=WEIGHT, e.g. --lora pastel=0.8")
-        out.loras.append(LoraSpec(lora_name.strip(), _float(weight, flag_text, "a weight such as 0.8")))
+        out.loras.append(lora_spec(value, "--lora NAME=WEIGHT, e.g. --lora pastel=0.8"))
 
 
 def parse_ratio(value: str) -> tuple[float, float]:

@@ -68,7 +68,7 @@ def chat_buttons(on_space: bool) -> list[str]:
 def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, status_text: str, selected_text: str,
                local_paths: bool, session_ttl: float = SESSION_TTL_S, keeps: str = "", on_space: bool = False
                ) -> Page:
-    """Lay out the page (inside a gr.Blocks); `defaults` are ui.studio.panel_defaults of `start.model`; `keeps`:
+    """Lay out the page (inside a gr.Blocks); `defaults` are studio.service.panel_defaults of `start.model`; `keeps`:
     the library's browser secret when the server keeps images and conversations (a Library tab, a chat list);
     `on_space`: served on a Hugging Face Space (its Share button works there only).
 

@@ -65,7 +65,7 @@ class Panel:
     """The side panel's components; build it inside a gr.Column. Closed, it fits one screen beside the chat."""
 
     def __init__(self, models: list[tuple[str, str]], settings: Settings, defaults: dict, local_paths: bool):
-        """`models`: the picker's (label, value) pairs; `defaults`: ui.studio.panel_defaults of settings.model."""
+        """`models`: the picker's (label, value) pairs; `defaults`: studio.service.panel_defaults of settings.model."""
         self.model = gr.Dropdown(models, value=settings.model, label="Model", elem_id="model")
         self.negative = gr.Textbox(label="Negative prompt", lines=1, max_lines=4, value=settings.negative,
                                    placeholder="what to keep out (--no in a message adds to it)")
@@ -235,7 +235,7 @@ class Panel:
         return out
 
     def show_plugins(self, rows: list[dict]) -> dict:
-        """Updates that show one row per plugin (from ui.studio.plugin_rows) and hide the rows left over."""
+        """Updates that show one row per plugin (from studio.service.plugin_rows) and hide the rows left over."""
         rows = rows[:MAX_PLUGIN_ROWS]
         out = {self.plugin_names: [r["name"] for r in rows],
                self.plugin_note: (f"{len(rows)} plugin(s); toggle and weight. Inline: `--lora NAME=0.8` or "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gradio as gr
 
 from engine.request import UserError
+from studio.service import Studio
 from ui import handlers, panel_handlers
 from ui.inline import ASPECTS
 from ui.layout import Page
@@ -16,7 +17,7 @@ from ui.marks import PROBLEM
 from ui.panel import Panel
 from ui.panel_handlers import ModelView
 from ui.state import RANDOM_SEED
-from ui.studio import ModelStatus, Studio
+from ui.status import ModelStatus
 
 # answered at once, outside gradio's queue: a full queue of generations never keeps the panel or a page load waiting
 PRIVATE = dict(api_visibility="private", queue=False)

@@ -10,10 +10,10 @@ import math
 from dataclasses import dataclass, field
 
 from engine.request import UserError
+from studio.service import Studio, panel_defaults, plugin_rows
 from ui.inline import ASPECTS, CUSTOM, parse_ratio, size_for_ratio
 from ui.marks import PROBLEM
 from ui.state import Settings
-from ui.studio import Studio, panel_defaults, plugin_rows
 
 
 @dataclass
@@ -22,8 +22,8 @@ class ModelView:
 
     model: str
     status: str  # the status line ("" = leave it as it is)
-    defaults: dict | None = None  # ui.studio.panel_defaults
-    plugins: list[dict] = field(default_factory=list)  # ui.studio.plugin_rows
+    defaults: dict | None = None  # studio.service.panel_defaults
+    plugins: list[dict] = field(default_factory=list)  # studio.service.plugin_rows
 
 
 def model_view(studio: Studio, model: str, ready: str = "") -> ModelView:

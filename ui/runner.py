@@ -1,4 +1,4 @@
-"""Running one generation for the chat: the engine in a worker thread, progress and previews streamed in.
+"""Running one generation for the chat: the studio's stream (studio/stream.py) drawn into the session's chat.
 
 `run` appends to the session's chat and yields an `Update` at each redraw; the engine's `check_request` judges
 the request (its `UserError` text is the chat's reply), so nothing here re-checks settings. No gradio, no torch.
@@ -8,30 +8,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import queue
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from engine.engine import Cancelled
 from engine.request import Request, UserError, check_request
-from ui import history
-from ui.line import Busy, Line  # noqa: F401  (Line: ui.app builds the studio's line from here)
+from studio.jobs import keep
+from studio.line import Busy
+from studio.service import Studio
+from studio.stream import stream
 from ui.marks import BUSY, NOTE, PROBLEM, STOPPED
 from ui.state import Session, Settings, Shot
-from ui.studio import Studio
 
 log = logging.getLogger(__name__)
 
 ENGINE_GROUP = "engine"  # the gradio concurrency group of every event that runs the engine (one GPU: one at a time)
-REDRAW_S = 0.5  # then at most this often (a preview always is): each redraw is a pass of gradio and the browser
-FIRST_REDRAW_S = 1.0  # and not before the run is this old: a faster reply goes from "Starting…" to its image
-LINE_POLL_S = 1.0  # how often a generation waiting in line yields (a Stop while waiting takes up to this long)
-WAIT_POLL_S = 0.25  # how often a running generation reports in while loading or decoding (no step to report)
-IDLE_YIELD_S = 1.0  # how often the chat yields with nothing new, so a closed tab's event ends (Stop itself needs
-# no yield: it sets the session's cancel switch, and the engine stops at its next step)
 
 
 @dataclass
@@ -44,82 +37,11 @@ class Update:
     status: str | None = None  # a new status line: how the turn's model did (None: leave it)
 
 
-def generate(studio: Studio, request: Request, **live):
-    """The engine's Result for `request`: in the ZeroGPU worker when there is one (no live preview there)."""
-    if studio.gpu is not None:
-        return studio.gpu(request)
-    return studio.engine.generate(request, **live)
-
-
-def stream(studio: Studio, request: Request, cancel: threading.Event, previews: bool = True
-           ) -> Iterator[tuple[str, int, int, Any]]:
-    """Run `request` when its turn comes, yielding ("waiting", place, 0, None) while it waits and
-    ("step", step, total, preview) as it samples; the Result is the generator's return value.
-
-    Closing the generator (a Stop, gradio cancelling the event, the client gone) sets `cancel`: the engine stops
-    at its next step and nothing is returned or saved. `Busy` when the line is full, before anything runs.
-    """
-    line = studio.line
-    ticket = line.join()
-    events: queue.Queue = queue.Queue()
-    outcome: dict[str, Any] = {}
-    worker = None
-
-    plan = None  # the run's previews (ui/previews.py), planned at its first step
-
-    def progress(step: int, total: int, latents) -> None:
-        preview = None
-        if previews and step < total and plan is not None and plan.due(step, total):
-            try:
-                started = time.perf_counter()
-                preview = studio.engine.preview(request.model, latents)
-                plan.measured(time.perf_counter() - started)
-            except Exception:  # a preview is a nicety; never fail the generation for it
-                log.debug("preview failed", exc_info=True)
-        events.put((step, total, preview))
-
-    def work() -> None:
-        nonlocal plan
-        plan = studio.previews.plan(request.model)
-        try:
-            outcome["result"] = generate(studio, request, progress=progress, cancel=cancel)
-        except BaseException as e:  # handed to the caller's thread, which decides what the user sees
-            outcome["error"] = e
-        finally:
-            events.put(None)
-
-    try:
-        while (place := line.wait(ticket, LINE_POLL_S)) > 0:
-            if cancel.is_set():
-                raise Cancelled()
-            yield "waiting", place, 0, None
-        if cancel.is_set():
-            raise Cancelled()
-        worker = threading.Thread(target=work, name="generate", daemon=True)
-        worker.start()
-        while True:
-            try:
-                item = events.get(timeout=WAIT_POLL_S)
-            except queue.Empty:  # loading, decoding: yield anyway, so a close is never kept waiting
-                yield "step", -1, 0, None
-                continue
-            if item is None:
-                break
-            yield "step", *item
-    finally:
-        if worker is not None and worker.is_alive():  # closed mid-run: stop the engine, then free the line
-            cancel.set()
-            worker.join()
-        line.leave(ticket)
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
-
-
 def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
     """Generate `request`, streaming its place in line and progress into the chat, then show the images and one
     settings line. Closing this generator (the browser gone, a cancelled event) stops the engine too."""
     session.cancel.clear()
+    timing = studio.timing
     pending = session.say("assistant", "Starting…")
     yield Update()  # the user's message at once, however long the first step takes (a model loading)
     started = time.perf_counter()
@@ -147,11 +69,12 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
             else:  # loading, decoding: nothing new to show
                 text = None
             # every redraw costs gradio a pass over the whole history (~1 ms an image, beside the sampling) and
-            # the browser a render of it: the step counter once a run is FIRST_REDRAW_S old, then every REDRAW_S;
-            # else a yield with nothing new every IDLE_YIELD_S, so a closed tab's event ends
-            counter_waits = what == "step" and (now - started < FIRST_REDRAW_S or now - redrawn < REDRAW_S)
+            # the browser a render of it: the step counter once a run is first_redraw_s old, then every redraw_s;
+            # else a yield with nothing new every idle_yield_s, so a closed tab's event ends
+            counter_waits = what == "step" and (now - started < timing.first_redraw_s
+                                                or now - redrawn < timing.redraw_s)
             if text is None or (preview is None and (counter_waits or session.history[pending:] == progress(text))):
-                if now - yielded >= IDLE_YIELD_S:
+                if now - yielded >= timing.idle_yield_s:
                     yielded = now
                     yield Update()  # nothing new: ui/app.py sends nothing for it
                 continue
@@ -217,7 +140,10 @@ def show_result(session: Session, result, library=None) -> None:
         result.save_png(i, path)
         index = session.say("assistant", {"path": str(path), "alt_text": f"#{number}: {own.prompt}"})
         session.shots.append(Shot(number, str(path), own, turn, result.model_name, index))
-        refused = history.keep(library, session, result, i, path, init_image=_init_image(result.request))
+        entry, refused = keep(library, result, i, "chat", conversation=session.conversation,
+                              init_image=_init_image(result.request))
+        if entry is not None:
+            session.kept[str(path)] = entry.path  # the kept file the chat's copy stands for
         if refused and refused not in result.notes:
             result.notes.append(refused)
     for cmap in result.control_maps:

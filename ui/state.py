@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.request import ControlUnit, LoraSpec, Request, clean_text
+from studio.requests import make_request
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +46,10 @@ class Settings:
     loras: list[LoraSpec] = field(default_factory=list)
 
     def request(self, prompt: str) -> Request:
-        """The engine request for `prompt` with these values; the engine's check_request judges the rest."""
-        return Request(prompt=prompt, negative=self.negative or "", model=self.model, steps=_given(self.steps, 1),
-                       guidance=_given(self.guidance, 0), seed=_given(self.seed, 0), width=_given(self.width, 1),
-                       height=_given(self.height, 1),
-                       scheduler=None if self.scheduler in (None, "", "default") else self.scheduler,
-                       count=self.count or 1, controls=list(self.controls), loras=list(self.loras))
+        """The engine request for `prompt` with these values (studio.requests.make_request, as every door)."""
+        return make_request(prompt, self.model, form=True, negative=self.negative, steps=self.steps,
+                            guidance=self.guidance, seed=self.seed, width=self.width, height=self.height,
+                            scheduler=self.scheduler, count=self.count, controls=self.controls, loras=self.loras)
 
     def to_browser(self) -> dict:
         """The plain values kept in the browser between visits (no images, no plugin choices)."""
@@ -79,11 +78,6 @@ class Settings:
             scheduler=request.scheduler or "default", loras=list(request.loras))
 
 
-def _given(value, smallest):
-    """`value`, or None (the default) when it is unset or below the smallest value it can really take."""
-    return None if value is None or value < smallest else value
-
-
 @dataclass
 class Shot:
     """One image of this session: its PNG (with metadata) and the settings that made it."""
@@ -109,6 +103,7 @@ class Session:
     conversation: str = ""  # the id this chat is stored under in the library
     kept: dict[str, str] = field(default_factory=dict)  # the chat's copy of an image -> its kept file
     closed: bool = False  # the tab moved on (New chat, Clear, another conversation) or went away
+    delete_armed: str | None = None  # the conversation a first click on Delete chat asked to delete
 
     @classmethod
     def new(cls) -> Session:

@@ -11,14 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..families import FAMILIES_BY_NAME, family_of_class
 from ..request import UserError
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle")
-PIPELINE_FAMILIES = {
-    "StableDiffusionPipeline": "sd15",
-    "StableDiffusionXLPipeline": "sdxl",
-    "FluxPipeline": "flux",
-}
 _HEADERS: dict[tuple[str, int, int], dict[str, list[int]]] = {}
 
 
@@ -92,12 +88,11 @@ def family_of_folder(folder: Path) -> str:
         cls = json.loads(index.read_text())["_class_name"]
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{index} is not a valid model_index.json ({e}). Re-download or re-save the model.") from e
-    # longest prefix first: StableDiffusionXL... before StableDiffusion...
-    for prefix in sorted(PIPELINE_FAMILIES, key=len, reverse=True):
-        if cls.startswith(prefix.replace("Pipeline", "")):
-            return PIPELINE_FAMILIES[prefix]
-    raise UserError(f"{folder} holds a {cls}, which this app does not run. Supported: SD1.5, SDXL and Flux "
-                    "pipelines.")
+    found = family_of_class(cls)
+    if found is None:
+        known = ", ".join(f.label for f in FAMILIES_BY_NAME.values() if f.index_classes)
+        raise UserError(f"{folder} holds a {cls}, which this app does not run. Supported: {known} pipelines.")
+    return found.name
 
 
 def flux_variant_of_keys(keys: dict[str, list[int]]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ..families import has_variants
 from ..request import UserError
 from .checkpoint import family_of_folder, flux_variant_of_folder
 
@@ -90,7 +91,7 @@ class Hub:
                            missing=f"{repo} is not a diffusers pipeline (no model_index.json). Use a diffusers repo "
                                    "or a .safetensors file.").parent
         family = family_of_folder(folder)
-        if family != "flux":
+        if not has_variants(family):
             return family, ""
         try:
             self.file(repo, "transformer/config.json", f"the transformer config of {repo}")

@@ -11,6 +11,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from ..families import family
 from ..request import SCHEDULERS, UserError
 from .hub import Hub
 from .pinned import pin
@@ -18,36 +19,17 @@ from .resolve import Source
 
 log = logging.getLogger(__name__)
 
-_SD = {"txt2img": "StableDiffusionPipeline", "img2img": "StableDiffusionImg2ImgPipeline",
-       "control": "StableDiffusionControlNetPipeline", "control_img2img": "StableDiffusionControlNetImg2ImgPipeline",
-       "inpaint": "StableDiffusionInpaintPipeline"}
-# family -> what each kind of generation runs; the variants share the loaded weights (`from_pipe`)
-PIPELINE_CLASSES = {
-    "builtin": _SD,
-    "sd15": _SD,
-    "sdxl": {"txt2img": "StableDiffusionXLPipeline", "img2img": "StableDiffusionXLImg2ImgPipeline",
-             "control": "StableDiffusionXLControlNetPipeline",
-             "control_img2img": "StableDiffusionXLControlNetImg2ImgPipeline",
-             "inpaint": "StableDiffusionXLInpaintPipeline"},
-    "flux": {"txt2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "control": "FluxControlNetPipeline",
-             "control_img2img": "FluxControlNetImg2ImgPipeline", "inpaint": "FluxInpaintPipeline"},
-}
-# Flux models made for one job: their own pipeline class serves that job (and text-to-image where it can)
-VARIANT_CLASSES = {"fill": {"txt2img": "FluxFillPipeline", "inpaint": "FluxFillPipeline"},
-                   "kontext": {"txt2img": "FluxKontextPipeline", "img2img": "FluxKontextPipeline",
-                               "inpaint": "FluxKontextInpaintPipeline"}}
-
-
 def pipeline_class(source: Source, kind: str) -> str:
     """The diffusers class that runs `kind` (txt2img, img2img, control, control_img2img, inpaint) for `source`."""
-    special = VARIANT_CLASSES.get(source.variant, {})
+    kin = family(source.family)
+    special = kin.variant_pipelines.get(source.variant, {})
     if kind in special:
         return special[kind]
     if special:
-        raise UserError(f"{source.name} is a Flux {source.variant.title()} model, made for "
+        raise UserError(f"{source.name} is a {kin.label} {source.variant.title()} model, made for "
                         f"{'inpainting and outpainting' if source.variant == 'fill' else 'editing an image'}; it "
-                        f"cannot run {kind.replace('_', ' + ')}. Use an ordinary Flux model for that.")
-    return PIPELINE_CLASSES[source.family][kind]
+                        f"cannot run {kind.replace('_', ' + ')}. Use an ordinary {kin.label} model for that.")
+    return kin.pipelines[kind]
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -96,7 +78,7 @@ def load_pipeline(source: Source, device: str, dtype, hub: Hub | None = None):
 
             pipe = load_single_file(source.family, source.location, dtype, hub=hub)
         else:
-            extra = {"safety_checker": None, "requires_safety_checker": False} if source.family in ("sd15",) else {}
+            extra = dict(family(source.family).load_extra)
             pipe = cls.from_pretrained(source.location, dtype=dtype, use_safetensors=True,
                                        local_files_only=hub.offline and source.kind == "hub", **extra)
     except UserError:

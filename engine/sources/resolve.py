@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ROOT
+from ..families import has_variants
 from ..request import UserError
 from .checkpoint import (
     PICKLE_SUFFIXES,
@@ -114,11 +115,11 @@ class Resolver:
             return cached[1]
         if path.is_dir():
             family = family_of_folder(path)
-            variant = flux_variant_of_folder(path) if family == "flux" else ""
+            variant = flux_variant_of_folder(path) if has_variants(family) else ""
             source = Source(model, "folder", str(path), family, variant)
         else:
             family = checkpoint_family(path)
-            variant = flux_variant_of_keys(read_header(path, path.name)) if family == "flux" else ""
+            variant = flux_variant_of_keys(read_header(path, path.name)) if has_variants(family) else ""
             source = Source(model, "file", str(path), family, variant)
         self._path_cache[str(path)] = (stamp, source)
         return source

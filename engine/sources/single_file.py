@@ -14,6 +14,8 @@ import logging
 import re
 from pathlib import Path
 
+from ..families import SCHNELL_CONFIG, has_variants
+from ..families import family as family_of
 from ..request import UserError
 from .checkpoint import flux_variant_of_keys, read_header
 from .hub import Hub
@@ -22,16 +24,6 @@ log = logging.getLogger(__name__)
 
 # what diffusers itself fetches for a single file's configs (no weights)
 CONFIG_PATTERNS = ["*.json", "**/*.json", "*.txt", "**/*.txt", "**/*.model"]
-FLUX_SCHNELL_CONFIG = "black-forest-labs/FLUX.1-schnell"  # a Flux file without guidance weights is schnell
-PIPELINES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "flux": "FluxPipeline"}
-# a single file needs its family's configs; these repos hold them (cached after one online use)
-SINGLE_FILE_CONFIGS = {
-    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
-    "flux": "black-forest-labs/FLUX.1-dev",
-}
-
-
 def config_for(family: str, path: Path, config: str | None = None) -> str:
     """Which config a single file loads with: the folder beside it, then `config`, then the family's repo."""
     beside = path.with_suffix("")
@@ -39,13 +31,13 @@ def config_for(family: str, path: Path, config: str | None = None) -> str:
         return str(beside)
     if config:
         return config
-    if family == "flux" and flux_variant_of_keys(read_header(path, path.name)) == "schnell":
-        return FLUX_SCHNELL_CONFIG
-    return SINGLE_FILE_CONFIGS[family]
+    if has_variants(family) and flux_variant_of_keys(read_header(path, path.name)) == "schnell":
+        return SCHNELL_CONFIG
+    return family_of(family).single_file_config
 
 
 def _how_to_get(family: str, repo: str, path: Path) -> str:
-    if family == "flux":
+    if family_of(family).single_file_transformer:
         fetch = (f"`hf download {repo} --exclude 'transformer/*' 'flux1-*' 'ae.safetensors'` (configs, VAE and "
                  "text encoders)")
     else:
@@ -114,29 +106,30 @@ def load_single_file(family: str, path: str, dtype, config: str | None = None, h
     if path.suffix.lower() != ".safetensors":
         raise UserError(f"{path.name} is not a .safetensors file; single-file checkpoints are read only from "
                         ".safetensors (pickle files can run code when loaded).")
-    if family not in PIPELINES:
-        raise UserError(f"Single-file checkpoints of family {family!r} are not supported; use sd15, sdxl or flux.")
+    kin = family_of(family)
+    if kin.single_file_config is None:
+        raise UserError(f"Single-file checkpoints of {kin.label} models are not supported; give its diffusers folder "
+                        "or Hub id instead.")
     hub = hub or Hub()
     name = config_for(family, path, config)
     folder = local_config(family, path, name, hub)
     log.info("loading %s as %s with the config %s", path.name, family, name)
     try:
-        if family == "flux":
+        if kin.single_file_transformer:
             # the file holds the transformer; the VAE and text encoders come from the config's own weights
-            transformer = diffusers.FluxTransformer2DModel.from_single_file(
+            transformer = getattr(diffusers, kin.single_file_transformer).from_single_file(
                 str(path), config=folder, subfolder="transformer", dtype=dtype, local_files_only=True)
             source = folder if Path(name).expanduser().is_dir() else name  # a Hub id: fetch/read its weights
             try:
-                pipe = diffusers.FluxPipeline.from_pretrained(source, transformer=transformer, dtype=dtype,
-                                                              use_safetensors=True, local_files_only=hub.offline)
+                pipe = getattr(diffusers, kin.pipelines["txt2img"]).from_pretrained(
+                    source, transformer=transformer, dtype=dtype, use_safetensors=True, local_files_only=hub.offline)
             except OSError as e:  # weights of the VAE / text encoders not cached, or not in the folder
-                raise UserError(f"{path.name} holds only the Flux transformer; the VAE and text encoders come from "
-                                f"{name}, and they are missing ({str(e).splitlines()[0][:120]}). "
+                raise UserError(f"{path.name} holds only the {kin.label} transformer; the VAE and text encoders "
+                                f"come from {name}, and they are missing ({str(e).splitlines()[0][:120]}). "
                                 f"{_how_to_get(family, name, path)}") from None
         else:
-            extra = ({"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-                     if family == "sd15" else {})
-            pipe = getattr(diffusers, PIPELINES[family]).from_single_file(
+            extra = {**kin.load_extra, "feature_extractor": None} if kin.load_extra else {}
+            pipe = getattr(diffusers, kin.pipelines["txt2img"]).from_single_file(
                 str(path), config=folder, dtype=dtype, local_files_only=True, **extra)
     except UserError:
         raise

@@ -128,6 +128,7 @@ def folder_batches(folder: Path, size: int):
 def train_lora_from_folder(folder: Path, name: str, model: str = "builtin", steps: int = 600, rank: int = 4,
                            trigger: str = "", out: Path = Path("plugins")) -> Path:
     """`app.py train-lora`: a LoRA plugin for an SD-family model (builtin or SD1.5) from captioned images."""
+    from ..families import FAMILIES_BY_NAME, family
     from ..request import UserError
     from ..sources.loading import load_pipeline
     from ..sources.resolve import Resolver
@@ -135,8 +136,9 @@ def train_lora_from_folder(folder: Path, name: str, model: str = "builtin", step
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder. Give a folder of images with .txt captions.")
     source = Resolver(local_paths=True).resolve(model)  # the command line: local models allowed
-    if source.family not in ("builtin", "sd15"):
-        raise UserError(f"train-lora supports the built-in and SD1.5 models; {model} is {source.family}.")
+    if not family(source.family).lora_training:
+        trainable = ", ".join(f.label for f in FAMILIES_BY_NAME.values() if f.lora_training)
+        raise UserError(f"train-lora supports {trainable} models; {model} is {family(source.family).label}.")
     pipe = load_pipeline(source, "cpu", torch.float32)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     base = folder_batches(folder, size)

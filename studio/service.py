@@ -1,23 +1,23 @@
-"""What all sessions share: the `Studio` (engine and default model), the default model's background load, and
-per-model data for the panel (family defaults, the model list, plugin rows).
+"""What every door shares: the `Studio` (engine, default model, line, library, previews) and per-model data any
+door shows (family defaults, the model list, plugin rows).
 
-Nothing here builds components: these functions ask the engine and return plain values that ui/panel_handlers.py
-and ui/handlers.py hand on. Which models a user may name is the engine's rule (`EngineConfig.local_paths`, set in
-app.py); its UserError is the reply. No gradio, no torch.
+These functions ask the engine and return plain values that the doors word in their own terms. Which models a
+user may name is the engine's rule (`EngineConfig.local_paths`, set in app.py); its UserError is the reply. No
+gradio, no torch.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from engine.request import DEFAULTS, Request, UserError, valid_schedulers
-from ui.line import Line
-from ui.marks import PROBLEM
-from ui.previews import PreviewCosts
+from engine.families import family as family_of
+from engine.request import Request, UserError, valid_schedulers
+from studio.jobs import Jobs
+from studio.line import Line
+from studio.previews import PreviewCosts
+from studio.stream import Timing
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +29,17 @@ class Studio:
     engine: Any  # engine.engine.Engine
     default_model: str = "builtin"
     gpu: Callable[[Request], Any] | None = None  # ZeroGPU: request -> Result, run in a GPU worker (no live preview)
-    line: Any = None  # ui.line.Line: the generations waiting for the engine (default: 16 may wait)
+    line: Any = None  # studio.line.Line: the generations waiting for the engine (default: 16 may wait)
     library: Any = None  # store.library.Library: kept images and conversations (None: nothing is kept)
     previews: PreviewCosts = field(default_factory=PreviewCosts)  # what a live preview costs, per model
+    timing: Timing = field(default_factory=Timing)  # how often runs report in and the chat redraws
+    jobs: Any = None  # studio.jobs.Jobs: the programmatic doors' generations (A1111 /progress and /interrupt)
 
     def __post_init__(self):
         if self.line is None:  # one generation at a time on the local engine, one per Ray Serve replica
             object.__setattr__(self, "line", Line(16, getattr(self.engine, "replicas", 1)))
+        if self.jobs is None:
+            object.__setattr__(self, "jobs", Jobs(self))
         # the page offers the server's own model even where users may not name files (the operator chose it)
         self.engine.allow_path(self.default_model)
 
@@ -45,51 +49,29 @@ class Studio:
         return self.engine.config.local_paths
 
 
-class ModelStatus:
-    """The status line: the default model loading in the background, then ready or the error."""
-
-    def __init__(self, model: str):
-        self.model, self.text, self.done = model, f"Loading **{model}** in the background…", False
-
-    def load(self, engine) -> None:
-        started = time.perf_counter()
-        try:
-            engine.warm(self.model)  # under the engine's own lock: never beside a generation
-            self.text = f"**{self.model}** ready (loaded in {time.perf_counter() - started:.1f}s)"
-        except UserError as e:
-            self.text = f"{PROBLEM} {e}"
-        except Exception as e:
-            log.exception("loading %s failed", self.model)
-            self.text = (f"{PROBLEM} Loading {self.model} failed ({type(e).__name__}); see the server log. Pick "
-                         "another model.")
-        self.done = True
-
-    def start(self, engine) -> None:
-        threading.Thread(target=self.load, args=(engine,), name="load-model", daemon=True).start()
-
-
 def model_family(studio: Studio, model: str) -> str:
     """The family of a model without loading it; UserError when it can't be used."""
     return studio.engine.defaults(model)["family"]
 
 
 def panel_defaults(studio: Studio, model: str) -> dict:
-    """Steps, guidance, size and scheduler for a model family, plus the scheduler choices and the size limits
-    (`multiple`, `max_size`: the width/height sliders' step and maximum), for the panel.
+    """A model's defaults and limits (engine.Engine.defaults), with "default" first among the schedulers: what the
+    panel's sliders and the doors' model lists show.
 
     UserError when the model can't be used here (the engine's words: missing, or a path on a shared server)."""
     d = dict(studio.engine.defaults(model))
-    d["schedulers"] = ["default"] + valid_schedulers(d["family"])
-    d["multiple"], d["max_size"] = DEFAULTS[d["family"]].multiple, DEFAULTS[d["family"]].max_size
+    d["schedulers"] = ["default"] + list(d["schedulers"])
     return d
 
 
 def builtin_defaults() -> dict:
     """`panel_defaults` of the built-in family, for a page whose default model can't be used."""
-    d = DEFAULTS["builtin"]
-    return {"family": "builtin", "steps": d.steps, "guidance": d.guidance, "width": d.size, "height": d.size,
-            "scheduler": d.scheduler, "multiple": d.multiple, "max_size": d.max_size,
-            "schedulers": ["default"] + valid_schedulers("builtin")}
+    kin = family_of("builtin")
+    d = kin.defaults
+    return {"family": kin.name, "label": kin.label, "steps": d.steps, "guidance": d.guidance, "width": d.size,
+            "height": d.size, "scheduler": d.scheduler, "multiple": d.multiple, "max_size": d.max_size,
+            "schedulers": ["default"] + valid_schedulers(kin.name), "negative_prompt": kin.negative_prompt,
+            "flow": kin.flow}
 
 
 def model_choices(default_model: str) -> list[tuple[str, str]]:
@@ -106,6 +88,16 @@ def model_choices(default_model: str) -> list[tuple[str, str]]:
     if default_model not in [value for _, value in choices]:
         choices.insert(0, (f"{default_model} (server default)", default_model))
     return choices
+
+
+def model_names(studio: Studio, *current: str) -> list[str]:
+    """The models the programmatic doors offer: built-in, the known Hub models, cached ones, the server's default
+    and any the caller uses now."""
+    from engine.sources.hub import cached_hub_models
+    from engine.sources.resolve import KNOWN_MODELS
+
+    names = ["builtin", *KNOWN_MODELS, *(repo for repo, _ in cached_hub_models()), studio.default_model, *current]
+    return list(dict.fromkeys(names))
 
 
 def plugin_rows(engine, model: str) -> list[dict]:

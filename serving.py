@@ -1,0 +1,143 @@
+"""`python app.py` (serve): the one place that puts the parts together. From one `ServeConfig` it starts the
+engine (local, or Ray Serve replicas), the studio service, the page (ui/) and the APIs (apis/) on one server.
+
+The doors never import each other; this composer is the only module that knows them all.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+
+from engine.request import UserError
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MAX_UPLOAD_MB = 20  # the largest file any door accepts (the page's uploads, the APIs' bodies and form parts)
+EXTRAS = {  # an optional feature -> (the module it needs, the command that installs it)
+    "--mcp": ("mcp", "pip install 'mcp>=1.21,<2'"),
+    "--ray": ("ray", "pip install 'ray[serve]>=2.40,<3'"),
+}
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything `python app.py` serves with, read once from the command line and the environment."""
+
+    model: str = "builtin"
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False
+    auth: tuple[str, str] | None = None
+    max_queue: int = 16
+    mcp: bool = False
+    api_token: str | None = None
+    ray: str | None = None  # None: the local engine; "": a local Ray; else the cluster's address
+    replicas: int = 2
+    gpus_per_replica: float | None = None
+    outputs: str | None = None  # the library folder; "none" keeps nothing
+    on_space: bool = False  # a Hugging Face Space (SPACE_ID): its host and port, no library by default
+    max_upload_mb: int = MAX_UPLOAD_MB
+
+    @classmethod
+    def from_args(cls, args, environ=os.environ) -> ServeConfig:
+        on_space = bool(environ.get("SPACE_ID"))
+        return cls(model=args.model, host=environ.get("GRADIO_SERVER_NAME", "0.0.0.0") if on_space else args.host,
+                   port=int(environ.get("GRADIO_SERVER_PORT", args.port)) if on_space else args.port,
+                   share=args.share, auth=parse_auth(args.auth), max_queue=args.max_queue, mcp=args.mcp,
+                   api_token=args.api_token or None, ray=args.ray, replicas=args.replicas,
+                   gpus_per_replica=args.gpus_per_replica, outputs=args.outputs, on_space=on_space)
+
+    @property
+    def loopback(self) -> bool:
+        """Served only to this machine: users may name files and folders on it as models."""
+        return self.host in LOOPBACK and not self.share and not self.on_space
+
+
+def parse_auth(text: str | None) -> tuple[str, str] | None:
+    """--auth USER:PASSWORD as gradio's (user, password); None when not given."""
+    if not text:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise UserError("--auth must be USER:PASSWORD, e.g. --auth alice:correct-horse-battery")
+    return user, password
+
+
+def check_extras(config: ServeConfig) -> None:
+    """Refuse, before anything starts, a flag whose optional package is not installed, naming the install."""
+    for flag, on in (("--mcp", config.mcp), ("--ray", config.ray is not None)):
+        module, install = EXTRAS[flag]
+        if on and importlib.util.find_spec(module) is None:
+            raise UserError(f"{flag} needs the {module!r} package, which is not installed. Install it with "
+                            f"`{install}`, then start the app again (or leave out {flag}).")
+
+
+def make_engine(config: ServeConfig, engine_config):
+    """The local Engine, or with --ray a front for Ray Serve replicas (studio/ray_serve.py)."""
+    if config.ray is None:
+        from engine.engine import Engine
+
+        return Engine(engine_config)
+    from studio.ray_serve import remote_engine
+
+    return remote_engine(engine_config, config.model, config.replicas, config.gpus_per_replica,
+                         address=config.ray or None)
+
+
+def zero_gpu(engine):
+    """On a Hugging Face ZeroGPU Space, run each generation inside `spaces.GPU` (no live preview there)."""
+    import spaces
+
+    @spaces.GPU(duration=120)
+    def generate_on_gpu(request):
+        return engine.generate(request)
+
+    return generate_on_gpu
+
+
+def serve(config: ServeConfig, engine_config, library=None) -> int:
+    """The chat and the APIs on config.host:config.port (loopback by default), the model loading in the
+    background once the page is up."""
+    check_extras(config)
+    has_spaces = importlib.util.find_spec("spaces") is not None
+    if has_spaces:
+        import spaces  # noqa: F401  (must come before torch touches CUDA on ZeroGPU)
+    import apis
+    from ui.app import build
+    from ui.serve import launch
+    from ui.status import ModelStatus
+
+    engine = make_engine(config, engine_config)
+    status = ModelStatus(config.model)
+    zero = has_spaces and config.on_space
+    if zero:  # ZeroGPU: CUDA exists only inside spaces.GPU calls, so load on first use
+        status.text, status.done = f"Model **{config.model}** loads with the first message.", True
+    demo = build(engine, config.model, gpu=zero_gpu(engine) if zero else None, status=status,
+                 max_queue=config.max_queue, library=library, on_space=config.on_space)
+    if config.mcp:
+        apis.add_tools(demo, demo.studio)  # before launch: gradio's MCP server reads the page's endpoints there
+    # generations wait in the studio's own line (bounded by --max-queue, with a "busy" reply); gradio's queue
+    # holds only what is left, so its bound is a backstop that a full line of generations never reaches
+    demo.queue(max_size=max(64, 4 * config.max_queue), default_concurrency_limit=1)
+    if config.share and config.auth is None:
+        print("WARNING: --share makes a public link that anyone who has it can use (and spend your GPU on). "
+              "Add --auth USER:PASSWORD.", flush=True)
+    if config.host not in LOOPBACK and config.auth is None and not config.on_space:
+        print(f"WARNING: listening on {config.host}: anyone on your network can use the app. Add --auth "
+              "USER:PASSWORD.", flush=True)
+    launch(demo, config.host, config.port, share=config.share, auth=config.auth, mcp=config.mcp,
+           max_file_size=f"{config.max_upload_mb}mb")
+    apis.mount(demo, auth=config.auth, api_token=config.api_token)  # A1111, OpenAI (and MCP's guard)
+    if not status.done:
+        status.start(engine)  # after the page is up, so loading never delays it
+    if config.share:
+        print(f"Public link: {demo.share_url}" if demo.share_url else "The share link could not be created.",
+              flush=True)
+    try:
+        demo.block_thread()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        demo.close()
+    return 0

@@ -1,0 +1,119 @@
+"""The programmatic doors' generations (A1111, OpenAI, MCP, gradio's /generate) in the studio's own line: each
+waits and runs exactly like a chat message (`studio.stream`), so every door shares one queue and one
+`--max-queue`. `Jobs` also keeps what A1111's /progress shows and what its /interrupt stops, and keeps each image in
+the library like the chat's. Images go out as PNG bytes with the studio's metadata.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from engine.request import Request
+from studio.stream import stream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    number: int
+    request: Request
+    cancel: threading.Event = field(default_factory=threading.Event)
+    queued_at: float = field(default_factory=time.time)
+    started_at: float | None = None  # when it reached the engine
+    step: int = 0
+    total: int = 0
+
+
+class Jobs:
+    """The API's generations: waiting in `studio.line`, then running on the engine (one at a time, or one per
+    Ray Serve replica)."""
+
+    def __init__(self, studio, source: str = "api"):
+        self.studio, self.source = studio, source  # studio.service.Studio; `source`: what the library records
+        self._numbers = itertools.count(1)
+        self._lock = threading.Lock()
+        self._jobs: list[Job] = []
+
+    def run(self, request: Request, cancel: threading.Event | None = None):
+        """The engine's Result for `request` after its turn in the line. Raises `Busy` at once when the
+        line is full, `Cancelled` after an /interrupt or `cancel`, the engine's `UserError` for bad settings."""
+        job = Job(next(self._numbers), request, cancel or threading.Event())
+        with self._lock:
+            self._jobs.append(job)
+        work = stream(self.studio, request, job.cancel, previews=False)
+        try:
+            while True:
+                try:
+                    what, step, total, _ = next(work)
+                except StopIteration as done:
+                    keep_all(self.studio.library, done.value, self.source)
+                    return done.value
+                if what == "step":
+                    job.started_at = job.started_at or time.time()
+                    if step >= 0:
+                        job.step, job.total = step, total
+        finally:
+            work.close()  # a no-op when it finished; else it stops the engine before the line moves on
+            with self._lock:
+                self._jobs.remove(job)
+
+    def running(self) -> Job | None:
+        with self._lock:
+            return next((job for job in self._jobs if job.started_at is not None), None)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._jobs)
+
+    def interrupt(self) -> bool:
+        """Stop the API generations running on the engine now (within a step); False when none is running."""
+        with self._lock:
+            started = [job for job in self._jobs if job.started_at is not None]
+        for job in started:
+            job.cancel.set()
+        return bool(started)
+
+
+def keep(library, result, i: int, source: str, conversation: str | None = None, init_image=None):
+    """Keep image `i` of `result` in the library (outputs/, searchable), as every door does: (the entry, None), or
+    (None, the disk's refusal as a note for the user) when the disk refused; (None, None) with no library. A full
+    disk costs the record, never the answer."""
+    if library is None or not library.enabled or result is None:
+        return None, None
+    from store.outputs import DiskError
+
+    try:
+        return library.keep(result, i, source, conversation=conversation, init_image=init_image), None
+    except DiskError as e:
+        log.warning("image not kept: %s", e)
+        return None, str(e)
+
+
+def keep_all(library, result, source: str, init_image=None) -> tuple[list, str | None]:
+    """Keep every image of `result` (see `keep`): the entries, and the refusal note if the disk refused."""
+    entries = []
+    for i in range(len(result.images) if result is not None else 0):
+        entry, refused = keep(library, result, i, source, init_image=init_image)
+        if refused:
+            return entries, refused
+        if entry is not None:
+            entries.append(entry)
+    return entries, None
+
+
+def png_bytes(result, i: int) -> bytes:
+    """Image i of an engine Result as PNG bytes, with the A1111 `parameters` text and the studio's JSON."""
+    buffer = io.BytesIO()
+    result.save_png(i, buffer)
+    return buffer.getvalue()
+
+
+def png_base64(result, i: int) -> str:
+    return base64.b64encode(png_bytes(result, i)).decode("ascii")

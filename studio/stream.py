@@ -1,0 +1,115 @@
+"""One generation run in its turn: wait in the studio's line, run the engine in a worker thread, and stream
+("waiting", place) and ("step", step, total, preview) out to whichever door asked. No gradio, no torch.
+
+Closing the stream (a Stop, a cancelled event, a client gone) sets the run's cancel switch and returns at once:
+the engine stops at its next step in its own thread, and the line moves on when it has. Nothing waits on the
+caller's thread for a step or a VAE decode to finish, so a door's event loop is never held by a cancel.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from engine.engine import Cancelled
+from engine.request import Request
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Timing:
+    """How often a run reports in and the chat redraws, in seconds (tests and benchmarks pass their own)."""
+
+    line_poll_s: float = 1.0  # a generation waiting in line yields this often (a Stop while waiting takes this long)
+    wait_poll_s: float = 0.25  # a running one reports in this often while loading or decoding (no step to report)
+    redraw_s: float = 0.5  # the chat redraws its step counter at most this often (a preview always is drawn)
+    first_redraw_s: float = 1.0  # and not before a run is this old: a faster reply goes from "Starting…" to its image
+    idle_yield_s: float = 1.0  # the chat yields with nothing new this often, so a closed tab's event ends
+
+
+class Switch:
+    """A run's stop switch: set by the run itself, or through the caller's `cancel` (a Stop button, /interrupt)."""
+
+    def __init__(self, cancel: threading.Event):
+        self.cancel, self.own = cancel, threading.Event()
+
+    def set(self) -> None:
+        self.own.set()
+
+    def is_set(self) -> bool:
+        return self.own.is_set() or self.cancel.is_set()
+
+
+def generate(studio, request: Request, **live):
+    """The engine's Result for `request`: in the ZeroGPU worker when there is one (no live preview there)."""
+    if studio.gpu is not None:
+        return studio.gpu(request)
+    return studio.engine.generate(request, **live)
+
+
+def stream(studio, request: Request, cancel: threading.Event, previews: bool = True
+           ) -> Iterator[tuple[str, int, int, Any]]:
+    """Run `request` when its turn comes, yielding ("waiting", place, 0, None) while it waits and
+    ("step", step, total, preview) as it samples (step -1: loading or decoding); the Result is the generator's
+    return value. `Busy` when the line is full, before anything runs; `Cancelled` after `cancel`."""
+    line, timing = studio.line, studio.timing
+    ticket = line.join()
+    events: queue.Queue = queue.Queue()
+    outcome: dict[str, Any] = {}
+    plan = None  # the run's previews (studio/previews.py), planned when it starts
+    stop = Switch(cancel)  # this run's own switch: a later run clearing the caller's `cancel` can't revive it
+
+    def progress(step: int, total: int, latents) -> None:
+        preview = None
+        if previews and step < total and plan is not None and plan.due(step, total):
+            try:
+                started = time.perf_counter()
+                preview = studio.engine.preview(request.model, latents)
+                plan.measured(time.perf_counter() - started)
+            except Exception:  # a preview is a nicety; never fail the generation for it
+                log.debug("preview failed", exc_info=True)
+        events.put((step, total, preview))
+
+    def work() -> None:
+        nonlocal plan
+        plan = studio.previews.plan(request.model)
+        try:
+            outcome["result"] = generate(studio, request, progress=progress, cancel=stop)
+        except BaseException as e:  # handed to the caller's thread, which decides what the user sees
+            outcome["error"] = e
+        finally:
+            line.leave(ticket)  # the engine is free: the next in line may start
+            events.put(None)
+
+    started = False
+    try:
+        while (place := line.wait(ticket, timing.line_poll_s)) > 0:
+            if cancel.is_set():
+                raise Cancelled()
+            yield "waiting", place, 0, None
+        if cancel.is_set():
+            raise Cancelled()
+        threading.Thread(target=work, name="generate", daemon=True).start()
+        started = True
+        while True:
+            try:
+                item = events.get(timeout=timing.wait_poll_s)
+            except queue.Empty:  # loading, decoding: yield anyway, so a close is never kept waiting
+                yield "step", -1, 0, None
+                continue
+            if item is None:
+                break
+            yield "step", *item
+    finally:
+        if not started:
+            line.leave(ticket)
+        elif "result" not in outcome and "error" not in outcome:
+            stop.set()  # closed mid-run: the worker stops the engine at its next step, then frees the line
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
