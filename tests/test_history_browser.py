@@ -73,3 +73,43 @@ def test_a_conversation_survives_reload_and_restart_and_the_library_finds_it(bro
     finally:
         context.close()
         demo.close()
+
+
+def test_delete_chat_asks_once_then_deletes_the_chat_for_good(browser, engine, tmp_path):  # noqa: F811
+    """Delete chat used to answer "deleted" and store the chat again as it made the new one: it stayed in the list
+    and in the database, and came back on reload. Now a first click asks, a second deletes it all."""
+    from store.library import Library
+
+    port = free_port()
+    library = Library(tmp_path / "outputs")
+    demo = serve(engine, "builtin", library, port)
+    page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
+    try:
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_selector("#prompt textarea", timeout=30_000)
+        page.fill("#prompt textarea", "a big red circle on the left, blue background")
+        page.press("#prompt textarea", "Enter")
+        page.wait_for_selector(IMAGE.format(1), timeout=90_000)
+        stored = lambda: library._db.execute("SELECT count(*) FROM conversations").fetchone()[0]  # noqa: E731
+        for _ in range(200):  # the turn's chat is stored by a background writer as the turn ends
+            if stored():
+                break
+            page.wait_for_timeout(100)
+        assert stored() == 1
+        page.click("#delete-chat")
+        page.wait_for_function("document.querySelector('#delete-chat').innerText.includes('Click again')",
+                               timeout=20_000)
+        assert page.locator("#chat img").count() == 1  # one click deletes nothing
+        page.click("#delete-chat")
+        page.wait_for_function("document.querySelector('#chat').innerText.includes('were deleted')", timeout=20_000)
+        assert "The chat and its 1 kept image(s) were deleted." in page.inner_text("#chat")
+        assert page.inner_text("#delete-chat").strip() == "Delete chat"
+        images = library._db.execute("SELECT count(*) FROM images").fetchone()[0]
+        assert (stored(), images) == (0, 0)
+        page.reload()
+        page.wait_for_function("(document.querySelector('#chats input') || {}).value === 'New chat'",
+                               timeout=30_000)  # the page's load event has run: the current chat is the new one
+        assert "a big red circle" not in page.inner_text("#chat") and stored() == 0
+    finally:
+        page.context.close()
+        demo.close()

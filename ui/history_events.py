@@ -9,13 +9,14 @@ import logging
 import gradio as gr
 
 from store.library import new_id
+from studio.service import Studio
 from ui import handlers, history, library_page
 from ui.layout import Page
 from ui.state import Session, ensure
-from ui.studio import Studio
 
 log = logging.getLogger(__name__)
 QUICK = dict(queue=False, api_visibility="private")
+DELETE, CONFIRM = "Delete chat", "Click again to delete"  # the button's label (ui/layout.py), and when armed
 
 
 def wire_history(demo: gr.Blocks, page: Page, studio: Studio) -> None:
@@ -30,6 +31,10 @@ def wire_history(demo: gr.Blocks, page: Page, studio: Studio) -> None:
                 page.selected_md: handlers.selected_label(session),
                 page.ids: {"browser": session.browser, "conversation": session.conversation},
                 page.conversations: chats(session)}
+
+    def chat_view(session: Session) -> dict:
+        """`view` and the Delete chat button back to its label, for the chat list's own events."""
+        return {**view(session), page.delete_chat: gr.Button(value=DELETE)}
 
     def chats(session: Session):
         rows = library.conversations(session.browser)
@@ -46,23 +51,26 @@ def wire_history(demo: gr.Blocks, page: Page, studio: Studio) -> None:
             stored = library.load_conversation(session.browser, conversation)
             if stored:
                 history.restore(stored, session)
-        return view(session)
+        return chat_view(session)
 
-    demo.load(on_load, [page.state, page.ids], chat_out, **QUICK)
+    demo.load(on_load, [page.state, page.ids], [*chat_out, page.delete_chat], **QUICK)
 
-    def fresh(session: Session, conversation: str) -> Session:
-        """A new, empty session of the same browser (the old one's temporary files go)."""
+    def fresh(session: Session, conversation: str, keep_old: bool = True) -> Session:
+        """A new, empty session of the same browser (the old one's temporary files go; it is stored first unless
+        it was just deleted)."""
         browser = session.browser if isinstance(session, Session) else history.ids_of(None)[0]
         if isinstance(session, Session):
-            history.persist(library, session)
+            if keep_old:
+                history.persist(library, session)
             session.close()
         out = Session.new()
         out.browser, out.conversation = browser, conversation
         return out
 
     def on_new(state):
-        return view(fresh(ensure(state), new_id()))
+        return chat_view(fresh(ensure(state), new_id()))
 
+    chat_out = [*chat_out, page.delete_chat]
     page.new_chat.click(on_new, page.state, chat_out, **QUICK)
     page.chatbot.clear(on_new, page.state, chat_out, **QUICK)  # Clear: a new, empty chat; the old one is listed
 
@@ -72,20 +80,26 @@ def wire_history(demo: gr.Blocks, page: Page, studio: Studio) -> None:
             return gr.skip()
         stored = library.load_conversation(session.browser, conversation)
         if stored is None:
-            return view(session)
+            return chat_view(session)
         session = fresh(session, conversation)
         history.restore(stored, session)
-        return view(session)
+        return chat_view(session)
 
     page.conversations.input(on_pick, [page.state, page.conversations], chat_out, **QUICK)
 
     def on_delete(state):
+        """The first click asks (the button says "Click again to delete"), the second deletes the chat, its kept
+        images and its place in the list. New chat and opening another chat put the button back."""
         session = ensure(state)
+        if not session.history:
+            return chat_view(session)
+        if session.delete_armed != session.conversation:
+            session.delete_armed = session.conversation
+            return {page.state: session, page.delete_chat: gr.Button(value=CONFIRM)}
         removed = library.delete_conversation(session.browser, session.conversation)
-        session = fresh(session, new_id()) if removed or session.history else session
-        session.history.clear()
+        session = fresh(session, new_id(), keep_old=False)  # not stored again: that brought the chat back
         session.say("assistant", f"The chat and its {removed} kept image(s) were deleted.")
-        return view(session)
+        return chat_view(session)
 
     page.delete_chat.click(on_delete, page.state, chat_out, **QUICK)
     if page.library is not None:
