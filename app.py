@@ -189,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             return serving.serve(serve_config, engine_config(args, local_paths=serve_config.loopback), library)
         config = None if command.startswith("train") or command == "library" else engine_config(args)
         return commands.HANDLERS[command](args, config)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except UserError as e:  # the CLI's user runs the app: the operator's advice too
+        print(f"error: {e.for_operator()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)

@@ -35,6 +35,26 @@ log = logging.getLogger(__name__)
 SCHEDULE_LABELS = {label.lower(): label for *_, label in SCHEDULERS.values()}  # "karras" -> "Karras"
 
 
+# our Request field -> A1111's name for it, so a settings error names the field the client sent
+FIELDS = {"guidance": "cfg_scale", "strength": "denoising_strength", "count": "batch_size x n_iter",
+          "negative": "negative_prompt", "scheduler": "sampler_name", "hires_strength": "denoising_strength",
+          "upscale": "hr_scale", "mask_blur": "mask_blur", "inpaint_padding": "inpaint_full_res_padding"}
+
+
+def failure(e: BaseException) -> JSONResponse:
+    """A1111's answer to a failed request, one table for every route: busy 503, the user's mistake 422 (naming
+    A1111's field; the operator's own advice stays in the server log), anything else 500 without details."""
+    if isinstance(e, Busy):
+        return error(503, "Busy", str(e))
+    if isinstance(e, UserError):
+        if e.operator:
+            log.info("operator advice for an A1111 client's error: %s", e.operator)
+        field = FIELDS.get(e.field or "")
+        return error(422, "UserError", f"{e}" + (f" (A1111 field: {field})" if field else ""))
+    log.error("A1111 API request failed", exc_info=e)
+    return error(500, type(e).__name__, f"Generation failed inside the app ({type(e).__name__}); see the server log.")
+
+
 def error(status: int, kind: str, message: str) -> JSONResponse:
     """A1111's error body (its api_middleware's `handle_exception`)."""
     return JSONResponse({"error": kind, "detail": message, "body": "", "errors": message}, status_code=status)
@@ -176,16 +196,10 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
             if not isinstance(model, str):
                 raise UserError(f"sd_model_checkpoint must be a model name, got {type(model).__name__}.")
             result = jobs.run(a1111_request(payload, model, studio.engine.defaults(model), img2img), cancel)
-        except Busy as e:
-            return error(503, "Busy", str(e))
         except Cancelled:  # /interrupt: A1111 answers with what it has; we have no half-made image
             return {"images": [], "parameters": echo, "info": json.dumps({"interrupted": True, "infotexts": []})}
-        except UserError as e:
-            return error(422, "UserError", str(e))
         except Exception as e:
-            log.exception("A1111 API generation failed")
-            return error(500, type(e).__name__, f"Generation failed inside the app ({type(e).__name__}); see the "
-                         "server log.")
+            return failure(e)
         return {"images": [png_base64(result, i) for i in range(len(result.images))], "parameters": echo,
                 "info": info_json(result)}
 
@@ -212,7 +226,7 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
         try:
             listing = studio.engine.plugin_listing(options["sd_model_checkpoint"])
         except UserError as e:
-            return error(422, "UserError", str(e))
+            return failure(e)
         return [{"name": row["name"], "alias": row["name"], "path": row.get("path"),
                  "metadata": {k: row.get(k) for k in ("family", "trigger", "description", "compatible", "why")}}
                 for row in listing if row.get("kind", "lora") == "lora"]
@@ -222,7 +236,7 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
         try:
             return answer(studio.engine.defaults(options["sd_model_checkpoint"]))
         except UserError as e:
-            return error(422, "UserError", str(e))
+            return failure(e)
 
     @router.get("/samplers")
     def samplers():
@@ -252,7 +266,7 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
             try:
                 studio.engine.defaults(model.strip())  # the engine's words when it can't be used here
             except UserError as e:
-                return error(422, "UserError", str(e))
+                return failure(e)
         options.update(payload)
         if model is not None:
             options["sd_model_checkpoint"] = model.strip()

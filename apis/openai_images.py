@@ -46,6 +46,31 @@ class ApiError(Exception):
         self.status, self.kind, self.param, self.code = status, kind, param, code
 
 
+# our Request field -> the body's own name for it (OpenAI's `param`)
+FIELDS = {"guidance": "guidance_scale", "count": "n", "negative": "negative_prompt", "width": "size",
+          "height": "size", "prompt": "prompt", "steps": "steps", "seed": "seed", "strength": "strength",
+          "model": "model"}
+
+
+def failure(e: BaseException) -> JSONResponse:
+    """OpenAI's answer to a failed request, one table for every route: our own ApiError as it is, busy 503, an
+    interrupt 409, the user's mistake 400 with its `param` (the operator's own advice stays in the server log),
+    anything else 500 without details."""
+    if isinstance(e, ApiError):
+        return error(e.status, e.kind, str(e), e.param, e.code)
+    if isinstance(e, Busy):
+        return error(503, "server_error", str(e), code="server_busy")
+    if isinstance(e, Cancelled):
+        return error(409, "server_error", "The generation was interrupted on the server; send it again.",
+                     code="interrupted")
+    if isinstance(e, UserError):
+        if e.operator:
+            log.info("operator advice for an OpenAI client's error: %s", e.operator)
+        return error(400, "invalid_request_error", str(e), param=FIELDS.get(e.field or ""))
+    log.error("OpenAI API request failed", exc_info=e)
+    return error(500, "server_error", f"Generation failed inside the app ({type(e).__name__}); see the server log.")
+
+
 def error(status: int, kind: str, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
     """OpenAI's error body."""
     kind = kind if kind in ("invalid_request_error", "server_error") else "invalid_request_error"
@@ -121,19 +146,8 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
                 raise ApiError(400, f"response_format must be 'url' or 'b64_json', got {fmt!r}.",
                                param="response_format")
             result = jobs.run(request, cancel)
-        except ApiError as e:
-            return error(e.status, e.kind, str(e), e.param, e.code)
-        except Busy as e:
-            return error(503, "server_error", str(e), code="server_busy")
-        except Cancelled:
-            return error(409, "server_error", "The generation was interrupted on the server; send it again.",
-                         code="interrupted")
-        except UserError as e:
-            return error(400, "invalid_request_error", str(e))
         except Exception as e:
-            log.exception("OpenAI API generation failed")
-            return error(500, "server_error", f"Generation failed inside the app ({type(e).__name__}); see the "
-                         "server log.")
+            return failure(e)
         data = []
         for i in range(len(result.images)):
             if fmt == "b64_json":
@@ -157,10 +171,8 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
         seed)."""
         try:
             request = studio_request(payload, studio)
-        except ApiError as e:
-            return error(e.status, e.kind, str(e), e.param, e.code)
-        except UserError as e:
-            return error(400, "invalid_request_error", str(e))
+        except (ApiError, UserError) as e:
+            return failure(e)
         return await while_connected(http, lambda cancel: answer(request, payload, str(http.base_url), cancel))
 
     @router.post("/images/edits")
@@ -181,10 +193,8 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
             request.init_image, request.mask, request.width, request.height = fit_canvas(
                 image, openai_mask(mask_file, image), request.width, request.height, multiple)
             request.strength = number(fields, "strength")  # None: the engine's inpaint default (1)
-        except ApiError as e:
-            return error(e.status, e.kind, str(e), e.param, e.code)
-        except UserError as e:
-            return error(400, "invalid_request_error", str(e))
+        except (ApiError, UserError) as e:
+            return failure(e)
         return await while_connected(http, lambda cancel: answer(request, fields, str(http.base_url), cancel))
 
     links = APIRouter()  # no credentials: the link itself is the key (a browser showing it has no header to send)

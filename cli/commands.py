@@ -126,7 +126,7 @@ def cmd_generate(args, config) -> int:
             cmap.save(out.with_name(f"{out.stem}.control{i}.png"))
         print(f"{', '.join(map(str, paths))}  ({result.settings_line()}, total {time.perf_counter() - t0:.1f}s)")
         for note in result.notes + _keep(library, result, request):
-            print(f"note: {note}")
+            print(f"note: {note.for_operator() if hasattr(note, 'for_operator') else note}")
     return 0
 
 

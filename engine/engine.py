@@ -18,7 +18,7 @@ from typing import Callable
 from . import edit
 from .config import EngineConfig
 from .families import family as family_of
-from .request import Request, UserError, check_request, defaults_for, valid_schedulers
+from .request import ModelError, Note, Request, UserError, check_request, defaults_for, valid_schedulers
 from .result import Cancelled, Result, broken_note, to_pil
 from .sources import loading, pinned
 from .sources.hub import Hub
@@ -128,9 +128,9 @@ class Engine:
             except Exception as e:
                 if _is_oom(e):
                     loading.free_memory()
-                    raise UserError(f"Out of {self.device.upper()} memory at {request.width}x{request.height}, "
-                                    f"{request.count} image(s). Try a smaller size or fewer images, or start with "
-                                    "--offload on.") from None
+                    raise ModelError(f"Out of {self.device.upper()} memory at {request.width}x{request.height}, "
+                                     f"{request.count} image(s). Try a smaller size or fewer images.",
+                                     operator="Or start the app with --offload on.") from None
                 raise
 
     def _generate(self, request: Request, progress: Progress | None, cancel: threading.Event | None) -> Result:
@@ -150,8 +150,8 @@ class Engine:
             req.seed = random.SystemRandom().randrange(2**32)
         notes = [sampling_note] if sampling_note else []
         if loaded.offload:
-            notes.append(f"{name} is larger than the free GPU memory: model CPU offload is on (slower). Start with "
-                         "--offload off to force it onto the GPU.")
+            notes.append(Note(f"{name} is larger than the free GPU memory: model CPU offload is on (slower).",
+                              kind="offload", operator="Start with --offload off to force it onto the GPU."))
         # 3. pipeline variant, scheduler
         init = plan = None
         if req.init_image is not None:
@@ -261,7 +261,7 @@ class Engine:
                  req.steps, name, seconds)
         return Result(images, seeds, req, name, family, infotexts,
                       control.maps if control is not None else [], seconds, notes,
-                      triggers=loras.triggers if loras else [], extra=extra)
+                      triggers=loras.triggers if loras else [], extra=extra, broken=broken)
 
     def _sample(self, pipe, kwargs: dict, cancel: threading.Event | None) -> tuple[list, int]:
         """The pipeline's images as PIL, and how many held NaN/inf; Cancelled if the user stopped it."""

@@ -7,6 +7,7 @@ bad settings is written here, naming the problem and the fix. It is pure: it ret
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,50 @@ __all__ = ["FAMILIES", "FamilyDefaults"]  # engine.families' own, named here for
 
 
 class UserError(Exception):
-    """A problem the user can fix. Its message is shown as-is in the chat and on the CLI."""
+    """A problem the user can fix. Its message is shown as-is in the chat, the APIs and on the CLI.
+
+    `field`: the Request field at fault, when one is (each door names it in its own terms); `operator`: advice only
+    the person who runs the app can act on (a start flag, a download on the server), which the doors show to
+    the operator alone (the CLI, a chat on this machine) and log for everyone else."""
+
+    def __init__(self, message: str = "", *, field: str | None = None, operator: str = ""):
+        super().__init__(message)
+        self.field, self.operator = field, operator
+
+    def __reduce__(self):  # pickled whole (Ray replicas hand errors back)
+        return (_rebuild, (type(self), str(self), self.field, self.operator))
+
+    def for_operator(self) -> str:
+        """The message with the operator's own advice."""
+        return f"{self} {self.operator}".strip()
+
+
+class SettingsError(UserError):
+    """The request's settings can't be used (check_request): a value out of range, a wrong combination."""
+
+
+class ModelError(UserError):
+    """The model can't be used here: missing, not loadable, not allowed on this server, out of memory."""
+
+
+def _rebuild(cls, message, field, operator):
+    return cls(message, field=field, operator=operator)
+
+
+class Note(str):
+    """A note for the user beside a result; `kind` names it for code (no matching of its words), `operator` holds
+    advice only the person who runs the app can act on (see UserError)."""
+
+    def __new__(cls, text: str, kind: str = "", operator: str = ""):
+        note = super().__new__(cls, text)
+        note.kind, note.operator = kind, operator
+        return note
+
+    def __reduce__(self):
+        return (Note, (str(self), self.kind, self.operator))
+
+    def for_operator(self) -> str:
+        return f"{self} {self.operator}".strip()
 
 
 DEFAULTS: dict[str, FamilyDefaults] = {name: f.defaults for name, f in FAMILIES_BY_NAME.items()}
@@ -115,7 +159,7 @@ class Request:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise UserError(f"Unknown setting(s) {sorted(unknown)} in saved settings; known: {sorted(known)}.")
+            raise SettingsError(f"Unknown setting(s) {sorted(unknown)} in saved settings; known: {sorted(known)}.")
         data = dict(data)
         data["controls"] = [ControlUnit(**u) for u in data.get("controls") or []]
         data["loras"] = [LoraSpec(**x) for x in data.get("loras") or []]
@@ -129,13 +173,17 @@ def defaults_for(name: str, variant: str = "") -> FamilyDefaults:
     return family(name).defaults_for(variant)
 
 
-def _number(name: str, value, kind, low, high, fix: str):
+def _number(name: str, value, kind, low, high, fix: str, field: str | None = None):
+    """`value` as `kind` in [low, high], or a SettingsError naming it (`field`: the Request field, if another)."""
+    field = field or name
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{name} must be a number, got {value!r}. {fix}")
+        raise SettingsError(f"{name} must be a number, got {value!r}. {fix}", field=field)
+    if not math.isfinite(value):  # nan, inf: no range holds them (and int() of them fails)
+        raise SettingsError(f"{name} = {value} is out of range. {fix}", field=field)
     if kind is int and int(value) != value:
-        raise UserError(f"{name} must be a whole number, got {value}. {fix}")
+        raise SettingsError(f"{name} must be a whole number, got {value}. {fix}", field=field)
     if not (low <= value <= high):
-        raise UserError(f"{name} = {value} is out of range. {fix}")
+        raise SettingsError(f"{name} = {value} is out of range. {fix}", field=field)
     return kind(value)
 
 
@@ -152,9 +200,10 @@ def _text(name: str, value, limit: int, empty_ok: bool = True) -> str:
     if value is None and empty_ok:
         return ""
     if not isinstance(value, str):
-        raise UserError(f"The {name} must be text, got {type(value).__name__}.")
+        raise SettingsError(f"The {name} must be text, got {type(value).__name__}.")
     if len(value) > limit:
-        raise UserError(f"The {name} is {len(value):,} characters long; use at most {limit:,} (the model reads only "
+        raise SettingsError(f"The {name} is {len(value):,} characters long; use at most {limit:,} (the model reads "
+                            "only "
                         "the first few hundred words).")
     return clean_text(value).strip()
 
@@ -166,7 +215,7 @@ def check_request(req: Request, family: str, variant: str = "") -> Request:  # n
     prompt = _text("prompt", req.prompt, MAX_PROMPT, empty_ok=False)
     negative = _text("negative prompt", req.negative, MAX_PROMPT)
     if not prompt:
-        raise UserError("The prompt is empty. Describe the image you want, e.g. "
+        raise SettingsError("The prompt is empty. Describe the image you want, e.g. "
                         "'a big red circle on the left, blue background'.")
     steps = d.steps if req.steps is None else _number(
         "steps", req.steps, int, 1, MAX_STEPS, f"Use 1 to {MAX_STEPS} steps (this model's default is {d.steps}).")
@@ -180,7 +229,7 @@ def check_request(req: Request, family: str, variant: str = "") -> Request:  # n
                                                      f"Use {d.multiple} to {d.max_size} pixels for this model "
                                                      f"(native {d.size}).")
         if value % d.multiple:
-            raise UserError(f"{name} = {value} is not a multiple of {d.multiple}, which this model needs. "
+            raise SettingsError(f"{name} = {value} is not a multiple of {d.multiple}, which this model needs. "
                             f"Try {max(d.multiple, value // d.multiple * d.multiple)}.")
         size[name] = value
     count = _number("count", req.count, int, 1, MAX_COUNT, f"Ask for 1 to {MAX_COUNT} images at a time.")
@@ -188,9 +237,9 @@ def check_request(req: Request, family: str, variant: str = "") -> Request:  # n
         "seed", req.seed, int, 0, 2**32 - 1, "Use a seed from 0 to 4294967295, or leave it empty for a random one.")
     scheduler = req.scheduler if req.scheduler not in (None, "", "default") else d.scheduler
     if scheduler not in SCHEDULERS:
-        raise UserError(f"Unknown scheduler {scheduler!r}. Choose one of: {', '.join(valid_schedulers(family))}.")
+        raise SettingsError(f"Unknown scheduler {scheduler!r}. Choose one of: {', '.join(valid_schedulers(family))}.")
     if (scheduler in FLOW_SCHEDULERS) != FAMILIES_BY_NAME[family].flow:
-        raise UserError(f"Scheduler {scheduler!r} does not work with {family} models. "
+        raise SettingsError(f"Scheduler {scheduler!r} does not work with {family} models. "
                         f"Choose one of: {', '.join(valid_schedulers(family))}.")
     strength = req.strength
     if req.init_image is not None:
@@ -200,19 +249,20 @@ def check_request(req: Request, family: str, variant: str = "") -> Request:  # n
                            "Image-to-image strength goes from 0.01 (keep the image) to 1 (ignore it).")
         if int(steps * strength) < 1:
             need = int(1 / strength) + 1
-            raise UserError(f"At strength {strength:g}, {steps} steps leave no denoising step to run (image-to-image "
+            raise SettingsError(f"At strength {strength:g}, {steps} steps leave no denoising step to run (image-to-"
+                                "image "
                             f"runs steps x strength of them). Use at least {need} steps, or a higher strength.")
     edits = _check_edits(req, d)
     if len(req.controls) > MAX_CONTROLS:
-        raise UserError(f"{len(req.controls)} control units given; use at most {MAX_CONTROLS}.")
+        raise SettingsError(f"{len(req.controls)} control units given; use at most {MAX_CONTROLS}.")
     controls = [check_control(unit, i) for i, unit in enumerate(req.controls, 1)]
     names = [lora.name for lora in req.loras]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise UserError(f"LoRA {twice[0]!r} is asked for twice; give each LoRA once with its weight.")
+        raise SettingsError(f"LoRA {twice[0]!r} is asked for twice; give each LoRA once with its weight.")
     loras = [_lora(lora) for lora in req.loras]
     if req.controls and (req.mask is not None or req.outpaint):
-        raise UserError("ControlNet units do not combine with inpainting or outpainting here yet. Turn the units "
+        raise SettingsError("ControlNet units do not combine with inpainting or outpainting here yet. Turn the units "
                         "off for this edit, or use them on a plain image-to-image refine.")
     return dataclasses.replace(req, **edits, prompt=prompt, negative=negative, steps=steps,
                                guidance=guidance, count=count, seed=seed, scheduler=scheduler, strength=strength,
@@ -223,19 +273,19 @@ def _check_edits(req: Request, d: FamilyDefaults) -> dict:
     """The edit fields of `req` checked: a mask or borders need the image they edit, one edit at a time."""
     out: dict = {}
     if req.mask is not None and req.init_image is None:
-        raise UserError("A mask needs the image it masks: give the image with --init IMG (or select one in the "
+        raise SettingsError("A mask needs the image it masks: give the image with --init IMG (or select one in the "
                         "chat) and the mask with --mask MASK.png (white = repaint).")
     if req.outpaint:
         if req.init_image is None:
-            raise UserError("Outpainting extends an image: give it with --init IMG (or select one in the chat).")
+            raise SettingsError("Outpainting extends an image: give it with --init IMG (or select one in the chat).")
         if req.mask is not None:
-            raise UserError("Give either a mask (inpaint) or borders to add (outpaint), not both in one edit.")
+            raise SettingsError("Give either a mask (inpaint) or borders to add (outpaint), not both in one edit.")
         if not isinstance(req.outpaint, (tuple, list)) or len(req.outpaint) != 4:
-            raise UserError("Outpaint borders are four numbers: left, top, right, bottom pixels.")
+            raise SettingsError("Outpaint borders are four numbers: left, top, right, bottom pixels.")
         borders = tuple(_number(f"outpaint {side}", v, int, 0, d.max_size, f"Use 0 to {d.max_size} pixels.")
                         for side, v in zip(("left", "top", "right", "bottom"), req.outpaint))
         if not any(borders):
-            raise UserError("Outpaint adds nothing: give at least one border, e.g. --outpaint left=64.")
+            raise SettingsError("Outpaint adds nothing: give at least one border, e.g. --outpaint left=64.")
         out["outpaint"] = borders
     out["mask_blur"] = _number("mask blur", req.mask_blur, int, 0, 64, "Use 0 to 64 pixels.")
     if req.inpaint_padding is not None:
@@ -243,12 +293,13 @@ def _check_edits(req: Request, d: FamilyDefaults) -> dict:
     if req.upscale is not None:
         out["upscale"] = _number("upscale", req.upscale, float, 1.0, 4.0, "Use a factor from 1 to 4, e.g. 2.")
         if out["upscale"] <= 1.0:
-            raise UserError("upscale = 1 changes nothing: use a factor above 1, e.g. --upscale 2.")
+            raise SettingsError("upscale = 1 changes nothing: use a factor above 1, e.g. --upscale 2.")
         if req.mask is not None or req.outpaint:
-            raise UserError("Upscale the image after the inpaint or outpaint, in its own step (one edit at a time).")
+            raise SettingsError("Upscale the image after the inpaint or outpaint, in its own step (one edit at a "
+                                "time).")
     if req.upscaler is not None:
         if not req.upscale:
-            raise UserError(f"--upscaler {req.upscaler} needs a factor: add --upscale 2 (or 4).")
+            raise SettingsError(f"--upscaler {req.upscaler} needs a factor: add --upscale 2 (or 4).")
         out["upscaler"] = _text("upscaler name", req.upscaler, MAX_NAME) or None
     out["hires_strength"] = _number("hires strength", req.hires_strength, float, 0.0, 1.0,
                                     "Use 0 (resize only) to 1; 0.3-0.5 adds detail and keeps the picture.")
@@ -257,7 +308,7 @@ def _check_edits(req: Request, d: FamilyDefaults) -> dict:
 
 def _lora(lora: LoraSpec) -> LoraSpec:
     if not isinstance(lora.name, str) or not lora.name.strip() or len(lora.name) > MAX_NAME:
-        raise UserError(f"A LoRA name must be text of 1 to {MAX_NAME} characters, got {str(lora.name)[:40]!r}.")
+        raise SettingsError(f"A LoRA name must be text of 1 to {MAX_NAME} characters, got {str(lora.name)[:40]!r}.")
     return LoraSpec(lora.name, _number(f"LoRA {lora.name!r} weight", lora.weight, float, -4.0, 4.0,
                                        "Use a LoRA weight from -4 to 4 (1 is full strength, 0 is off)."))
 
@@ -276,7 +327,7 @@ def check_saved(req: Request) -> Request:
     units = []
     for i, unit in enumerate(req.controls or [], 1):  # saved units have no image: check the numbers only
         if not isinstance(unit, ControlUnit):
-            raise UserError(f"The saved control unit {i} is not a control unit.")
+            raise SettingsError(f"The saved control unit {i} is not a control unit.")
         units.append(check_control(dataclasses.replace(unit, image=unit.image or "(not saved)"), i))
         units[-1] = dataclasses.replace(units[-1], image=None)
     return dataclasses.replace(
@@ -297,25 +348,25 @@ def check_control(unit: ControlUnit, i: int = 1) -> ControlUnit:
     """A checked copy of one control unit (numbers as their types, the preprocessor's name known and fitting)."""
     where = f"Control unit {i} ({unit.kind})"
     if unit.kind not in CONTROL_KINDS:
-        raise UserError(f"Control unit {i}: unknown type {unit.kind!r}; use one of {', '.join(CONTROL_KINDS)}.")
+        raise SettingsError(f"Control unit {i}: unknown type {unit.kind!r}; use one of {', '.join(CONTROL_KINDS)}.")
     if unit.image is None:
-        raise UserError(f"{where} has no image. Upload a photo or a ready {unit.kind} map.")
+        raise SettingsError(f"{where} has no image. Upload a photo or a ready {unit.kind} map.")
     pre = unit.preprocessor or "auto"
     if pre not in ("auto", "none") and pre not in PREPROCESSORS:
-        raise UserError(f"Unknown preprocessor {pre!r} for {unit.kind}; use auto, none or one of "
+        raise SettingsError(f"Unknown preprocessor {pre!r} for {unit.kind}; use auto, none or one of "
                         f"{', '.join(n for n, p in PREPROCESSORS.items() if p['kind'] == unit.kind)}.")
     if pre in PREPROCESSORS and PREPROCESSORS[pre]["kind"] != unit.kind:
-        raise UserError(f"Preprocessor {pre!r} makes {PREPROCESSORS[pre]['kind']} maps, not {unit.kind}. Use "
+        raise SettingsError(f"Preprocessor {pre!r} makes {PREPROCESSORS[pre]['kind']} maps, not {unit.kind}. Use "
                         f"{DEFAULT_PREPROCESSOR[unit.kind]} or none.")
     scale = _number(f"{where} scale", unit.scale, float, 0.0, 2.0, "Use a conditioning scale from 0 to 2.")
     start = _number(f"{where} start", unit.start, float, 0.0, 1.0, "Start is a fraction of the steps, 0 to 1.")
     end = _number(f"{where} end", unit.end, float, 0.0, 1.0, "End is a fraction of the steps, 0 to 1.")
     if start >= end:
-        raise UserError(f"{where}: start ({start}) must be before end ({end}), e.g. start=0 end=0.6.")
+        raise SettingsError(f"{where}: start ({start}) must be before end ({end}), e.g. start=0 end=0.6.")
     low, high = (_number(f"{where} {name} threshold", getattr(unit, name), int, 0, 255,
                          "Canny thresholds go from 0 to 255.") for name in ("low", "high"))
     if low >= high:
-        raise UserError(f"{where}: the low threshold ({low}) must be below the high one ({high}).")
+        raise SettingsError(f"{where}: the low threshold ({low}) must be below the high one ({high}).")
     return dataclasses.replace(unit, preprocessor=pre, scale=scale, start=start, end=end, low=low, high=high)
 
 

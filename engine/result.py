@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .request import Request
+from .request import Note, Request
 
 
 @dataclass
@@ -23,6 +23,7 @@ class Result:
     notes: list[str] = field(default_factory=list)  # things the user should know (offload turned on, ...)
     triggers: list[str] = field(default_factory=list)  # LoRA trigger words added to the prompt
     extra: dict = field(default_factory=dict)  # infotext keys the engine knows (Lora hashes, ControlNet units)
+    broken: int = 0  # images whose pixels held NaN/inf (shown black; a note says why)
 
     def image_request(self, i: int) -> Request:
         """The settings that remake image i on its own (its seed, count 1)."""
@@ -73,14 +74,15 @@ def to_pil(pipe, array) -> tuple[list, int]:
     return pipe.numpy_to_pil(array), broken
 
 
-def broken_note(broken: int, total: int, req: Request, dtype) -> str:
+def broken_note(broken: int, total: int, req: Request, dtype) -> Note:
     which = "The image" if total == 1 else f"{broken} of the {total} images"
     causes = []
     if req.loras:
         causes.append(f"a broken LoRA ({', '.join(x.name for x in req.loras)}: try without it)")
-    if "16" in str(dtype):
-        causes.append(f"{str(dtype).replace('torch.', '')} overflow (start with --dtype fp32, or use a VAE fixed "
-                      "for half precision)")
+    half = "16" in str(dtype)
+    if half:
+        causes.append(f"{str(dtype).replace('torch.', '')} overflow")
     causes.append("broken model weights")
-    return (f"{which} came out with invalid pixel values (NaN/inf), shown black. Likely cause: "
-            f"{' or '.join(causes)}.")
+    return Note(f"{which} came out with invalid pixel values (NaN/inf), shown black. Likely cause: "
+                f"{' or '.join(causes)}.", kind="broken",
+                operator="Start the app with --dtype fp32, or use a VAE fixed for half precision." if half else "")

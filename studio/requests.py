@@ -29,3 +29,16 @@ def make_request(prompt: str, model: str, *, form: bool = False, negative: str |
     return Request(prompt=prompt if prompt is not None else "", negative=negative or "", model=model,
                    scheduler=None if scheduler in DEFAULT_SCHEDULER else scheduler, loras=list(loras),
                    controls=list(controls), **numbers, **edits)
+
+
+SAMPLING = ("steps", "guidance", "scheduler")
+
+
+def leave_to_engine(request: Request, shown: dict, typed=()) -> Request:
+    """A form that shows the model's defaults (the page's panel) sends them back as values; those still as shown,
+    and not typed into the message (`typed`), are untouched: None, so the engine decides them as for every other
+    door (a LoRA plugin's own few-step sampling, else the model family's). `shown`: engine.Engine.defaults."""
+    for key in SAMPLING:
+        if key not in typed and getattr(request, key) is not None and getattr(request, key) == shown.get(key):
+            setattr(request, key, None)
+    return request

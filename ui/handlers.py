@@ -17,6 +17,7 @@ from typing import Iterator
 
 from engine.images import metadata
 from engine.request import Request, UserError, valid_schedulers
+from studio.requests import leave_to_engine
 from studio.service import Studio, model_family, panel_defaults
 from ui import inline
 from ui.marks import PROBLEM
@@ -94,27 +95,13 @@ def build_request(studio: Studio, session: Session, asked: inline.Inline, settin
         request.strength = asked.refine if asked.refine is not None else settings.strength
         if "width" not in asked.overrides and not asked.aspect:
             request.width, request.height = shot.request.width, shot.request.height
-    return yield_to_plugin_sampling(studio, request, set(asked.overrides))
-
-
-SAMPLING = ("steps", "guidance", "scheduler")
-
-
-def yield_to_plugin_sampling(studio: Studio, request: Request, typed: set[str]) -> Request:
-    """The panel's steps, guidance and scheduler, where they still hold the model's defaults and the message did not
-    set them, give way to a chosen LoRA's own (the 4-step `fast` plugin: 4 steps, DDIM, guidance 1): the engine
-    then takes the plugin's, and says so in the reply."""
-    if not any(lora.weight for lora in request.loras):
+    # the panel shows the model's defaults: where they are as shown and the message did not set them, they are
+    # left to the engine (a LoRA plugin's own sampling, else the model's), as every door leaves them
+    try:
+        shown = panel_defaults(studio, request.model)
+    except UserError:  # the model itself can't be used: the run says so, and the status line with it
         return request
-    own = {row["name"] for row in studio.engine.plugin_listing(request.model)
-           if any(row.get(key) is not None for key in SAMPLING)}
-    if not any(lora.name in own and lora.weight for lora in request.loras):
-        return request
-    defaults = panel_defaults(studio, request.model)
-    for key in SAMPLING:
-        if key not in typed and getattr(request, key) in (None, defaults[key]):
-            setattr(request, key, None)
-    return request
+    return leave_to_engine(request, shown, typed=set(asked.overrides))
 
 
 def reroll(studio: Studio, session: Session, settings: Settings) -> Iterator[Update]:

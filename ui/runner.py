@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from engine.engine import Cancelled
-from engine.request import Request, UserError, check_request
+from engine.request import Note, Request, SettingsError, UserError
 from studio.jobs import keep
 from studio.line import Busy
 from studio.service import Studio
@@ -96,26 +96,12 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
             session.history[:] = [m for m in session.history
                                   if not (isinstance(m["content"], dict) and m["content"].get("path") in shown)]
     del session.history[pending:]
+    operator = studio.local_paths  # a chat on the app's own machine: its user runs the app
     if error is None:
-        show_result(session, result, studio.library)
+        show_result(session, result, studio.library, operator)
     else:
-        session.say("assistant", error_message(error))
-    yield Update(status=model_status(request.model, error, bad_settings(studio, request, error)))
-
-
-def bad_settings(studio: Studio, request: Request, error: BaseException | None) -> bool:
-    """Was `error` the engine refusing the request's settings (not its model)? Asked of the engine's own checks."""
-    if not isinstance(error, UserError):
-        return False
-    try:
-        source = studio.engine.resolve(request.model)
-    except UserError:
-        return False  # the model itself
-    try:
-        check_request(request, source.family, source.variant)
-    except UserError:
-        return True
-    return False
+        session.say("assistant", error_message(error, operator))
+    yield Update(status=model_status(request.model, error, isinstance(error, SettingsError)))
 
 
 def model_status(model: str, error: BaseException | None, settings_fault: bool = False) -> str | None:
@@ -129,9 +115,10 @@ def model_status(model: str, error: BaseException | None, settings_fault: bool =
     return f"{PROBLEM} **{model}** could not make the last message's image: the chat says why."
 
 
-def show_result(session: Session, result, library=None) -> None:
+def show_result(session: Session, result, library=None, operator: bool = False) -> None:
     """Save each image as a PNG with its metadata into the session folder and add it to the chat; keep it in
-    the library too (outputs/, ui/history.py), saying so when the disk refuses."""
+    the library too (outputs/, studio/jobs.py), saying so when the disk refuses. `operator`: the chat's user runs
+    the app, so notes carry the operator's advice too (a start flag)."""
     turn = dataclasses.replace(result.request)
     for i, seed in enumerate(result.seeds):
         number = len(session.shots) + 1
@@ -152,9 +139,10 @@ def show_result(session: Session, result, library=None) -> None:
         session.say("assistant", {"path": str(path), "alt_text": "the control map the model was given"})
     numbers = ", ".join(f"#{s.number}" for s in session.shots[-len(result.images):])
     black = [s.number for s, image in zip(session.shots[-len(result.images):], result.images) if is_black(image)]
-    if any("NaN/inf" in n for n in result.notes):
+    if result.broken:
         black = []  # the engine saw the invalid values themselves and said so
-    notes = "".join(f"\n\n{NOTE} {n}" for n in result.notes + ([black_note(black, result.request)] if black else []))
+    said = result.notes + ([black_note(black, result.request)] if black else [])
+    notes = "".join(f"\n\n{NOTE} {note_text(n, operator)}" for n in said)
     beside = ""
     if result.control_maps:  # in the images' grid (ui/page.css), beside the image they shaped
         beside = f" · beside it: the control map{'s' if len(result.control_maps) > 1 else ''} the model was given"
@@ -180,24 +168,37 @@ def is_black(image) -> bool:
     return all(high == 0 for _, high in (extrema if isinstance(extrema[0], tuple) else [extrema]))
 
 
-def black_note(numbers: list[int], request: Request) -> str:
+def black_note(numbers: list[int], request: Request) -> Note:
     """The note for all-black images, naming the likely causes."""
     which = ", ".join(f"#{n}" for n in numbers)
     loras = ", ".join(x.name for x in request.loras)
     causes = [f"a broken LoRA ({loras}: turn it off and try again)"] if loras else []
-    causes += ["fp16 overflow (start the app with --dtype bf16 or fp32)", "a broken model file"]
-    return (f"{which} came out entirely black: the model most likely produced NaN or infinite values. Usual causes: "
-            f"{'; '.join(causes)}.")
+    causes += ["fp16 overflow", "a broken model file"]
+    return Note(f"{which} came out entirely black: the model most likely produced NaN or infinite values. Usual "
+                f"causes: {'; '.join(causes)}.", kind="black",
+                operator="For fp16 overflow, start the app with --dtype bf16 or fp32.")
 
 
-def error_message(error: BaseException) -> str:
-    """The chat's reply to a failed run: a stop, busy, the engine's own `UserError` text, or a short apology."""
+def note_text(note, operator: bool) -> str:
+    """A note as the chat shows it: with the operator's advice only to the operator (logged for the others)."""
+    if isinstance(note, Note) and note.operator:
+        if operator:
+            return note.for_operator()
+        log.info("operator advice for a note: %s", note.operator)
+    return str(note)
+
+
+def error_message(error: BaseException, operator: bool = False) -> str:
+    """The chat's reply to a failed run: a stop, busy, the engine's own `UserError` text (with the operator's advice
+    when the chat's user runs the app), or a short apology."""
     if isinstance(error, Busy):
         return f"{BUSY} {error}"
     if isinstance(error, Cancelled):
         return f"{STOPPED} Nothing was saved; send the message again when you're ready."
     if isinstance(error, UserError):
-        return f"{PROBLEM} {error}"
+        if error.operator and not operator:
+            log.info("operator advice for a user's error: %s", error.operator)
+        return f"{PROBLEM} {error.for_operator() if operator else error}"
     log.error("generation failed", exc_info=error)
     return (f"{PROBLEM} Something went wrong inside the app ({type(error).__name__}); the details are in the server "
             "log. Your conversation and settings are kept: try again, or change the model or settings.")

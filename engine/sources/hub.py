@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from ..families import has_variants
-from ..request import UserError
+from ..request import ModelError, UserError
 from .checkpoint import family_of_folder, flux_variant_of_folder
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,9 @@ class Hub:
             if not_cached:
                 return UserError(not_cached)
             why = self.why or "the Hub cannot be reached"
-            return UserError(f"{what} is not in the local Hugging Face cache and this app runs offline ({why}). "
-                             f"Connect once and run {fetch}.")
+            return ModelError(f"{what} is not in the local Hugging Face cache and this app runs offline ({why}). "
+                              "Pick a model that is here (the model list), or ask the app's operator to fetch it.",
+                              operator=f"Connect once and run {fetch}.")
         if isinstance(e, GatedRepoError):
             return UserError(f"{repo} is gated: accept its licence on huggingface.co and set HF_TOKEN.")
         if isinstance(e, (RepositoryNotFoundError, RevisionNotFoundError)):
