@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
 
             serve_config = serving.ServeConfig.from_args(args)
             serving.check_extras(serve_config)  # before anything loads: a missing extra says its install
-            library = commands.library_for(args)
+            from store.library import open_library
+
+            library = open_library(serve_config.outputs, serve_config.on_space)
             if library.enabled:
                 print(f"Keeping images and chats in {library.root} (--outputs none keeps nothing).", flush=True)
             return serving.serve(serve_config, engine_config(args, local_paths=serve_config.loopback), library)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from engine.request import UserError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-MAX_UPLOAD_MB = 20  # the largest file any door accepts (the page's uploads, the APIs' bodies and form parts)
 EXTRAS = {  # an optional feature -> (the module it needs, the command that installs it)
     "--mcp": ("mcp", "pip install 'mcp>=1.21,<2'"),
     "--ray": ("ray", "pip install 'ray[serve]>=2.40,<3'"),
@@ -37,7 +36,6 @@ class ServeConfig:
     gpus_per_replica: float | None = None
     outputs: str | None = None  # the library folder; "none" keeps nothing
     on_space: bool = False  # a Hugging Face Space (SPACE_ID): its host and port, no library by default
-    max_upload_mb: int = MAX_UPLOAD_MB
 
     @classmethod
     def from_args(cls, args, environ=os.environ) -> ServeConfig:
@@ -126,8 +124,7 @@ def serve(config: ServeConfig, engine_config, library=None) -> int:
     if config.host not in LOOPBACK and config.auth is None and not config.on_space:
         print(f"WARNING: listening on {config.host}: anyone on your network can use the app. Add --auth "
               "USER:PASSWORD.", flush=True)
-    launch(demo, config.host, config.port, share=config.share, auth=config.auth, mcp=config.mcp,
-           max_file_size=f"{config.max_upload_mb}mb")
+    launch(demo, config.host, config.port, share=config.share, auth=config.auth, mcp=config.mcp)
     apis.mount(demo, auth=config.auth, api_token=config.api_token)  # A1111, OpenAI (and MCP's guard)
     if not status.done:
         status.start(engine)  # after the page is up, so loading never delays it

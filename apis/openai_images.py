@@ -23,6 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from apis.auth import Gate
 from apis.routes import JsonBody, guarded_route, while_connected
+from engine.images.loading import MAX_BYTES
 from engine.request import MAX_COUNT, Request, UserError
 from engine.result import Cancelled
 from studio.files import LinkedFiles
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 
 OPENAI_MODELS = re.compile(r"(dall-e-\d|gpt-image-.*|chatgpt-image.*)")
 SIZE = re.compile(r"\s*(\d+)\s*x\s*(\d+)\s*")
-MAX_UPLOAD = 20 * 2**20
 
 
 class ApiError(Exception):
@@ -180,7 +180,7 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
         """Inpaint (multipart): image, mask (transparent = repaint; without one, the image's transparent part),
         prompt, n, size, response_format, model (and strength, negative_prompt, steps, guidance_scale, seed)."""
         try:
-            form = await http.form(max_part_size=MAX_UPLOAD)
+            form = await http.form(max_part_size=MAX_BYTES)
             fields = {k: v for k, v in form.items() if isinstance(v, str)}
             images = form.getlist("image") or form.getlist("image[]")
             if not images or isinstance(images[0], str):

@@ -15,11 +15,12 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from apis.auth import Gate
+from engine.images.loading import MAX_BYTES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 WATCH_S = 0.5  # how often a waiting API call checks that its client is still there
-MAX_BODY = 72 * 2**20  # a 50 MB image (the engine's limit) base64-encoded, and the rest of the request
+MAX_BODY = MAX_BYTES * 4 // 3 + 2**20  # an image at the engine's one limit, base64-encoded, and the rest
 JsonBody = Annotated[dict[str, Any], Body(default_factory=dict)]  # the request's JSON object, as it came
 ErrorShape = Callable[[int, str, str], JSONResponse]  # (status, kind, message) -> response
 
@@ -39,7 +40,8 @@ def guarded_route(gate: Gate, error: ErrorShape) -> type[APIRoute]:
                 size = request.headers.get("content-length", "")
                 if size.isdigit() and int(size) > MAX_BODY:
                     return error(413, "PayloadTooLarge", f"The request is {int(size) / 2**20:.0f} MB; at most "
-                                 f"{MAX_BODY // 2**20} MB are read (an image of up to 50 MB, base64-encoded).")
+                                 f"{MAX_BODY // 2**20} MB are read (an image of up to {MAX_BYTES // 2**20} MB, "
+                                 "base64-encoded).")
                 try:
                     return await handler(request)
                 except RequestValidationError as e:

@@ -152,11 +152,9 @@ def library_for(args):
     """The library of kept images: --outputs DIR, none to keep nothing (the default on a hosted Space)."""
     import os
 
-    from engine.config import ROOT
-    from store.library import Library
+    from store.library import open_library
 
-    where = getattr(args, "outputs", None) or ("none" if os.environ.get("SPACE_ID") else str(ROOT / "outputs"))
-    return Library(None if where.strip().lower() == "none" else Path(where))
+    return open_library(getattr(args, "outputs", None), on_space=bool(os.environ.get("SPACE_ID")))
 
 
 def cmd_library(args, config) -> int:

@@ -335,3 +335,12 @@ def _fts_query(text: str, lora: str = "") -> str:
     terms = [f'"{w.replace(chr(34), chr(34) * 2)}"*' for w in text.split() if w.strip()]
     terms += [f'loras : "{w.replace(chr(34), chr(34) * 2)}"*' for w in lora.split() if w.strip()]
     return " AND ".join(terms[:32])
+
+
+def open_library(where: str | None, on_space: bool = False) -> Library:
+    """The library of kept images at `where` (--outputs DIR; "none" keeps nothing); by default outputs/ beside the
+    app, and nothing on a hosted Space (its disk is not the user's)."""
+    from engine.config import ROOT
+
+    where = where or ("none" if on_space else str(ROOT / "outputs"))
+    return Library(None if where.strip().lower() == "none" else Path(where))

@@ -121,7 +121,8 @@ def test_inline_seed_then_reroll(browser, app_url):
         second = page.locator(IMAGE.format(2)).get_attribute("src")
         assert "seed42" not in second  # same settings, new seed
         page.wait_for_function("document.querySelector('#selected').innerText.includes('#2')")
-        assert page.inner_text("#chat").count("4 steps") == 2
+        # the reply's settings line may render a moment after its image: wait for it, don't race it
+        page.wait_for_function("document.querySelector('#chat').innerText.split('4 steps').length === 3")
         page.locator("#gallery img").first.click()  # select #1: actions now act on it
         page.wait_for_function("document.querySelector('#selected').innerText.includes('#1')")
     finally:

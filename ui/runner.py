@@ -24,7 +24,6 @@ from ui.state import Session, Settings, Shot
 
 log = logging.getLogger(__name__)
 
-ENGINE_GROUP = "engine"  # the gradio concurrency group of every event that runs the engine (one GPU: one at a time)
 
 
 @dataclass

@@ -10,9 +10,10 @@ from collections import OrderedDict
 
 import gradio as gr
 
+from engine.images.loading import MAX_BYTES
 from ui.layout import CSS, JS
 
-MAX_FILE_SIZE = "20mb"
+MAX_FILE_SIZE = f"{MAX_BYTES // 2**20}mb"  # the page's uploads: the engine's one image limit
 
 
 class LoginThrottle:

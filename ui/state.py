@@ -104,6 +104,7 @@ class Session:
     kept: dict[str, str] = field(default_factory=dict)  # the chat's copy of an image -> its kept file
     closed: bool = False  # the tab moved on (New chat, Clear, another conversation) or went away
     delete_armed: str | None = None  # the conversation a first click on Delete chat asked to delete
+    pending: object = None  # ui.runner.Update: a turn's settings or prompt for the panel, shown after the turn
 
     @classmethod
     def new(cls) -> Session:

@@ -21,7 +21,7 @@ from engine.request import UserError
 log = logging.getLogger(__name__)
 
 MAX_PIXELS = 4096 * 4096
-MAX_BYTES = 50 * 2**20
+MAX_BYTES = 20 * 2**20  # the largest image file any door takes: the page, the APIs, MCP, the CLI (one limit)
 FORMATS = "PNG, JPEG, WebP, GIF, BMP or TIFF"
 FIT_MODES = ("crop", "resize", "pad")
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error)

@@ -1,0 +1,253 @@
+"""Wiring of the chat column: each event maps `{component: value}` to a plain handler of ui/handlers.py or
+ui/edit_handlers.py and its answer back to component updates. A streaming turn redraws through a `Redraw`, which
+owns what the page has been sent, so each yield sends only what changed. No torch; raw exceptions never reach
+the page (handlers answer in the chat and log the traceback).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterator
+
+import gradio as gr
+
+from studio.service import Studio
+from ui import edit_handlers, handlers, history, runner
+from ui.layout import Page
+from ui.panel_events import show_view
+from ui.panel_handlers import model_view
+from ui.runner import Update
+from ui.state import Session, Settings, ensure
+
+UNSENT = object()  # an output a Redraw has not sent yet
+QUICK = dict(queue=False, api_visibility="private")  # no engine: answered at once, even when many wait
+# generations start at once and wait in studio.line (bounded, cancellable, told their place), so gradio's queue
+# never fills and its "full" never refuses a page load or a panel event; the chat shows the turn's progress
+# (gradio's own would put a pending border on each output)
+ENGINE_EVENT = dict(concurrency_limit=None, api_visibility="private", show_progress="hidden")
+Work = Callable[[Studio, Session, dict], Iterator[Update]]  # a generating handler, given the event's values
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+def settings_of(page: Page, values: dict) -> Settings:
+    """The panel's settings, with the refine switch and strength beside the chat."""
+    settings = page.panel.read(values)
+    settings.refine, settings.strength = bool(values[page.refine]), float(values[page.strength])
+    return settings
+
+
+def typed(page: Page, values: dict) -> str:
+    """The text in the message box (an edit's prompt)."""
+    return (values[page.box] or {}).get("text", "") if isinstance(values[page.box], dict) else ""
+
+
+# ---------------------------------------------------------------------------------------------- showing
+
+def view(page: Page, session: Session) -> dict:
+    """The chat column as `session` has it."""
+    return {page.chatbot: session.history, page.state: session, page.gallery: session.gallery(),
+            page.selected_md: handlers.selected_label(session)}
+
+
+def render(page: Page, studio: Studio, session: Session, update: Update, values: dict) -> dict:
+    """`view`, and the panel and message box where `update` sets them (a restored PNG, Reuse)."""
+    out = view(page, session)
+    panel = page.panel
+    if update.settings is not None:
+        out.update(panel.show(update.settings, values[panel.plugin_names]))
+        if update.settings.model != values[panel.model]:
+            out.update(show_view(panel, page.status_md, model_view(studio, update.settings.model),
+                                 keep=update.settings))
+    if update.prompt is not None:
+        out[page.box] = {"text": update.prompt, "files": []}
+    return out
+
+
+def _copy(values: dict) -> dict:
+    """Values as sent: later turns change the session's lists in place."""
+    return {k: list(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+class Redraw:
+    """What one streaming event has sent the page. Gradio checks every file of a value it is given (~1 ms an
+    image, beside the sampling) and the browser renders it again, while an output left out costs a rebuild
+    (~1-4 ms): so each yield gives only what changed since the last, and one with nothing new gives nothing."""
+
+    def __init__(self, page: Page, session: Session, line: str, known: bool):
+        self.page, self.session, self.line = page, session, line  # line: the status line as the page shows it
+        self.shown = _copy(self.showing()) if known else {}  # a new session: the page still shows the old one's
+
+    def showing(self) -> dict:
+        return {**view(self.page, self.session), self.page.status_md: self.line}
+
+    def changes(self, extra: dict):
+        """What changed since the last yield, with `extra`; gr.skip() when nothing did."""
+        if self.session.closed:  # the tab went on to another chat: its page and gr.State are that chat's now
+            return {k: v for k, v in extra.items() if k is not self.page.state} or gr.skip()
+        out = {k: v for k, v in self.showing().items()
+               if k is not self.page.state and v != self.shown.get(k, UNSENT)}
+        self.shown.update(_copy(out))
+        return {**out, **extra} or gr.skip()
+
+
+# ---------------------------------------------------------------------------------------------- streaming
+
+def streamed(page: Page, studio: Studio, work: Work):
+    """The event for a generating handler: each Update it yields becomes a yield of what changed on the page.
+    A turn's new settings or prompt (a PNG dropped into the chat) wait on the session for `apply_pending`, the
+    quick event after it: the panel's ~35 outputs in the stream would cost more than the sampling."""
+    def event(values: dict):
+        known = isinstance(values[page.state], Session)  # else the server lost it (expired, restarted)
+        session = ensure(values[page.state])
+        session.pending = None
+        redraw = Redraw(page, session, values[page.status_md], known)
+        # the message box's own Stop button (the page's one Stop) shows while this runs, and only then; it comes
+        # with the turn's first redraw (the user's message), not a yield of its own
+        first = {page.state: session, page.box: gr.MultimodalTextbox(value=None, submit_btn=False, stop_btn=True)}
+        try:
+            for update in work(studio, session, values):
+                if update.settings is not None or update.prompt is not None:
+                    session.pending = update
+                redraw.line = update.status or redraw.line
+                yield redraw.changes(first)
+                first = {}
+        except Exception as e:
+            session.say("assistant", runner.error_message(e, studio.local_paths))
+        yield redraw.changes(turn_end(page, studio, session, first_yield=bool(first)))
+    return event
+
+
+def turn_end(page: Page, studio: Studio, session: Session, first_yield: bool) -> dict:
+    """The event's last yield: Send again and Stop hidden (a .then could land after the next message's Stop), the
+    pending panel's tick, and the conversation stored so it outlasts the page."""
+    done = {page.box: gr.MultimodalTextbox(submit_btn=True, stop_btn=False)}
+    if session.pending is not None:  # settings or a prompt to show: the quick panel event runs on this tick
+        done[page.pending_tick] = time.monotonic_ns()
+    history.persist(studio.library, session, soon=True)
+    if first_yield:  # no redraw yet: the session goes into its gr.State with this last one
+        done[page.state] = session
+    return done
+
+
+def apply_pending(page: Page, studio: Studio, values: dict):
+    """The panel and message box for the turn that just ended (when it restored settings)."""
+    session = values[page.state]
+    update = session.pending if isinstance(session, Session) else None
+    if update is None:
+        return gr.skip()
+    session.pending = None
+    out = render(page, studio, session, update, values)
+    return {k: v for k, v in out.items() if k not in (page.chatbot, page.state, page.gallery, page.selected_md)}
+
+
+# ---------------------------------------------------------------------------------------------- the handlers' calls
+
+def send(page: Page) -> Work:
+    def work(studio, session, values):
+        message = values[page.box] or {}
+        return handlers.send(studio, session, message.get("text", ""), settings_of(page, values),
+                             message.get("files") or [])
+    return work
+
+
+def on_selected(page: Page, action) -> Work:
+    """Reroll or Vary of the selected image."""
+    return lambda studio, session, values: action(studio, session, settings_of(page, values))
+
+
+def edit(page: Page, action, *extra) -> Work:
+    """An edit of the selected image (zoom out, upscale, pan) with the message box's text as its prompt."""
+    return lambda studio, session, values: action(studio, session, settings_of(page, values), typed(page, values),
+                                                  *extra)
+
+
+def inpaint(page: Page) -> Work:
+    return lambda studio, session, values: edit_handlers.inpaint(studio, session, settings_of(page, values),
+                                                                 typed(page, values), values[page.editor])
+
+
+# ---------------------------------------------------------------------------------------------- wiring
+
+def wire_chat(page: Page, studio: Studio) -> None:
+    """Attach the chat column's events (call inside the gr.Blocks context)."""
+    panel = page.panel
+    inputs = panel.settings_inputs() | {page.state, page.box, page.refine, page.strength}
+    stream_in = inputs | {page.status_md}
+    stream_out = [page.chatbot, page.state, page.gallery, page.selected_md, page.status_md, page.box,
+                  page.pending_tick]
+    # Enter while this tab's turn is still ending is kept and sent when it ends (gradio's default, "once",
+    # dropped it: the text stayed in the box until Enter was pressed again)
+    page.box.submit(streamed(page, studio, send(page)), stream_in, stream_out, **ENGINE_EVENT,
+                    trigger_mode="always_last")
+    for trigger, action in ((page.reroll.click, handlers.reroll), (page.vary.click, handlers.vary)):
+        trigger(streamed(page, studio, on_selected(page, action)), stream_in, stream_out, **ENGINE_EVENT)
+    edits = [(page.inpaint.click, inpaint(page)), (page.zoom_out.click, edit(page, edit_handlers.zoom_out)),
+             (page.upscale.click, edit(page, edit_handlers.upscale))]
+    edits += [(button.click, edit(page, edit_handlers.pan, side)) for side, button in page.pans.items()]
+    for trigger, work in edits:
+        trigger(streamed(page, studio, work), stream_in | {page.editor}, stream_out, **ENGINE_EVENT)
+    # only when a turn left settings to show (a dropped PNG): an event run after every turn would cost gradio a
+    # rebuild of its ~45 outputs (gr.skip() included), ~60 ms a message
+    panel_out = [page.box, page.status_md, *panel.persisted(), *panel.plugin_outputs()]
+    page.pending_tick.change(lambda values: apply_pending(page, studio, values), inputs, panel_out,
+                             show_progress="hidden", **QUICK)
+    page.paint.click(lambda state: edit_handlers.selected_background(ensure(state)), page.state, page.editor,
+                     **QUICK)
+    page.box.stop(handlers.stop, page.state, None, **QUICK)
+    wire_actions(page, studio, inputs)
+
+
+def wire_actions(page: Page, studio: Studio, inputs: set) -> None:
+    """The quick events: Clear, Reuse, Use as control, restore a PNG, and selecting an image."""
+    panel = page.panel
+    chat_out = [page.chatbot, page.state, page.gallery, page.selected_md, page.box, page.status_md,
+                *panel.persisted(), *panel.plugin_outputs()]
+    view_out = [page.chatbot, page.state, page.gallery, page.selected_md]
+
+    def on_clear(state):
+        session = ensure(state)
+        handlers.clear(session)
+        return view(page, session)
+
+    if studio.library is None or not studio.library.enabled:  # with a library, Clear starts a new chat
+        page.chatbot.clear(on_clear, page.state, view_out, **QUICK)
+
+    def on_reuse(values: dict):
+        session = ensure(values[page.state])
+        return render(page, studio, session, handlers.reuse(session, settings_of(page, values)), values)
+
+    page.reuse.click(on_reuse, inputs, chat_out, **QUICK)
+    unit = panel.units[0]
+
+    def on_control(state):
+        session = ensure(state)
+        path = handlers.use_as_control(session)
+        out = view(page, session)
+        if path:
+            out.update({unit.enabled: True, unit.image: path, panel.control_box: gr.Accordion(open=True)})
+        return out
+
+    page.control.click(on_control, page.state, [*view_out, unit.enabled, unit.image, panel.control_box], **QUICK)
+
+    def on_restore(values: dict):
+        session = ensure(values[page.state])
+        file = values[panel.restore_file]
+        if not file:
+            return view(page, session)
+        update = handlers.restore(studio, session, file, settings_of(page, values))
+        return {**render(page, studio, session, update, values), panel.restore_file: None}
+
+    # the file box is an input of its own upload (else gradio shows it read-only and the handler never sees it)
+    panel.restore_file.upload(on_restore, inputs | {panel.restore_file}, chat_out + [panel.restore_file], **QUICK)
+
+    def on_gallery_select(state, evt: gr.SelectData):
+        session = ensure(state)
+        return {page.state: session, page.selected_md: handlers.select(session, evt.index)}
+
+    def on_chat_select(state, evt: gr.SelectData):
+        session = ensure(state)
+        return {page.state: session, page.selected_md: handlers.select_message(session, evt.index)}
+
+    page.gallery.select(on_gallery_select, page.state, [page.state, page.selected_md], **QUICK)
+    page.chatbot.select(on_chat_select, page.state, [page.state, page.selected_md], **QUICK)
