@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 import threading
 import time
 from typing import Callable
@@ -18,7 +17,8 @@ from typing import Callable
 from . import edit
 from .config import EngineConfig
 from .families import family as family_of
-from .request import ModelError, Note, Request, UserError, check_request, defaults_for, valid_schedulers
+from .plan import GenerationPlan, plan_generation
+from .request import ModelError, Note, Request, UserError, defaults_for, valid_schedulers
 from .result import Cancelled, Result, broken_note, to_pil
 from .sources import loading, pinned
 from .sources.hub import Hub
@@ -137,43 +137,33 @@ class Engine:
         import torch
 
         t0 = time.perf_counter()
-        # 1. which model, and every check of the request (before any slow load)
-        source = self.resolve(request.model)
+        # 1. the plan: which model, every check and default of the request (before any slow load)
+        plan = self.plan(request)
+        req, source, kin, kind = plan.request, plan.source, plan.family, plan.edit
         family, name = source.family, source.name
-        kin = family_of(family)
-        request, sampling_note = (self._plugin_manager().sampling(request) if request.loras else (request, None))
-        req = check_request(_edit_size(request, family, source.variant), family, source.variant)
-        kind = edit.edit_kind(req)
         # 2. the model itself, from the cache when it was used before
         loaded = self.load(source)
-        if req.seed is None:
-            req.seed = random.SystemRandom().randrange(2**32)
-        notes = [sampling_note] if sampling_note else []
+        notes = list(plan.notes)
         if loaded.offload:
             notes.append(Note(f"{name} is larger than the free GPU memory: model CPU offload is on (slower).",
                               kind="offload", operator="Start with --offload off to force it onto the GPU."))
-        # 3. pipeline variant, scheduler
-        init = plan = None
+        # 3. the pipeline variant the plan names, its inputs, the scheduler
+        init = inpainting = control = None
         if req.init_image is not None:
             from .images.loading import fit_to, load_image
 
             init = load_image(req.init_image, "The init image")
             if kind != "outpaint":
                 init = fit_to(init, req.width, req.height)
-        control = None
-        # a unit at scale 0 changes nothing: skip it (Flux would otherwise draw different noise for it)
-        active = dataclasses.replace(req, controls=[u for u in req.controls if u.scale > 0])
-        if kind in ("inpaint", "outpaint"):
-            plan = edit.inpaint_plan(loaded, req, init)
-            pipe = plan.pipe
-        elif kind == "upscale" and init is not None:
-            pipe = loaded.variant("img2img")  # the hires pass below is the whole job
-        elif active.controls:
+        if plan.job == "inpaint":
+            inpainting = edit.inpaint_plan(loaded, req, init)
+            pipe = inpainting.pipe
+        elif plan.job.startswith("control"):
+            active = dataclasses.replace(req, controls=plan.active_controls)
             control = self._control_manager().prepare(loaded, active, self._plugin_manager().manifests())
-            kind = "control_img2img" if init is not None else "control"
-            pipe = loaded.variant(kind, controlnet=control.model)
+            pipe = loaded.variant(plan.job, controlnet=control.model)
         else:
-            pipe = loaded.variant("img2img" if init is not None else "txt2img")
+            pipe = loaded.variant(plan.job)
         pipe.scheduler = loaded.scheduler(req.scheduler)
         _check_schedule(pipe.scheduler, req, name, defaults_for(family, source.variant).scheduler)
         # 4. LoRAs
@@ -191,24 +181,17 @@ class Engine:
         # 5. sample
         kwargs = dict(prompt=prompt, num_inference_steps=req.steps, guidance_scale=req.guidance,
                       width=req.width, height=req.height, num_images_per_prompt=req.count,
-                      generator=[torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.count)],
+                      generator=[torch.Generator("cpu").manual_seed(seed) for seed in plan.seeds],
                       callback_on_step_end=self._callback(req, progress, cancel))
         if kin.negative_prompt:
             kwargs["negative_prompt"] = req.negative or None
-        elif req.negative:
-            notes.append(f"{kin.label} ignores the negative prompt.")
         if kin.caption_words:
             from .vocabulary import vocabulary_note
 
             note = vocabulary_note(req.prompt, source.location, tuple(loras.triggers) if loras else ())
             notes += [note] if note else []
-        low, high = kin.trained_sides or (0, 1 << 30)
-        if not (low <= min(req.width, req.height) and max(req.width, req.height) <= high):
-            notes.append(f"The {kin.label} model learned sizes from {low} to {high} pixels a side: at "
-                         f"{req.width}x{req.height} objects may split, repeat or stretch. Stay within {low}-{high} "
-                         "(any aspect of the panel's presets) for its best images.")
-        if plan is not None:
-            kwargs.update(plan.kwargs)
+        if inpainting is not None:
+            kwargs.update(inpainting.kwargs)
         elif init is not None and not (source.variant == "kontext"):
             kwargs["image"] = init
             kwargs["strength"] = req.strength
@@ -218,7 +201,7 @@ class Engine:
             kwargs["image"] = init
             # at the size asked for: Kontext would otherwise scale to 1024x1024's area and its own trained sizes
             kwargs.update(_auto_resize=False, max_area=req.width * req.height)
-        if source.variant == "fill" and plan is None and init is None:  # Fill draws from nothing under a full mask
+        if source.variant == "fill" and inpainting is None and init is None:  # from nothing under a full mask
             from PIL import Image
 
             kwargs.update(image=Image.new("RGB", (req.width, req.height), (127, 127, 127)),
@@ -231,8 +214,8 @@ class Engine:
             images = [init] * req.count
         else:
             images, broken = self._sample(pipe, kwargs, cancel)
-        if plan is not None:
-            images = plan.finish(images)
+        if inpainting is not None:
+            images = inpainting.finish(images)
         if req.upscale:
             images, more = self._hires(loaded, req, images, kwargs, cancel)
             broken = max(broken, more)
@@ -241,9 +224,9 @@ class Engine:
         # 6. metadata
         from .images import infotext
 
-        seeds = [req.seed + i for i in range(req.count)]
+        seeds = plan.seeds
         extra = dict(loras.infotext) if loras else {}
-        extra.update(plan.infotext if plan is not None else {})
+        extra.update(inpainting.infotext if inpainting is not None else {})
         if req.upscale:
             extra.update({"Hires upscale": f"{req.upscale:g}", "Hires upscaler": req.upscaler or "Lanczos",
                           "Hires denoising strength": req.hires_strength})
@@ -262,6 +245,11 @@ class Engine:
         return Result(images, seeds, req, name, family, infotexts,
                       control.maps if control is not None else [], seconds, notes,
                       triggers=loras.triggers if loras else [], extra=extra, broken=broken)
+
+    def plan(self, request: Request) -> GenerationPlan:
+        """What `request` will do (engine/plan.py): resolved, checked, every default filled in; nothing loaded."""
+        source = self.resolve(request.model)
+        return plan_generation(request, source, self._plugin_manager().sampling if request.loras else None)
 
     def _sample(self, pipe, kwargs: dict, cancel: threading.Event | None) -> tuple[list, int]:
         """The pipeline's images as PIL, and how many held NaN/inf; Cancelled if the user stopped it."""
@@ -367,18 +355,6 @@ def _check_schedule(scheduler, req: Request, model: str, default: str) -> None:
     if len(set(steps)) < len(steps):
         raise UserError(f"Scheduler {req.scheduler!r} does not fit {model}'s noise schedule: at {req.steps} steps it "
                         f"repeats timesteps ({steps[:5]}...). Use {default}, this model's default, or another one.")
-
-
-def _edit_size(req: Request, family: str, variant: str) -> Request:
-    """An edit of an image works at that image's size (grown by outpaint borders) unless a size is given."""
-    if req.init_image is None or edit.edit_kind(req) is None or (req.width and req.height):
-        return req
-    from .images.loading import open_image
-
-    d = defaults_for(family, variant)
-    image = open_image(req.init_image, "The init image")  # the header only
-    width, height = edit.size_from_init(req, image.size, d.multiple, d.max_size)
-    return dataclasses.replace(req, width=req.width or width, height=req.height or height)
 
 
 def _is_oom(e: Exception) -> bool:

@@ -198,3 +198,26 @@ def test_every_scheduler_gives_an_image_or_a_message_on_the_built_in_model(engin
             assert result.images[0].size == (64, 64)
         except UserError as e:
             assert "Use dpm++2m" in str(e), (name, e)
+
+
+def test_the_engine_plans_every_default_before_it_loads_anything():
+    """Engine.plan decides the request (the family's defaults, a LoRA plugin's own sampling, the seed, the job)
+    torch-free and without a load; generate then samples exactly that plan."""
+    import subprocess
+    import sys
+
+    from engine.engine import Engine
+    from engine.request import LoraSpec, Request
+
+    engine = Engine(device="cpu")
+    plan = engine.plan(Request(prompt="a red circle", loras=[LoraSpec("fast", 1.0)]))
+    assert (plan.request.steps, plan.request.scheduler, plan.request.guidance) == (4, "ddim", 1.0)
+    assert plan.job == "txt2img" and plan.request.seed is not None and any("LoRA fast" in n for n in plan.notes)
+    plain = engine.plan(Request(prompt="a red circle", seed=5, width=256, height=256))
+    assert (plain.request.steps, plain.request.width, plain.seeds) == (10, 256, [5])
+    assert any("learned sizes from 48 to 128" in n for n in plain.notes)
+    assert not engine.cache.models, "planning loaded a model"
+    code = "import sys, engine.plan; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    result = engine.generate(Request(prompt="a red circle", seed=5, steps=2))
+    assert result.seeds == [5] and result.request.steps == 2

@@ -1,0 +1,85 @@
+"""`plan_generation`: what a generation will do, decided before anything loads. Pure and torch-free: the checked
+request with every default filled in (the family's, a LoRA plugin's own sampling, the edit's size and strength,
+the seed), the pipeline job it runs, and the notes known in advance. `Engine.generate` then loads and samples
+exactly this plan; a door or a test can ask `Engine.plan(request)` for it without a GPU or a load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import edit
+from .families import Family
+from .families import family as family_of
+from .request import Request, check_request
+from .sources.resolve import Source
+
+Sampling = Callable[[Request], tuple[Request, object]]  # a LoRA plugin's own steps/guidance/scheduler, and a note
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    request: Request  # checked, every default filled in, the seed chosen
+    source: Source  # the model, resolved
+    job: str  # the pipeline variant: txt2img, img2img, control, control_img2img, inpaint
+    edit: str | None  # inpaint, outpaint, upscale or None
+    notes: tuple = field(default_factory=tuple)  # known before sampling (a plugin's sampling, ignored words)
+
+    @property
+    def family(self) -> Family:
+        return family_of(self.source.family)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.request.seed + i for i in range(self.request.count)]
+
+    @property
+    def active_controls(self) -> list:
+        """The control units that change anything: a unit at scale 0 is skipped (Flux would otherwise draw
+        different noise for it)."""
+        return [u for u in self.request.controls if u.scale > 0]
+
+
+def plan_generation(request: Request, source: Source, sampling: Sampling | None = None) -> GenerationPlan:
+    """The plan for `request` on `source`; `sampling` fills a LoRA plugin's own sampling where the request left
+    it to the model (engine.plugins.manager.PluginManager.sampling). Raises the engine's UserErrors."""
+    kin = family_of(source.family)
+    notes = []
+    if request.loras and sampling is not None:
+        request, note = sampling(request)
+        notes += [note] if note else []
+    req = check_request(edit_size(request, kin, source.variant), source.family, source.variant)
+    if req.seed is None:
+        req = dataclasses.replace(req, seed=random.SystemRandom().randrange(2**32))
+    kind = edit.edit_kind(req)
+    if kind in ("inpaint", "outpaint"):
+        job = "inpaint"
+    elif kind == "upscale" and req.init_image is not None:
+        job = "img2img"  # the hires pass is the whole job
+    elif any(u.scale > 0 for u in req.controls):
+        job = "control_img2img" if req.init_image is not None else "control"
+    else:
+        job = "img2img" if req.init_image is not None else "txt2img"
+    if req.negative and not kin.negative_prompt:
+        notes.append(f"{kin.label} ignores the negative prompt.")
+    low, high = kin.trained_sides or (0, 1 << 30)
+    if not (low <= min(req.width, req.height) and max(req.width, req.height) <= high):
+        notes.append(f"The {kin.label} model learned sizes from {low} to {high} pixels a side: at "
+                     f"{req.width}x{req.height} objects may split, repeat or stretch. Stay within {low}-{high} "
+                     "(any aspect of the panel's presets) for its best images.")
+    return GenerationPlan(req, source, job, kind, tuple(notes))
+
+
+def edit_size(req: Request, kin: Family, variant: str) -> Request:
+    """An edit of an image works at that image's size (grown by outpaint borders) unless a size is given."""
+    if req.init_image is None or edit.edit_kind(req) is None or (req.width and req.height):
+        return req
+    from .images.loading import open_image
+
+    d = kin.defaults_for(variant)
+    image = open_image(req.init_image, "The init image")  # the header only
+    width, height = edit.size_from_init(req, image.size, d.multiple, d.max_size)
+    return dataclasses.replace(req, width=req.width or width, height=req.height or height)
