@@ -23,7 +23,8 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
                    help="torch.compile the denoiser (regional where supported); pays off in long sessions")
     p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
                    help="channels_last memory format for the UNet (auto: on for CPU)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: the cores free now, from the load average)")
     p.add_argument("--plugins", action="append", default=None, metavar="DIR",
                    help="a folder of plugin manifests (repeatable; default: plugins/ and assets/plugins/)")
     p.add_argument("-v", "--verbose", action="store_true", help="log loading and timing details")
@@ -144,16 +145,22 @@ def engine_config(args, local_paths: bool = True):
     """The one EngineConfig of this process, from the command line (and Hugging Face's own HF_HUB_OFFLINE)."""
     from engine.config import DEFAULT_PLUGIN_DIRS, EngineConfig
     from engine.sources.network import decide_offline
+    from engine.threads import choose_threads
 
     offline, why = decide_offline()  # no network: fail fast with our message instead of 25 s of Hub retries
     if offline:  # for the libraries that ask the Hub themselves (controlnet_aux, transformers' pipelines)
         os.environ["HF_HUB_OFFLINE"] = "1"
     # may users name files and folders on this machine? Yes from the CLI; when serving, only on loopback, unshared
+    threads, told = choose_threads(getattr(args, "threads", None))  # set when the engine starts, not before
+    if args.command is None:  # the server says it at start; a CLI run keeps its output to results
+        print(f"CPU work: {told}.", flush=True)
+    logging.getLogger("app").info("CPU work: %s", told)
     flag = lambda name, default: getattr(args, name, None) or default  # noqa: E731 (models/plugins lack some)
     return EngineConfig(device=flag("device", "auto"), dtype=flag("dtype", "auto"), offload=flag("offload", "auto"),
                         compile=flag("compile", "off"), channels_last=flag("channels_last", "auto"),
                         plugin_dirs=tuple(flag("plugins", DEFAULT_PLUGIN_DIRS)), offline=offline,
-                        offline_reason=why, local_paths=local_paths, quiet_loading=not flag("verbose", False))
+                        offline_reason=why, local_paths=local_paths, quiet_loading=not flag("verbose", False),
+                        threads=threads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,10 +171,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(args.threads)
     if not getattr(args, "verbose", False):  # keep the terminal to results and errors (downloads still show)
         os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -110,7 +110,8 @@ def studio_request(fields: dict[str, Any], studio: Studio) -> Request:
     if not isinstance(model, str):
         raise ApiError(400, f"model must be a model name, got {type(model).__name__}.", param="model")
     width, height = parse_size(fields.get("size"))
-    count = whole_number("n", number(fields, "n", int) or 1, 1, MAX_COUNT)
+    n = number(fields, "n", int)
+    count = 1 if n is None else whole_number("n", n, 1, MAX_COUNT)  # n=0 is refused, not taken for 1
     seed = number(fields, "seed", int)
     return make_request(prompt, model, negative=fields.get("negative_prompt") or "",
                         steps=number(fields, "steps", int), guidance=number(fields, "guidance_scale"), seed=seed,

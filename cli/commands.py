@@ -196,6 +196,15 @@ def _check_early(config, base: Request, outs: list[Path]) -> None:
 
     source = Resolver(Hub(config.offline, config.offline_reason), config.local_paths).resolve(base.model)
     check_request(base, source.family, source.variant)
+    from engine.images.loading import open_image
+
+    for flag, path in (("--init", base.init_image), ("--mask", base.mask)):
+        if path is not None:  # not an image, or too large: from its header, before any work
+            open_image(path, f"{flag} {Path(path).name}")
+    if base.upscaler:
+        from engine.upscalers import Upscalers
+
+        Upscalers("cpu").find(base.upscaler, load_manifests(list(config.plugin_dirs)))
     for i, unit in enumerate(base.controls, 1):
         if not Path(unit.image).is_file():
             raise UserError(f"--control {unit.kind}={unit.image}: no such file (control unit {i}).")

@@ -33,6 +33,7 @@ class EngineConfig:
     offline_reason: str = ""  # why, for messages ("HF_HUB_OFFLINE is set", "the Hub did not answer ...")
     local_paths: bool = False  # may requests name files and folders on this machine (models, LoRA files)?
     quiet_loading: bool = False  # hide diffusers' per-component loading bars (the CLI without -v)
+    threads: int | None = None  # torch's CPU threads, set when the Engine starts (engine/threads.py); None: torch's
 
     def __post_init__(self):
         for name, allowed in (("offload", ("auto", "on", "off")), ("compile", ("on", "off")),

@@ -38,6 +38,10 @@ class Engine:
             raise TypeError("Give an EngineConfig or its fields as keywords, not both.")
         self.config = config or EngineConfig(**settings)
         cfg = self.config
+        if cfg.threads:
+            import torch
+
+            torch.set_num_threads(cfg.threads)
         self.device = loading.pick_device(cfg.device)
         self.dtype = loading.pick_dtype(self.device, cfg.dtype)
         self.offload = cfg.offload  # auto | on | off

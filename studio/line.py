@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 
 from engine.request import UserError
 
@@ -21,11 +22,13 @@ class Line:
     because generating events start at once and wait here, where they can be cancelled and told their place.
     """
 
-    def __init__(self, max_waiting: int = 16, slots: int = 1):
+    def __init__(self, max_waiting: int = 16, slots: int = 1, abandon_s: float = 20.0):
         if slots < 1:
             raise ValueError(f"a line needs at least one slot, not {slots}")
-        self.max_waiting, self.slots = max_waiting, slots
+        self.max_waiting, self.slots, self.abandon_s = max_waiting, slots, abandon_s
         self._turns: collections.deque = collections.deque()  # the running tickets first, then the waiting ones
+        self._seen: dict[object, float] = {}  # ticket -> when its owner last asked for its place
+        self._started: set = set()  # tickets whose owner saw its turn come (their worker leaves the line)
         self._changed = threading.Condition()
         self.served = 0  # tickets that reached the engine, for the load benchmark's fairness count
 
@@ -38,13 +41,26 @@ class Line:
                            f"{self.max_waiting} may wait). Try again in a minute.")
             ticket = object()
             self._turns.append(ticket)
+            self._seen[ticket] = time.monotonic()
             return ticket
 
     def wait(self, ticket: object, timeout: float) -> int:
-        """0 when it is `ticket`'s turn, else how many wait before it after `timeout` seconds."""
+        """0 when it is `ticket`'s turn, else how many wait before it after `timeout` seconds. A ticket whose owner
+        stopped asking for `abandon_s` (its event was cancelled without being closed, its client gone) loses its
+        place, so it never holds up the line; its owner, should it come back, is told to send again."""
         with self._changed:
-            self._changed.wait_for(lambda: self._turns.index(ticket) < self.slots, timeout)
-            return max(0, self._turns.index(ticket) - self.slots + 1)
+            self._seen[ticket] = time.monotonic()
+            self._sweep(keep=ticket)
+            self._changed.wait_for(lambda: ticket not in self._turns or self._turns.index(ticket) < self.slots,
+                                   timeout)
+            if ticket not in self._turns:
+                raise Busy("This generation lost its place in line after its page stopped asking for it. Send it "
+                           "again.")
+            self._seen[ticket] = time.monotonic()
+            place = max(0, self._turns.index(ticket) - self.slots + 1)
+            if place == 0:
+                self._started.add(ticket)
+            return place
 
     def leave(self, ticket: object) -> None:
         with self._changed:
@@ -52,6 +68,19 @@ class Line:
                 if self._turns.index(ticket) < self.slots:
                     self.served += 1
                 self._turns.remove(ticket)
+            self._seen.pop(ticket, None)
+            self._started.discard(ticket)
+            self._changed.notify_all()
+
+    def _sweep(self, keep: object) -> None:
+        """Drop the waiting tickets, other than `keep`, nobody has asked about for `abandon_s` (under the lock)."""
+        now = time.monotonic()
+        stale = [t for t in self._turns if t is not keep and t not in self._started
+                 and now - self._seen.get(t, now) > self.abandon_s]
+        for ticket in stale:
+            self._turns.remove(ticket)
+            self._seen.pop(ticket, None)
+        if stale:
             self._changed.notify_all()
 
     @property

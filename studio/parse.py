@@ -55,11 +55,12 @@ def whole_number(name: str, value, low: int, high: int) -> int:
     return int(value)
 
 
-def form_value(value, smallest):
-    """A form's number (the page, gradio's /generate, MCP): None (the model's default) when it is unset or below
-    the smallest value it can really take (steps 0, guidance -1, seed -1); a whole float as an int."""
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value < smallest:
-        return None if not isinstance(value, str) else value  # text: check_request words the error
+def form_value(value, default_mark):
+    """A form's number (the page, gradio's /generate, MCP): None (the model's default) when it is unset or the
+    form's mark for "default" (steps 0, guidance -1, seed -1); a whole float as an int. Any other value goes on
+    as it is, for check_request to judge: a seed of -7 is a mistake to name, not a random seed."""
+    if value is None or (not isinstance(value, bool) and isinstance(value, (int, float)) and value == default_mark):
+        return None
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from engine.request import ControlUnit, LoraSpec, Request
 from studio.parse import form_value
 
-SMALLEST = {"steps": 1, "guidance": 0, "seed": 0, "width": 1, "height": 1, "count": 1, "strength": 0.01}
+DEFAULT_MARKS = {"steps": 0, "guidance": -1, "seed": -1, "width": 0, "height": 0, "count": 0, "strength": 0}
 DEFAULT_SCHEDULER = (None, "", "default")
 
 
@@ -24,7 +24,7 @@ def make_request(prompt: str, model: str, *, form: bool = False, negative: str |
     numbers = dict(steps=steps, guidance=guidance, seed=seed, width=width, height=height, count=count,
                    strength=strength)
     if form:
-        numbers = {name: form_value(value, SMALLEST[name]) for name, value in numbers.items()}
+        numbers = {name: form_value(value, DEFAULT_MARKS[name]) for name, value in numbers.items()}
     numbers["count"] = 1 if numbers["count"] is None else numbers["count"]
     return Request(prompt=prompt if prompt is not None else "", negative=negative or "", model=model,
                    scheduler=None if scheduler in DEFAULT_SCHEDULER else scheduler, loras=list(loras),

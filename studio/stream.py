@@ -30,18 +30,28 @@ class Timing:
     redraw_s: float = 0.5  # the chat redraws its step counter at most this often (a preview always is drawn)
     first_redraw_s: float = 1.0  # and not before a run is this old: a faster reply goes from "Starting…" to its image
     idle_yield_s: float = 1.0  # the chat yields with nothing new this often, so a closed tab's event ends
+    abandon_s: float = 20.0  # a run whose caller stopped pulling its stream this long stops (see Switch)
 
 
 class Switch:
-    """A run's stop switch: set by the run itself, or through the caller's `cancel` (a Stop button, /interrupt)."""
+    """A run's stop switch: set by the run itself, through the caller's `cancel` (a Stop button, /interrupt), or
+    by the caller going quiet. A door's event loop may drop a stream without closing it (gradio's cancel while the
+    stream is inside a step: the close fails as "generator already executing" and is not retried); every pull of
+    the stream is a heartbeat, and a run nobody has pulled for `abandon_s` stops at its next step."""
 
-    def __init__(self, cancel: threading.Event):
-        self.cancel, self.own = cancel, threading.Event()
+    def __init__(self, cancel: threading.Event, abandon_s: float = 20.0):
+        self.cancel, self.own, self.abandon_s = cancel, threading.Event(), abandon_s
+        self.pulled = time.monotonic()
+
+    def beat(self) -> None:
+        self.pulled = time.monotonic()
 
     def set(self) -> None:
         self.own.set()
 
     def is_set(self) -> bool:
+        if time.monotonic() - self.pulled > self.abandon_s:
+            self.own.set()
         return self.own.is_set() or self.cancel.is_set()
 
 
@@ -62,7 +72,7 @@ def stream(studio, request: Request, cancel: threading.Event, previews: bool = T
     events: queue.Queue = queue.Queue()
     outcome: dict[str, Any] = {}
     plan = None  # the run's previews (studio/previews.py), planned when it starts
-    stop = Switch(cancel)  # this run's own switch: a later run clearing the caller's `cancel` can't revive it
+    stop = Switch(cancel, timing.abandon_s)  # this run's own: a later run clearing `cancel` can't revive it
 
     def progress(step: int, total: int, latents) -> None:
         preview = None
@@ -94,6 +104,7 @@ def stream(studio, request: Request, cancel: threading.Event, previews: bool = T
             yield "waiting", place, 0, None
         if cancel.is_set():
             raise Cancelled()
+        stop.beat()
         threading.Thread(target=work, name="generate", daemon=True).start()
         started = True
         while True:
@@ -101,10 +112,12 @@ def stream(studio, request: Request, cancel: threading.Event, previews: bool = T
                 item = events.get(timeout=timing.wait_poll_s)
             except queue.Empty:  # loading, decoding: yield anyway, so a close is never kept waiting
                 yield "step", -1, 0, None
+                stop.beat()
                 continue
             if item is None:
                 break
             yield "step", *item
+            stop.beat()  # the caller pulled again: it is still there
     finally:
         if not started:
             line.leave(ticket)

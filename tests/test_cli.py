@@ -110,3 +110,41 @@ def test_unreachable_hub_gives_the_message_at_once_without_retries(tmp_path):
     assert r.returncode == 2
     assert "someone/some-model" in r.stderr and "cannot be reached" in r.stderr
     assert "Retrying" not in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("flag, module", [("--ray", "ray"), ("--mcp", "mcp")])
+def test_a_flag_whose_extra_is_not_installed_is_refused_at_start_with_its_install(flag, module):
+    """`--ray` without ray ended in a ModuleNotFoundError traceback and `--mcp` without mcp served no tools: each
+    now stops at start with one line naming the install (run as if the package were not installed)."""
+    code = ("import importlib.util, sys\n"
+            "_find = importlib.util.find_spec\n"
+            f"importlib.util.find_spec = lambda name, *a: None if name.split('.')[0] == {module!r} else _find(name)\n"
+            "import app\n"
+            f"sys.exit(app.main([{flag!r}, '--port', '0']))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2, r.stderr
+    assert f"{flag} needs the {module!r} package" in r.stderr and "pip install" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_inputs_that_need_no_model_are_refused_before_any_work(tiny_model, tmp_path):
+    """`--init` that is not an image, `--upscaler` that does not exist: answered before torch and the model load
+    (they used to come after 30-90 s of generating): the one-line error, and no image written."""
+    fake = tmp_path / "fake.png"
+    fake.write_text("<html>not an image</html>")
+    base = ["generate", "--model", str(tiny_model("sd15")), "--prompt", "x", "--steps", "2", "--width", "32",
+            "--height", "32", "--out", str(tmp_path / "o.png")]
+    for extra, message in ((["--init", str(fake)], "fake.png"), (["--upscale", "2", "--upscaler", "nosuch"],
+                                                                 "no upscaler plugin named 'nosuch'")):
+        r = app(*base, *extra)
+        assert r.returncode == 2 and message in r.stderr and r.stderr.startswith("error: "), r.stderr
+        assert not (tmp_path / "o.png").exists()
+
+
+def test_torch_threads_default_to_the_cores_free_now():
+    from engine.threads import choose_threads, free_cores
+
+    cores, free, load = free_cores()
+    assert 1 <= free <= cores and load >= 0
+    assert choose_threads(None)[0] == free and choose_threads(3) == (3, "3 torch thread(s) (--threads)")

@@ -84,6 +84,10 @@ def test_form_values_become_one_request_with_the_defaults_unset():
                     count=2).request("a fox")
     assert (real.guidance, real.seed, real.width, real.height, real.scheduler, real.count) == (0, 0, 48, 40,
                                                                                               "euler", 2)
+    typo = Settings(model="builtin", seed=-7, steps=-3).request("a fox")  # not the form's marks: named, not random
+    assert (typo.seed, typo.steps) == (-7, -3)
+    with pytest.raises(UserError, match=r"seed = -7 is out of range"):
+        check_request(dataclasses.replace(typo, steps=None), "builtin")
 
 
 def test_the_api_uses_the_same_conversion_and_the_engines_messages(studio, shared, tmp_path):
@@ -261,6 +265,27 @@ def test_the_chats_edits_inpaint_zoom_out_pan_and_upscale_the_selected_image(stu
     assert nothing and "Paint over the part to change first" in session.history[-1]["content"]
 
 
+def test_the_chats_edits_chain_each_on_the_image_before(studio, session, settings):
+    """Each edit used to carry the previous edit's own settings: inpaint then zoom out answered "Give either a mask
+    or borders", pan then upscale "Upscale ... in its own step". Each is now one edit of the image as it is."""
+    from PIL import Image
+
+    from ui import edit_handlers
+
+    generate(studio, session, "a red circle", settings)
+    strokes = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    strokes.paste((255, 255, 255, 255), (0, 0, 16, 32))
+    list(edit_handlers.inpaint(studio, session, settings, "", {"layers": [strokes]}))
+    assert "inpaint strength 1" in session.history[-1]["content"]  # no strength given: drawn anew
+    for edit, size in ((lambda: edit_handlers.zoom_out(studio, session, settings, ""), (48, 48)),
+                       (lambda: edit_handlers.pan(studio, session, settings, "", "left"), (72, 48)),
+                       (lambda: edit_handlers.upscale(studio, session, settings, ""), (144, 96))):
+        before = len(session.shots)
+        list(edit())  # on the latest image: the one the previous edit made
+        assert len(session.shots) == before + 1, session.history[-1]["content"]
+        assert Image.open(session.shots[-1].path).size == size
+
+
 def test_clear_empties_the_chat_the_gallery_and_the_selection(studio, session, settings):
     """Before, the chat's Clear only hid the messages; the gallery, the selection and Reroll kept the old ones."""
     generate(studio, session, "a red circle", settings)
@@ -279,6 +304,24 @@ def test_a_line_with_two_slots_runs_two_and_counts_only_the_rest_as_waiting():
         line.join()
     line.leave(b)  # a slot frees: the first waiting one runs
     assert line.wait(c, 0) == 0 and line.waiting == 0 and line.served == 1
+
+
+def test_a_ticket_nobody_asks_about_loses_its_place_and_never_blocks_the_line():
+    """A generation whose event was dropped without being closed (gradio's cancel inside a step) used to keep its
+    place: once first, nobody started it and the line froze. Its owner's silence now gives the place up."""
+    from studio.line import Busy, Line
+    from studio.stream import Switch
+
+    line = Line(max_waiting=4, slots=1, abandon_s=0.0)  # every ticket not being asked about right now is stale
+    running, dropped = line.join(), line.join()
+    assert line.wait(running, 0) == 0  # its owner saw its turn: it runs until it leaves, asked about or not
+    next_one = line.join()
+    assert line.wait(next_one, 0) == 1  # `dropped` never asked about its place: gone, only `running` is ahead
+    with pytest.raises(Busy, match="lost its place in line"):
+        line.wait(dropped, 0)
+    switch = Switch(__import__("threading").Event(), abandon_s=0.0)
+    assert switch.is_set()  # a run whose stream nobody pulls stops at its next step
+    assert not Switch(__import__("threading").Event(), abandon_s=60.0).is_set()
 
 
 def test_the_fast_plugin_in_the_panel_takes_its_own_steps_unless_the_user_set_them(engine, session):

@@ -113,3 +113,48 @@ def test_delete_chat_asks_once_then_deletes_the_chat_for_good(browser, engine, t
     finally:
         page.context.close()
         demo.close()
+
+
+def test_a_first_message_sent_before_the_page_has_loaded_is_kept_over_a_reload(browser, engine, tmp_path):  # noqa: F811
+    """The page is up at once, its load event (which reads this browser's ids) may come later: a first message
+    sent before it ran was stored under no browser id, or under ids the browser never kept, and the chat was gone
+    on reload. Here the load event is held until the first image is there."""
+    import threading
+
+    from store.library import Library
+
+    port = free_port()
+    library = Library(tmp_path / "outputs")
+    release, loads = threading.Event(), []
+    load_conversation = library.load_conversation
+
+    def held(*args):
+        loads.append(args)
+        if len(loads) == 1:
+            release.wait(timeout=120)  # the first page load's event waits for the test, not for a clock
+        return load_conversation(*args)
+
+    library.load_conversation = held
+    demo = serve(engine, "builtin", library, port)
+    page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
+    try:
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_selector("#prompt textarea", timeout=30_000)
+        page.fill("#prompt textarea", "a small green triangle at the top, white background")
+        page.press("#prompt textarea", "Enter")
+        page.wait_for_selector(IMAGE.format(1), timeout=90_000)
+        assert loads and not release.is_set()  # the image came while the page's load event was still held
+        release.set()
+        stored = lambda: library._db.execute("SELECT count(*) FROM conversations").fetchone()[0]  # noqa: E731
+        for _ in range(200):  # the turn's chat is stored by a background writer as the turn ends
+            if stored():
+                break
+            page.wait_for_timeout(100)
+        assert stored() == 1
+        page.reload()
+        page.wait_for_function("document.querySelectorAll('#chat img').length >= 1", timeout=30_000)
+        assert "a small green triangle at the top" in page.inner_text("#chat")
+    finally:
+        release.set()
+        page.context.close()
+        demo.close()

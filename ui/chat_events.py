@@ -97,9 +97,10 @@ def streamed(page: Page, studio: Studio, work: Work):
     """The event for a generating handler: each Update it yields becomes a yield of what changed on the page.
     A turn's new settings or prompt (a PNG dropped into the chat) wait on the session for `apply_pending`, the
     quick event after it: the panel's ~35 outputs in the stream would cost more than the sampling."""
-    def event(values: dict):
+    def event(values: dict, request: gr.Request = None):
         known = isinstance(values[page.state], Session)  # else the server lost it (expired, restarted)
-        session = ensure(values[page.state])
+        session = page.sessions.ensure(values[page.state], request)
+        history.adopt_ids(session, values[page.ids])  # a first message sent before the page's load event ran
         session.pending = None
         redraw = Redraw(page, session, values[page.status_md], known)
         # the message box's own Stop button (the page's one Stop) shows while this runs, and only then; it comes
@@ -114,19 +115,21 @@ def streamed(page: Page, studio: Studio, work: Work):
                 first = {}
         except Exception as e:
             session.say("assistant", runner.error_message(e, studio.local_paths))
-        yield redraw.changes(turn_end(page, studio, session, first_yield=bool(first)))
+        yield redraw.changes(turn_end(page, studio, session))
     return event
 
 
-def turn_end(page: Page, studio: Studio, session: Session, first_yield: bool) -> dict:
+def turn_end(page: Page, studio: Studio, session: Session) -> dict:
     """The event's last yield: Send again and Stop hidden (a .then could land after the next message's Stop), the
-    pending panel's tick, and the conversation stored so it outlasts the page."""
-    done = {page.box: gr.MultimodalTextbox(submit_btn=True, stop_btn=False)}
+    pending panel's tick, and the conversation stored so it outlasts the page, under the ids the browser keeps.
+    The session goes into its gr.State again: a page load that ran during the turn (a first message sent while
+    the page was still loading) must not leave its own, empty session there."""
+    done = {page.box: gr.MultimodalTextbox(submit_btn=True, stop_btn=False), page.state: session}
     if session.pending is not None:  # settings or a prompt to show: the quick panel event runs on this tick
         done[page.pending_tick] = time.monotonic_ns()
     history.persist(studio.library, session, soon=True)
-    if first_yield:  # no redraw yet: the session goes into its gr.State with this last one
-        done[page.state] = session
+    if session.browser:
+        done[page.ids] = {"browser": session.browser, "conversation": session.conversation}
     return done
 
 
@@ -173,9 +176,9 @@ def wire_chat(page: Page, studio: Studio) -> None:
     """Attach the chat column's events (call inside the gr.Blocks context)."""
     panel = page.panel
     inputs = panel.settings_inputs() | {page.state, page.box, page.refine, page.strength}
-    stream_in = inputs | {page.status_md}
+    stream_in = inputs | {page.status_md, page.ids}
     stream_out = [page.chatbot, page.state, page.gallery, page.selected_md, page.status_md, page.box,
-                  page.pending_tick]
+                  page.pending_tick, page.ids]
     # Enter while this tab's turn is still ending is kept and sent when it ends (gradio's default, "once",
     # dropped it: the text stayed in the box until Enter was pressed again)
     page.box.submit(streamed(page, studio, send(page)), stream_in, stream_out, **ENGINE_EVENT,

@@ -42,7 +42,9 @@ def _edit(studio: Studio, session: Session, settings: Settings, prompt: str, wha
     if shot is None:
         return nothing_yet(session, "There is no image to edit yet: send a prompt first, then edit its image.")
     prompt = (prompt or "").strip() or shot.request.prompt
-    session.say("user", f"{what} #{shot.number}" + (f": {prompt}" if prompt != shot.request.prompt else ""))
+    # the rule, said where it applies: an edit keeps the image's own model, LoRAs and sampling, not the panel's
+    session.say("user", f"{what} #{shot.number}" + (f": {prompt}" if prompt != shot.request.prompt else "")
+                + f" (with #{shot.number}'s own model, LoRAs and steps)")
     # each edit is one edit of the image as it is now: the source's own edit (its mask, borders, upscale) is done
     fresh = dict(mask=None, outpaint=None, upscale=None, upscaler=None, inpaint_padding=None, strength=None)
     request = dataclasses.replace(shot.request, prompt=prompt, seed=None, init_image=shot.path, width=None,

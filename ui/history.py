@@ -124,6 +124,14 @@ def _save(library: Library, browser: str, conversation: str, state: dict, title:
         log.exception("could not store conversation %s", conversation)
 
 
+def adopt_ids(session: Session, saved) -> None:
+    """Give a session that has no browser id yet the ids this browser keeps (or new ones): a message sent before
+    the page's load event ran is then stored where the next visit looks."""
+    if not session.browser:
+        session.browser, conversation = ids_of(saved)
+        session.conversation = session.conversation or conversation
+
+
 def ids_of(saved) -> tuple[str, str]:
     """(browser id, current conversation id) from the browser's stored value, made when missing or malformed."""
     data = saved if isinstance(saved, dict) else {}

@@ -43,14 +43,17 @@ def wire_history(demo: gr.Blocks, page: Page, studio: Studio) -> None:
             choices.insert(0, (history.title_of(session), session.conversation))
         return gr.Dropdown(choices=choices, value=session.conversation)
 
-    def on_load(state, ids):
-        session = ensure(state)
+    def on_load(state, ids, request: gr.Request = None):
+        # the page's own Session, shared with a first message that may be running already (OpenPages)
+        session = page.sessions.ensure(state, request)
+        if session.history:  # a first message got here before this load: its ids (adopt_ids) stand
+            history.adopt_ids(session, ids)
+            return chat_view(session)
         session.browser, conversation = history.ids_of(ids)
-        if not session.history:
-            session.conversation = conversation
-            stored = library.load_conversation(session.browser, conversation)
-            if stored:
-                history.restore(stored, session)
+        session.conversation = conversation
+        stored = library.load_conversation(session.browser, conversation)
+        if stored and not session.history:  # a message sent meanwhile starts a new chat; the stored one is listed
+            history.restore(stored, session)
         return chat_view(session)
 
     demo.load(on_load, [page.state, page.ids], [*chat_out, page.delete_chat], **QUICK)

@@ -6,14 +6,14 @@ ui/panel_events.py wire their events, ui/panel.py builds the side panel's own co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
 
 from ui.library_page import LibraryTab, build_tab
 from ui.panel import Panel
-from ui.state import Settings, close_session
+from ui.state import OpenPages, Settings, close_session
 
 TITLE = "Diffusion Studio"
 CSS = (Path(__file__).with_name("page.css")).read_text()  # sizes, the image grid, what fits one screen
@@ -52,6 +52,7 @@ class Page:
     pans: dict  # side -> gr.Button
     upscale: gr.Button
     pending_tick: gr.State  # changed when a turn leaves settings for the panel (a dropped PNG): shows them
+    sessions: OpenPages = field(default_factory=OpenPages)  # each open page's Session, for events that race
 
 
 CHAT_HEIGHT = "calc(100vh - 576px)"  # at 1440x1000 the page fits the screen (page.css: taller on a phone)

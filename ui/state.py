@@ -13,6 +13,7 @@ import logging
 import shutil
 import tempfile
 import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,6 +144,29 @@ class Session:
         self.closed = True
         self.cancel.set()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class OpenPages:
+    """The Session of each open page, by gradio's session hash. Two events of one page that start before either has
+    put a Session into the page's gr.State (its load event and a first message typed while the page loads) share
+    one Session here instead of making two, of which the later answer would overwrite the other's chat."""
+
+    def __init__(self):
+        self._by_page: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # gone with the Session
+        self._lock = threading.Lock()
+
+    def ensure(self, session: Session | None, request=None) -> Session:
+        """`session` when the page's gr.State has one, else this page's (made on its first event)."""
+        if isinstance(session, Session):
+            return session
+        key = getattr(request, "session_hash", None)
+        with self._lock:
+            found = self._by_page.get(key) if key else None
+            if found is None or found.closed:
+                found = Session.new()
+                if key:
+                    self._by_page[key] = found
+            return found
 
 
 def ensure(session: Session | None) -> Session:

@@ -102,10 +102,10 @@ class Hub:
 
     def download(self, repo: str) -> str:
         """Fetch only the files a Hub pipeline needs (safetensors weights, configs) into the Hugging Face cache."""
+        self.refuse_download()  # offline: at once, before diffusers is imported (seconds)
+        family, _ = self.family(repo)
         from diffusers import DiffusionPipeline
 
-        self.refuse_download()
-        family, _ = self.family(repo)
         try:
             path = DiffusionPipeline.download(repo, use_safetensors=True)
         except (OSError, ValueError) as e:
