@@ -342,7 +342,7 @@ class Engine:
         return {"family": source.family, "label": kin.label, "steps": d.steps, "guidance": d.guidance,
                 "width": d.size, "height": d.size, "scheduler": d.scheduler, "schedulers": valid_schedulers(kin.name),
                 "multiple": d.multiple, "max_size": d.max_size, "negative_prompt": kin.negative_prompt,
-                "flow": kin.flow}
+                "flow": kin.flow, "trained_sides": kin.trained_sides}
 
 
 def _check_schedule(scheduler, req: Request, model: str, default: str) -> None:
@@ -356,7 +356,7 @@ def _check_schedule(scheduler, req: Request, model: str, default: str) -> None:
     except Exception as e:  # a schedule diffusers cannot make at all
         raise UserError(f"Scheduler {req.scheduler!r} cannot run {req.steps} steps on {model} "
                         f"({type(e).__name__}). Use {default}, this model's default.") from None
-    if len(set(steps)) < len(steps):
+    if len(set(steps)) < req.steps:  # fewer distinct timesteps than steps (Heun visits each twice, by design)
         raise UserError(f"Scheduler {req.scheduler!r} does not fit {model}'s noise schedule: at {req.steps} steps it "
                         f"repeats timesteps ({steps[:5]}...). Use {default}, this model's default, or another one.")
 

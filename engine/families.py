@@ -47,6 +47,7 @@ class Family:
     caption_words: bool = False  # the built-in model: prompts are mapped to its captions' own words
     trained_sides: tuple[int, int] | None = None  # sides it learned; outside them a note warns
     lora_training: bool = False  # `app.py train-lora` trains LoRAs for it (a UNet with SD1.5's layout)
+    unfit_schedulers: tuple[str, ...] = ()  # never offered: they fail on this family's noise schedule
 
     def defaults_for(self, variant: str = "") -> FamilyDefaults:
         return self.variants.get(variant, self.defaults)
@@ -54,7 +55,9 @@ class Family:
 
 FAMILIES_BY_NAME: dict[str, Family] = {f.name: f for f in (
     Family("builtin", "built-in", FamilyDefaults(10, 2.0, 64, 8, 512, "dpm++2m"), _SD_PIPELINES,
-           load_extra=NO_SAFETY_CHECKER, caption_words=True, trained_sides=(48, 128), lora_training=True),
+           load_extra=NO_SAFETY_CHECKER, caption_words=True, trained_sides=(48, 128), lora_training=True,
+           # Karras sigmas on its near-zero terminal SNR repeat timesteps (7 distinct of 10), and the solver fails
+           unfit_schedulers=("dpm++2m-karras",)),
     Family("sd15", "Stable Diffusion 1.5", FamilyDefaults(30, 7.5, 512, 8, 2048, "dpm++2m-karras"), _SD_PIPELINES,
            index_classes=("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline",
                           "StableDiffusionInpaintPipeline"),

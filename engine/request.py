@@ -238,9 +238,9 @@ def check_request(req: Request, family: str, variant: str = "") -> Request:  # n
     scheduler = req.scheduler if req.scheduler not in (None, "", "default") else d.scheduler
     if scheduler not in SCHEDULERS:
         raise SettingsError(f"Unknown scheduler {scheduler!r}. Choose one of: {', '.join(valid_schedulers(family))}.")
-    if (scheduler in FLOW_SCHEDULERS) != FAMILIES_BY_NAME[family].flow:
-        raise SettingsError(f"Scheduler {scheduler!r} does not work with {family} models. "
-                        f"Choose one of: {', '.join(valid_schedulers(family))}.")
+    if scheduler not in valid_schedulers(family):  # flow matching or not, and unfit for this family's schedule
+        raise SettingsError(f"Scheduler {scheduler!r} does not work with {FAMILIES_BY_NAME[family].label} models. "
+                            f"Choose one of: {', '.join(valid_schedulers(family))}.", field="scheduler")
     strength = req.strength
     if req.init_image is not None:
         if strength is None:
@@ -371,4 +371,6 @@ def check_control(unit: ControlUnit, i: int = 1) -> ControlUnit:
 
 
 def valid_schedulers(name: str) -> list[str]:
-    return [n for n in SCHEDULERS if (n in FLOW_SCHEDULERS) == family(name).flow]
+    """The schedulers offered for a family: its kind (flow matching or not), less those unfit for it."""
+    kin = family(name)
+    return [n for n in SCHEDULERS if (n in FLOW_SCHEDULERS) == kin.flow and n not in kin.unfit_schedulers]

@@ -157,7 +157,7 @@ def test_restore_replaces_a_scheduler_of_another_family(studio, session, setting
                      "CFG scale: 3.5, Seed: 77, Size: 512x512, Model: v1-5")
     update = handlers.restore(studio, session, path, settings)
     assert update.settings.scheduler == "default" and update.settings.seed == 77 and update.prompt == "a misty lake"
-    assert "flow-euler doesn't fit sd15 models" in session.history[-1]["content"]
+    assert "flow-euler doesn't fit Stable Diffusion 1.5 models" in session.history[-1]["content"]
 
 
 # ------------------------------------------------------------------------------------------ the panel, the page
@@ -204,6 +204,18 @@ def test_the_status_line_says_how_the_turns_model_did(studio, session, settings)
     assert runner.model_status("builtin", UserError("steps = 999"), settings_fault=True) is None  # nor bad settings
     updates = list(handlers.send(studio, session, "a red circle --steps 999", settings))
     assert "out of range" in session.history[-1]["content"] and updates[-1].status is None  # the model is still fine
+
+
+def test_after_a_model_fails_the_panel_goes_back_to_the_last_that_worked(studio, session, settings):
+    """The picker stayed on a model that failed to load, so every next message failed the same way."""
+    list(handlers.send(studio, session, "a red circle --steps 2", settings))  # works: the last good model
+    missing = dataclasses.replace(settings, model="stabilityai/stable-diffusion-xl-base-1.0")  # offline, not cached
+    updates = list(handlers.send(studio, session, "a red circle", missing))
+    assert updates[-1].model == settings.model and f"back on **{settings.model}**" in updates[-1].status
+    assert f"The panel is back on **{settings.model}**" in session.history[-1]["content"]
+    list(handlers.send(studio, session, "a red circle --steps 999", settings))  # bad settings: no switch
+    updates = list(handlers.send(studio, session, "a red circle --steps 999", missing))
+    assert updates[-1].model == settings.model  # the model's fault comes first: still back
 
 
 def test_the_page_follows_the_engine_config():
@@ -343,3 +355,25 @@ def test_the_fast_plugin_in_the_panel_takes_its_own_steps_unless_the_user_set_th
     plain = Settings(model="builtin", steps=10, guidance=2.0, seed=1)  # no such LoRA: the panel's values as they are
     list(handlers.send(studio, session, "a small blue square, white background", plain, []))
     assert session.shots[-1].request.steps == 10
+
+
+def test_an_a1111_png_restored_on_the_built_in_model_gets_settings_it_can_draw(engine, session, tmp_path):
+    """An SD1.5 PNG (768x512, DPM++ 2M Karras) restored on the built-in model set 768x512 and Karras: Enter ran
+    for minutes and failed or gave noise. Its size is mapped onto the model's range, same shape, and the
+    scheduler falls back to the model's default; the reply says both."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from studio.service import Studio
+
+    info = PngInfo()
+    info.add_text("parameters", "a red circle\nSteps: 25, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 5, "
+                                "Size: 768x512, Model: v1-5-pruned-emaonly")
+    Image.new("RGB", (768, 512)).save(tmp_path / "a1111.png", pnginfo=info)
+    update = handlers.restore(Studio(engine, "builtin"), session, str(tmp_path / "a1111.png"),
+                              Settings(model="builtin"))
+    restored = update.settings
+    assert (restored.model, restored.width, restored.height, restored.scheduler) == ("builtin", 96, 64, "default")
+    reply = session.history[-1]["content"]
+    assert "768x512 is outside what this built-in model draws well, so 96x64" in reply
+    assert "dpm++2m-karras doesn't fit built-in models" in reply

@@ -59,8 +59,13 @@ def render(page: Page, studio: Studio, session: Session, update: Update, values:
         if update.settings.model != values[panel.model]:
             out.update(show_view(panel, page.status_md, model_view(studio, update.settings.model),
                                  keep=update.settings))
+    if update.model is not None:  # back on the last model that worked: the picker, its defaults and plugins
+        out[panel.model] = update.model
+        out.update(show_view(panel, page.status_md, model_view(studio, update.model)))
     if update.prompt is not None:
         out[page.box] = {"text": update.prompt, "files": []}
+    if update.status is not None:
+        out[page.status_md] = update.status
     return out
 
 
@@ -108,7 +113,7 @@ def streamed(page: Page, studio: Studio, work: Work):
         first = {page.state: session, page.box: gr.MultimodalTextbox(value=None, submit_btn=False, stop_btn=True)}
         try:
             for update in work(studio, session, values):
-                if update.settings is not None or update.prompt is not None:
+                if update.settings is not None or update.prompt is not None or update.model is not None:
                     session.pending = update
                 redraw.line = update.status or redraw.line
                 yield redraw.changes(first)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from engine.images import metadata
-from engine.request import Request, UserError, valid_schedulers
+from engine.request import Request, UserError
 from studio.requests import leave_to_engine
 from studio.service import Studio, model_family, panel_defaults
 from ui import inline
@@ -197,10 +197,16 @@ def restore(studio: Studio, session: Session, file: str, settings: Settings) -> 
             request = dataclasses.replace(request, model=settings.model)
     restored = Settings.from_request(request, settings)
     try:
-        family = model_family(studio, restored.model)
-        if restored.scheduler != "default" and restored.scheduler not in valid_schedulers(family):
-            notes.append(f"its scheduler {restored.scheduler} doesn't fit {family} models, so the default is used")
+        d = panel_defaults(studio, restored.model)
+        if restored.scheduler != "default" and restored.scheduler not in d["schedulers"]:
+            notes.append(f"its scheduler {restored.scheduler} doesn't fit {d['label']} models, so the default is "
+                         "used")
             restored.scheduler = "default"
+        size = fitted_size(restored.width, restored.height, d)
+        if size != (restored.width, restored.height):
+            notes.append(f"its size {restored.width}x{restored.height} is outside what this {d['label']} model "
+                         f"draws well, so {size[0]}x{size[1]} (the same shape) is used")
+            restored.width, restored.height = size
     except UserError:
         pass
     loras = ", ".join(f"{x.name} {x.weight:g}" for x in request.loras)
@@ -214,6 +220,20 @@ def restore(studio: Studio, session: Session, file: str, settings: Settings) -> 
                              f"the message box; press Enter to make it again."
                              + (f" Note: {'; '.join(notes)}." if notes else ""))
     return Update(settings=restored, prompt=request.prompt)
+
+
+def fitted_size(width: int | None, height: int | None, defaults: dict) -> tuple:
+    """A restored size mapped onto what the model draws well (its trained sides, else its limits), keeping the
+    shape: the shorter side at the model's native size, the longer within range. (512x512 from an SD1.5 PNG ran
+    for minutes on the built-in model and gave noise.)"""
+    if not width or not height:
+        return width, height
+    multiple, native = defaults["multiple"], defaults["width"]
+    low, high = defaults.get("trained_sides") or (multiple, defaults["max_size"])
+    if low <= min(width, height) and max(width, height) <= high:
+        return width, height
+    scale = min(native / min(width, height), high / max(width, height))
+    return tuple(max(multiple, round(side * scale / multiple) * multiple) for side in (width, height))
 
 
 def last_seed(session: Session | None) -> int | None:

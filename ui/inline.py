@@ -42,7 +42,8 @@ FLAGS = (
     Flag("size", (), "WxH", "exact size in pixels, e.g. 768x512 (or one number for a square)"),
     Flag("no", (), "WORDS", "things to keep out of the image (added to the negative prompt)"),
     Flag("n", ("count",), "N", "number of images"),
-    Flag("scheduler", ("sampler",), "NAME", "scheduler, e.g. euler, euler-a, dpm++2m, dpm++2m-karras, unipc"),
+    Flag("scheduler", ("sampler",), "NAME", "scheduler, e.g. euler, euler-a, dpm++2m, unipc (the panel lists the ones "
+                                            "that fit the model)"),
     Flag("refine", (), "[S]", f"image-to-image from the selected (or last) image at strength S "
                               f"(default {DEFAULT_REFINE}; low keeps more of it)"),
     Flag("lora", (), "NAME=W", "turn on a LoRA plugin at weight W (repeatable; also `<lora:NAME:W>` in the text)"),

@@ -34,6 +34,7 @@ class Update:
     settings: Settings | None = None
     prompt: str | None = None
     status: str | None = None  # a new status line: how the turn's model did (None: leave it)
+    model: str | None = None  # put the panel back on this model (the last that worked, after one that failed)
 
 
 def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
@@ -96,11 +97,27 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
                                   if not (isinstance(m["content"], dict) and m["content"].get("path") in shown)]
     del session.history[pending:]
     operator = studio.local_paths  # a chat on the app's own machine: its user runs the app
+    back = None
     if error is None:
         show_result(session, result, studio.library, operator)
+        session.good_model = request.model
     else:
-        session.say("assistant", error_message(error, operator))
-    yield Update(status=model_status(request.model, error, isinstance(error, SettingsError)))
+        reply = error_message(error, operator)
+        if model_fault(error) and session.good_model not in (None, request.model):
+            back = session.good_model  # else every next message fails the same way until the user switches
+            reply += (f"\n\nThe panel is back on **{back}**, the last model that worked here; pick "
+                      f"**{request.model}** again once that is fixed.")
+        session.say("assistant", reply)
+    status = model_status(request.model, error, isinstance(error, SettingsError))
+    if back is not None:
+        status = f"{PROBLEM} **{request.model}** failed; back on **{back}**."
+    yield Update(status=status, model=back)
+
+
+def model_fault(error: BaseException | None) -> bool:
+    """Did the model itself fail (missing, not loadable, out of memory, a crash), not the settings, a Stop or a
+    full line?"""
+    return error is not None and not isinstance(error, (SettingsError, Busy, Cancelled))
 
 
 def model_status(model: str, error: BaseException | None, settings_fault: bool = False) -> str | None:
