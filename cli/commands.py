@@ -168,9 +168,10 @@ def cmd_library(args, config) -> int:
     if action == "import":
         if not args.text:
             raise UserError("library import needs a folder, e.g. `python app.py library import ~/webui/outputs`.")
-        added, unreadable = library.import_folder(Path(args.text))
-        print(f"indexed {added} image(s) from {args.text}" + (f" ({unreadable} without readable settings)"
-                                                              if unreadable else ""))
+        done = library.import_folder(Path(args.text))
+        print(f"indexed {done.added} image(s) from {args.text}"
+              + (f" ({done.unreadable} without readable settings)" if done.unreadable else "")
+              + (f"; left out {done.not_images} file(s) that are not images" if done.not_images else ""))
         return 0
     if action == "sync":
         print(f"indexed {library.sync()} kept image(s) that were not in the library")

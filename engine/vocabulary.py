@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,10 +17,27 @@ WORD = re.compile(r"[a-z]+")
 SAME_AS = {"centre": "center", "middle": "center", "centered": "center", "centred": "center", "large": "big",
            "huge": "big", "little": "small", "tiny": "small"}
 _ANY_CASE = re.compile(r"[A-Za-z]+")
+# a position word used as part of a thing ("a top hat", "a left hand"): the model still reads a position
+POSITION_AS_WORD = re.compile(r"\b(left|right|top|bottom|center)\s+(?!of\b|and\b|or\b|side\b|corner\b|half\b)"
+                              r"([a-z]+)")
+
+
+def symbols(prompt: str) -> list[str]:
+    """Emoji and other symbols in the prompt (what no caption has), once each."""
+    out = []
+    for c in prompt:
+        if unicodedata.category(c)[0] == "S" or unicodedata.category(c) in ("Co", "Cn") or c == "\ufffd":
+            if c not in out and not c.isascii():
+                out.append(c)
+    return out
 
 
 def caption_words(prompt: str) -> str:
-    """`prompt` with the words of SAME_AS spelt as the captions spell them ('in the centre' -> 'in the center')."""
+    """`prompt` as the captions spell it: the words of SAME_AS in their captions' spelling ('in the centre' ->
+    'in the center'), and no emoji or other symbols (the tokenizer made a blob of colour of them)."""
+    shown = symbols(prompt)
+    if shown:
+        prompt = "".join(c for c in prompt if c not in shown)
     return _ANY_CASE.sub(lambda m: SAME_AS.get(m.group().lower(), m.group()), prompt)
 
 
@@ -49,9 +67,15 @@ def vocabulary_note(prompt: str, folder: str, extra_known: tuple[str, ...] = ())
     if not known:
         return None
     words = unknown_words(prompt, known | {w for t in extra_known for w in WORD.findall(t.lower())})
-    if not words:
+    marks = symbols(prompt)
+    read_as_place = [f"'{where}' (in '{where} {thing}')" for where, thing
+                     in POSITION_AS_WORD.findall(caption_words(prompt).lower()) if thing in words]
+    if not words and not marks:
         return None
     shown = ", ".join(f"'{w}'" for w in words[:8]) + (f" and {len(words) - 8} more" if len(words) > 8 else "")
+    ignored = " and ".join(x for x in (shown, "the symbols " + " ".join(marks) if marks else "") if x)
+    place = f" It read {', '.join(read_as_place)} as a position, the only sense its captions have." if (
+        read_as_place) else ""
     return (f"The built-in model knows only its shapes world (colours, circle/square/triangle/person, small/big, "
-            f"left/right/top/bottom/center, a background colour); it ignored {shown}. Try e.g. '{EXAMPLE}', or pick "
-            "an SD/Flux model for anything else.")
+            f"left/right/top/bottom/center, a background colour); it ignored {ignored}.{place} Try e.g. "
+            f"'{EXAMPLE}', or pick an SD/Flux model for anything else.")

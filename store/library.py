@@ -20,6 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .outputs import DiskError, Outputs
 
@@ -47,6 +48,14 @@ CREATE TABLE IF NOT EXISTS conversations (
 CREATE INDEX IF NOT EXISTS conversations_browser ON conversations(browser, updated DESC);
 """
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+class Imported(NamedTuple):
+    """What an import did."""
+
+    added: int  # images indexed now
+    unreadable: int = 0  # of them, without settings we can read (searchable by date only)
+    not_images: int = 0  # files named like images that are not (an HTML page named .png) or are too large
 
 
 @dataclass
@@ -198,9 +207,12 @@ class Library:
             for p in [entry.path, *entry.extras]:
                 Path(p).unlink(missing_ok=True)
 
-    def import_folder(self, folder: Path, progress=None) -> tuple[int, int]:
-        """Index the images of `folder` (and its subfolders) with the settings their metadata holds; files already
-        indexed are skipped. Returns (indexed now, without readable settings)."""
+    def import_folder(self, folder: Path, progress=None) -> Imported:
+        """Index the images of `folder` (and its subfolders) with the settings their metadata holds and the size
+        the image really has; files already indexed are skipped, files that are not images are left out."""
+        from engine.images.loading import open_image
+        from engine.request import UserError
+
         from .comfy import read_settings
 
         folder = Path(folder).expanduser()
@@ -210,19 +222,27 @@ class Library:
             raise UserError(f"{folder} is not a folder. Give the folder of PNGs to import (e.g. "
                             "stable-diffusion-webui/outputs).")
         known = self._known_paths()
-        added = unreadable = 0
+        added = unreadable = not_images = 0
         paths = [p for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES
                  and not p.name.startswith(".") and str(p.resolve()) not in known]
         for start in range(0, len(paths), 500):  # one transaction per 500 files: a kill loses at most those
             with self._transaction():
                 for path in paths[start:start + 500]:
+                    try:
+                        image = open_image(path, f"The imported file {path.name}")  # its header: a real image?
+                        size = image.size
+                        image.close()
+                    except (UserError, OSError):
+                        not_images += 1
+                        continue
                     settings = read_settings(path)
                     unreadable += settings is None
-                    self.add(path, settings or {}, "import", created=path.stat().st_mtime)
+                    settings = {**(settings or {}), "width": size[0], "height": size[1]}  # the pixels, not a claim
+                    self.add(path, settings, "import", created=path.stat().st_mtime)
                     added += 1
             if progress is not None:
                 progress(added)
-        return added, unreadable
+        return Imported(added, unreadable, not_images)
 
     @contextlib.contextmanager
     def _transaction(self):

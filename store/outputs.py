@@ -50,12 +50,10 @@ class Outputs:
                 os.fsync(f.fileno())
             try:
                 for _ in range(10_000):
-                    path = folder / f"{self._take_number(folder):05d}-{seed}{suffix}.png"
-                    try:
-                        os.link(tmp, path)  # atomic, and never replaces a file another writer made
+                    number = self._take_number(folder)
+                    path = folder / f"{number:05d}-{seed}{suffix}.png"
+                    if self._claim(folder, number, path, tmp):
                         return path
-                    except FileExistsError:
-                        continue
                 raise DiskError(f"No free file name in {folder} after 10,000 tries.")
             finally:
                 tmp.unlink(missing_ok=True)
@@ -70,6 +68,26 @@ class Outputs:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         return self.save(buffer.getvalue(), seed, suffix)
+
+    @staticmethod
+    def _claim(folder: Path, number: int, path: Path, tmp: Path) -> bool:
+        """Link `tmp` to `path` if nobody else, in this process or another (the CLI beside a server), has image
+        `number` of the folder. The number is claimed with an exclusive create until the image holds it (its
+        name carries the seed, so the name alone would let two writers share a number)."""
+        claim = folder / f"{TMP_PREFIX}n{number:05d}"
+        try:
+            os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        try:
+            if any(folder.glob(f"{number:05d}-*")):  # taken before this writer's count knew of it
+                return False
+            os.link(tmp, path)  # atomic, and never replaces a file another writer made
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            claim.unlink(missing_ok=True)
 
     def _take_number(self, folder: Path) -> int:
         with self._lock:

@@ -177,6 +177,17 @@ def test_the_built_in_model_names_the_words_it_does_not_know(engine):
     assert not any("shapes world" in n for n in known.notes)
 
 
+def test_the_built_in_model_says_what_it_made_of_a_top_hat_and_of_emoji(engine):
+    """'a cat wearing a top hat' read 'top' as a position without a word; emoji made an orange blob unsaid."""
+    hat = engine.generate(Request(prompt="a cat wearing a top hat", seed=1))
+    assert any("It read 'top' (in 'top hat') as a position" in n for n in hat.notes)
+    plain = engine.generate(Request(prompt="a big red circle on the left, blue background", seed=2))
+    emoji = engine.generate(Request(prompt="a big red circle 🐱 on the left, blue background", seed=2))
+    assert any("the symbols 🐱" in n for n in emoji.notes)
+    assert np.array_equal(np.asarray(emoji.images[0]), np.asarray(plain.images[0]))  # the symbol changes nothing
+    assert emoji.request.prompt == "a big red circle 🐱 on the left, blue background"  # shown as written
+
+
 def test_the_built_in_model_reads_centre_and_middle_as_its_own_center(engine):
     """A new user wrote 'in the centre': the model ignored the word (its captions say 'center'), with a note."""
     center = engine.generate(Request(prompt="a small red square in the center, blue background", seed=4))

@@ -158,3 +158,53 @@ def test_a_first_message_sent_before_the_page_has_loaded_is_kept_over_a_reload(b
         release.set()
         page.context.close()
         demo.close()
+
+
+def test_the_library_imports_only_images_shows_one_result_as_a_tile_and_sends_it_with_a_message(
+        browser, engine, tmp_path):  # noqa: F811
+    """A newcomer's Library: an HTML page named .png was imported, a 96x64 image recorded at the 768x512 its text
+    claimed, the import's answer showed in the pager and the gallery did not refresh, one result was one tile as
+    wide as the page, captions were a cut-off date, and Send to chat posted an image with no message before it."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from store.library import Library
+
+    folder = tmp_path / "webui"
+    folder.mkdir()
+    info = PngInfo()
+    info.add_text("parameters", "a lighthouse at dusk\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 42, "
+                                "Size: 768x512, Model: dreamshaper_8")
+    Image.new("RGB", (96, 64), (200, 120, 40)).save(folder / "00001-42.png", pnginfo=info)
+    (folder / "page.png").write_text("<html>not an image</html>")
+    port = free_port()
+    library = Library(tmp_path / "outputs")
+    demo = serve(engine, "builtin", library, port)
+    page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
+    try:
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_selector("#prompt textarea", timeout=30_000)
+        page.get_by_role("tab", name="Library").click()
+        page.get_by_text("Import a folder of PNGs").click()
+        page.get_by_placeholder("~/stable-diffusion-webui/outputs").fill(str(folder))
+        page.click("#library-import")
+        page.wait_for_function("document.querySelector('#library-imported').innerText.includes('Imported 1')",
+                               timeout=20_000)
+        assert "Left out 1 file(s) that are not images" in page.inner_text("#library-imported")
+        page.wait_for_selector("#library-gallery img", timeout=20_000)  # the gallery shows what came in
+        assert page.locator("#library-gallery img").first.bounding_box()["width"] < 300
+        assert page.evaluate("[...document.querySelectorAll('#library-gallery .caption-label')].every("
+                             "c => c.scrollWidth <= c.clientWidth + 1)")  # read whole
+        assert "a lighthouse" in page.inner_text("#library-gallery")
+        entry = library.search("lighthouse")[0][0]
+        assert (entry.width, entry.height) == (96, 64)
+        page.locator("#library-gallery img").first.click()
+        page.wait_for_function("document.querySelector('#library-details').innerText.includes('lighthouse')",
+                               timeout=20_000)
+        page.click("#library-send")
+        page.wait_for_function("document.querySelector('#chat').innerText.includes('is from the library')",
+                               timeout=20_000)
+        assert "From the library: a lighthouse" in page.inner_text("#chat")
+    finally:
+        page.context.close()
+        demo.close()

@@ -55,6 +55,8 @@ def test_numbers_follow_the_folder_and_never_overwrite_with_concurrent_writers(t
     for t in threads:
         t.join()
     assert len(set(paths)) == 80 and min(int(p.name[:5]) for p in paths) == 42
+    # one number an image, whoever wrote it: the CLI and a server used to write 00006-<seed> twice
+    assert sorted(int(p.name[:5]) for p in paths) == list(range(42, 122))
     assert all(Image.open(p).getpixel((0, 0))[0] == int(p.stem.split("-")[1]) for p in paths)  # no overwrite
     assert not list(day.glob(".tmp-*"))
 
@@ -153,11 +155,13 @@ def test_import_reads_a1111_fooocus_and_comfyui_pngs(tmp_path):
     (folder / "sub").mkdir()
     (folder / "sub" / "ComfyUI_00001_.png").write_bytes(png({"prompt": json.dumps(graph)}))
     (folder / "plain.png").write_bytes(png())
+    (folder / "page.png").write_text("<html><body>not an image</body></html>")  # was imported and indexed
     library = Library(tmp_path / "lib")
-    assert library.import_folder(folder) == (3, 1)
-    assert library.import_folder(folder) == (0, 0)  # already indexed: skipped
+    assert library.import_folder(folder) == (3, 1, 1)
+    assert library.import_folder(folder) == (0, 0, 1)  # already indexed: skipped; the page is left out again
     castle = library.search("castle")[0][0]
     assert (castle.seed, castle.model, castle.settings["steps"], castle.negative) == (42, "dreamshaper_8", 20, "blurry")
+    assert (castle.width, castle.height) == (8, 8)  # the pixels, not the 512x512 its text claims
     fox = library.search("fox")[0][0]
     assert (fox.seed, fox.model, fox.settings["guidance"], fox.negative) == (7, "juggernautXL.safetensors", 6.5, "ugly")
     library.delete_image(fox.id)

@@ -147,6 +147,7 @@ def wire_library_tab(page: Page, studio: Studio, view) -> None:
     tab.send.click(lambda st, e: on_send(st, e, False), [page.state, chosen], send_out, **QUICK)
     tab.reuse.click(lambda st, e: on_send(st, e, True), [page.state, chosen], send_out, **QUICK).then(
         None, None, None, js="() => document.querySelector('#reuse')?.click()")
-    if tab.import_button is not None:
+    if tab.import_button is not None:  # the answer beside the button, then the gallery with what came in
         tab.import_button.click(lambda folder: library_page.import_folder(library, folder), tab.folder,
-                                tab.page_md, api_visibility="private")
+                                tab.import_md, api_visibility="private").then(
+            lambda st, t, m, lo, w: search(st, t, m, lo, w, 0), inputs, found_out, **QUICK)

@@ -46,6 +46,7 @@ class LibraryTab:
     reuse: gr.Button
     folder: gr.Textbox | None
     import_button: gr.Button | None
+    import_md: gr.Markdown | None  # what the import did, beside its button
 
 
 def build_tab(can_import: bool) -> LibraryTab:
@@ -67,15 +68,16 @@ def build_tab(can_import: bool) -> LibraryTab:
     with gr.Row():
         send = gr.Button("Send to chat (select it there)", size="sm", elem_id="library-send")
         reuse = gr.Button("Reuse its settings", size="sm", elem_id="library-reuse")
-    folder = import_button = None
+    folder = import_button = import_md = None
     if can_import:
         with gr.Accordion("Import a folder of PNGs (AUTOMATIC1111, SD.Next, Fooocus, ComfyUI)", open=False):
             with gr.Row(equal_height=True):
                 folder = gr.Textbox(label="Folder on this machine", placeholder="~/stable-diffusion-webui/outputs",
                                     scale=4)
-                import_button = gr.Button("Import", scale=1)
+                import_button = gr.Button("Import", scale=1, elem_id="library-import")
+            import_md = gr.Markdown("", elem_id="library-imported")
     return LibraryTab(text, model, lora, when, search, gallery, page_md, prev, next_, gr.State(0), gr.State([]),
-                      details, send, reuse, folder, import_button)
+                      details, send, reuse, folder, import_button, import_md)
 
 
 # ------------------------------------------------------------------------------------------------ handlers
@@ -100,7 +102,7 @@ def find(library: Library | None, session: Session, text: str, model: str, lora:
         page = (total - 1) // PAGE
         entries, total = one_page(page)
     shown = [(e, thumb) for e in entries if (thumb := thumbnail(e, session))]  # a file may be gone
-    items = [(thumb, f"{e.when} · seed {e.seed}") for e, thumb in shown]
+    items = [(thumb, caption(e)) for e, thumb in shown]
     ids = [e.id for e, _ in shown]
     if not total:
         asked = text or model or lora or since is not None
@@ -108,6 +110,13 @@ def find(library: Library | None, session: Session, text: str, model: str, lora:
     else:
         line = f"{page * PAGE + 1}-{page * PAGE + len(entries)} of {total}"
     return items, ids, line, page
+
+
+def caption(entry: Entry, length: int = 18) -> str:
+    """A thumbnail's caption: the start of its prompt, what people search by (its date and seed are in the
+    details; a date alone was cut off under each tile and told them apart by nothing)."""
+    prompt = " ".join((entry.prompt or "").split()) or "(no prompt)"
+    return prompt if len(prompt) <= length else prompt[:length - 1].rstrip() + "…"
 
 
 def _since(when: str) -> float | None:
@@ -172,6 +181,7 @@ def send_to_chat(library: Library | None, session: Session, entry_id: int | None
     shown = session.workdir / f"studio-library-{number:04d}-{Path(entry.path).name}"
     shown.write_bytes(Path(entry.path).read_bytes())
     session.kept[str(shown)] = entry.path
+    session.say("user", f"From the library: {caption(entry, 80)}")  # the image is an answer to this, after reload too
     index = session.say("assistant", {"path": str(shown), "alt_text": f"#{number} (from the library): {entry.prompt}"})
     shot = Shot(number, str(shown), request, request, entry.model, index)
     session.shots.append(shot)
@@ -192,8 +202,9 @@ def import_folder(library: Library | None, folder: str) -> str:
     if not (folder or "").strip():
         return "Type the folder to import, e.g. ~/stable-diffusion-webui/outputs."
     try:
-        added, unreadable = library.import_folder(Path(folder.strip()))
+        done = library.import_folder(Path(folder.strip()))
     except UserError as e:
         return f"{PROBLEM} {e}"
-    note = f" ({unreadable} without readable settings: searchable by date only)" if unreadable else ""
-    return f"Imported {added} image(s) from {folder.strip()}{note}."
+    note = f" ({done.unreadable} without readable settings: searchable by date only)" if done.unreadable else ""
+    skipped = f" Left out {done.not_images} file(s) that are not images." if done.not_images else ""
+    return f"Imported {done.added} image(s) from {folder.strip()}{note}.{skipped}"
