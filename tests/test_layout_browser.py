@@ -48,9 +48,7 @@ def test_a_png_dropped_into_the_message_box_restores_its_settings(browser, app_u
         send(page, "a blue circle --seed 6 --steps 3", 1)
         png = tmp_path / "made-here.png"
         png.write_bytes(page.request.get(page.locator(IMAGE.format(1)).get_attribute("src")).body())
-        page.locator("#prompt input[type=file]").set_input_files(str(png))
-        page.wait_for_timeout(500)
-        page.press("#prompt textarea", "Enter")
+        page.locator("#prompt input[type=file]").set_input_files(str(png))  # no Enter: the drop itself restores
         page.wait_for_function("document.querySelector('#chat').innerText.includes('Restored from')",
                                timeout=20_000)
         # the panel shows the PNG's settings (a quick event after the turn) and the box its prompt

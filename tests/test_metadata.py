@@ -88,7 +88,7 @@ def test_save_png_round_trip_through_file(tmp_path):
     assert studio == {"version": 1, "request": dataclasses.replace(REQUEST, seed=1234).to_json(), "model": "builtin"}
     request, source = read_png_settings(path)
     assert request == dataclasses.replace(REQUEST, seed=1234)
-    assert source == "our settings (model builtin)"
+    assert source == "this app's own settings (model builtin)"
 
 
 def test_infotext_round_trip_every_field():

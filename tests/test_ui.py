@@ -124,7 +124,7 @@ def test_restore_from_our_png_fills_the_settings(studio, session, settings, tmp_
         update = handlers.restore(studio, other, session.shots[-1].path, Settings(model="builtin"))
         assert update.prompt == "a green triangle"
         assert (update.settings.seed, update.settings.steps, update.settings.model) == (5, 3, settings.model)
-        assert "Restored from our settings" in other.history[-1]["content"]
+        assert "Restored from this app's own settings" in other.history[-1]["content"]
     finally:
         other.close()
 

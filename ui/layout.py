@@ -17,7 +17,10 @@ from ui.state import OpenPages, Settings, close_session
 
 TITLE = "Diffusion Studio"
 CSS = (Path(__file__).with_name("page.css")).read_text()  # sizes, the image grid, what fits one screen
-JS = (Path(__file__).with_name("follow.js")).read_text()  # the chat follows new replies (a "New reply" button)
+# the page's scripts, each a function: the chat follows new replies (a "New reply" button); a PNG dropped into the
+# message box restores its settings at once
+_SCRIPTS = [(Path(__file__).with_name(name)).read_text() for name in ("follow.js", "restore.js")]
+JS = "() => {\n" + "".join(f"({script.strip()})();\n" for script in _SCRIPTS) + "}"
 PLACEHOLDER = ("**Describe an image and press Enter.** Add flags like `--seed 42 --ar 3:2 --no text`; type `/help` "
                "for all of them.")
 

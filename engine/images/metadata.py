@@ -73,7 +73,7 @@ def png_bytes(image: Image.Image, request: Request, seed: int, model_name: str, 
 
 
 def read_png_settings(path_or_file: Any) -> tuple[Request, str]:
-    """The request stored in a PNG (or A1111-style JPEG/WebP) and where it came from, e.g. "our settings".
+    """The request stored in a PNG (or A1111-style JPEG/WebP) and where it came from, e.g. "this app's own settings".
 
     Our `studio` chunk wins; `parameters` is the fallback. Raises `UserError` for files without settings
     and for damaged settings, never anything else for bad input.
@@ -88,7 +88,7 @@ def read_png_settings(path_or_file: Any) -> tuple[Request, str]:
     if STUDIO_KEY in texts:
         try:
             request, model = _request_from_studio(texts[STUDIO_KEY])
-            return request, f"our settings (model {model})" if model else "our settings"
+            return request, f"this app's own settings (model {model})" if model else "this app's own settings"
         except UserError as error:
             if PARAMETERS_KEY not in texts:
                 raise
