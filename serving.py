@@ -126,6 +126,11 @@ def serve(config: ServeConfig, engine_config, library=None) -> int:
               "USER:PASSWORD.", flush=True)
     launch(demo, config.host, config.port, share=config.share, auth=config.auth, mcp=config.mcp)
     apis.mount(demo, auth=config.auth, api_token=config.api_token)  # A1111, OpenAI (and MCP's guard)
+    # the app's own words (gradio's would say "set share=True in launch()", which is not the app's flag)
+    shown = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
+    print(f"Open http://{shown}:{config.port} in a browser"
+          + ("" if config.share or config.on_space else " (--share makes a public link; add --auth with it)")
+          + ".", flush=True)
     if not status.done:
         status.start(engine)  # after the page is up, so loading never delays it
     if config.share:

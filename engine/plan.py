@@ -14,7 +14,7 @@ from typing import Callable
 from . import edit
 from .families import Family
 from .families import family as family_of
-from .request import Request, check_request
+from .request import Note, Request, check_request
 from .sources.resolve import Source
 
 Sampling = Callable[[Request], tuple[Request, object]]  # a LoRA plugin's own steps/guidance/scheduler, and a note
@@ -67,9 +67,9 @@ def plan_generation(request: Request, source: Source, sampling: Sampling | None 
         notes.append(f"{kin.label} ignores the negative prompt.")
     low, high = kin.trained_sides or (0, 1 << 30)
     if not (low <= min(req.width, req.height) and max(req.width, req.height) <= high):
-        notes.append(f"The {kin.label} model learned sizes from {low} to {high} pixels a side: at "
-                     f"{req.width}x{req.height} objects may split, repeat or stretch. Stay within {low}-{high} "
-                     "(any aspect of the panel's presets) for its best images.")
+        notes.append(Note(f"The {kin.label} model learned sizes from {low} to {high} pixels a side: at "
+                          f"{req.width}x{req.height} objects may split, repeat or stretch. Stay within {low}-{high} "
+                          "(any aspect of the panel's presets) for its best images.", kind="size"))
     return GenerationPlan(req, source, job, kind, tuple(notes))
 
 

@@ -223,7 +223,7 @@ def test_the_page_follows_the_engine_config():
     from engine.engine import Engine
     from ui.app import build
 
-    for local_paths, hint in ((True, "Hub id, folder or .safetensors path"), (False, "Hub id (owner/name)")):
+    for local_paths, hint in ((True, "Hub id, folder or file"), (False, "Hub id (owner/name)")):
         demo = build(Engine(EngineConfig(device="cpu", local_paths=local_paths)), "builtin")
         placeholders = [c["props"].get("placeholder") for c in demo.config["components"]]
         assert hint in placeholders
@@ -377,3 +377,16 @@ def test_an_a1111_png_restored_on_the_built_in_model_gets_settings_it_can_draw(e
     reply = session.history[-1]["content"]
     assert "768x512 is outside what this built-in model draws well, so 96x64" in reply
     assert "dpm++2m-karras doesn't fit built-in models" in reply
+
+
+def test_a_size_the_model_was_not_trained_for_is_said_before_the_run(engine, session):
+    """A 512x512 on the built-in model ran for minutes and only then said it had not learned that size."""
+    from studio.service import Studio
+
+    studio = Studio(engine, "builtin")
+    turn = handlers.send(studio, session, "a red circle --size 192x192 --steps 1", Settings(model="builtin"))
+    next(turn)  # the user's message and "Starting…", before any step
+    starting = session.history[-1]["content"]
+    assert starting.startswith("Starting…") and "learned sizes from 48 to 128" in starting
+    list(turn)
+    assert "learned sizes from 48 to 128" in session.history[-1]["content"]  # and with the image

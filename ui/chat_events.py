@@ -107,7 +107,8 @@ def streamed(page: Page, studio: Studio, work: Work):
         session = page.sessions.ensure(values[page.state], request)
         history.adopt_ids(session, values[page.ids])  # a first message sent before the page's load event ran
         session.pending = None
-        redraw = Redraw(page, session, values[page.status_md], known)
+        before = values[page.status_md]  # the status line before the turn, for a turn that says nothing of its model
+        redraw = Redraw(page, session, before, known)
         # the message box's own Stop button (the page's one Stop) shows while this runs, and only then; it comes
         # with the turn's first redraw (the user's message), not a yield of its own
         first = {page.state: session, page.box: gr.MultimodalTextbox(value=None, submit_btn=False, stop_btn=True)}
@@ -115,7 +116,7 @@ def streamed(page: Page, studio: Studio, work: Work):
             for update in work(studio, session, values):
                 if update.settings is not None or update.prompt is not None or update.model is not None:
                     session.pending = update
-                redraw.line = update.status or redraw.line
+                redraw.line = before if update.status_back else (update.status or redraw.line)
                 yield redraw.changes(first)
                 first = {}
         except Exception as e:
@@ -193,15 +194,21 @@ def wire_chat(page: Page, studio: Studio) -> None:
     edits = [(page.inpaint.click, inpaint(page)), (page.zoom_out.click, edit(page, edit_handlers.zoom_out)),
              (page.upscale.click, edit(page, edit_handlers.upscale))]
     edits += [(button.click, edit(page, edit_handlers.pan, side)) for side, button in page.pans.items()]
+    # the editor shows the selected image: when the edit box opens, on "Paint on the selected image", and after
+    # each edit (it started empty, and kept the image an inpaint had just replaced)
+    def to_editor(state):
+        return edit_handlers.selected_background(ensure(state))
+
     for trigger, work in edits:
-        trigger(streamed(page, studio, work), stream_in | {page.editor}, stream_out, **ENGINE_EVENT)
+        trigger(streamed(page, studio, work), stream_in | {page.editor}, stream_out, **ENGINE_EVENT).then(
+            to_editor, page.state, page.editor, **QUICK)
+    page.edit_box.expand(to_editor, page.state, page.editor, **QUICK)
     # only when a turn left settings to show (a dropped PNG): an event run after every turn would cost gradio a
     # rebuild of its ~45 outputs (gr.skip() included), ~60 ms a message
     panel_out = [page.box, page.status_md, *panel.persisted(), *panel.plugin_outputs()]
     page.pending_tick.change(lambda values: apply_pending(page, studio, values), inputs, panel_out,
                              show_progress="hidden", **QUICK)
-    page.paint.click(lambda state: edit_handlers.selected_background(ensure(state)), page.state, page.editor,
-                     **QUICK)
+    page.paint.click(to_editor, page.state, page.editor, **QUICK)
     page.box.stop(handlers.stop, page.state, None, **QUICK)
     wire_actions(page, studio, inputs)
 

@@ -95,7 +95,8 @@ def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, s
     with chat_row:
         with gr.Column(scale=5, min_width=340):
             # the chat takes the height the rest leaves (page.css); autoscroll is follow.js's
-            chatbot = gr.Chatbot(elem_id="chat", label="Chat", height=CHAT_HEIGHT, min_height=300,
+            # no "Chat" label: its badge covered the first line of the chat (a note's "Note:" read "te:")
+            chatbot = gr.Chatbot(elem_id="chat", label="Chat", show_label=False, height=CHAT_HEIGHT, min_height=300,
                                  feedback_options=None, placeholder=PLACEHOLDER, autoscroll=False,
                                  buttons=chat_buttons(on_space), elem_classes=[] if on_space else ["no-share"])
             # the one Stop: the box's own stop button, shown only while a generation runs (ui/app.py)
@@ -115,8 +116,11 @@ def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, s
                               open=False, elem_id="edit-box") as edit_box:
                 strength = gr.Slider(0.05, 1.0, step=0.05, value=0.5, label="Refine strength (the Refine switch, "
                                      "--refine S): low keeps more of the image", elem_id="strength")
-                editor = gr.ImageEditor(type="pil", label="Paint over what to change (the brush); the message "
-                                        "box's text, if any, says what to put there", elem_id="editor",
+                # the hint above the editor, not as its label: on a phone the editor's toolbar covered the label
+                gr.Markdown("Paint over what to change (the brush); the message box's text, if any, says what to "
+                            "put there.", elem_id="editor-hint")
+                editor = gr.ImageEditor(type="pil", label="Paint over what to change", show_label=False,
+                                        elem_id="editor",
                                         brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed", default_size=12),
                                         eraser=gr.Eraser(default_size=12), layers=False, height=360,
                                         sources=(), transforms=())

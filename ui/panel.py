@@ -95,7 +95,7 @@ class Panel:
         with gr.Accordion("Advanced: other model, scheduler, restore", open=False, elem_id="advanced"):
             with gr.Row(equal_height=True):
                 self.other_model = gr.Textbox(label="Other model", scale=4, max_lines=1, elem_id="other-model",
-                                              placeholder="Hub id" + (", folder or .safetensors path" if local_paths
+                                              placeholder="Hub id" + (", folder or file" if local_paths
                                                                       else " (owner/name)"))
                 self.use_model = gr.Button("Use", scale=1, min_width=60, size="sm")
             self.scheduler = gr.Dropdown(defaults["schedulers"], value=settings.scheduler
@@ -105,7 +105,7 @@ class Panel:
                                            label="Vary strength", info="how far Vary moves from the image")
             self.restore_file = gr.File(label="Restore settings from a PNG", file_types=[".png", ".jpg", ".jpeg",
                                                                                          ".webp"], type="filepath",
-                                        interactive=True, elem_id="restore-file", height=120)
+                                        interactive=True, elem_id="restore-file", height=140)
         with gr.Accordion("ControlNet: pose / edge / depth", open=False, elem_id="control-box") as self.control_box:
             gr.Markdown("A photo is preprocessed into a map; a ready map needs preprocessor *none*. Images are "
                         "centre-cropped to the image's aspect. The reply shows the map beside the image.",
@@ -127,20 +127,23 @@ class Panel:
             enabled = gr.Checkbox(label=f"Unit {i + 1} on", value=False, min_width=100, scale=0, container=False)
             kind = gr.Radio(list(CONTROL_KINDS), value="edge", label="Type", show_label=False, min_width=200,
                             scale=1, container=False)
-        with gr.Row():
-            image = checked_image(sources=["upload", "clipboard"], label=f"Unit {i + 1} image", height=150,
-                                  min_width=140)
-            with gr.Column(min_width=140):
-                preprocessor = gr.Dropdown(preprocessor_choices("edge"), value="auto", label="Preprocessor")
-                scale = gr.Slider(0, 2, step=0.05, value=1.0, label="Scale")
+        image = checked_image(sources=["upload", "clipboard"], label=f"Unit {i + 1} image", height=120)
+        with gr.Row():  # side by side under the image: beside it, the dropdown's arrow covered its text
+            preprocessor = gr.Dropdown(preprocessor_choices("edge"), value="auto", label="Preprocessor",
+                                       min_width=160)
+            scale = gr.Slider(0, 2, step=0.05, value=1.0, label="Scale", min_width=160)
         with gr.Row():
             start = gr.Slider(0, 1, step=0.05, value=0.0, label="Start", min_width=100)
             end = gr.Slider(0, 1, step=0.05, value=1.0, label="End", min_width=100)
-        with gr.Row():
-            low = gr.Slider(0, 255, step=1, value=100, label="Canny low (edge)", min_width=100)
-            high = gr.Slider(0, 255, step=1, value=200, label="Canny high (edge)", min_width=100)
-        kind.input(lambda k: gr.update(choices=preprocessor_choices(k), value="auto"), kind, preprocessor,
-                   api_visibility="private", queue=False)
+        with gr.Row(elem_classes=["canny"]):  # Canny's thresholds: for edge units only (pose and depth have none)
+            low = gr.Slider(0, 255, step=1, value=100, label="Canny low", min_width=100)
+            high = gr.Slider(0, 255, step=1, value=200, label="Canny high", min_width=100)
+
+        def on_kind(k):
+            return (gr.update(choices=preprocessor_choices(k), value="auto"), gr.update(visible=k == "edge"),
+                    gr.update(visible=k == "edge"))
+
+        kind.input(on_kind, kind, [preprocessor, low, high], api_visibility="private", queue=False)
         return ControlRow(enabled, kind, image, preprocessor, scale, start, end, low, high)
 
     @staticmethod

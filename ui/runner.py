@@ -35,6 +35,7 @@ class Update:
     prompt: str | None = None
     status: str | None = None  # a new status line: how the turn's model did (None: leave it)
     model: str | None = None  # put the panel back on this model (the last that worked, after one that failed)
+    status_back: bool = False  # the status line as it was before the turn (a Stop, a full line, bad settings)
 
 
 def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
@@ -42,8 +43,10 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
     settings line. Closing this generator (the browser gone, a cancelled event) stops the engine too."""
     session.cancel.clear()
     timing = studio.timing
-    pending = session.say("assistant", "Starting…")
-    yield Update()  # the user's message at once, however long the first step takes (a model loading)
+    pending = session.say("assistant", "Starting…" + "".join(f"\n\n{NOTE} {n}" for n in warnings(studio, request)))
+    # the user's message at once, however long the first step takes (a model loading); the status line says the
+    # model is at work (it said "ready (it made the last image)" during a run)
+    yield Update(status=f"**{request.model}** is working on your message…")
     started = time.perf_counter()
     previews: list[Path] = []
     result, error, redrawn, yielded = None, None, 0.0, time.perf_counter()
@@ -111,7 +114,19 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
     status = model_status(request.model, error, isinstance(error, SettingsError))
     if back is not None:
         status = f"{PROBLEM} **{request.model}** failed; back on **{back}**."
-    yield Update(status=status, model=back)
+    yield Update(status=status, model=back, status_back=status is None)
+
+
+def warnings(studio: Studio, request: Request) -> list:
+    """What to say before a run starts, not after it: a size the model was not trained for (a 512x512 on the
+    built-in model ran for minutes and gave noise). Nothing when the engine can't plan here (the run says why)."""
+    plan = getattr(studio.engine, "plan", None)
+    if plan is None:
+        return []
+    try:
+        return [n for n in plan(request).notes if getattr(n, "kind", "") == "size"]
+    except Exception:  # the run itself words any problem
+        return []
 
 
 def model_fault(error: BaseException | None) -> bool:

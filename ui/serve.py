@@ -59,7 +59,7 @@ def launch(demo: gr.Blocks, host: str, port: int, share: bool = False, auth: tup
     server too (apis.add_tools added the tools)."""
     # ssr_mode=False: gradio 6.27-6.31 has an auth bypass through server-side rendering.
     demo.launch(server_name=host, server_port=port, share=share, auth=auth, max_file_size=max_file_size,
-                show_error=False, ssr_mode=False, css=CSS, js=JS, prevent_thread_lock=True, quiet=False,
+                show_error=False, ssr_mode=False, css=CSS, js=JS, prevent_thread_lock=True, quiet=True,
                 footer_links=["api"], mcp_server=mcp)
     if auth is not None:  # gradio builds its app inside launch: wrap the built stack (add_middleware is too late)
         app = demo.server_app
