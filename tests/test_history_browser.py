@@ -24,6 +24,35 @@ def built_in_like(tiny_model, tmp_path):
     return str(tiny_model("sd15"))
 
 
+def first_image(page, port: int, text: str) -> None:
+    """Opens the page and sends one message; returns when its image is in the chat."""
+    page.goto(f"http://127.0.0.1:{port}/")
+    page.wait_for_selector("#prompt textarea", timeout=30_000)
+    page.fill("#prompt textarea", text)
+    page.press("#prompt textarea", "Enter")
+    page.wait_for_selector(IMAGE.format(1), timeout=90_000)
+
+
+def send_first_tile(page, words: str) -> None:
+    """Opens the Library's first tile (its details name `words`) and sends it to the chat."""
+    page.locator("#library-gallery img").first.click()
+    page.wait_for_function(f"document.querySelector('#library-details').innerText.includes('{words}')",
+                           timeout=20_000)
+    page.click("#library-send")
+    page.wait_for_function("document.querySelector('#chat').innerText.includes('is from the library')",
+                           timeout=20_000)
+
+
+def wait_stored(page, library) -> int:
+    """The turn's chat is stored by a background writer as the turn ends: waits for it, returns the count."""
+    stored = lambda: library._db.execute("SELECT count(*) FROM conversations").fetchone()[0]  # noqa: E731
+    for _ in range(200):
+        if stored():
+            break
+        page.wait_for_timeout(100)
+    return stored()
+
+
 def test_a_conversation_survives_reload_and_restart_and_the_library_finds_it(browser, engine, tmp_path):  # noqa: F811
     from store.library import Library
 
@@ -58,12 +87,7 @@ def test_a_conversation_survives_reload_and_restart_and_the_library_finds_it(bro
         page.click("#library-go")
         page.wait_for_function("document.querySelector('#library-page').innerText.includes('1-1 of 1')",
                                timeout=20_000)
-        page.locator("#library-gallery img").first.click()
-        page.wait_for_function("document.querySelector('#library-details').innerText.includes('yellow square')",
-                               timeout=20_000)
-        page.click("#library-send")
-        page.wait_for_function("document.querySelector('#chat').innerText.includes('is from the library')",
-                               timeout=20_000)
+        send_first_tile(page, "yellow square")
         page.click("#new-chat")
         page.wait_for_function("document.querySelectorAll('#chat img').length === 0", timeout=20_000)
         page.reload()  # the new, empty chat is the current one; the old one is in the list
@@ -85,17 +109,9 @@ def test_delete_chat_asks_once_then_deletes_the_chat_for_good(browser, engine, t
     demo = serve(engine, "builtin", library, port)
     page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
     try:
-        page.goto(f"http://127.0.0.1:{port}/")
-        page.wait_for_selector("#prompt textarea", timeout=30_000)
-        page.fill("#prompt textarea", "a big red circle on the left, blue background")
-        page.press("#prompt textarea", "Enter")
-        page.wait_for_selector(IMAGE.format(1), timeout=90_000)
+        first_image(page, port, "a big red circle on the left, blue background")
+        assert wait_stored(page, library) == 1
         stored = lambda: library._db.execute("SELECT count(*) FROM conversations").fetchone()[0]  # noqa: E731
-        for _ in range(200):  # the turn's chat is stored by a background writer as the turn ends
-            if stored():
-                break
-            page.wait_for_timeout(100)
-        assert stored() == 1
         page.click("#delete-chat")
         page.wait_for_function("document.querySelector('#delete-chat').innerText.includes('Click again')",
                                timeout=20_000)
@@ -138,19 +154,10 @@ def test_a_first_message_sent_before_the_page_has_loaded_is_kept_over_a_reload(b
     demo = serve(engine, "builtin", library, port)
     page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
     try:
-        page.goto(f"http://127.0.0.1:{port}/")
-        page.wait_for_selector("#prompt textarea", timeout=30_000)
-        page.fill("#prompt textarea", "a small green triangle at the top, white background")
-        page.press("#prompt textarea", "Enter")
-        page.wait_for_selector(IMAGE.format(1), timeout=90_000)
+        first_image(page, port, "a small green triangle at the top, white background")
         assert loads and not release.is_set()  # the image came while the page's load event was still held
         release.set()
-        stored = lambda: library._db.execute("SELECT count(*) FROM conversations").fetchone()[0]  # noqa: E731
-        for _ in range(200):  # the turn's chat is stored by a background writer as the turn ends
-            if stored():
-                break
-            page.wait_for_timeout(100)
-        assert stored() == 1
+        assert wait_stored(page, library) == 1
         page.reload()
         page.wait_for_function("document.querySelectorAll('#chat img').length >= 1", timeout=30_000)
         assert "a small green triangle at the top" in page.inner_text("#chat")
@@ -198,12 +205,7 @@ def test_the_library_imports_only_images_shows_one_result_as_a_tile_and_sends_it
         assert "a lighthouse" in page.inner_text("#library-gallery")
         entry = library.search("lighthouse")[0][0]
         assert (entry.width, entry.height) == (96, 64)
-        page.locator("#library-gallery img").first.click()
-        page.wait_for_function("document.querySelector('#library-details').innerText.includes('lighthouse')",
-                               timeout=20_000)
-        page.click("#library-send")
-        page.wait_for_function("document.querySelector('#chat').innerText.includes('is from the library')",
-                               timeout=20_000)
+        send_first_tile(page, "lighthouse")
         assert "From the library: a lighthouse" in page.inner_text("#chat")
     finally:
         page.context.close()
