@@ -37,7 +37,7 @@ def comfy_settings(text: str) -> dict | None:
     """Settings from a ComfyUI `prompt` chunk (API-format graph: node id -> {class_type, inputs})."""
     try:
         graph = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply to be a graph
         return None
     if not isinstance(graph, dict):
         return None

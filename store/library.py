@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import sqlite3
+import tempfile
 import threading
 import time
 import uuid
@@ -93,14 +94,17 @@ class Library:
         if self.root is not None:
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryFile(dir=self.root, prefix=".tmp-"):  # a read-only mount: refused at start,
+                    pass  # not at every image (and the file has no name to leave behind)
                 self._db = sqlite3.connect(self.root / "library.sqlite", check_same_thread=False,
                                            isolation_level=None, timeout=10)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")  # with WAL: safe against a killed process
                 self._db.executescript(SCHEMA)
             except (OSError, sqlite3.Error) as e:
-                raise DiskError(f"The outputs folder {self.root} cannot hold the library ({e}). Start the app with "
-                                "--outputs DIR (a writable folder) or --outputs none.") from None
+                raise DiskError(f"The outputs folder {self.root} cannot hold the library "
+                                f"({getattr(e, 'strerror', None) or e}). Start the app with --outputs DIR (a writable "
+                                "folder) or --outputs none.") from None
 
     @property
     def enabled(self) -> bool:
@@ -172,6 +176,7 @@ class Library:
         given, the time range and (when given) the conversation(s). Returns (page, total matches)."""
         if not self.enabled:
             return [], 0
+        text, model, lora = _filter("search text", text), _filter("model", model), _filter("LoRA", lora)
         where, args = [], []
         query = _fts_query(text, lora)
         if query:
@@ -346,6 +351,21 @@ def _int(value) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63 else None
 
 
+MAX_FILTER = 1000  # characters in one search box: a few words of a prompt, part of a name
+
+
+def _filter(what: str, value: str) -> str:
+    """A search box's text as SQLite takes it: NUL and other control characters dropped, lone surrogates as U+FFFD
+    (as kept prompts hold them); longer than MAX_FILTER (SQLite refuses LIKE patterns of 50,000) a UserError."""
+    from engine.request import UserError, clean_text
+
+    value = clean_text(str(value or ""))
+    if len(value) > MAX_FILTER:
+        raise UserError(f"The {what} filter is {len(value)} characters long; search with at most {MAX_FILTER} "
+                        "(a few words of the prompt, part of a model or LoRA name).")
+    return value
+
+
 def _like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -361,6 +381,10 @@ def open_library(where: str | None, on_space: bool = False) -> Library:
     """The library of kept images at `where` (--outputs DIR; "none" keeps nothing); by default outputs/ beside the
     app, and nothing on a hosted Space (its disk is not the user's)."""
     from engine.config import ROOT
+    from engine.request import UserError
 
     where = where or ("none" if on_space else str(ROOT / "outputs"))
-    return Library(None if where.strip().lower() == "none" else Path(where))
+    try:
+        return Library(None if where.strip().lower() == "none" else Path(where))
+    except DiskError as e:  # at start: one `error:` line from app.py, not a traceback
+        raise UserError(str(e)) from None

@@ -44,11 +44,11 @@ class Outputs:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             tmp = folder / f"{TMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}.png"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            try:
+            try:  # a failed write (a full disk) removes its temporary file too, not only a kept one
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
                 for _ in range(10_000):
                     number = self._take_number(folder)
                     path = folder / f"{number:05d}-{seed}{suffix}.png"
@@ -56,7 +56,7 @@ class Outputs:
                         return path
                 raise DiskError(f"No free file name in {folder} after 10,000 tries.")
             finally:
-                tmp.unlink(missing_ok=True)
+                _remove(tmp)
         except DiskError:
             raise
         except OSError as e:
@@ -105,3 +105,11 @@ class Outputs:
             if time.time() - tmp.stat().st_mtime > 60:  # not another process's write in progress
                 tmp.unlink(missing_ok=True)
                 log.info("removed %s, left by an interrupted save", tmp)
+
+
+def _remove(tmp: Path) -> None:
+    """Remove a temporary file; a failure is logged (the next start removes it), never raised over the real error."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError as e:
+        log.warning("could not remove %s (%s); the next start removes it", tmp, e.strerror or e)

@@ -129,7 +129,7 @@ def wire_library_tab(page: Page, studio: Studio, view) -> None:
     chosen = gr.State(None)
 
     def on_open(ids, evt: gr.SelectData):
-        entry, details = library_page.open_entry(library, ids, evt.index)
+        entry, details = library_page.open_entry(library, ids, evt.index, studio.local_paths)
         return {tab.details: details, chosen: entry.id if entry else None}
 
     tab.gallery.select(on_open, tab.ids, [tab.details, chosen], **QUICK)

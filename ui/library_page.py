@@ -3,8 +3,9 @@ and LoRA; open one with its settings and send it to the chat (then Reuse setting
 on it). Layout (`build_tab`) and plain handlers (`find`, `open_entry`, `send_to_chat`, `import_folder`).
 
 On a server that others use (`EngineConfig.local_paths` off) each browser sees only the images of its own
-conversations, and importing server folders is off. Thumbnails and opened images are copies in the session's
-temporary folder: the outputs folder is never served by path.
+conversations, importing server folders is off, and an image's details name its file but not the server's
+folders. Thumbnails and opened images are copies in the session's temporary folder: the outputs folder is never
+served by path.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 PAGE = 48
 THUMB = 192
+THUMB_MAX_PIXELS = 64 * 2**20  # kept images may be upscaled past the engine's input limit; larger ones get no tile
 PERIODS = {"any time": None, "today": 0, "last 7 days": 7, "last 30 days": 30, "last year": 365}
 
 
@@ -97,7 +99,10 @@ def find(library: Library | None, session: Session, text: str, model: str, lora:
         return library.search(text or "", model=model or "", lora=lora or "", since=since, limit=PAGE,
                               offset=number * PAGE, conversation=mine)
 
-    entries, total = one_page(page)
+    try:
+        entries, total = one_page(page)
+    except UserError as e:  # a search box past its length
+        return [], [], f"{PROBLEM} {e}", 0
     if total and not entries and page:  # past the end (the library shrank): the last page
         page = (total - 1) // PAGE
         entries, total = one_page(page)
@@ -131,26 +136,30 @@ def _since(when: str) -> float | None:
 
 
 def thumbnail(entry: Entry, session: Session) -> str | None:
-    """A small copy of the entry's image in the session folder (made once), or None if its file is gone."""
+    """A small copy of the entry's image in the session folder (made once), or None (its tile is left out) when
+    its file is gone or cannot be shown: damaged, or changed into a decompression bomb since it was indexed."""
+    from PIL import Image
+
     target = session.workdir / "thumbs" / f"{entry.id}.png"
     if target.is_file():
         return str(target)
     try:
-        from PIL import Image
-
-        with Image.open(entry.path) as image:
-            if image.width * image.height > 64 * 2**20:
+        with Image.open(entry.path) as image:  # PIL refuses a header past twice its pixel limit: a bomb
+            if image.width * image.height > THUMB_MAX_PIXELS:
                 return None
             image.thumbnail((THUMB, THUMB))
             target.parent.mkdir(parents=True, exist_ok=True)
             image.convert("RGB").save(target, format="PNG")
-    except (OSError, ValueError):
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+        log.info("no thumbnail for library image %s: %s", entry.id, e)
         return None
     return str(target)
 
 
-def open_entry(library: Library | None, ids: list[int], index: int) -> tuple[Entry | None, str]:
-    """The entry clicked in the gallery and its settings as Markdown."""
+def open_entry(library: Library | None, ids: list[int], index: int,
+               local_paths: bool = False) -> tuple[Entry | None, str]:
+    """The entry clicked in the gallery and its settings as Markdown. Its file's full path only where
+    `local_paths` (a loopback server: the reader runs it); elsewhere the name alone, not the server's folders."""
     if library is None or not ids or not 0 <= index < len(ids):
         return None, "Open an image to see its settings."
     entry = library.get(ids[index])
@@ -160,7 +169,8 @@ def open_entry(library: Library | None, ids: list[int], index: int) -> tuple[Ent
     rows = [("Prompt", entry.prompt), ("Negative", entry.negative), ("Model", entry.model),
             ("Size", f"{entry.width}x{entry.height}" if entry.width else ""), ("Seed", entry.seed),
             ("Steps", s.get("steps")), ("Guidance", s.get("guidance")), ("Scheduler", s.get("scheduler")),
-            ("LoRAs", entry.loras), ("Made", f"{entry.when} ({entry.source})"), ("File", entry.path)]
+            ("LoRAs", entry.loras), ("Made", f"{entry.when} ({entry.source})"),
+            ("File", entry.path if local_paths else Path(entry.path).name)]
     table = "\n".join(f"| {k} | {html.escape(str(v))} |" for k, v in rows if v not in (None, ""))
     return entry, f"| setting | value |\n|---|---|\n{table}"
 

@@ -108,7 +108,7 @@ def parse_infotext(text: str) -> dict:
     if text.startswith("{"):
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply to be settings
             data = None
         if isinstance(data, dict):
             return _params_from_fooocus_json(data)

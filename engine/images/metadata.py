@@ -133,6 +133,8 @@ def _request_from_studio(text: str) -> tuple[Request, str]:
         data = json.loads(text)
     except ValueError:
         raise UserError(damaged.format("not valid JSON")) from None
+    except RecursionError:  # the decoder recurses per [ or {: '[' * 100000 is no settings, not a crash
+        raise UserError(damaged.format("its JSON is nested too deeply")) from None
     if not isinstance(data, dict) or not isinstance(data.get("request"), dict):
         raise UserError(damaged.format("no request in it"))
     version = data.get("version")

@@ -70,6 +70,9 @@ def check_lora_file(path: Path, family: str, declared: str, label: str) -> None:
     refuse_pickle(path, "plugin", label)
     if path.suffix.lower() != ".safetensors":
         raise UserError(f"{label}: LoRAs are loaded only from .safetensors files.")
+    if not Path(path).is_file():  # a FIFO would make the header read wait forever, a device read without end
+        raise UserError(f"{label}: not a regular file (a FIFO, a device or a folder). A LoRA is a .safetensors "
+                        "file; put the file itself there.")
     shapes = read_header(path, label)
     if not any("lora" in k.lower() for k in shapes):
         kind = family_of_keys(shapes)

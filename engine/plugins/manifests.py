@@ -2,16 +2,20 @@
 
 A manifest describes one plugin (a LoRA, or a ControlNet that engine/control.py loads through `load_manifests`);
 a bare LoRA `.safetensors` dropped into a plugin folder is found too, its family read from its tensors. Every field
-is checked here, and every local path must stay inside its plugin folder or assets/. `find_lora` resolves a
-requested name to its plugin and `fetch_lora_file` gives its local file (downloaded from the Hub on first use).
+is checked here, and every local path must stay inside its plugin folder or assets/; a manifest is read only when
+it is a regular file of at most 64 KB (a FIFO, /dev/zero or a 100,000-deep list gets an error, never a hang or a
+crash). `find_lora` resolves a requested name to its plugin and `fetch_lora_file` gives its local file
+(downloaded from the Hub on first use).
 The manifest format is documented in plugins/README.md; manager.py applies the LoRAs.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +30,10 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+log = logging.getLogger(__name__)
+
 ASSETS = ROOT / "assets"
+MAX_MANIFEST_BYTES = 64 * 2**10  # a manifest is a few lines; anything near this is not one
 KINDS = ("lora", "controlnet", "upscaler")  # an upscaler (ESRGAN, SwinIR, SPAN, ... read by spandrel) fits any model
 # manifest field -> accepted TOML types; anything else in a manifest is an error that names the field
 FIELDS: dict[str, tuple[type, ...]] = {
@@ -117,14 +124,39 @@ def _hidden(path: Path, folder: Path) -> bool:
 def _read_manifest(path: Path, root: Path) -> Manifest:
     m = Manifest(name=path.stem, path=path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(_read_small_file(path).decode("utf-8"))
+    except UserError as e:
+        m.error = str(e)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
         m.error = f"{path.name} is not valid TOML ({e})"
+    except RecursionError:  # tomllib parses nested lists and tables recursively
+        m.error = f"{path.name} is not valid TOML (its lists or tables are nested too deeply)"
+    if m.error:
+        log.warning("plugin manifest %s skipped: %s", show_path(path), m.error)
         return m
     if isinstance(data.get("name"), str) and data["name"].strip():
         m.name = data["name"].strip()
     m.error = _manifest_error(m, data, root)
     return m
+
+
+def _read_small_file(path: Path, limit: int = MAX_MANIFEST_BYTES) -> bytes:
+    """The bytes of `path` if it is a regular file of at most `limit` bytes, else a UserError saying what it is.
+    Never waits and never reads without end: a FIFO is refused before it is opened (opening one for reading waits
+    for a writer), and a device such as /dev/zero (which has no end) is refused by its type."""
+    not_regular = (f"{path.name} is not a regular file (a FIFO, a device, a folder or a link to one); a manifest "
+                   "is a plain .toml file: remove it or replace it with one")
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise UserError(not_regular)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # replaced by a FIFO meanwhile: open at once, refused below
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UserError(not_regular)
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise UserError(f"{path.name} is larger than {limit // 2**10} KB; a manifest is a few lines of TOML (see "
+                        "plugins/README.md): remove it or shorten it")
+    return data
 
 
 def _manifest_error(m: Manifest, data: dict, root: Path) -> str | None:
@@ -215,6 +247,9 @@ def _source_error(m: Manifest, root: Path) -> str | None:
             return error
         if m.kind in ("lora", "upscaler") and suffix != ".safetensors":
             return f"field 'source' = {src!r}: a {m.kind} source must be a .safetensors file"
+        if m.kind in ("lora", "upscaler") and m.file.exists() and not m.file.is_file():
+            return (f"field 'source' = {src!r} is not a regular file (a FIFO, a device or a folder); point it at "
+                    "a .safetensors file")
         return None
     if m.kind in ("lora", "upscaler"):
         return (f"missing field 'weight_name': the source {src!r} is a Hub repo, so name the LoRA file in it, e.g. "
