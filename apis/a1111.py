@@ -5,6 +5,9 @@ A1111's field names map onto one `Request` (`a1111_request`); the engine's `chec
 message is the 422 reply. Unknown fields are ignored, as A1111 ignores them. Images go both ways as base64 PNG;
 the replies carry A1111's `info` JSON string and the `parameters` echo. `sd_model_checkpoint` (in /options or a
 request's `override_settings`) picks the model: one choice for all API callers, as in A1111; the chat keeps its own.
+/options keeps only what the studio reads (`KEPT_OPTIONS`); any other option is named in the answer and dropped, so
+callers can't park data on the server. Lone surrogates in any field become U+FFFD before anything runs
+(`plain_json`), so the `parameters` echo of a made image can always be written.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from engine.request import MAX_COUNT, SCHEDULERS, ControlUnit, Request, UserErro
 from engine.result import Cancelled
 from studio.jobs import Jobs, png_base64
 from studio.line import Busy
-from studio.parse import base64_image, fit_canvas, whole_number
+from studio.parse import base64_image, fit_canvas, plain_json, shown, whole_number
 from studio.requests import make_request
 from studio.service import Studio, model_names
 
@@ -38,7 +41,10 @@ SCHEDULE_LABELS = {label.lower(): label for *_, label in SCHEDULERS.values()}  #
 # our Request field -> A1111's name for it, so a settings error names the field the client sent
 FIELDS = {"guidance": "cfg_scale", "strength": "denoising_strength", "count": "batch_size x n_iter",
           "negative": "negative_prompt", "scheduler": "sampler_name", "hires_strength": "denoising_strength",
-          "upscale": "hr_scale", "mask_blur": "mask_blur", "inpaint_padding": "inpaint_full_res_padding"}
+          "upscale": "hr_scale", "mask_blur": "mask_blur", "inpaint_padding": "inpaint_full_res_padding",
+          "model": "sd_model_checkpoint"}
+KEPT_OPTIONS = ("sd_model_checkpoint", "samples_format")  # what the studio reads of A1111's /options
+MAX_MODEL_NAME = 300  # characters: a listed name, a Hub id or a file path is far shorter
 
 
 def failure(e: BaseException) -> JSONResponse:
@@ -58,6 +64,17 @@ def failure(e: BaseException) -> JSONResponse:
 def error(status: int, kind: str, message: str) -> JSONResponse:
     """A1111's error body (its api_middleware's `handle_exception`)."""
     return JSONResponse({"error": kind, "detail": message, "body": "", "errors": message}, status_code=status)
+
+
+def model_choice(value) -> str:
+    """The model an sd_model_checkpoint names, or A1111's 422 naming the field."""
+    if not isinstance(value, str) or not value.strip():
+        raise UserError(f"sd_model_checkpoint must be a model name (GET /sdapi/v1/sd-models), got {shown(value)}.",
+                        field="model")
+    if len(value) > MAX_MODEL_NAME:
+        raise UserError(f"sd_model_checkpoint is {len(value)} characters long; a model name has at most "
+                        f"{MAX_MODEL_NAME} (GET /sdapi/v1/sd-models lists them).", field="model")
+    return value.strip()
 
 
 def a1111_request(payload: dict[str, Any], model: str, defaults: dict, img2img: bool) -> Request:
@@ -188,13 +205,12 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
     options: dict[str, Any] = {"sd_model_checkpoint": studio.default_model, "samples_format": "png"}
 
     def generate(payload: dict[str, Any], img2img: bool, cancel):
+        payload = plain_json(payload)  # before the image is made: its echo below can always be written
         echo = {**payload, "init_images": None, "mask": None} if img2img else dict(payload)
         try:
             override = payload.get("override_settings") or {}
             model = override.get("sd_model_checkpoint") if isinstance(override, dict) else None
-            model = model or options["sd_model_checkpoint"]
-            if not isinstance(model, str):
-                raise UserError(f"sd_model_checkpoint must be a model name, got {type(model).__name__}.")
+            model = model_choice(model) if model else options["sd_model_checkpoint"]
             result = jobs.run(a1111_request(payload, model, studio.engine.defaults(model), img2img), cancel)
         except Cancelled:  # /interrupt: A1111 answers with what it has; we have no half-made image
             return {"images": [], "parameters": echo, "info": json.dumps({"interrupted": True, "infotexts": []})}
@@ -258,19 +274,32 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
 
     @router.post("/options")
     def set_options(payload: JsonBody):
-        """Settings for every API caller; `sd_model_checkpoint` switches the model (loaded on first use)."""
-        model = payload.get("sd_model_checkpoint")
+        """Settings for every API caller: `sd_model_checkpoint` switches the model (loaded on first use),
+        `samples_format` may only be "png" (the one format made). Other options are not kept: the answer names
+        them ({"ignored": [...], "detail"}); with none, A1111's null."""
+        payload = plain_json(payload)
+        try:
+            model = payload.get("sd_model_checkpoint")
+            if model is not None:
+                model = model_choice(model)
+                try:
+                    studio.engine.defaults(model)  # the engine's words when it can't be used here
+                except UserError as e:
+                    raise UserError(str(e), field="model", operator=e.operator) from None
+            fmt = payload.get("samples_format")
+            if fmt is not None and (not isinstance(fmt, str) or fmt.lower() != "png"):
+                raise UserError(f"samples_format {shown(fmt)}: this server makes PNG images only; send 'png' or "
+                                "leave samples_format out.")
+        except UserError as e:
+            return failure(e)
         if model is not None:
-            if not isinstance(model, str) or not model.strip():
-                return error(422, "UserError", "sd_model_checkpoint must be a model name (GET /sdapi/v1/sd-models).")
-            try:
-                studio.engine.defaults(model.strip())  # the engine's words when it can't be used here
-            except UserError as e:
-                return failure(e)
-        options.update(payload)
-        if model is not None:
-            options["sd_model_checkpoint"] = model.strip()
-        return None
+            options["sd_model_checkpoint"] = model
+        ignored = [key[:60] for key in payload if key not in KEPT_OPTIONS][:50]
+        if not ignored:
+            return None
+        log.info("A1111 options not kept (the studio does not read them): %s", ", ".join(ignored))
+        return {"ignored": ignored, "detail": f"Not kept: {', '.join(ignored)}. This server reads only "
+                f"{' and '.join(KEPT_OPTIONS)} of A1111's options."}
 
     @router.get("/progress")
     def progress():

@@ -29,14 +29,14 @@ from engine.result import Cancelled
 from studio.files import LinkedFiles
 from studio.jobs import Jobs, png_bytes
 from studio.line import Busy
-from studio.parse import fit_canvas, whole_number
+from studio.parse import fit_canvas, shown, whole_number
 from studio.requests import make_request
 from studio.service import Studio, model_names
 
 log = logging.getLogger(__name__)
 
 OPENAI_MODELS = re.compile(r"(dall-e-\d|gpt-image-.*|chatgpt-image.*)")
-SIZE = re.compile(r"\s*(\d+)\s*x\s*(\d+)\s*")
+SIZE = re.compile(r"\s*(\d{1,6})\s*x\s*(\d{1,6})\s*")  # more digits: no size, and no int() of 5000 digits
 
 
 class ApiError(Exception):
@@ -83,18 +83,21 @@ def parse_size(size) -> tuple[int | None, int | None]:
         return None, None
     match = SIZE.fullmatch(size) if isinstance(size, str) else None
     if not match:
-        raise ApiError(400, f"size must be 'WIDTHxHEIGHT' (e.g. '512x512') or 'auto', got {size!r}.", param="size")
+        raise ApiError(400, f"size must be 'WIDTHxHEIGHT' (e.g. '512x512') or 'auto', got {shown(size)}.",
+                       param="size")
     return int(match[1]), int(match[2])
 
 
 def number(fields: dict, name: str, kind=float):
-    """A numeric field; multipart forms send numbers as text."""
+    """A numeric field; multipart forms send numbers as text (at most 20 characters of it: no int() of 5000 digits)."""
     value = fields.get(name)
     if isinstance(value, str):
         try:
-            value = kind(value)
+            value = kind(value) if len(value) <= 20 else None
         except ValueError:
-            raise ApiError(400, f"{name} must be a number, got {value!r}.", param=name) from None
+            value = None
+        if value is None:
+            raise ApiError(400, f"{name} must be a number, got {shown(fields[name])}.", param=name) from None
     return value
 
 
@@ -111,7 +114,10 @@ def studio_request(fields: dict[str, Any], studio: Studio) -> Request:
         raise ApiError(400, f"model must be a model name, got {type(model).__name__}.", param="model")
     width, height = parse_size(fields.get("size"))
     n = number(fields, "n", int)
-    count = 1 if n is None else whole_number("n", n, 1, MAX_COUNT)  # n=0 is refused, not taken for 1
+    try:
+        count = 1 if n is None else whole_number("n", n, 1, MAX_COUNT)  # n=0 is refused, not taken for 1
+    except UserError as e:
+        raise ApiError(400, str(e), param="n") from None
     seed = number(fields, "seed", int)
     return make_request(prompt, model, negative=fields.get("negative_prompt") or "",
                         steps=number(fields, "steps", int), guidance=number(fields, "guidance_scale"), seed=seed,

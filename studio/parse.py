@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
+import re
 
 from engine.request import LoraSpec, UserError
 
@@ -48,11 +50,41 @@ def base64_image(text, what: str) -> bytes:
 
 def whole_number(name: str, value, low: int, high: int) -> int:
     """A field that must be a whole number in [low, high], named as the client spelled it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or int(value) != value:
-        raise UserError(f"{name} must be a whole number, got {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and (not math.isfinite(value) or not value.is_integer())):  # NaN, Infinity too
+        raise UserError(f"{name} must be a whole number, got {shown(value)}.")
     if not low <= value <= high:
-        raise UserError(f"{name} = {value} is out of range; use {low} to {high}.")
+        raise UserError(f"{name} = {shown(value)} is out of range; use {low} to {high}.")
     return int(value)
+
+
+def shown(value, limit: int = 40) -> str:
+    """`value` as an error message quotes it: its repr, cut to `limit` characters (a client's 5000 digits are not
+    echoed back)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's 4300 digits
+        return f"a number of {value.bit_length() * 0.30103:.0f} digits"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+SURROGATES = re.compile("[\ud800-\udfff]")
+JSON_DEPTH = 32  # deeper than any field a client sends (ControlNet's image in a unit in a list: 5)
+
+
+def plain_json(value, depth: int = JSON_DEPTH):
+    """A JSON body as every encoder can write it back (an API's echo of it, a PNG's text): lone surrogates (half
+    an emoji, which UTF-8 can't hold) become U+FFFD, in keys too, and lists or objects nested past `depth` become
+    None (orjson refuses 255 levels)."""
+    if isinstance(value, str):
+        return value if value.isascii() else SURROGATES.sub("\ufffd", value)
+    if isinstance(value, (list, dict)) and depth <= 0:
+        return None
+    if isinstance(value, list):
+        return [plain_json(v, depth - 1) for v in value]
+    if isinstance(value, dict):
+        return {plain_json(k): plain_json(v, depth - 1) for k, v in value.items()}
+    return value
 
 
 def form_value(value, default_mark):

@@ -8,12 +8,17 @@ Each replica is an `Engine(config)` with the same model and plugins, so a seed g
 them (and as in one process). Ray Serve routes each request to a free replica (one generation at a time each)
 and replaces a replica that dies; the request it held is answered with a message to send it again. Progress
 streams back step by step; a cancel stops the replica's engine within a step. Ray is optional: imported here only.
+
+A local Ray (no address) listens on 127.0.0.1 only, without a dashboard, and Serve runs no HTTP proxy (the studio
+calls the replicas by handle): nothing of it is reachable from another machine. A cluster's address is its
+operator's to secure. Tested with Ray 2.60 (TESTED_RAY); other versions start with a warning.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 import logging
 import os
 import threading
@@ -25,6 +30,39 @@ from engine.result import Cancelled
 log = logging.getLogger(__name__)
 
 DEPLOYMENT = "studio-engine"
+TESTED_RAY = "2.60."  # the versions whose ports tests/test_threats.py checked (serving.EXTRAS pins them)
+LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # Ray's one-machine mode: its node address is 127.0.0.1
+
+
+def init_options(address: str | None) -> tuple[dict, dict]:
+    """(ray.init's keyword arguments, the environment Ray must see before it is imported) for `--ray [ADDRESS]`.
+    No address: a new local Ray bound to loopback. Ray's one-machine mode (its default on macOS and Windows) makes
+    the node's address 127.0.0.1, and GCS, raylet, workers and agents listen on that address; `_node_ip_address`
+    can't do it (ray.init swaps 127.0.0.1 for the machine's address). An address: that cluster, as it is set up."""
+    options = {"address": address or "local", "include_dashboard": False, "log_to_driver": False}
+    return options, ({} if address else dict(LOCAL_RAY_ENV))
+
+
+def connect(address: str | None = None) -> None:
+    """Start the local Ray on loopback (`address` None) or join the cluster at `address`; a Ray this process
+    started already (tests, benchmarks) is used as it is."""
+    options, environ = init_options(address)
+    os.environ.update(environ)  # read when ray is imported, and by the processes it starts
+    import ray
+
+    if ray.is_initialized():
+        return
+    if not ray.__version__.startswith(TESTED_RAY):
+        log.warning("Ray %s is not the tested %sx: what it listens on was not checked (pip install "
+                    "'ray[serve]>=2.60,<2.61')", ray.__version__, TESTED_RAY)
+    ray.init(**options)
+    node = ray.util.get_node_ip_address()
+    if address is None and not ipaddress.ip_address(node).is_loopback:
+        ray.shutdown()
+        raise UserError(f"The local Ray started on {node}, where other machines can reach it, not on 127.0.0.1: "
+                        "Ray was imported before --ray could ask for loopback. Start the app in a fresh process, "
+                        "or start Ray yourself (`ray start --head`) and give its address to --ray.")
+    log.info("Ray: %s", f"local, on {node} only, no dashboard" if address is None else f"cluster at {address}")
 
 
 class EngineReplica:
@@ -73,11 +111,9 @@ def start(config: EngineConfig, model: str, replicas: int = 2, gpus_per_replica:
           address: str | None = None, threads: int = 1):
     """Deploy `replicas` engine replicas on Ray Serve (a local Ray when `address` is None, else that cluster) and
     return the deployment handle. No HTTP proxy: the studio's own server is the only door."""
-    import ray
     from ray import serve
 
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    connect(address)
     serve.start(http_options={"location": "NoServer"})
     options = {"num_cpus": threads, "num_gpus": gpus_per_replica}
     deployment = serve.deployment(EngineReplica, name=DEPLOYMENT, num_replicas=replicas, max_ongoing_requests=1,
@@ -91,18 +127,17 @@ def remote_engine(config: EngineConfig, model: str, replicas: int = 2, gpus_per_
                   address: str | None = None) -> RemoteEngine:
     """`python app.py --ray [ADDRESS] --replicas N`: the replicas started and the Engine that sends work to them.
     Each replica takes one GPU when the cluster has GPUs (and the config does not ask for the CPU), else none."""
-    import ray
-
     from engine.engine import Engine
 
     if replicas < 1:
         raise UserError(f"--replicas {replicas}: use 1 or more engine replicas.")
-    if not ray.is_initialized():
-        ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
+    connect(address or None)  # before `import ray`: a local Ray reads there that it is to stay on loopback
+    import ray
+
     if gpus_per_replica is None:
         has_gpu = ray.cluster_resources().get("GPU", 0) >= 1 and config.device != "cpu"
         gpus_per_replica = 1.0 if has_gpu else 0.0
-    handle = start(config, model, replicas, gpus_per_replica)
+    handle = start(config, model, replicas, gpus_per_replica, address or None)
     return RemoteEngine(Engine(config), handle, replicas)
 
 

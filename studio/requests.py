@@ -9,7 +9,9 @@ other value judged by the engine's `check_request`. No gradio, no torch.
 
 from __future__ import annotations
 
-from engine.request import ControlUnit, LoraSpec, Request
+import math
+
+from engine.request import ControlUnit, LoraSpec, Request, SettingsError
 from studio.parse import form_value
 
 DEFAULT_MARKS = {"steps": 0, "guidance": -1, "seed": -1, "width": 0, "height": 0, "count": 0, "strength": 0}
@@ -26,6 +28,10 @@ def make_request(prompt: str, model: str, *, form: bool = False, negative: str |
     if form:
         numbers = {name: form_value(value, DEFAULT_MARKS[name]) for name, value in numbers.items()}
     numbers["count"] = 1 if numbers["count"] is None else numbers["count"]
+    for name, value in numbers.items():  # NaN, Infinity (JSON bodies may hold them): no range or count holds them
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SettingsError(f"{name} = {value} is not a number a setting can have. Send a number, or leave "
+                                f"{name} out for the model's default.", field=name)
     return Request(prompt=prompt if prompt is not None else "", negative=negative or "", model=model,
                    scheduler=None if scheduler in DEFAULT_SCHEDULER else scheduler, loras=list(loras),
                    controls=list(controls), **numbers, **edits)
