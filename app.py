@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--replicas", type=int, default=2, help="with --ray: engine replicas (default 2)")
     serve.add_argument("--gpus-per-replica", type=float, default=None,
                        help="with --ray: GPUs each replica takes (default: 1 where CUDA is seen, else 0)")
+    serve.add_argument("--max-work", type=float, default=None, metavar="MP_STEPS",
+                       help="most work one request may ask for: megapixels x steps x images (default 256; 0: none)")
+    serve.add_argument("--trusted-proxy", action="append", default=None, metavar="IP",
+                       help="a reverse proxy whose X-Forwarded-For is believed (repeatable; default: none)")
     serve.add_argument("--outputs", default=None, metavar="DIR",
                        help="keep every image and conversation here (default: outputs/; none on a hosted Space)")
 

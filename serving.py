@@ -10,12 +10,15 @@ import importlib.util
 import os
 from dataclasses import dataclass
 
+from engine.images.loading import MAX_BYTES
 from engine.request import UserError
+from server import front
+from studio.work import MAX_WORK
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 EXTRAS = {  # an optional feature -> (the module it needs, the command that installs it)
     "--mcp": ("mcp", "pip install 'mcp>=1.21,<2'"),
-    "--ray": ("ray", "pip install 'ray[serve]>=2.40,<3'"),
+    "--ray": ("ray", "pip install 'ray[serve]>=2.60,<2.61'"),
 }
 
 
@@ -35,6 +38,8 @@ class ServeConfig:
     replicas: int = 2
     gpus_per_replica: float | None = None
     outputs: str | None = None  # the library folder; "none" keeps nothing
+    max_work: float | None = MAX_WORK  # megapixel-steps one request may ask for (studio/work.py); 0/None: no cap
+    trusted_proxies: tuple[str, ...] = ()  # addresses whose X-Forwarded-For is believed (a Space: its proxy)
     on_space: bool = False  # a Hugging Face Space (SPACE_ID): its host and port, no library by default
 
     @classmethod
@@ -44,7 +49,9 @@ class ServeConfig:
                    port=int(environ.get("GRADIO_SERVER_PORT", args.port)) if on_space else args.port,
                    share=args.share, auth=parse_auth(args.auth), max_queue=args.max_queue, mcp=args.mcp,
                    api_token=args.api_token or None, ray=args.ray, replicas=args.replicas,
-                   gpus_per_replica=args.gpus_per_replica, outputs=args.outputs, on_space=on_space)
+                   gpus_per_replica=args.gpus_per_replica, outputs=args.outputs, on_space=on_space,
+                   max_work=MAX_WORK if args.max_work is None else args.max_work,
+                   trusted_proxies=("*",) if on_space else tuple(args.trusted_proxy or ()))
 
     @property
     def loopback(self) -> bool:
@@ -60,6 +67,11 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
     if not sep or not user or not password:
         raise UserError("--auth must be USER:PASSWORD, e.g. --auth alice:correct-horse-battery")
     return user, password
+
+
+LIMITS = front.Limits(body=MAX_BYTES * 4 // 3 + 2**20,  # an image at the engine's limit, base64, and the rest
+                      upload=3 * MAX_BYTES + 2**20,  # a message's few images
+                      upload_window=20 * MAX_BYTES, window_s=600)  # one address's uploads in ten minutes
 
 
 def check_extras(config: ServeConfig) -> None:
@@ -94,6 +106,29 @@ def zero_gpu(engine):
     return generate_on_gpu
 
 
+def open_server(config: ServeConfig, engine, *, status=None, gpu=None, library=None, **build_kwargs):
+    """The page, the APIs and their front on config.host:config.port, started without blocking: the launched
+    gradio Blocks (tests open the real server this way; `build_kwargs` go to ui.app.build)."""
+    import apis
+    from ui.app import build
+    from ui.serve import launch
+
+    demo = build(engine, config.model, gpu=gpu, status=status, max_queue=config.max_queue, library=library,
+                 on_space=config.on_space, max_work=config.max_work, **build_kwargs)
+    if config.mcp:
+        apis.add_tools(demo, demo.studio)  # before launch: gradio's MCP server reads the page's endpoints there
+    # generations wait in the studio's own line (bounded by --max-queue, with a "busy" reply); gradio's queue
+    # holds only what is left, so its bound is a backstop that a full line of generations never reaches
+    demo.queue(max_size=max(64, 4 * config.max_queue), default_concurrency_limit=1)
+    launch(demo, config.host, config.port, share=config.share, auth=config.auth, mcp=config.mcp,
+           trusted_proxies=config.trusted_proxies)
+    apis.mount(demo, auth=config.auth, api_token=config.api_token)  # A1111, OpenAI (and MCP's guard)
+    # before every route; with --auth gradio's own routes need the login already, so the token guards them only
+    # when there is none
+    front.install(demo, limits=LIMITS, loopback=config.loopback, token=None if config.auth else config.api_token)
+    return demo
+
+
 def serve(config: ServeConfig, engine_config, library=None) -> int:
     """The chat and the APIs on config.host:config.port (loopback by default), the model loading in the
     background once the page is up."""
@@ -101,9 +136,6 @@ def serve(config: ServeConfig, engine_config, library=None) -> int:
     has_spaces = importlib.util.find_spec("spaces") is not None
     if has_spaces:
         import spaces  # noqa: F401  (must come before torch touches CUDA on ZeroGPU)
-    import apis
-    from ui.app import build
-    from ui.serve import launch
     from ui.status import ModelStatus
 
     engine = make_engine(config, engine_config)
@@ -111,21 +143,13 @@ def serve(config: ServeConfig, engine_config, library=None) -> int:
     zero = has_spaces and config.on_space
     if zero:  # ZeroGPU: CUDA exists only inside spaces.GPU calls, so load on first use
         status.text, status.done = f"Model **{config.model}** loads with the first message.", True
-    demo = build(engine, config.model, gpu=zero_gpu(engine) if zero else None, status=status,
-                 max_queue=config.max_queue, library=library, on_space=config.on_space)
-    if config.mcp:
-        apis.add_tools(demo, demo.studio)  # before launch: gradio's MCP server reads the page's endpoints there
-    # generations wait in the studio's own line (bounded by --max-queue, with a "busy" reply); gradio's queue
-    # holds only what is left, so its bound is a backstop that a full line of generations never reaches
-    demo.queue(max_size=max(64, 4 * config.max_queue), default_concurrency_limit=1)
     if config.share and config.auth is None:
         print("WARNING: --share makes a public link that anyone who has it can use (and spend your GPU on). "
               "Add --auth USER:PASSWORD.", flush=True)
     if config.host not in LOOPBACK and config.auth is None and not config.on_space:
         print(f"WARNING: listening on {config.host}: anyone on your network can use the app. Add --auth "
               "USER:PASSWORD.", flush=True)
-    launch(demo, config.host, config.port, share=config.share, auth=config.auth, mcp=config.mcp)
-    apis.mount(demo, auth=config.auth, api_token=config.api_token)  # A1111, OpenAI (and MCP's guard)
+    demo = open_server(config, engine, status=status, gpu=zero_gpu(engine) if zero else None, library=library)
     # the app's own words (gradio's would say "set share=True in launch()", which is not the app's flag)
     shown = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
     print(f"Open http://{shown}:{config.port} in a browser"

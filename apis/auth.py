@@ -9,8 +9,9 @@ import asyncio
 import base64
 import binascii
 import secrets
-from collections import OrderedDict
 from dataclasses import dataclass, field
+
+from studio.throttle import Throttle
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,20 @@ class Gate:
         return False
 
     async def check(self, client: str, authorization: str | None) -> bool:
-        """`allows`, after the wait this client's earlier wrong credentials have earned (see `Throttle`)."""
+        """`allows`, after the wait this client's earlier wrong credentials for the same account have earned (see
+        `studio.throttle.Throttle`: parallel guesses queue behind each other)."""
         if self.open:
             return True
-        await asyncio.sleep(self.throttle.delay(client))
+        key = f"{client} {account(authorization)}"
+        await asyncio.sleep(self.throttle.reserve(key))
         ok = self.allows(authorization)
-        self.throttle.record(client, ok)
+        if ok:
+            self.throttle.succeeded(key)
         return ok
+
+    def who(self, authorization: str | None) -> str:
+        """The caller's account for owning jobs: the basic-auth user, 'token' for a bearer, '' when open."""
+        return "" if self.open else account(authorization)
 
     def hint(self) -> str:
         """What to send, for the 401 message."""
@@ -64,23 +72,16 @@ def _same(given: str, expected: str) -> bool:
     return secrets.compare_digest(given.encode(), expected.encode())
 
 
-class Throttle:
-    """After `free` wrong credentials from one client address, each further try waits `base_s * 2**(n - free)`
-    seconds (at most `cap_s`); a success clears the count. The page's /login has the same rule (ui/serve.py)."""
-
-    def __init__(self, free: int = 3, base_s: float = 0.5, cap_s: float = 30.0, clients: int = 10000):
-        self.free, self.base_s, self.cap_s, self.clients = free, base_s, cap_s, clients
-        self.failures: OrderedDict[str, int] = OrderedDict()
-
-    def delay(self, client: str) -> float:
-        n = self.failures.get(client, 0)
-        return 0.0 if n < self.free else min(self.cap_s, self.base_s * 2 ** (n - self.free))
-
-    def record(self, client: str, ok: bool) -> None:
-        if ok:
-            self.failures.pop(client, None)
-            return
-        self.failures[client] = self.failures.get(client, 0) + 1
-        self.failures.move_to_end(client)
-        while len(self.failures) > self.clients:
-            self.failures.popitem(last=False)
+def account(authorization: str | None) -> str:
+    """The account an `Authorization` header claims (never checked here): the basic-auth user, or the bearer's
+    user before a ':' ('token' for a plain token); '' for none."""
+    scheme, _, value = (authorization or "").strip().partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            return "user:" + base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[0][:64]
+        except (binascii.Error, UnicodeDecodeError):
+            return "unreadable"
+    if scheme.lower() == "bearer":
+        user, sep, _ = value.strip().partition(":")
+        return "user:" + user[:64] if sep else "token"
+    return ""

@@ -18,6 +18,7 @@ from studio.jobs import Jobs
 from studio.line import Line
 from studio.previews import PreviewCosts
 from studio.stream import Timing
+from studio.work import MAX_WORK
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class Studio:
     previews: PreviewCosts = field(default_factory=PreviewCosts)  # what a live preview costs, per model
     timing: Timing = field(default_factory=Timing)  # how often runs report in and the chat redraws
     jobs: Any = None  # studio.jobs.Jobs: the programmatic doors' generations (A1111 /progress and /interrupt)
+    max_work: float | None = MAX_WORK  # megapixel-steps one served request may ask for (studio/work.py)
 
     def __post_init__(self):
         if self.line is None:  # one generation at a time on the local engine, one per Ray Serve replica

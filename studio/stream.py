@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from engine.engine import Cancelled
-from engine.request import Request
+from engine.request import Request, UserError
+from studio.work import check_work
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,26 @@ def generate(studio, request: Request, **live):
     return studio.engine.generate(request, **live)
 
 
+def capped(studio, request: Request) -> None:
+    """SettingsError when `request` asks for more work than the server's --max-work (studio/work.py); a model the
+    engine can't resolve is left for the run to report in its turn."""
+    cap = getattr(studio, "max_work", None)
+    if not cap:
+        return
+    try:
+        defaults = studio.engine.defaults(request.model)
+    except UserError:
+        return
+    check_work(request, defaults, cap)
+
+
 def stream(studio, request: Request, cancel: threading.Event, previews: bool = True
            ) -> Iterator[tuple[str, int, int, Any]]:
     """Run `request` when its turn comes, yielding ("waiting", place, 0, None) while it waits and
     ("step", step, total, preview) as it samples (step -1: loading or decoding); the Result is the generator's
     return value. `Busy` when the line is full, before anything runs; `Cancelled` after `cancel`."""
     line, timing = studio.line, studio.timing
+    capped(studio, request)
     ticket = line.join()
     events: queue.Queue = queue.Queue()
     outcome: dict[str, Any] = {}

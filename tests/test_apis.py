@@ -1,5 +1,5 @@
-"""The APIs other apps speak (apis/), each driven by its own real client against a started server: the page
-(ui.app.build + ui.serve.launch, with --auth) and `apis.mount` on it, the real built-in model on the CPU.
+"""The APIs other apps speak (apis/), each driven by its own real client against a started server: the server
+`app.py --auth --mcp --api-token` opens (serving.open_server), the real built-in model on the CPU.
 
 webuiapi -> /sdapi/v1 (AUTOMATIC1111), openai -> /v1/images (OpenAI). Generations share the chat's line.
 """
@@ -33,17 +33,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(engine):
-    """The page with --auth, --mcp and the APIs mounted, on the built-in model; at most 2 generations may wait."""
-    import apis
-    from ui.app import build
-    from ui.serve import launch
+    """The server `app.py --auth --mcp --api-token` opens (serving.open_server: the page, the APIs and their
+    front), on the built-in model; at most 2 generations may wait."""
+    from serving import ServeConfig, open_server
 
-    demo = build(engine, "builtin", max_queue=2)
-    apis.add_tools(demo, demo.studio)  # as ui.serve.serve does for `app.py --mcp`
-    demo.queue(max_size=16)
     port = free_port()
-    launch(demo, "127.0.0.1", port, auth=(USER, PASSWORD), mcp=True)
-    apis.mount(demo, auth=(USER, PASSWORD), api_token=TOKEN)
+    demo = open_server(ServeConfig(port=port, auth=(USER, PASSWORD), max_queue=2, mcp=True, api_token=TOKEN),
+                       engine)
     yield {"url": f"http://127.0.0.1:{port}", "port": port, "studio": demo.studio}
     demo.close()
 
@@ -275,15 +271,16 @@ def test_unreadable_bodies_get_each_apis_error_shape(server):
     assert oa.status_code == 400 and "could not be read" in oa.json()["error"]["message"]
 
 
-def test_wrong_credentials_wait_longer_each_time():
+def test_wrong_credentials_wait_longer_each_time_and_parallel_guesses_queue():
     from apis.auth import Gate
 
     gate = Gate((USER, PASSWORD))
-    for _ in range(5):
-        gate.throttle.record("10.0.0.1", ok=False)
-    assert gate.throttle.delay("10.0.0.1") == 2.0 and gate.throttle.delay("10.0.0.2") == 0  # 0.5 s x 2**(5 - 3)
-    gate.throttle.record("10.0.0.1", ok=True)
-    assert gate.throttle.delay("10.0.0.1") == 0
+    waits = [gate.throttle.reserve("10.0.0.1 user:alice") for _ in range(8)]  # eight guesses sent at once
+    # free, free, free, then 0.5, 1, 2, 4, 8 s each after the one before it: 0.5, 1.5, 3.5, 7.5, 15.5 s from now
+    assert waits[:3] == [0, 0, 0] and [round(w, 1) for w in waits[3:]] == [0.5, 1.5, 3.5, 7.5, 15.5]
+    assert gate.throttle.reserve("10.0.0.2 user:alice") == 0 and gate.throttle.reserve("10.0.0.1 user:bob") == 0
+    gate.throttle.succeeded("10.0.0.1 user:alice")
+    assert gate.throttle.reserve("10.0.0.1 user:alice") == 0
     basic = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     assert gate.allows(basic) and not gate.allows("Basic !!notbase64") and not gate.allows(f"Bearer {TOKEN}")
     assert Gate().allows(None)  # no --auth, no --api-token: open, like the page

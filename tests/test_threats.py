@@ -75,15 +75,16 @@ def write_plugins(folder: Path) -> Path:
     return folder
 
 
-def start(engine, *, auth=None, **build_kwargs):
-    from ui.app import build
-    from ui.serve import launch
+def start(engine, *, auth=None, api_token=None, mcp=False, max_queue=16, max_work=None, trusted_proxies=(),
+          **build_kwargs):
+    """The server `app.py` opens (serving.open_server: page, APIs, front) on loopback, with these flags."""
+    from serving import ServeConfig, open_server
+    from studio.work import MAX_WORK
 
-    demo = build(engine, "builtin", **build_kwargs)
-    demo.queue(max_size=64, default_concurrency_limit=1)
     port = free_port()
-    launch(demo, "127.0.0.1", port, auth=auth)
-    return demo, f"http://127.0.0.1:{port}"
+    config = ServeConfig(port=port, auth=auth, api_token=api_token, mcp=mcp, max_queue=max_queue,
+                         max_work=MAX_WORK if max_work is None else max_work, trusted_proxies=trusted_proxies)
+    return open_server(config, engine, **build_kwargs), f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
@@ -547,3 +548,537 @@ def test_sessions_do_not_see_each_other(server):
     secret = "a big yellow triangle at the top, black background --steps 2"
     assert "yellow triangle" in chat_text(a.send(secret))
     assert "yellow triangle" not in chat_text(b.send("a blue square --steps 2"))
+
+
+# ------------------------------------------------------------------------------- issue #27, hardening v2
+
+def hold_engine_at_step(engine, step: int = 2):
+    """Make the engine's step `step` last until the returned event is set (a step of a huge request on a slow
+    machine, without the wait): (release, entered). The engine itself runs unchanged around it."""
+    release, entered = threading.Event(), threading.Event()
+    original = engine.generate
+
+    def generate(request, progress=None, cancel=None, **kwargs):
+        def held(i, total, latents):
+            if i == step and not release.is_set():
+                entered.set()
+                release.wait(120)
+            if progress is not None:
+                progress(i, total, latents)
+
+        return original(request, progress=held, cancel=cancel, **kwargs)
+
+    engine.generate = generate
+    return release, entered, lambda: setattr(engine, "generate", original)
+
+
+def test_v2_item1_a_cancel_mid_step_leaves_every_route_answering(server):
+    """A gradio cancel (and a closed tab) while the engine is inside a step: every route answers during the step,
+    and the run stops after it without an image."""
+    before = server.pngs()
+    release, entered, restore = hold_engine_at_step(server.engine)
+    try:
+        tab = Tab(server.url)
+        box = tab.component(elem_id="prompt")
+        event_id = tab.join(box, "submit", {box: {"text": LONG, "files": []}})
+        fn, _ = tab.dependency(box, "submit")
+        reader = threading.Thread(target=lambda: list(tab.stream()), daemon=True)
+        reader.start()
+        assert entered.wait(120), "the run never reached its step"
+        with httpx.Client(base_url=server.url, timeout=30) as other:  # a timeout here is the freeze
+            r = other.post("/gradio_api/cancel", json={"session_hash": tab.session, "fn_index": fn,
+                                                      "event_id": event_id})
+            assert r.status_code == 200
+            assert other.get("/config").status_code == 200 and not release.is_set()
+            second = Tab(server.url)  # a tab closed mid-step
+            second.send(LONG, until=lambda m: m.get("msg") == "process_generating")
+            second.http.close()
+            assert other.get("/").status_code == 200 and not release.is_set()
+    finally:
+        release.set()
+        restore()
+    deadline = time.monotonic() + 60  # the runs stop at their next step; a bound far from both, not a speed test
+    while server.engine._lock.locked() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not server.engine._lock.locked() and server.pngs() == before
+    ok(Tab(server.url))
+
+
+def test_v2_item2_a_chunked_body_is_cut_at_the_limit(server):
+    """`Transfer-Encoding: chunked` has no Content-Length to check: the front counts what arrives and stops."""
+    from serving import LIMITS
+
+    sent = []
+
+    def body():
+        for _ in range(LIMITS.body // 2**20 + 40):  # 40 MB past the limit, 1 MB at a time
+            sent.append(1)
+            yield b" " * 2**20
+
+    rss = rss_mb()
+    try:
+        r = httpx.post(server.url + "/sdapi/v1/img2img", content=body(), timeout=60,
+                       headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "at most" in r.json()["error"]
+    except httpx.TransportError:  # the server answered and closed while the client was still sending
+        pass
+    assert len(sent) < LIMITS.body // 2**20 + 40 or rss_mb() - rss < 200
+    assert httpx.get(server.url + "/sdapi/v1/options").status_code == 200
+
+
+def test_v2_item2_uploads_from_one_address_have_a_budget(server):
+    front = server.demo.server_app.middleware_stack
+    old = front.limits
+    front.limits = type(old)(body=old.body, upload=old.upload, upload_window=3 * 2**20, window_s=600)
+    front.uploads.__init__()
+    try:
+        answers = [httpx.post(server.url + "/gradio_api/upload", timeout=60,
+                              files={"files": (f"{i}.png", b"\0" * 2**20)}).status_code for i in range(4)]
+        assert answers == [200, 200, 429, 429], answers  # 1 MB and the form around it each: the third passes 3 MB
+    finally:
+        front.limits = old
+        front.uploads.__init__()
+
+
+def test_v2_item3_the_api_token_guards_gradios_own_api_routes(server):
+    from gradio_client import Client
+
+    demo, url = start(server.engine, api_token="T0KEN", mcp=True)
+    try:
+        with httpx.Client(base_url=url, timeout=120) as http:
+            for name in ("mcp_generate", "generate"):
+                r = http.post(f"/gradio_api/call/{name}", json={"data": ["a red circle"]})
+                assert r.status_code == 401 and "--api-token" in r.json()["error"], (name, r.text)
+            tab = Tab(url)
+            button = next(d["targets"][0][0] for d in tab.config["dependencies"] if d.get("api_name") == "generate")
+            with pytest.raises(httpx.HTTPStatusError) as refused:
+                tab.join(button, "click", dict(zip(tab.dependency(button, "click")[1]["inputs"],
+                                                   api_args(steps=2))))
+            assert refused.value.response.status_code == 401
+            ok(tab)  # the page's own chat stays as open as the page
+        c = Client(url, headers={"Authorization": "Bearer T0KEN"}, verbose=False)
+        assert len(c.predict(*api_args(steps=2, seed=1), api_name="/generate")) == 1
+    finally:
+        demo.close()
+
+
+def test_v2_item5_forwarded_addresses_are_not_believed_and_parallel_guesses_all_count(server):
+    demo, url = start(server.engine, auth=("alice", "correct-horse"))
+    throttle = demo.server_app.middleware_stack.app.throttle  # the front, then the page's login throttle
+    try:
+        with httpx.Client(base_url=url, timeout=120) as http:
+            for i in range(3):  # each from "another address", as a loopback client could claim
+                r = http.post("/login", data={"username": "alice", "password": "guess"},
+                              headers={"X-Forwarded-For": f"10.0.0.{i}"})
+                assert r.status_code == 400
+        assert throttle.failures("127.0.0.1 alice") == 3
+        threads = [threading.Thread(target=httpx.post, args=(url + "/login",),
+                                    kwargs={"data": {"username": "alice", "password": "guess"}, "timeout": 120})
+                   for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert throttle.failures("127.0.0.1 alice") == 6  # each parallel guess counted and waited its turn
+        assert throttle.failures("127.0.0.1 bob") == 0  # another account from the same address is not slowed
+    finally:
+        demo.close()
+
+
+def test_v2_item6_a_loopback_server_answers_only_its_own_names_and_origin(server):
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        assert http.get("/config", headers={"Host": "evil.example:7860"}).status_code == 421
+        assert http.get("/config", headers={"Host": "localhost"}).status_code == 200
+        image = io.BytesIO()
+        Image.new("RGB", (64, 64), "blue").save(image, format="PNG")
+        forged = http.post("/v1/images/edits", headers={"Origin": "http://evil.example"},
+                           files={"image": ("i.png", image.getvalue())},
+                           data={"prompt": "a red circle", "model": "/etc"})
+        assert forged.status_code == 403 and "another site" in forged.json()["error"]
+        own = http.post("/gradio_api/upload", headers={"Origin": server.url},
+                        files={"files": ("i.png", image.getvalue())})
+        assert own.status_code == 200
+
+
+def test_v2_item7_one_request_cannot_ask_for_hours_of_work(server):
+    r = httpx.post(server.url + "/sdapi/v1/txt2img", timeout=60, json={
+        "prompt": "a big red circle", "width": 512, "height": 512, "steps": 200, "batch_size": 16})
+    assert r.status_code == 422 and "megapixel-steps" in r.json()["detail"] and "fewer" in r.json()["detail"]
+    assert not server.engine._lock.locked()
+    tab = Tab(server.url)
+    messages = tab.send("a big red circle --size 512x512 --steps 200 --n 8")
+    assert "megapixel-steps" in chat_text(messages) and images_in(messages) == 0, chat_text(messages)[-1500:]
+    ok(tab)
+
+
+# ------------------------------------------------------------------- hardening v2: plugin files, library, disk
+
+def test_v2_item9_a_fifo_a_deep_list_and_dev_zero_in_plugins_are_skipped_and_loras_still_work(tmp_path):
+    """A FIFO named x.toml (opening it for reading waits for a writer forever), lists nested 30,000 and 100,000 deep
+    and a link to /dev/zero (endless) beside good manifests: each is listed with its reason, the good LoRA works."""
+    from engine.engine import Engine
+    from engine.request import LoraSpec, Request
+
+    plugins = write_plugins(tmp_path / "plugins")
+    os.mkfifo(plugins / "x.toml")
+    (plugins / "deep.toml").write_text("a = " + "[" * 30_000 + "]" * 30_000 + "\n")  # under the size cap
+    (plugins / "deeper.toml").write_text("a = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    (plugins / "zero.toml").symlink_to("/dev/zero")
+    os.mkfifo(plugins / "pipe.safetensors")  # and a manifest whose LoRA file is a FIFO
+    (plugins / "piped.toml").write_text('name = "piped"\nkind = "lora"\nfamily = "builtin"\n'
+                                        'source = "pipe.safetensors"\n')
+    engine = Engine(device="cpu", plugin_dirs=(plugins,), local_paths=True)
+    listed: dict = {}
+    reader = threading.Thread(target=lambda: listed.update(rows=engine.plugin_listing("builtin")), daemon=True)
+    reader.start()
+    reader.join(120)  # a bound on a hang, far from any real listing; not a speed test
+    for fifo in (plugins / "x.toml", plugins / "pipe.safetensors") if reader.is_alive() else ():
+        try:  # let a stuck reader go: a writer's end opened on its FIFO ends the wait
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # nobody reads this one
+            pass
+    assert "rows" in listed, "listing the plugins hung or failed"
+    rows = {r["name"]: r for r in listed["rows"]}
+    assert rows["outline"]["status"] == "ready" and rows["pastel"]["status"] == "ready"
+    for name, why in (("x", "not a regular file"), ("zero", "not a regular file"), ("deep", "nested too deeply"),
+                      ("deeper", "larger than 64 KB"), ("piped", "not a regular file")):
+        assert name in rows and why in rows[name]["status"], (name, rows.get(name))
+    result = engine.generate(Request(prompt="a red circle", steps=2, width=64, height=64, seed=1,
+                                     loras=[LoraSpec("outline", 1.0)]))
+    assert len(result.images) == 1 and "outline" in result.extra.get("Lora hashes", "")
+
+
+def header_bomb(path: Path, side: int = 20_000) -> Path:
+    """A PNG whose header claims side x side pixels: a decompression bomb as every reader first meets it (the
+    pixels would be 400 MB; a reader that checks the header never gets further)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b""))
+    return path
+
+
+def png_with(path: Path, **texts: str) -> Path:
+    info = PngInfo()
+    for key, value in texts.items():
+        info.add_text(key, value)
+    Image.new("RGB", (8, 8), "red").save(path, pnginfo=info)
+    return path
+
+
+def test_v2_item10_a_bomb_in_the_library_never_breaks_its_search(tmp_path):
+    """A bomb is left out of an import (counted with the files that are not images); an imported file that becomes
+    a bomb later (the folder is the user's) loses its tile, and the search still answers."""
+    from store.library import Library
+    from ui import library_page
+    from ui.state import Session
+
+    folder = tmp_path / "webui"
+    folder.mkdir()
+    good = png_with(folder / "good.png", parameters="a castle\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 4")
+    header_bomb(folder / "bomb.png")
+    library = Library(tmp_path / "lib")
+    assert library.import_folder(folder) == (1, 0, 1)
+    header_bomb(good)  # replaced after the import
+    session = Session.new()
+    try:
+        items, ids, line, _ = library_page.find(library, session, "", "", "", 0, own_only=False)
+        assert (items, ids, line) == ([], [], "1-1 of 1")
+        assert library_page.find(library, session, "castle", "", "", 0, own_only=False)[2] == "1-1 of 1"
+    finally:
+        session.close()
+
+
+def test_v2_item10_json_nested_too_deeply_in_a_png_is_no_metadata(tmp_path):
+    """`studio`, `parameters` (Fooocus JSON) and ComfyUI `prompt` chunks nested 100,000 deep: read as no settings,
+    in the chat's restore and in `app.py library import` (one line, no traceback)."""
+    import subprocess
+    import sys
+
+    from engine.images.metadata import read_png_settings
+    from engine.request import UserError
+
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    deep = "[" * 100_000
+    pngs = [png_with(folder / "studio.png", studio=deep), png_with(folder / "fooocus.png", parameters="{" + deep),
+            png_with(folder / "comfy.png", prompt=deep)]
+    for png in pngs[:2]:
+        with pytest.raises(UserError):
+            read_png_settings(png)
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    out = subprocess.run([sys.executable, "app.py", "library", "import", str(folder), "--outputs",
+                          str(tmp_path / "lib")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.stdout.strip() == f"indexed 3 image(s) from {folder} (3 without readable settings)", out.stdout
+
+
+def test_v2_item10_library_details_name_only_the_file_on_a_shared_server(tmp_path):
+    """The page's Library details (its real wiring, gallery select): the server's absolute path only on loopback."""
+    import gradio as gr
+
+    from engine.engine import Engine
+    from store.library import Library
+    from ui.app import build
+
+    folder = tmp_path / "private-folder"
+    folder.mkdir()
+    png_with(folder / "castle.png", parameters="a castle\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 4")
+    library = Library(tmp_path / "lib")
+    library.import_folder(folder)
+    [entry], _ = library.search()
+    for loopback in (False, True):
+        demo = build(Engine(device="cpu", local_paths=loopback), library=library)
+        gallery = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "library-gallery")
+        [on_open] = [f.fn for f in demo.fns.values() if (gallery._id, "select") in
+                     [(getattr(t[0], "_id", t[0]), t[1]) for t in f.targets]]
+        details = next(v for k, v in on_open([entry.id], gr.SelectData(gallery, {"index": 0, "value": None})).items()
+                       if getattr(k, "elem_id", None) == "library-details")
+        assert "castle.png" in details and (str(folder) in details) == loopback, (loopback, details)
+
+
+def test_v2_item12_a_full_disk_leaves_no_temp_file_and_answers_with_a_note(tmp_path, engine, monkeypatch):
+    """The disk fills while the image is flushed (fsync answers ENOSPC, as a full disk does): no `.tmp-*` file
+    stays behind, the answer is a note, and the next save, with room again, is kept."""
+    import errno
+
+    from engine.request import Request
+    from store.library import Library
+    from studio.jobs import keep
+
+    library = Library(tmp_path / "outputs")
+    result = engine.generate(Request(prompt="a red circle", steps=2, width=64, height=64, seed=3))
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    entry, note = keep(library, result, 0, "chat")
+    monkeypatch.undo()
+    assert entry is None and "Free some disk space" in note and "No space left" in note, note
+    assert not list((tmp_path / "outputs").rglob(".tmp-*"))
+    entry, note = keep(library, result, 0, "chat")
+    assert note is None and Path(entry.path).is_file()
+
+
+def test_v2_item12_an_unwritable_outputs_folder_is_one_error_line(tmp_path):
+    """`--outputs` where nothing can be written: one `error:` line naming the folder and the fix, exit code 2, for
+    the server and for the commands that keep images. (As root, a mode of 0o500 stops no write: then the folder
+    lies under a regular file, where it cannot be made.)"""
+    import subprocess
+    import sys
+
+    if os.geteuid() == 0:
+        (tmp_path / "file").write_text("a regular file")
+        bad = tmp_path / "file" / "outputs"
+    else:
+        bad = tmp_path / "read-only"
+        bad.mkdir()
+        bad.chmod(0o500)
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    for argv in (["--outputs", str(bad), "--port", str(free_port())],
+                 ["generate", "--prompt", "a red circle", "--out", str(tmp_path / "x.png"), "--outputs", str(bad)],
+                 ["library", "import", str(tmp_path), "--outputs", str(bad)]):
+        out = subprocess.run([sys.executable, "app.py", *argv], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=120)
+        lines = (out.stdout + out.stderr).strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1, (argv, out.stdout, out.stderr[-3000:])
+        assert lines[0].startswith("error: ") and str(bad) in lines[0] and "--outputs DIR" in lines[0], lines
+
+
+# ------------------------------------------------- hardening v2: raw 500s, A1111 options, a local Ray's ports
+
+V2_ITEM8_CASES = {  # what a client sends -> the field its answer must name (JSON NaN/Infinity go as raw bodies)
+    "a1111-steps-nan": ("POST", "/sdapi/v1/txt2img", b'{"prompt": "a red circle", "steps": NaN}', "steps"),
+    "a1111-seed-infinity": ("POST", "/sdapi/v1/txt2img", b'{"prompt": "a red circle", "seed": Infinity}', "seed"),
+    "a1111-batch-infinity": ("POST", "/sdapi/v1/txt2img", b'{"prompt": "a", "batch_size": Infinity}', "batch_size"),
+    "openai-n-nan": ("POST", "/v1/images/generations", b'{"prompt": "a red circle", "n": NaN}', "n"),
+    "openai-n-infinity": ("POST", "/v1/images/generations", b'{"prompt": "a red circle", "n": Infinity}', "n"),
+    "openai-steps-nan": ("POST", "/v1/images/generations", b'{"prompt": "a red circle", "steps": NaN}', "steps"),
+    "openai-size-5000-digits": ("POST", "/v1/images/generations",
+                                json.dumps({"prompt": "a red circle", "size": "9" * 5000 + "x64"}).encode(), "size"),
+    "openai-steps-5000-digits": ("POST", "/v1/images/generations",
+                                 json.dumps({"prompt": "a red circle", "steps": "9" * 5000}).encode(), "steps"),
+    "openai-file-256-chars": ("GET", "/v1/images/files/" + "a" * 256 + ".png", None, None),
+}
+
+
+@pytest.mark.parametrize("case", list(V2_ITEM8_CASES))
+def test_v2_item8_odd_numbers_and_names_get_the_apis_own_error(server, case):
+    """NaN, Infinity, 5000 digits and a 256-character file name: each API's own error shape, naming the field and
+    saying what to send (never a raw 500, never a page of digits echoed back); the engine is left free."""
+    method, path, body, field = V2_ITEM8_CASES[case]
+    r = httpx.request(method, server.url + path, content=body, timeout=120,
+                      headers={"content-type": "application/json"} if body else None)
+    assert r.status_code in (400, 404, 422), (r.status_code, r.text[:500])
+    assert len(r.text) < 1000, r.text[:500]
+    if field is None:
+        assert "No such image" in r.json()["error"]["message"]
+        return
+    message = r.json()["detail"] if path.startswith("/sdapi") else r.json()["error"]["message"]
+    assert field in message and ("number" in message or "WIDTHxHEIGHT" in message), message
+    assert "megapixel" not in message, message  # not the work cap's words for a NaN
+    if path.startswith("/v1"):
+        assert r.json()["error"]["param"] == field, r.json()
+    assert not server.engine._lock.locked()
+
+
+def test_v2_item8_a_lone_surrogate_in_any_a1111_field_is_replaced_and_the_answer_comes(server):
+    """The official-style client sends a lone surrogate (JSON escapes it, as a browser's JSON.stringify does) in the
+    prompt, in an unknown field and nested 300 lists deep: the image comes back with U+FFFD in its place, not a 500
+    after the image was made and kept. A model name with one is refused with A1111's 422."""
+    import webuiapi
+
+    host, port = server.url.rsplit(":", 1)
+    sd = webuiapi.WebUIApi(host=host.split("//")[1], port=int(port))
+    made = sd.txt2img(prompt="a red circle \ud800", steps=2, width=64, height=64, seed=1)
+    assert made.image.size == (64, 64) and "a red circle \ufffd" in made.images[0].info["parameters"]
+    deep: list = ["\udc00"]
+    for _ in range(300):
+        deep = [deep]
+    r = sd.session.post(f"{sd.baseurl}/txt2img", json={"prompt": "a red circle", "steps": 2, "width": 64,
+                                                       "height": 64, "styles": ["\udc00"], "frobnicate": deep})
+    assert r.status_code == 200 and r.json()["parameters"]["styles"] == ["\ufffd"], r.text[:500]
+    bad = sd.session.post(f"{sd.baseurl}/options", json={"sd_model_checkpoint": "no-such/\ud800"})
+    assert bad.status_code == 422 and "sd_model_checkpoint" in bad.json()["detail"], bad.text[:500]
+    assert sd.get_options()["sd_model_checkpoint"] == "builtin"
+
+
+LIBRARY_CASES = {"text-nul": ("text", "cas\0tle"), "text-surrogate": ("text", "castle \ud800"),
+                 "lora-nul": ("lora", "out\0line"), "lora-surrogate": ("lora", "\udc00"),
+                 "model-surrogate": ("model", "\ud800"), "model-100k": ("model", "x" * 100_000),
+                 "text-100k": ("text", "castle " * 15_000), "lora-100k": ("lora", "y" * 100_000)}
+
+
+@pytest.mark.parametrize("case", list(LIBRARY_CASES))
+def test_v2_item8_library_search_text_is_cleaned_or_refused_clearly(tmp_path, case):
+    """NUL and lone surrogates in the Library's search boxes are cleaned (the search answers); a 100,000-character
+    filter gets a line saying how long it may be; never an sqlite error. Through the page's handler (as the
+    Search button calls it) and `Library.search`, which the CLI calls."""
+    from engine.request import UserError
+    from store.library import Library
+    from ui import library_page
+    from ui.state import Session
+
+    folder = tmp_path / "webui"
+    folder.mkdir()
+    png_with(folder / "castle.png", parameters="a castle\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 4, "
+             "Model: xl-base")
+    library = Library(tmp_path / "lib")
+    library.import_folder(folder)
+    field, value = LIBRARY_CASES[case]
+    filters = {"text": "", "model": "", "lora": "", field: value}
+    session = Session.new()
+    try:
+        _, _, line, _ = library_page.find(library, session, filters["text"], filters["model"], filters["lora"], 0,
+                                          own_only=False)
+    finally:
+        session.close()
+    if len(value) > 10_000:
+        assert PROBLEM in line and "characters" in line and field in line.lower(), line
+        with pytest.raises(UserError, match="characters"):
+            library.search(**filters)
+    else:
+        assert PROBLEM not in line and ("of 1" in line or "No kept image matches" in line), line
+        library.search(**filters)
+    if case == "text-nul":
+        assert line == "1-1 of 1"  # NUL dropped: the word is found
+
+
+def test_v2_item8_library_search_on_the_command_line_answers_in_one_line(tmp_path):
+    """`app.py library search` with a word that is not UTF-8 (Python reads it as a lone surrogate) and with a
+    100,000-character --model: an answer and an `error:` line, no traceback."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    base = [sys.executable.encode(), b"app.py", b"library", b"search", b"caf\xff", b"--outputs",
+            str(tmp_path / "lib").encode()]
+    odd = subprocess.run(base, cwd=ROOT, env=env, capture_output=True, timeout=120)
+    assert odd.returncode == 0 and b"Traceback" not in odd.stderr, odd.stderr[-2000:]
+    assert b"0 match(es)" in odd.stdout, odd.stdout
+    long = subprocess.run(base + [b"--model", b"x" * 100_000], cwd=ROOT, env=env, capture_output=True, timeout=120)
+    lines = (long.stdout + long.stderr).strip().splitlines()
+    assert long.returncode == 2 and len(lines) == 1 and lines[0].startswith(b"error: "), long.stderr[-2000:]
+    assert b"characters" in lines[0] and b"model" in lines[0], lines
+
+
+def test_v2_item2c_a1111_options_keep_only_what_the_studio_reads(server):
+    """POST /sdapi/v1/options with a 5 MB unknown key beside a model switch (webuiapi's set_options): the switch is
+    made, the unknown key is named in the answer and not kept, so GET /options stays small; a model name longer
+    than any real one is A1111's 422 naming the field."""
+    import webuiapi
+
+    host, port = server.url.rsplit(":", 1)
+    sd = webuiapi.WebUIApi(host=host.split("//")[1], port=int(port))
+    answer = sd.set_options({"sd_model_checkpoint": "builtin", "junk_5mb": "x" * (5 * 2**20)})
+    assert "junk_5mb" in json.dumps(answer), answer
+    options = sd.get_options()
+    assert options["sd_model_checkpoint"] == "builtin" and "junk_5mb" not in options
+    assert len(json.dumps(options)) < 4096, len(json.dumps(options))
+    long = sd.session.post(f"{sd.baseurl}/options", json={"sd_model_checkpoint": "m" * 5000})
+    assert long.status_code == 422 and len(long.text) < 1000, long.text[:500]
+    assert "sd_model_checkpoint" in long.json()["detail"] and "characters" in long.json()["detail"]
+    assert sd.get_options()["sd_model_checkpoint"] == "builtin"
+    assert sd.set_options({"sd_model_checkpoint": "builtin", "samples_format": "png"}) is None  # all kept: A1111's
+
+
+def test_v2_item13_a_local_ray_listens_only_on_loopback():
+    """`--ray` without an address: the local Ray the app starts (studio.ray_serve, a replica of the built-in model
+    deployed) listens on loopback only: GCS, raylet, workers, agents, Serve's controller, the driver. The one
+    exception is Ray Serve's own: each replica's inter-deployment gRPC server, which Ray 2.60 binds to [::]
+    whatever it is told; a call to it without the cluster's token is refused (Ray's token auth, on by default)."""
+    import ipaddress
+    import subprocess
+    import sys
+
+    from studio import ray_serve
+
+    options, environ = ray_serve.init_options(None)
+    assert options["address"] == "local" and options["include_dashboard"] is False
+    assert environ == {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # Ray's switch: the node's address is 127.0.0.1
+    assert ray_serve.init_options("ray://head:10001") == ({"address": "ray://head:10001", "include_dashboard": False,
+                                                           "log_to_driver": False}, {})
+    import ray  # noqa: F401  (pip install -r requirements-test.txt)
+    script = """if True:
+        import json, grpc, psutil
+        from engine.config import EngineConfig
+        from studio import ray_serve
+        ray_serve.remote_engine(EngineConfig(device="cpu"), "builtin", replicas=1)  # imports ray, as app.py does
+        import ray
+        me = psutil.Process()
+        found = []
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                found += [[p.name(), c.laddr.ip, c.laddr.port, None] for c in p.net_connections("inet")
+                          if c.status == psutil.CONN_LISTEN]
+            except psutil.Error:
+                pass
+        for row in found:  # a call without the token, as another machine would make it
+            if "ServeReplica" in row[0]:
+                try:
+                    grpc.insecure_channel(f"127.0.0.1:{row[2]}").unary_unary(
+                        "/ray.serve.ASGIService/HandleRequest")(b"", timeout=30)
+                except grpc.RpcError as e:
+                    row[3] = e.code().name
+        print("LISTENING", json.dumps(found), flush=True)
+        ray_serve.stop()
+        ray.shutdown()
+    """
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    [found] = [json.loads(line[10:]) for line in out.stdout.splitlines() if line.startswith("LISTENING ")]
+    assert {"gcs_server", "raylet"} <= {name for name, *_ in found}, found  # the check saw Ray's processes
+    open_to_all = []
+    for name, ip, port, unauthenticated_call in found:
+        address = ipaddress.ip_address(ip)
+        if not (getattr(address, "ipv4_mapped", None) or address).is_loopback:
+            open_to_all.append((name, ip, port, unauthenticated_call))
+    assert all("ServeReplica" in name and call == "UNAUTHENTICATED" for name, _, _, call in open_to_all), open_to_all
+    assert len(open_to_all) <= 1, open_to_all  # one replica: at most its one inter-deployment server

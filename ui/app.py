@@ -13,6 +13,7 @@ import gradio as gr
 from engine.request import UserError
 from studio.line import Line
 from studio.service import Studio, builtin_defaults, model_choices, panel_defaults
+from studio.work import MAX_WORK
 from ui import api, handlers
 from ui.chat_events import wire_chat
 from ui.history_events import wire_history
@@ -26,13 +27,16 @@ log = logging.getLogger(__name__)
 
 
 def build(engine, default_model: str = "builtin", *, gpu=None, status: ModelStatus | None = None,
-          max_queue: int = 16, session_ttl: float = SESSION_TTL_S, library=None, on_space: bool = False) -> gr.Blocks:
+          max_queue: int = 16, session_ttl: float = SESSION_TTL_S, library=None, on_space: bool = False,
+          max_work: float | None = MAX_WORK) -> gr.Blocks:
     """The page for `engine`; users may name server paths as models when `engine.config.local_paths`; `on_space`:
     served on a Hugging Face Space (the chat's Share button works only there).
 
     At most `max_queue` generations wait for the engine (later ones are told the server is busy); a session
-    idle for `session_ttl` seconds is closed and its files deleted."""
-    studio = Studio(engine, default_model, gpu, Line(max_queue, getattr(engine, "replicas", 1)), library)
+    idle for `session_ttl` seconds is closed and its files deleted; one request may ask for at most `max_work`
+    megapixel-steps (studio/work.py; None: no cap)."""
+    studio = Studio(engine, default_model, gpu, Line(max_queue, getattr(engine, "replicas", 1)), library,
+                    max_work=max_work)
     start = Settings(model=studio.default_model)
     try:
         defaults = panel_defaults(studio, studio.default_model)

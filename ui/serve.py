@@ -6,41 +6,35 @@ is decided once, in app.py, as `EngineConfig.local_paths`, and the page reads it
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+import os
+from urllib.parse import parse_qs
 
 import gradio as gr
 
 from engine.images.loading import MAX_BYTES
+from studio.throttle import Throttle
 from ui.layout import CSS, JS
 
 MAX_FILE_SIZE = f"{MAX_BYTES // 2**20}mb"  # the page's uploads: the engine's one image limit
 
 
 class LoginThrottle:
-    """ASGI wrapper of the app: after `free` wrong logins from one client address, each further attempt waits
-    `base_s * 2**(n - free)` seconds (at most `cap_s`) before it is checked; a success clears the count.
+    """ASGI wrapper of the app: wrong logins for one account from one client address make each further attempt
+    wait longer before it is checked, parallel ones in turn (`studio.throttle.Throttle`); a success clears it.
+    Gradio's auth callable is not told who is calling, hence a wrapper around the whole app rather than the
+    callable."""
 
-    An attempt counts as failed until it succeeds, so parallel guesses slow each other down too. Gradio's auth
-    callable is not told who is calling, hence a wrapper around the whole app rather than the callable."""
-
-    def __init__(self, app, free: int = 3, base_s: float = 0.5, cap_s: float = 30.0, clients: int = 10000):
-        self.app, self.free, self.base_s, self.cap_s, self.clients = app, free, base_s, cap_s, clients
-        self.failures: OrderedDict[str, int] = OrderedDict()
-
-    def delay(self, failures: int) -> float:
-        return 0.0 if failures < self.free else min(self.cap_s, self.base_s * 2 ** (failures - self.free))
+    def __init__(self, app, throttle: Throttle | None = None):
+        self.app, self.throttle = app, throttle or Throttle()
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "").rstrip("/")
         if scope["type"] != "http" or scope.get("method") != "POST" or not path.endswith("/login"):
             return await self.app(scope, receive, send)
-        client = (scope.get("client") or ("unknown",))[0]
-        before = self.failures.get(client, 0)
-        self.failures[client] = before + 1  # until it succeeds
-        self.failures.move_to_end(client)
-        while len(self.failures) > self.clients:
-            self.failures.popitem(last=False)
-        await asyncio.sleep(self.delay(before))
+        body, replay = await read_small_body(receive)
+        user = parse_qs(body.decode("latin-1")).get("username", [""])[0][:64]
+        key = f"{(scope.get('client') or ('unknown',))[0]} {user}"
+        await asyncio.sleep(self.throttle.reserve(key))
         status = {}
 
         async def watch(message):
@@ -48,15 +42,42 @@ class LoginThrottle:
                 status["code"] = message["status"]
             await send(message)
 
-        await self.app(scope, receive, watch)
+        await self.app(scope, replay, watch)
         if status.get("code") == 200:
-            self.failures.pop(client, None)
+            self.throttle.succeeded(key)
+
+
+async def read_small_body(receive, limit: int = 64 * 1024):
+    """The request body (at most `limit` bytes kept: a login form is small) and a `receive` that replays it."""
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        size += len(message.get("body", b""))
+        if size <= limit:
+            chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = b"".join(chunks)
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return body, replay
 
 
 def launch(demo: gr.Blocks, host: str, port: int, share: bool = False, auth: tuple[str, str] | None = None,
-           mcp: bool = False, max_file_size: str = MAX_FILE_SIZE) -> None:
+           mcp: bool = False, max_file_size: str = MAX_FILE_SIZE, trusted_proxies: tuple[str, ...] = ()) -> None:
     """Start serving without blocking; the one place that sets the server's safety options. `mcp`: gradio's MCP
-    server too (apis.add_tools added the tools)."""
+    server too (apis.add_tools added the tools). `trusted_proxies`: the addresses whose X-Forwarded-For uvicorn
+    believes (none by default: a client on this machine could otherwise claim any address, and the login
+    throttle counts by address)."""
+    os.environ["FORWARDED_ALLOW_IPS"] = ",".join(trusted_proxies)  # read by uvicorn as gradio starts it
     # ssr_mode=False: gradio 6.27-6.31 has an auth bypass through server-side rendering.
     demo.launch(server_name=host, server_port=port, share=share, auth=auth, max_file_size=max_file_size,
                 show_error=False, ssr_mode=False, css=CSS, js=JS, prevent_thread_lock=True, quiet=True,
