@@ -1082,3 +1082,25 @@ def test_v2_item13_a_local_ray_listens_only_on_loopback():
             open_to_all.append((name, ip, port, unauthenticated_call))
     assert all("ServeReplica" in name and call == "UNAUTHENTICATED" for name, _, _, call in open_to_all), open_to_all
     assert len(open_to_all) <= 1, open_to_all  # one replica: at most its one inter-deployment server
+
+
+# ------------------------------------------------------------------- hardening v2: the editor, conversations
+
+def test_v2_item2a_the_image_editors_layers_are_checked_from_their_headers(server, tmp_path):
+    """The Inpaint button's editor value (background, layers, composite) with a 13000x13000 palette PNG in each of
+    10 places: refused from the headers, before gradio's preprocess decodes and converts them (+4.5 GB before)."""
+    bomb = palette_bomb(tmp_path / "bomb.png")
+    tab = Tab(server.url)
+    first = tab.send("a small green square at the top, white background --steps 2")
+    assert final(first)["success"]
+    uploaded = tab.upload(bomb)
+    editor, inpaint = tab.component(elem_id="editor"), tab.component(elem_id="edit-inpaint")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for layers in ([uploaded] * 8, [uploaded]):
+        messages = tab.run(inpaint, "click", {editor: {"background": uploaded, "layers": layers,
+                                                       "composite": uploaded, "id": None}})
+        answer = json.dumps(final(messages))
+        assert not final(messages)["success"] and ("layers" in answer or "pixels" in answer), answer[-800:]
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+    assert grown < 150, f"peak memory grew {grown:.0f} MB"
+    ok(tab)

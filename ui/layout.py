@@ -11,6 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from ui.checked_image import checked_editor
 from ui.library_page import LibraryTab, build_tab
 from ui.panel import Panel
 from ui.state import OpenPages, Settings, close_session
@@ -119,7 +120,7 @@ def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, s
                 # the hint above the editor, not as its label: on a phone the editor's toolbar covered the label
                 gr.Markdown("Paint over what to change (the brush); the message box's text, if any, says what to "
                             "put there.", elem_id="editor-hint")
-                editor = gr.ImageEditor(type="pil", label="Paint over what to change", show_label=False,
+                editor = checked_editor(type="pil", label="Paint over what to change", show_label=False,
                                         elem_id="editor",
                                         brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed", default_size=12),
                                         eraser=gr.Eraser(default_size=12), layers=False, height=360,
