@@ -294,6 +294,14 @@ class Library:
                 "state = excluded.state", (conversation, browser, title[:200], now, now,
                                            json.dumps(state, ensure_ascii=False)))
 
+    def owner(self, conversation: str) -> str | None:
+        """The browser id that created `conversation` (None: not stored yet)."""
+        if not self.enabled or not conversation:
+            return None
+        with self._lock:
+            row = self._db.execute("SELECT browser FROM conversations WHERE id = ?", (conversation,)).fetchone()
+        return row[0] if row else None
+
     def conversations(self, browser: str, limit: int = 100) -> list[tuple[str, str, float]]:
         """(id, title, updated) of this browser's conversations, newest first."""
         if not self.enabled or not browser:

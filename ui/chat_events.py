@@ -105,7 +105,7 @@ def streamed(page: Page, studio: Studio, work: Work):
     def event(values: dict, request: gr.Request = None):
         known = isinstance(values[page.state], Session)  # else the server lost it (expired, restarted)
         session = page.sessions.ensure(values[page.state], request)
-        history.adopt_ids(session, values[page.ids])  # a first message sent before the page's load event ran
+        history.adopt_ids(session, values[page.ids], studio.library)  # a first message sent before the load ran
         session.pending = None
         before = values[page.status_md]  # the status line before the turn, for a turn that says nothing of its model
         redraw = Redraw(page, session, before, known)

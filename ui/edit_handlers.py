@@ -13,9 +13,9 @@ from PIL import Image
 
 from studio.parse import pan_borders, zoom_borders
 from studio.service import Studio
-from ui.handlers import nothing_yet
+from ui.handlers import nothing_yet, too_long
 from ui.runner import Update, run
-from ui.state import Session, Settings
+from ui.state import MAX_MESSAGE, Session, Settings
 
 ZOOM = 1.5
 UPSCALE = 2.0
@@ -42,6 +42,8 @@ def _edit(studio: Studio, session: Session, settings: Settings, prompt: str, wha
     if shot is None:
         return nothing_yet(session, "There is no image to edit yet: send a prompt first, then edit its image.")
     prompt = (prompt or "").strip() or shot.request.prompt
+    if len(prompt) > MAX_MESSAGE:
+        return iter([too_long(session, prompt)])
     # the rule, said where it applies: an edit keeps the image's own model, LoRAs and sampling, not the panel's
     session.say("user", f"{what} #{shot.number}" + (f": {prompt}" if prompt != shot.request.prompt else "")
                 + f" (with #{shot.number}'s own model, LoRAs and steps)")

@@ -22,7 +22,7 @@ from studio.service import Studio, model_family, panel_defaults
 from ui import inline
 from ui.marks import PROBLEM
 from ui.runner import Update, run
-from ui.state import Session, Settings
+from ui.state import MAX_MESSAGE, Session, Settings
 
 log = logging.getLogger(__name__)
 ANGLE_TAG = re.compile(r"(?<!`)<[^<>`\n]{1,200}>(?!`)")  # <lora:pastel:0.8>: HTML to the chat's sanitiser
@@ -35,6 +35,15 @@ def as_shown(text: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ messages
 
+def too_long(session: Session, text: str) -> Update:
+    """A message past MAX_MESSAGE characters (a client that isn't the page: its box stops there) is refused, and
+    only its start is kept in the chat: a 9 MB message stored whole slowed every page load."""
+    session.say("user", as_shown(text[:200]) + f"… ({len(text):,} characters)")
+    session.say("assistant", f"{PROBLEM} This message is {len(text):,} characters long; a message has at most "
+                             f"{MAX_MESSAGE:,}. Shorten it (a prompt rarely needs more than a few hundred).")
+    return Update()
+
+
 def send(studio: Studio, session: Session, text: str, settings: Settings, files: list[str] | tuple = ()
          ) -> Iterator[Update]:
     """A chat message: dropped PNGs restore settings; text is a prompt (with inline flags) or /help."""
@@ -43,6 +52,9 @@ def send(studio: Studio, session: Session, text: str, settings: Settings, files:
         settings = update.settings or settings
         yield update
     text = (text or "").strip()
+    if len(text) > MAX_MESSAGE:
+        yield too_long(session, text)
+        return
     if not text:
         if not files:
             session.say("assistant", "Type what you'd like to see, e.g. *a red circle on a blue background*, "

@@ -124,17 +124,22 @@ def _save(library: Library, browser: str, conversation: str, state: dict, title:
         log.exception("could not store conversation %s", conversation)
 
 
-def adopt_ids(session: Session, saved) -> None:
+def adopt_ids(session: Session, saved, library=None) -> None:
     """Give a session that has no browser id yet the ids this browser keeps (or new ones): a message sent before
     the page's load event ran is then stored where the next visit looks."""
     if not session.browser:
-        session.browser, conversation = ids_of(saved)
+        session.browser, conversation = ids_of(saved, library)
         session.conversation = session.conversation or conversation
 
 
-def ids_of(saved) -> tuple[str, str]:
-    """(browser id, current conversation id) from the browser's stored value, made when missing or malformed."""
+def ids_of(saved, library=None) -> tuple[str, str]:
+    """(browser id, current conversation id) from the browser's stored value, made when missing or malformed.
+    A conversation id that `library` holds for another browser is replaced by a new one: a browser that claims
+    another's conversation would otherwise file its images under it (in that browser's Library, deleted with it)."""
     data = saved if isinstance(saved, dict) else {}
     browser, conversation = data.get("browser"), data.get("conversation")
     ok = lambda x: isinstance(x, str) and len(x) == 32 and x.isalnum()  # noqa: E731 (new_id's form only)
-    return (browser if ok(browser) else new_id()), (conversation if ok(conversation) else new_id())
+    browser = browser if ok(browser) else new_id()
+    if not ok(conversation) or (library is not None and library.owner(conversation) not in (None, browser)):
+        conversation = new_id()
+    return browser, conversation

@@ -47,9 +47,9 @@ def wire_history(demo: gr.Blocks, page: Page, studio: Studio) -> None:
         # the page's own Session, shared with a first message that may be running already (OpenPages)
         session = page.sessions.ensure(state, request)
         if session.history:  # a first message got here before this load: its ids (adopt_ids) stand
-            history.adopt_ids(session, ids)
+            history.adopt_ids(session, ids, library)
             return chat_view(session)
-        session.browser, conversation = history.ids_of(ids)
+        session.browser, conversation = history.ids_of(ids, library)
         session.conversation = conversation
         stored = library.load_conversation(session.browser, conversation)
         if stored and not session.history:  # a message sent meanwhile starts a new chat; the stored one is listed

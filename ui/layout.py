@@ -14,7 +14,7 @@ import gradio as gr
 from ui.checked_image import checked_editor
 from ui.library_page import LibraryTab, build_tab
 from ui.panel import Panel
-from ui.state import OpenPages, Settings, close_session
+from ui.state import MAX_MESSAGE, OpenPages, Settings, close_session
 
 TITLE = "Diffusion Studio"
 CSS = (Path(__file__).with_name("page.css")).read_text()  # sizes, the image grid, what fits one screen
@@ -102,7 +102,7 @@ def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, s
                                  buttons=chat_buttons(on_space), elem_classes=[] if on_space else ["no-share"])
             # the one Stop: the box's own stop button, shown only while a generation runs (ui/app.py)
             box = gr.MultimodalTextbox(elem_id="prompt", show_label=False, file_types=["image"],
-                                       file_count="multiple", stop_btn=False, max_plain_text_length=4000,
+                                       file_count="multiple", stop_btn=False, max_plain_text_length=MAX_MESSAGE,
                                        placeholder="Describe an image… (/help for flags; drop a PNG here to "
                                                    "restore its settings)")
             with gr.Row(equal_height=True, elem_id="actions"):

@@ -23,6 +23,7 @@ from studio.requests import make_request
 log = logging.getLogger(__name__)
 
 RANDOM_SEED = -1  # the panel's "random" seed
+MAX_MESSAGE = 4000  # characters in one chat message: the page's box stops there and the server refuses more
 
 
 @dataclass
