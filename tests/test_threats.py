@@ -1104,3 +1104,45 @@ def test_v2_item2a_the_image_editors_layers_are_checked_from_their_headers(serve
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
     assert grown < 150, f"peak memory grew {grown:.0f} MB"
     ok(tab)
+
+
+def test_v2_item11_a_conversation_id_belongs_to_the_browser_that_made_it(server, tmp_path):
+    """Browser B claims browser A's conversation id: B's image goes to a conversation of B's own, so A's chat and
+    its deletion never hold B's work (before: B's image was filed under A's chat and deleted with it)."""
+    from store.library import Library, new_id
+
+    library = Library(tmp_path / "lib")
+    demo, url = start(server.engine, library=library)
+    try:
+        a, b = Tab(url), Tab(url)
+        ids = next(c["id"] for c in a.config["components"]  # the page's {"browser", "conversation"} ids
+                   if c.get("props", {}).get("storage_key") == "studio-history")
+        browser_a, browser_b, chat_a = new_id(), new_id(), new_id()
+        assert final(a.send("a small green square --steps 2", extra={ids: {"browser": browser_a,
+                                                                           "conversation": chat_a}}))["success"]
+        deadline = time.monotonic() + 60  # the chat is stored by a writer thread: wait for it, not for a time
+        while library.owner(chat_a) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert library.owner(chat_a) == browser_a
+        assert final(b.send("a small red square --steps 2", extra={ids: {"browser": browser_b,
+                                                                         "conversation": chat_a}}))["success"]
+        entries, total = library.search()
+        assert total == 2
+        assert library.delete_conversation(browser_b, chat_a) == 0  # B can't delete A's chat
+        assert library.delete_conversation(browser_a, chat_a) == 1  # A's own image only
+        [left], _ = library.search()
+        assert "red square" in left.prompt and Path(left.path).exists()
+    finally:
+        demo.close()
+        library.close()
+
+
+def test_v2_item11_a_message_past_the_limit_is_refused_by_the_server(server):
+    """The page's box stops at 4000 characters; a client that is not the page is refused by the server, and the
+    chat keeps only the message's start (a 9 MB message was stored whole and slowed every page load)."""
+    tab = Tab(server.url)
+    messages = tab.send("a red circle " + "x" * 500_000)
+    text = chat_text(messages)
+    assert "at most 4,000" in text and "500,013 characters" in text and images_in(messages) == 0
+    assert len(text) < 20_000, len(text)
+    ok(tab)
