@@ -223,14 +223,16 @@ def test_item1_a_crafted_infotext_does_not_freeze_the_server(server, tmp_path):
     info.add_text("parameters", "a " * 32768 + "\n" + "Steps: 1," * 4000 + " <lora:" + " " * 30000)
     Image.new("RGB", (8, 8)).save(path, pnginfo=info)
     tab = Tab(server.url)
-    t0 = time.perf_counter()
+    # a backtracking parser took minutes over this text: the answer comes at all within the client's 120 s (a
+    # bound far from both, not a speed test), and it is the restore's own reply about the file
     messages = tab.send("", files=[tab.upload(path)])
-    assert time.perf_counter() - t0 < 3, "parsing the dropped PNG held the server"
-    assert final(messages)["success"]
+    assert final(messages)["success"] and "crafted.png" in chat_text(messages), chat_text(messages)[-600:]
     ok(tab)
 
 
 def test_item2_chat_stop_ends_the_run_within_a_step(server):
+    """Stop pressed while the engine is inside step 2 of a long run: the run ends after that step (held until
+    the Stop is in: an event, not a guess at how long a step takes), says so, and writes no PNG."""
     tab = Tab(server.url)
     before = server.pngs()
     done = {}
@@ -238,16 +240,17 @@ def test_item2_chat_stop_ends_the_run_within_a_step(server):
     def send():
         done["messages"] = tab.send(LONG)
 
+    release, entered, restore = hold_engine_at_step(server.engine)
     worker = threading.Thread(target=send)
-    worker.start()
-    deadline = time.time() + 30
-    while not server.engine._lock.locked() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)
-    t0 = time.perf_counter()
-    assert tab.stop().status_code == 200
-    worker.join(30)
-    assert time.perf_counter() - t0 < 3, "Stop did not end the run within a step"
+    try:
+        worker.start()
+        assert entered.wait(120), "the run never reached its step"
+        assert tab.stop().status_code == 200
+    finally:
+        release.set()
+        restore()
+    worker.join(120)  # LONG has hundreds of steps left: ended here only if the Stop stopped it
+    assert not worker.is_alive() and not server.engine._lock.locked(), "Stop did not end the run"
     assert "Stopped" in chat_text(done["messages"])
     assert server.pngs() == before, "a stopped run wrote a PNG"
     ok(tab)
@@ -339,9 +342,7 @@ def test_item5_control_image_is_checked_from_its_header(server, tmp_path):
     for payload in (tab.upload(bomb),
                     {"url": "data:image/png;base64," + base64.b64encode(bomb.read_bytes()).decode(), "path": None,
                      "meta": {"_type": "gradio.FileData"}}):
-        t0 = time.perf_counter()
         messages = tab.send("a red circle", extra={enabled: True, image: payload})
-        assert time.perf_counter() - t0 < 2, "the control image was decoded before its size was checked"
         assert not final(messages)["success"]
         assert "pixels" in json.dumps(final(messages)), final(messages)
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
@@ -361,16 +362,14 @@ def test_item6_a_full_line_refuses_only_generations(server):
         assert _line(server).waiting == MAX_QUEUE
         with pytest.raises(AppError, match=rf"busy: {MAX_QUEUE} generations are waiting"):
             c.predict(*api_args(steps=2), api_name="/generate")
-        tab = Tab(server.url)  # a new visitor's page and the panel still answer
-        t0 = time.perf_counter()
-        assert httpx.get(server.url + "/", timeout=10).status_code == 200
+        tab = Tab(server.url)  # a new visitor's page and the panel still answer (not in the line's turn)
+        assert httpx.get(server.url + "/", timeout=60).status_code == 200
         model, aspect = tab.component(label="Model"), tab.component(label="Aspect")
         r = tab.predict(model, "input", {model: "builtin"})
         assert r.status_code == 200, r.text
         r = tab.predict(aspect, "input", {model: "builtin", aspect: "3:2"})
         width, height = r.json()["data"][:2]
         assert r.status_code == 200 and width > height, r.text
-        assert time.perf_counter() - t0 < 5
         busy = tab.send("a red circle")
         assert "server is busy" in chat_text(busy) and f"{MAX_QUEUE} generations are waiting" in chat_text(busy)
     finally:
@@ -387,20 +386,18 @@ def _line(server):
 
 
 def test_item7_logins_slow_down_after_failures(server):
+    """Each wrong login over HTTP counts in the page's throttle (the 4th, 5th and 6th wait 0.5, 1 and 2 s:
+    studio/throttle.py, whose waits tests/test_apis.py checks); the right password clears the count."""
     demo, url = start(server.engine, auth=("alice", "correct-horse"))
+    throttle = demo.server_app.middleware_stack.app.throttle  # the front, then the page's login throttle
     try:
         with httpx.Client(base_url=url, timeout=60) as http:
-            times = []
-            for _ in range(6):
-                t0 = time.perf_counter()
+            for n in range(1, 7):
                 r = http.post("/login", data={"username": "alice", "password": "guess"})
-                times.append(time.perf_counter() - t0)
-                assert r.status_code == 400
-            assert max(times[:3]) < 0.4 and times[3] >= 0.45 and times[4] >= 0.95 and times[5] >= 1.9, times
+                assert r.status_code == 400 and throttle.failures("127.0.0.1 alice") == n
+            assert throttle.delay(throttle.failures("127.0.0.1 alice")) == 4.0  # the next guess's wait
             assert http.post("/login", data={"username": "alice", "password": "correct-horse"}).status_code == 200
-            t0 = time.perf_counter()
-            http.post("/login", data={"username": "alice", "password": "guess"})
-            assert time.perf_counter() - t0 < 0.4, "a success did not clear the count"
+            assert throttle.failures("127.0.0.1 alice") == 0, "a success did not clear the count"
     finally:
         demo.close()
 
@@ -501,10 +498,8 @@ def test_bad_images_get_clear_answers_and_the_next_request_works(server, tmp_pat
     enabled, image, pre = (tab.component(label="Unit 1 on"), tab.component(label="Unit 1 image"),
                            tab.component(label="Preprocessor"))
     for name, path in bad_images(tmp_path).items():
-        t0 = time.perf_counter()
         messages = tab.send("a red circle --steps 2", extra={enabled: True, image: tab.upload(path), pre: "none"})
         text = json.dumps(final(messages), ensure_ascii=False)
-        assert time.perf_counter() - t0 < 10, name
         if name in ("frames", "exif"):
             assert final(messages)["success"] and "studio-0" in chat_text(messages), (name, text)
         else:
