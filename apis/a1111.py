@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from PIL import ImageOps
 
 from apis.auth import Gate
-from apis.routes import JsonBody, guarded_route, while_connected
+from apis.routes import JsonBody, guarded_route, owner_of, while_connected
 from engine.images.infotext import scheduler_from_a1111, take_lora_tags
 from engine.request import MAX_COUNT, SCHEDULERS, ControlUnit, Request, UserError, valid_schedulers
 from engine.result import Cancelled
@@ -204,14 +204,14 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111"], route_class=guarded_route(gate, error))
     options: dict[str, Any] = {"sd_model_checkpoint": studio.default_model, "samples_format": "png"}
 
-    def generate(payload: dict[str, Any], img2img: bool, cancel):
+    def generate(payload: dict[str, Any], img2img: bool, owner: str, cancel):
         payload = plain_json(payload)  # before the image is made: its echo below can always be written
         echo = {**payload, "init_images": None, "mask": None} if img2img else dict(payload)
         try:
             override = payload.get("override_settings") or {}
             model = override.get("sd_model_checkpoint") if isinstance(override, dict) else None
             model = model_choice(model) if model else options["sd_model_checkpoint"]
-            result = jobs.run(a1111_request(payload, model, studio.engine.defaults(model), img2img), cancel)
+            result = jobs.run(a1111_request(payload, model, studio.engine.defaults(model), img2img), cancel, owner)
         except Cancelled:  # /interrupt: A1111 answers with what it has; we have no half-made image
             return {"images": [], "parameters": echo, "info": json.dumps({"interrupted": True, "infotexts": []})}
         except Exception as e:
@@ -224,13 +224,13 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
         """Text to image with A1111's fields (prompt, negative_prompt, steps, cfg_scale, seed, width, height,
         sampler_name, scheduler, batch_size, n_iter, enable_hr, hr_scale, denoising_strength, override_settings,
         alwayson_scripts.controlnet)."""
-        return await while_connected(http, lambda cancel: generate(payload, False, cancel))
+        return await while_connected(http, lambda cancel: generate(payload, False, owner_of(http, gate), cancel))
 
     @router.post("/img2img")
     async def img2img(http: HttpRequest, payload: JsonBody):
         """Image to image from init_images[0] at denoising_strength; with `mask` (white = repaint) an inpaint,
         mask_blur, inpainting_mask_invert, inpaint_full_res + inpaint_full_res_padding ("only masked")."""
-        return await while_connected(http, lambda cancel: generate(payload, True, cancel))
+        return await while_connected(http, lambda cancel: generate(payload, True, owner_of(http, gate), cancel))
 
     @router.get("/sd-models")
     def sd_models():
@@ -319,9 +319,10 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
                 "state": state, "current_image": None, "textinfo": f"Step {job.step}/{job.total}"}
 
     @router.post("/interrupt")
-    def interrupt():
-        """Stop the API generation running now (within a step); the chat's own generations are not touched."""
-        jobs.interrupt()
+    def interrupt(http: HttpRequest):
+        """Stop the caller's own API generation running now (within a step): the same address and account
+        (`Gate.owner`); another client's jobs, the MCP tools' and the chat's are not touched. A1111's null."""
+        jobs.interrupt(owner_of(http, gate))
         return None
 
     @router.get("/scripts")

@@ -58,6 +58,11 @@ class Gate:
         """The caller's account for owning jobs: the basic-auth user, 'token' for a bearer, '' when open."""
         return "" if self.open else account(authorization)
 
+    def owner(self, client: str, authorization: str | None) -> str:
+        """Who a job belongs to, for stopping it: the client's address and the account it signed in with (the
+        address alone on an open server). Programs on one address with one account are one owner."""
+        return f"{client} {self.who(authorization)}".rstrip()
+
     def hint(self) -> str:
         """What to send, for the 401 message."""
         ways = []

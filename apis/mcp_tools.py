@@ -14,6 +14,7 @@ import logging
 
 import gradio as gr
 
+from apis.mcp_calls import call_of
 from engine.request import ControlUnit, UserError
 from engine.result import Cancelled
 from studio.files import LinkedFiles
@@ -36,7 +37,8 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
 
     def generate(prompt: str, negative: str = "", model: str = "", steps: float = 0, guidance: float = -1,
                  seed: float = -1, width: float = 0, height: float = 0, scheduler: str = "default",
-                 loras: str = "", control: str = "", control_image: str = "", control_scale: float = 1.0):
+                 loras: str = "", control: str = "", control_image: str = "", control_scale: float = 1.0,
+                 http: gr.Request = None):
         """Paint one image from a text prompt with the studio's diffusion model and return it as a PNG (its
         settings are stored inside the file). Every argument but the prompt is optional; leave it at its default
         to use the model's own default. The built-in model knows a small world of shapes: prompts like 'a {small|big}
@@ -71,10 +73,11 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
                                 height=height, scheduler=scheduler, loras=lora_list(loras, "'outline:0.8, pastel'"),
                                 controls=units)
 
-        return paint(request)
+        return paint(request, http)
 
     def edit(image: str, prompt: str, mask: str = "", strength: float = 0, upscale: float = 0,
-             negative: str = "", model: str = "", steps: float = 0, guidance: float = -1, seed: float = -1):
+             negative: str = "", model: str = "", steps: float = 0, guidance: float = -1, seed: float = -1,
+             http: gr.Request = None):
         """Change an image that generate or edit returned (or any PNG/JPEG sent as base64) and return the new PNG:
         redraw it following a prompt (refine), repaint only a masked part (inpaint), or make it larger with added
         detail (upscale). The result keeps the image's size unless upscaled.
@@ -108,12 +111,14 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
                     req.init_image, _image(mask, "mask", files), None, None, multiple)
             return req
 
-        return paint(request)
+        return paint(request, http)
 
-    def paint(make_request):
-        """Run the request `make_request()` builds in the studio's line; its first image saved for the client."""
+    def paint(make_request, http: gr.Request | None):
+        """Run the request `make_request()` builds in the studio's line; its first image saved for the client.
+        `http` (gradio fills it in, it is no tool argument) carries the call's stop switch (`apis.mcp_calls`)."""
+        call = call_of(http)
         try:
-            result = jobs.run(make_request())
+            result = jobs.run(make_request(), call and call.cancel, call.owner if call else "mcp")
         except (Busy, UserError) as e:
             raise gr.Error(str(e)) from None
         except Cancelled:

@@ -21,6 +21,7 @@ from starlette.routing import Mount
 
 from apis import a1111, openai_images
 from apis.auth import Gate
+from apis.mcp_calls import McpCalls
 from apis.mcp_tools import keep_only_tools
 from studio.jobs import Jobs
 
@@ -32,30 +33,33 @@ MCP_PATH = "/gradio_api/mcp"
 def mount(demo: gr.Blocks, auth: tuple[str, str] | None = None, api_token: str | None = None) -> Jobs:
     """Serve /sdapi/v1/* and /v1/images/* from the launched `demo`'s app, their generations in the studio's line
     with the chat's, behind `auth` (HTTP basic) or `api_token` (Bearer) when given; the MCP server, when on, keeps
-    only the studio's tools and sits behind the same gate. Returns the APIs' jobs (progress, interrupt)."""
+    only the studio's tools, sits behind the same gate, and a client's cancel or hang-up stops its tool call
+    (`apis.mcp_calls`). Returns the APIs' jobs (progress, interrupt)."""
     app, studio = demo.server_app, demo.studio
     gate = Gate(auth, api_token or None)
-    jobs = studio.jobs  # one set for every programmatic door: A1111's /progress and /interrupt see MCP's too
+    jobs = studio.jobs  # one set for every programmatic door: A1111's /progress sees MCP's too
     app.include_router(a1111.build_router(studio, jobs, gate))
     app.include_router(openai_images.build_router(studio, jobs, gate))
     mcp = getattr(demo, "mcp_server_obj", None)
     if mcp is not None:
         keep_only_tools(mcp)
+        around_mcp(app, lambda inner: McpCalls(inner, gate), "its tool calls could not be stopped")
         if not gate.open:
-            guard_mcp(app, gate)
+            around_mcp(app, lambda inner: GatedASGI(inner, gate), "the tools would be served unguarded")
     log.info("APIs mounted: /sdapi/v1 (AUTOMATIC1111), /v1/images (OpenAI)%s%s", ", MCP" if mcp else "",
              "" if gate.open else ", behind " + " or ".join(n for n, on in (("--auth", auth), ("--api-token",
                                                                                                api_token)) if on))
     return jobs
 
 
-def guard_mcp(app, gate: Gate) -> None:
-    """Put gradio's MCP mount behind `gate` (gradio serves it without its login: an MCP client can't log in)."""
+def around_mcp(app, layer, without: str) -> None:
+    """Put `layer(gradio's MCP app)` in its place at MCP_PATH (the gate goes last, so it runs first: gradio
+    serves MCP without its login, as an MCP client can't log in). `without`: what would go wrong unmounted."""
     for route in app.router.routes:
         if isinstance(route, Mount) and route.path == MCP_PATH:
-            route.app = GatedASGI(route.app, gate)
+            route.app = layer(route.app)
             return
-    raise RuntimeError(f"gradio's MCP server is not mounted at {MCP_PATH}; the tools would be served unguarded.")
+    raise RuntimeError(f"gradio's MCP server is not mounted at {MCP_PATH}; {without}.")
 
 
 class GatedASGI:

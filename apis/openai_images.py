@@ -22,7 +22,7 @@ from fastapi import Request as HttpRequest
 from fastapi.responses import FileResponse, JSONResponse
 
 from apis.auth import Gate
-from apis.routes import JsonBody, guarded_route, while_connected
+from apis.routes import JsonBody, guarded_route, owner_of, while_connected
 from engine.images.loading import MAX_BYTES
 from engine.request import MAX_COUNT, Request, UserError
 from engine.result import Cancelled
@@ -146,13 +146,13 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["OpenAI"], route_class=guarded_route(gate, error))
     files = LinkedFiles("studio-openai-")
 
-    def answer(request: Request, fields: dict, base_url: str, cancel):
+    def answer(request: Request, fields: dict, base_url: str, owner: str, cancel):
         fmt = fields.get("response_format") or "url"
         try:
             if fmt not in ("url", "b64_json"):
                 raise ApiError(400, f"response_format must be 'url' or 'b64_json', got {fmt!r}.",
                                param="response_format")
-            result = jobs.run(request, cancel)
+            result = jobs.run(request, cancel, owner)
         except Exception as e:
             return failure(e)
         data = []
@@ -180,7 +180,8 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
             request = studio_request(payload, studio)
         except (ApiError, UserError) as e:
             return failure(e)
-        return await while_connected(http, lambda cancel: answer(request, payload, str(http.base_url), cancel))
+        return await while_connected(http, lambda cancel: answer(request, payload, str(http.base_url),
+                                                                  owner_of(http, gate), cancel))
 
     @router.post("/images/edits")
     async def edits(http: HttpRequest):
@@ -202,7 +203,8 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
             request.strength = number(fields, "strength")  # None: the engine's inpaint default (1)
         except (ApiError, UserError) as e:
             return failure(e)
-        return await while_connected(http, lambda cancel: answer(request, fields, str(http.base_url), cancel))
+        return await while_connected(http, lambda cancel: answer(request, fields, str(http.base_url),
+                                                                  owner_of(http, gate), cancel))
 
     links = APIRouter()  # no credentials: the link itself is the key (a browser showing it has no header to send)
 

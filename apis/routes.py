@@ -55,6 +55,11 @@ def guarded_route(gate: Gate, error: ErrorShape) -> type[APIRoute]:
     return GuardedRoute
 
 
+def owner_of(http, gate: Gate) -> str:
+    """The owner of the jobs this HTTP request starts (`Gate.owner`): only it may stop them."""
+    return gate.owner(http.client.host if http.client else "unknown", http.headers.get("authorization"))
+
+
 async def while_connected(http, work: Callable[[threading.Event], T]) -> T:
     """`work(cancel)` in a worker thread; when the HTTP client goes away before it is done, `cancel` is set, so a
     generation nobody waits for stops within a step and leaves the line (as a closed chat tab does)."""

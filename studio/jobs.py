@@ -1,7 +1,8 @@
 """The programmatic doors' generations (A1111, OpenAI, MCP, gradio's /generate) in the studio's own line: each
 waits and runs exactly like a chat message (`studio.stream`), so every door shares one queue and one
-`--max-queue`. `Jobs` also keeps what A1111's /progress shows and what its /interrupt stops, and keeps each image in
-the library like the chat's. Images go out as PNG bytes with the studio's metadata.
+`--max-queue`. `Jobs` also keeps what A1111's /progress shows and what its /interrupt stops (each job has an
+owner: a client stops only its own), and keeps each image in the library like the chat's. Images go out as PNG bytes
+with the studio's metadata.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 class Job:
     number: int
     request: Request
+    owner: str  # who may stop it: the door's caller (apis.auth.Gate.owner), e.g. '127.0.0.1 user:alice'
     cancel: threading.Event = field(default_factory=threading.Event)
     queued_at: float = field(default_factory=time.time)
     started_at: float | None = None  # when it reached the engine
@@ -41,10 +43,11 @@ class Jobs:
         self._lock = threading.Lock()
         self._jobs: list[Job] = []
 
-    def run(self, request: Request, cancel: threading.Event | None = None):
-        """The engine's Result for `request` after its turn in the line. Raises `Busy` at once when the
-        line is full, `Cancelled` after an /interrupt or `cancel`, the engine's `UserError` for bad settings."""
-        job = Job(next(self._numbers), request, cancel or threading.Event())
+    def run(self, request: Request, cancel: threading.Event | None = None, owner: str = ""):
+        """The engine's Result for `request` after its turn in the line, as `owner`'s job. Raises `Busy` at once
+        when the line is full, `Cancelled` after the owner's /interrupt or `cancel`, the engine's `UserError` for
+        bad settings."""
+        job = Job(next(self._numbers), request, owner, cancel or threading.Event())
         with self._lock:
             self._jobs.append(job)
         work = stream(self.studio, request, job.cancel, previews=False)
@@ -72,10 +75,12 @@ class Jobs:
         with self._lock:
             return len(self._jobs)
 
-    def interrupt(self) -> bool:
-        """Stop the API generations running on the engine now (within a step); False when none is running."""
+    def interrupt(self, owner: str) -> bool:
+        """Stop `owner`'s generations running on the engine now (within a step); False when none is running.
+        Only the owner's: a client may stop only its own work. A stop-all for an admin waits for accounts (#30):
+        until then no caller can be told apart as an admin, so nobody may stop another's job."""
         with self._lock:
-            started = [job for job in self._jobs if job.started_at is not None]
+            started = [job for job in self._jobs if job.started_at is not None and job.owner == owner]
         for job in started:
             job.cancel.set()
         return bool(started)

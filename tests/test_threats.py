@@ -706,6 +706,155 @@ def test_v2_item7_one_request_cannot_ask_for_hours_of_work(server):
     ok(tab)
 
 
+class StepHold:
+    """The engine's step `step` of the next run lasts until that run is told to stop (its cancel switch), at most
+    `bound_s`: a step of a huge request on a slow machine, which ends by the stop it waits for. `entered`: the run
+    is inside the step; `switch`: its cancel switch; `stopped`: set when the switch ended the step."""
+
+    def __init__(self, engine, step: int = 2, bound_s: float = 60):
+        self.engine, self.original = engine, engine.generate
+        self.entered, self.stopped, self.switch = threading.Event(), threading.Event(), None
+
+        def generate(request, progress=None, cancel=None, **kwargs):
+            def held(i, total, latents):
+                if i == step and self.switch is None:
+                    self.switch = cancel
+                    self.entered.set()
+                    deadline = time.monotonic() + bound_s  # a bound far from both, not a speed test
+                    while not cancel.is_set() and time.monotonic() < deadline:
+                        time.sleep(0.02)  # the switch is two events and a clock: it has nothing to wait on
+                    if cancel.is_set():
+                        self.stopped.set()
+                if progress is not None:
+                    progress(i, total, latents)
+
+            return self.original(request, progress=held, cancel=cancel, **kwargs)
+
+        engine.generate = generate
+
+    def restore(self) -> None:
+        self.engine.generate = self.original
+
+
+def engine_freed(engine, bound_s: float = 60) -> bool:
+    deadline = time.monotonic() + bound_s  # the run stops at its next step; a bound far from both
+    while engine._lock.locked() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not engine._lock.locked()
+
+
+def kept_pngs(server: Server) -> list[Path]:
+    """Every PNG a door wrote for its client: the chat's sessions, MCP's, OpenAI's and /generate's folders."""
+    return sorted(server.tmp.glob("studio-*/studio-*.png"))
+
+
+def mcp_call_then_stop(url: str, how: str, hold: StepHold, arguments: dict):
+    """An MCP client (the official SDK, streamable HTTP) calls `generate`; once the engine is inside the held step,
+    `how` = 'cancelled' sends notifications/cancelled for the call's JSON-RPC id (as it went over the wire) and
+    waits for the call's answer; 'dropped' cancels the call and closes the client's connections. The answer (with
+    `hold` None, the call's own answer)."""
+    import anyio
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.types import CancelledNotification, CancelledNotificationParams, ClientNotification
+
+    async def main():
+        sent, answer = [], {}
+
+        async def record(request):
+            message = json.loads(request.content or b"{}")
+            if message.get("method") == "tools/call":
+                sent.append(message["id"])
+
+        async with httpx.AsyncClient(timeout=120, event_hooks={"request": [record]}) as http:
+            async with streamable_http_client(url + "/gradio_api/mcp/", http_client=http) as (read, write, _):
+                async with ClientSession(read, write) as session:
+                    await session.initialize()
+                    async with anyio.create_task_group() as tasks:
+                        async def call():
+                            answer["result"] = await session.call_tool("generate", arguments)
+
+                        tasks.start_soon(call)
+                        if hold is None:
+                            pass  # the call's own answer
+                        elif not await anyio.to_thread.run_sync(hold.entered.wait, 120):
+                            raise AssertionError("the call never reached the engine")
+                        elif how == "dropped":
+                            tasks.cancel_scope.cancel()
+                        else:
+                            await session.send_notification(ClientNotification(CancelledNotification(
+                                params=CancelledNotificationParams(requestId=sent[-1], reason="changed my mind"))))
+        return answer.get("result")
+
+    return anyio.run(main)
+
+
+def test_v2_item4_an_mcp_call_stops_within_a_step_when_its_client_cancels_or_hangs_up(server):
+    """An MCP tool call whose client sends notifications/cancelled, or drops its connection, while the engine is
+    inside a step: the run stops after that step, keeps no image, and the server answers the next call."""
+    demo, url = start(server.engine, mcp=True)
+    long = {"prompt": "a big red circle on the left, blue background", "steps": 200, "width": 128, "height": 128}
+    try:
+        for how in ("cancelled", "dropped"):
+            before = kept_pngs(server)
+            hold = StepHold(server.engine)
+            try:
+                answer = mcp_call_then_stop(url, how, hold, long)
+                assert hold.stopped.wait(120), f"the engine ran on after the MCP call was {how}"
+            finally:
+                hold.restore()
+            assert engine_freed(server.engine) and kept_pngs(server) == before, how
+            if how == "cancelled":  # the client still listens: it hears that the call was stopped
+                assert answer.isError and "stopped" in answer.content[0].text, answer
+        made = mcp_call_then_stop(url, "answered", None, {**long, "steps": 2, "width": 64, "height": 64})
+        assert not made.isError and any(c.type == "image" for c in made.content), made
+        assert len(kept_pngs(server)) == len(before) + 1
+    finally:
+        demo.close()
+
+
+@pytest.mark.parametrize("identities", ["addresses", "accounts"])
+def test_v2_item4_a1111_interrupt_stops_only_the_callers_own_job(server, identities):
+    """Two A1111 clients: B's /interrupt leaves A's running job alone, A's own /interrupt stops it (A1111's null
+    answer both times). Told apart by address on an open server (two real loopback addresses), by account on one
+    with --auth and --api-token."""
+    demo = None
+    if identities == "addresses":
+        url = server.url
+        a, b = (httpx.Client(base_url=url, timeout=120, transport=httpx.HTTPTransport(local_address=address))
+                for address in ("127.0.0.1", "127.0.0.2"))
+    else:
+        demo, url = start(server.engine, auth=("alice", "correct-horse"), api_token="T0KEN")
+        a = httpx.Client(base_url=url, timeout=120, auth=("alice", "correct-horse"))
+        b = httpx.Client(base_url=url, timeout=120, headers={"Authorization": "Bearer T0KEN"})
+    hold, answer = StepHold(server.engine), {}
+    worker = threading.Thread(target=lambda: answer.update(a.post("/sdapi/v1/txt2img", json={
+        "prompt": "a big red circle on the left, blue background", "steps": 50}).json()))
+    worker.start()
+    try:
+        assert hold.entered.wait(120), "A's job never reached the engine"
+        deadline = time.monotonic() + 60  # until A1111's /progress shows it running, as a client would wait
+        while not a.get("/sdapi/v1/progress").json()["state"]["job"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        other = b.post("/sdapi/v1/interrupt")
+        assert other.status_code == 200 and other.json() is None
+        assert not hold.switch.is_set(), "another client's /interrupt stopped this client's job"
+        own = a.post("/sdapi/v1/interrupt")
+        assert own.status_code == 200 and own.json() is None
+        assert hold.stopped.wait(120), "the client's own /interrupt did not stop its job"
+    finally:
+        hold.restore()
+        if hold.switch is not None:
+            hold.switch.set()  # whatever failed above, the held job ends now (a no-op when it has)
+        worker.join(120)
+        a.close()
+        b.close()
+        if demo is not None:
+            demo.close()
+    assert answer["images"] == [] and json.loads(answer["info"])["interrupted"], answer
+    assert engine_freed(server.engine)
+
+
 # ------------------------------------------------------------------- hardening v2: plugin files, library, disk
 
 def test_v2_item9_a_fifo_a_deep_list_and_dev_zero_in_plugins_are_skipped_and_loras_still_work(tmp_path):
