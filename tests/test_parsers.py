@@ -54,7 +54,9 @@ def _parse_all(text: str) -> None:
 def test_random_text_gives_a_result_or_a_user_error(text):
     t0 = time.perf_counter()
     _parse_all(text)
-    assert time.perf_counter() - t0 < 0.5  # each of these inputs is short: anything slower is a pathology
+    # each input is short (linear: milliseconds); a backtracking pattern takes minutes on some: a bound far from
+    # both, not a speed test
+    assert time.perf_counter() - t0 < 10
 
 
 def _seconds(text: str) -> float:
@@ -65,13 +67,12 @@ def _seconds(text: str) -> float:
 
 @pytest.mark.parametrize("name", list(ADVERSARIAL))
 def test_adversarial_text_scales_linearly(name):
+    """2 MB of each adversarial pattern: linear parsers take a fraction of a second, a quadratic one hours (a
+    ratio of two timings was tried and failed on a loaded machine: 9.3x for 4x the text at 0.01 s vs 0.09 s)."""
     unit = ADVERSARIAL[name]
-    times = {}
-    for size in (256 * 1024, 1024 * 1024):
-        text = unit * (size // len(unit)) + ("a: b" if name == "commas then a pair" else "<lora:x:1>")
-        times[size] = min(_seconds(text) for _ in range(3))
-    ratio = times[1024 * 1024] / max(times[256 * 1024], 1e-3)
-    assert times[1024 * 1024] < 5.0 and ratio < 8, (name, times)
+    text = unit * (2 * 2**20 // len(unit)) + ("a: b" if name == "commas then a pair" else "<lora:x:1>")
+    seconds = _seconds(text)
+    assert seconds < 30, (name, seconds)  # a bound far from both, not a speed test
 
 
 def _png(**texts) -> bytes:

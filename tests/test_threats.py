@@ -567,6 +567,18 @@ def hold_engine_at_step(engine, step: int = 2):
     return release, entered, lambda: setattr(engine, "generate", original)
 
 
+def gradio_saw_close(demo, session_hash: str, bound_s: float = 60) -> bool:
+    """True once gradio's queue holds no live event of `session_hash` (its tab's stream was seen closed)."""
+    deadline = time.monotonic() + bound_s
+    while time.monotonic() < deadline:
+        live = [e for jobs in demo._queue.active_jobs if jobs for e in jobs
+                if e.session_hash == session_hash and e.alive]
+        if not live:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def test_v2_item1_a_cancel_mid_step_leaves_every_route_answering(server):
     """A gradio cancel (and a closed tab) while the engine is inside a step: every route answers during the step,
     and the run stops after it without an image."""
@@ -589,6 +601,9 @@ def test_v2_item1_a_cancel_mid_step_leaves_every_route_answering(server):
             second.send(LONG, until=lambda m: m.get("msg") == "process_generating")
             second.http.close()
             assert other.get("/").status_code == 200 and not release.is_set()
+            # gradio notices a closed stream at its next message to it: wait for that (an event, not a time), or
+            # the closed tab's run could start when the held one ends and run until it is abandoned (studio/line)
+            assert gradio_saw_close(server.demo, second.session), "gradio never saw the tab close"
     finally:
         release.set()
         restore()
