@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --ray: GPUs each replica takes (default: 1 where CUDA is seen, else 0)")
     serve.add_argument("--max-work", type=float, default=None, metavar="MP_STEPS",
                        help="most work one request may ask for: megapixels x steps x images (default 256; 0: none)")
+    serve.add_argument("--max-sessions", type=int, default=None, metavar="N",
+                       help="tabs whose page state stays in memory, ~0.4 MB each; the oldest go first (default 2000)")
     serve.add_argument("--trusted-proxy", action="append", default=None, metavar="IP",
                        help="a reverse proxy whose X-Forwarded-For is believed (repeatable; default: none)")
     serve.add_argument("--outputs", default=None, metavar="DIR",

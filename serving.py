@@ -40,6 +40,7 @@ class ServeConfig:
     outputs: str | None = None  # the library folder; "none" keeps nothing
     max_work: float | None = MAX_WORK  # megapixel-steps one request may ask for (studio/work.py); 0/None: no cap
     trusted_proxies: tuple[str, ...] = ()  # addresses whose X-Forwarded-For is believed (a Space: its proxy)
+    max_sessions: int | None = None  # tabs whose page state is kept in memory (None: ui/serve.py's MAX_SESSIONS)
     on_space: bool = False  # a Hugging Face Space (SPACE_ID): its host and port, no library by default
 
     @classmethod
@@ -51,7 +52,8 @@ class ServeConfig:
                    api_token=args.api_token or None, ray=args.ray, replicas=args.replicas,
                    gpus_per_replica=args.gpus_per_replica, outputs=args.outputs, on_space=on_space,
                    max_work=MAX_WORK if args.max_work is None else args.max_work,
-                   trusted_proxies=("*",) if on_space else tuple(args.trusted_proxy or ()))
+                   trusted_proxies=("*",) if on_space else tuple(args.trusted_proxy or ()),
+                   max_sessions=args.max_sessions)
 
     @property
     def loopback(self) -> bool:
@@ -120,8 +122,9 @@ def open_server(config: ServeConfig, engine, *, status=None, gpu=None, library=N
     # generations wait in the studio's own line (bounded by --max-queue, with a "busy" reply); gradio's queue
     # holds only what is left, so its bound is a backstop that a full line of generations never reaches
     demo.queue(max_size=max(64, 4 * config.max_queue), default_concurrency_limit=1)
+    sessions = {"max_sessions": config.max_sessions} if config.max_sessions else {}  # else launch's default
     launch(demo, config.host, config.port, share=config.share, auth=config.auth, mcp=config.mcp,
-           trusted_proxies=config.trusted_proxies)
+           trusted_proxies=config.trusted_proxies, **sessions)
     apis.mount(demo, auth=config.auth, api_token=config.api_token)  # A1111, OpenAI (and MCP's guard)
     # before every route; with --auth gradio's own routes need the login already, so the token guards them only
     # when there is none

@@ -76,14 +76,15 @@ def write_plugins(folder: Path) -> Path:
 
 
 def start(engine, *, auth=None, api_token=None, mcp=False, max_queue=16, max_work=None, trusted_proxies=(),
-          **build_kwargs):
+          max_sessions=None, **build_kwargs):
     """The server `app.py` opens (serving.open_server: page, APIs, front) on loopback, with these flags."""
     from serving import ServeConfig, open_server
     from studio.work import MAX_WORK
 
     port = free_port()
     config = ServeConfig(port=port, auth=auth, api_token=api_token, mcp=mcp, max_queue=max_queue,
-                         max_work=MAX_WORK if max_work is None else max_work, trusted_proxies=trusted_proxies)
+                         max_work=MAX_WORK if max_work is None else max_work, trusted_proxies=trusted_proxies,
+                         max_sessions=max_sessions)
     return open_server(config, engine, **build_kwargs), f"http://127.0.0.1:{port}"
 
 
@@ -1305,3 +1306,63 @@ def test_v2_item11_a_message_past_the_limit_is_refused_by_the_server(server):
     assert "at most 4,000" in text and "500,013 characters" in text and images_in(messages) == 0
     assert len(text) < 20_000, len(text)
     ok(tab)
+
+
+def test_v2_item11_a_tab_that_never_loaded_its_chat_does_not_write_over_it(server, tmp_path):
+    """A browser's stored chat, then a tab of the same browser whose first message comes before the page's load
+    event (or after the server dropped the tab's state): the stored chat keeps its messages and the new message
+    starts a chat of its own (before: the first save wrote the new message over the stored chat)."""
+    from store.library import Library, new_id
+
+    library = Library(tmp_path / "lib")
+    demo, url = start(server.engine, library=library)
+    try:
+        first = Tab(url)
+        ids = next(c["id"] for c in first.config["components"]
+                   if c.get("props", {}).get("storage_key") == "studio-history")
+        browser, chat = new_id(), new_id()
+        mine = {ids: {"browser": browser, "conversation": chat}}
+        for text in ("a small green square --steps 2", "a small blue circle --steps 2"):
+            assert final(first.send(text, extra=mine))["success"]
+        deadline = time.monotonic() + 60  # the writer thread stores it: wait for that, not for a time
+        while "blue circle" not in json.dumps(library.load_conversation(browser, chat)) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        again = Tab(url)  # the same browser, a tab whose page never loaded this chat
+        assert final(again.send("a big red square --steps 2", extra=mine))["success"]
+        deadline = time.monotonic() + 60
+        while len(library.conversations(browser)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stored = json.dumps(library.load_conversation(browser, chat))
+        assert "green square" in stored and "blue circle" in stored and "red square" not in stored
+        assert len(library.conversations(browser)) == 2
+    finally:
+        demo.close()
+        library.close()
+
+
+def test_v2_many_new_sessions_cannot_fill_the_memory(server):
+    """A script that opens a new session for each cheap event (a panel change): gradio copies every component's
+    config into each session (0.37 MB here) and kept 10000 of them (3.7 GB); `--max-sessions` bounds it, and a
+    tab whose state was dropped still chats (its next message starts over, its stored chat untouched)."""
+    demo, url = start(server.engine, max_sessions=20)
+
+    def sessions(n: int) -> None:
+        for _ in range(n):
+            tab = Tab(url)
+            model = tab.component(label="Model")
+            assert tab.predict(model, "input", {model: "builtin"}).status_code == 200
+            tab.http.close()
+
+    try:
+        early = Tab(url)
+        ok(early)
+        sessions(200)  # the allocator's first growth (42 MB here, with or without a bound)
+        rss = rss_mb()
+        sessions(200)
+        grown = rss_mb() - rss
+        # measured: 0.1 MB with 20 kept; 80 MB a batch of 200 with gradio's 10000, batch after batch
+        assert grown < 25, f"200 more sessions grew the server by {grown:.0f} MB"
+        ok(early)  # its state was among the oldest, dropped: the tab still answers
+    finally:
+        demo.close()

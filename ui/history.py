@@ -126,9 +126,13 @@ def _save(library: Library, browser: str, conversation: str, state: dict, title:
 
 def adopt_ids(session: Session, saved, library=None) -> None:
     """Give a session that has no browser id yet the ids this browser keeps (or new ones): a message sent before
-    the page's load event ran is then stored where the next visit looks."""
+    the page's load event ran (or after the server dropped the tab's state) is then stored where the next visit
+    looks. A conversation already stored is not continued by a session that never loaded it: the session gets a
+    new one (else its first save would write over the stored chat with only the new messages)."""
     if not session.browser:
         session.browser, conversation = ids_of(saved, library)
+        if library is not None and library.owner(conversation) is not None:
+            conversation = new_id()
         session.conversation = session.conversation or conversation
 
 
