@@ -1,6 +1,6 @@
 """Load test: N concurrent sessions of mixed traffic against `python app.py` in a subprocess.
 
-    python benchmarks/load.py [--sessions 20] [--minutes 2] [--max-queue 16]
+    python benchmarks/load.py [--sessions 20] [--minutes 2] [--max-queue 16] [--cancel-storm 4]
 
 Each session is one browser tab over HTTP (gradio's queue/join + SSE stream, as the page does it) that loops for
 the given time with a short think time between requests: chat messages (most), `/generate` API calls, control
@@ -8,6 +8,11 @@ image uploads (a map for ControlNet unit 1) and cancels (a long message stopped 
 Reports completed / refused ("server is busy") / errored (an error or a lost reply), the median / p90 / max
 latency per kind, fairness (pairs of chat generations that started their first step in the opposite order of
 their sending) and the server's RSS over time. Appends a section to benchmarks/RESULTS.md unless --no-write.
+
+`--cancel-storm N` adds N clients that only start long `/generate` jobs (512x512, 200 steps, 4 images) and cancel
+them 0.5-3 s after they start,
+alternately through gradio's `/gradio_api/cancel` and by hanging up, while a probe times `GET /` twice a second
+(issue #27: a cancel used to block the event loop until the step and the decode ended, 65-96 s).
 """
 
 from __future__ import annotations
@@ -177,6 +182,55 @@ def session_loop(url: str, until: float, stats: Stats, seed: int, control_png: b
         time.sleep(rng.uniform(0.5, 2.0))
 
 
+def storm_loop(url: str, until: float, stats: Stats, seed: int) -> None:
+    """Start a long /generate job, cancel it once it runs (gradio's cancel route, or hanging up), again."""
+    rng = random.Random(seed)
+    n = 0
+    while time.time() < until:
+        tab = Tab(url)
+        button = tab.api_button()
+        _, dep = tab.dependency(button, "click")
+        # 512x512 x 200 steps x 4: 210 megapixel-steps (under --max-work's 256), a step of a second or more here
+        values = dict(zip(dep["inputs"], ("a blue square on the right", "", "", 200, -1, -1, 512, 512, 4, "default")))
+        sent, n = time.time(), n + 1
+        try:
+            body = tab.body(button, "click", values)
+            event = tab.http.post("/gradio_api/queue/join", json=body).json()["event_id"]
+            hold = rng.uniform(0.5, 3.0)  # how long after its start it is cancelled: waiting, or mid-step
+            with tab.http.stream("GET", "/gradio_api/queue/data", params={"session_hash": tab.session}) as r:
+                began = None
+                for line in r.iter_lines():
+                    msg = json.loads(line[5:]).get("msg") if line.startswith("data:") else None
+                    if msg == "process_completed":
+                        break
+                    if msg == "process_starts":
+                        began = time.time()
+                    if began is not None and time.time() - began >= hold:
+                        break
+                if n % 2:  # gradio's cancel, from another connection, as gradio_client's job.cancel() does
+                    httpx.post(url + "/gradio_api/cancel", json={"session_hash": tab.session, "event_id": event,
+                                                                 "fn_index": body["fn_index"]}, timeout=300)
+            stats.add(Outcome("storm", "completed", sent, time.time() - sent))  # leaving the block hangs up
+        except Exception as e:
+            stats.add(Outcome("storm", "errored", sent, time.time() - sent, detail=f"{type(e).__name__}: {e}"))
+        finally:
+            tab.http.close()
+        time.sleep(rng.uniform(0.1, 0.5))
+
+
+def probe_loop(url: str, until: float, stats: Stats) -> None:
+    """GET / (a new visitor's page) twice a second: does anything block the server's event loop?"""
+    with httpx.Client(base_url=url, timeout=300) as http:
+        while time.time() < until:
+            sent = time.time()
+            try:
+                ok = http.get("/").status_code == 200
+                stats.add(Outcome("GET /", "completed" if ok else "errored", sent, time.time() - sent))
+            except httpx.HTTPError as e:
+                stats.add(Outcome("GET /", "errored", sent, time.time() - sent, detail=f"{type(e).__name__}"))
+            time.sleep(max(0.0, 0.5 - (time.time() - sent)))
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -232,6 +286,8 @@ def main() -> None:
     p.add_argument("--max-queue", type=int, default=16)
     p.add_argument("--threads", type=int, default=1, help="the server's torch threads")
     p.add_argument("--port", type=int, default=7871)
+    p.add_argument("--cancel-storm", type=int, default=0, metavar="N",
+                   help="N more clients that start long jobs and cancel them, and a probe timing GET /")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
 
@@ -250,6 +306,10 @@ def main() -> None:
     until = t0 + args.minutes * 60
     workers = [threading.Thread(target=session_loop, args=(url, until, stats, i, buf.getvalue()), daemon=True)
                for i in range(args.sessions)]
+    if args.cancel_storm:
+        workers += [threading.Thread(target=storm_loop, args=(url, until, stats, 1000 + i), daemon=True)
+                    for i in range(args.cancel_storm)]
+        workers.append(threading.Thread(target=probe_loop, args=(url, until, stats), daemon=True))
     for w in workers:
         w.start()
     while any(w.is_alive() for w in workers):
@@ -265,8 +325,8 @@ def main() -> None:
 
     outcomes = stats.outcomes
     rows = []
-    for kind in [*KINDS, "all"]:
-        mine = [o for o in outcomes if kind in ("all", o.kind)]
+    for kind in [*KINDS, *(["storm", "GET /"] if args.cancel_storm else []), "all"]:
+        mine = [o for o in outcomes if kind == o.kind or (kind == "all" and o.kind in KINDS)]
         times = [o.seconds for o in mine if o.result == "completed"]
         count = {r: sum(o.result == r for o in mine) for r in ("completed", "refused", "errored")}
         rows.append([kind, len(mine), count["completed"], count["refused"], count["errored"],
@@ -280,7 +340,11 @@ def main() -> None:
         f"- date {time.strftime('%Y-%m-%d %H:%M')}; commit {common.commit()}; `python app.py --max-queue "
         f"{args.max_queue} --threads {args.threads}` on the built-in model, {os.cpu_count()} CPUs shared; think time "
         f"0.5-2 s; mix {', '.join(f'{k} {v:.0%}' for k, v in KINDS.items())} (cancel = a 200-step message stopped "
-        "0.5 s into sampling, counted completed when the reply says Stopped)", "",
+        "0.5 s into sampling, counted completed when the reply says Stopped)"
+        + (f"; cancel storm: {args.cancel_storm} clients starting 512x512 200-step x4 `/generate` jobs and "
+           "cancelling each 0.5-3 s after it starts (gradio's cancel route and hanging up, alternately); `GET /` "
+           "probed twice a second"
+           if args.cancel_storm else ""), "",
         common.table(["kind", "requests", "completed", "refused (busy)", "errored", "median s", "p90 s", "max s"],
                      rows), "",
         f"- fairness: {inversions} of {pairs} pairs of chat generations started out of their sending order",
