@@ -128,7 +128,8 @@ def open_server(config: ServeConfig, engine, *, status=None, gpu=None, library=N
     apis.mount(demo, auth=config.auth, api_token=config.api_token)  # A1111, OpenAI (and MCP's guard)
     # before every route; with --auth gradio's own routes need the login already, so the token guards them only
     # when there is none
-    front.install(demo, limits=LIMITS, loopback=config.loopback, token=None if config.auth else config.api_token)
+    front.install(demo, limits=LIMITS, loopback=config.loopback, token=None if config.auth else config.api_token,
+                  on_gone=demo.studio.stops.stop)  # a cancel or hang-up reaches the run itself
     return demo
 
 

@@ -25,6 +25,9 @@ from urllib.parse import urlsplit
 
 from starlette.responses import JSONResponse
 
+from server.asgi import replay
+from server.gone import Gone
+
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -162,20 +165,6 @@ def too_large(size: int, limit: int, counted: bool = False) -> tuple[int, str]:
                  f"{limit / 2**20:.0f} MB per request. Send a smaller image.")
 
 
-def replay(body: bytes, receive):
-    """A `receive` that gives `body` once, then what the client sends next (its disconnect)."""
-    sent = False
-
-    async def again():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return again
-
-
 def hostname(host: str) -> str:
     """'127.0.0.1:7860' -> '127.0.0.1', '[::1]:7860' -> '::1' (lower case)."""
     host = host.strip().lower()
@@ -207,12 +196,14 @@ class UploadBudget:
             return True
 
 
-def install(demo, *, limits: Limits, loopback: bool, token: str | None = None) -> Front:
+def install(demo, *, limits: Limits, loopback: bool, token: str | None = None, on_gone=None) -> Front:
     """Put a `Front` before the launched `demo`'s whole app (after gradio built it in launch: add_middleware is
-    too late there); the public API endpoints it guards with `token` are read from the page's events."""
+    too late there); the public API endpoints it guards with `token` are read from the page's events. `on_gone`
+    (session hash -> None): called when a page session cancels or hangs up (server/gone.py), behind the front."""
     public = [(i, fn.api_name) for i, fn in demo.fns.items() if getattr(fn, "api_visibility", "") == "public"]
     app = demo.server_app
-    front = Front(app.middleware_stack or app.build_middleware_stack(), limits, loopback, token,
+    inner = app.middleware_stack or app.build_middleware_stack()
+    front = Front(Gone(inner, on_gone) if on_gone else inner, limits, loopback, token,
                   frozenset(name for _, name in public), frozenset(i for i, _ in public))
     app.middleware_stack = front
     return front

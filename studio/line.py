@@ -29,11 +29,14 @@ class Line:
         self._turns: collections.deque = collections.deque()  # the running tickets first, then the waiting ones
         self._seen: dict[object, float] = {}  # ticket -> when its owner last asked for its place
         self._started: set = set()  # tickets whose owner saw its turn come (their worker leaves the line)
+        self._switches: dict[object, object] = {}  # ticket -> its run's stop switch (an Event): set, it leaves
         self._changed = threading.Condition()
         self.served = 0  # tickets that reached the engine, for the load benchmark's fairness count
 
-    def join(self) -> object:
-        """A ticket at the end of the line; `Busy` (with how many wait) when the line is full."""
+    def join(self, switch=None) -> object:
+        """A ticket at the end of the line; `Busy` (with how many wait) when the line is full. `switch`: the run's
+        stop switch (an Event); once it is set the ticket leaves the line, whether or not its owner still asks
+        (a cancelled event whose generator gradio could not close never asks again)."""
         with self._changed:
             waiting = self.waiting
             if waiting >= self.max_waiting:
@@ -42,6 +45,8 @@ class Line:
             ticket = object()
             self._turns.append(ticket)
             self._seen[ticket] = time.monotonic()
+            if switch is not None:
+                self._switches[ticket] = switch
             return ticket
 
     def wait(self, ticket: object, timeout: float) -> int:
@@ -70,19 +75,27 @@ class Line:
                 self._turns.remove(ticket)
             self._seen.pop(ticket, None)
             self._started.discard(ticket)
+            self._switches.pop(ticket, None)
             self._changed.notify_all()
 
-    def _sweep(self, keep: object) -> None:
+    def _sweep(self, keep: object, stopped_only: bool = False) -> None:
         """Drop the waiting tickets, other than `keep`, nobody has asked about for `abandon_s` (under the lock)."""
         now = time.monotonic()
         stale = [t for t in self._turns if t is not keep and t not in self._started
-                 and now - self._seen.get(t, now) > self.abandon_s]
+                 and ((not stopped_only and now - self._seen.get(t, now) > self.abandon_s) or self._stopped(t))]
         for ticket in stale:
             self._turns.remove(ticket)
             self._seen.pop(ticket, None)
+            self._switches.pop(ticket, None)
         if stale:
             self._changed.notify_all()
 
+    def _stopped(self, ticket) -> bool:
+        switch = self._switches.get(ticket)
+        return switch is not None and switch.is_set()
+
     @property
     def waiting(self) -> int:
-        return max(0, len(self._turns) - self.slots)
+        with self._changed:
+            self._sweep(keep=None, stopped_only=True)  # a stopped ticket nobody asks about any more is not waiting
+            return max(0, len(self._turns) - self.slots)

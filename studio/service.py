@@ -17,6 +17,7 @@ from engine.request import Request, UserError, valid_schedulers
 from studio.jobs import Jobs
 from studio.line import Line
 from studio.previews import PreviewCosts
+from studio.stops import Stops
 from studio.stream import Timing
 from studio.work import MAX_WORK
 
@@ -36,6 +37,7 @@ class Studio:
     timing: Timing = field(default_factory=Timing)  # how often runs report in and the chat redraws
     jobs: Any = None  # studio.jobs.Jobs: the programmatic doors' generations (A1111 /progress and /interrupt)
     max_work: float | None = MAX_WORK  # megapixel-steps one served request may ask for (studio/work.py)
+    stops: Stops = field(default_factory=Stops)  # page sessions' stop switches, for cancels gradio can't deliver
 
     def __post_init__(self):
         if self.line is None:  # one generation at a time on the local engine, one per Ray Serve replica

@@ -83,7 +83,7 @@ def stream(studio, request: Request, cancel: threading.Event, previews: bool = T
     return value. `Busy` when the line is full, before anything runs; `Cancelled` after `cancel`."""
     line, timing = studio.line, studio.timing
     capped(studio, request)
-    ticket = line.join()
+    ticket = line.join(cancel)  # a cancel that reaches only the switch (studio/stops.py) still frees its place
     events: queue.Queue = queue.Queue()
     outcome: dict[str, Any] = {}
     plan = None  # the run's previews (studio/previews.py), planned when it starts

@@ -390,7 +390,7 @@ def test_item7_logins_slow_down_after_failures(server):
     """Each wrong login over HTTP counts in the page's throttle (the 4th, 5th and 6th wait 0.5, 1 and 2 s:
     studio/throttle.py, whose waits tests/test_apis.py checks); the right password clears the count."""
     demo, url = start(server.engine, auth=("alice", "correct-horse"))
-    throttle = demo.server_app.middleware_stack.app.throttle  # the front, then the page's login throttle
+    throttle = login_throttle(demo)
     try:
         with httpx.Client(base_url=url, timeout=60) as http:
             for n in range(1, 7):
@@ -568,6 +568,14 @@ def hold_engine_at_step(engine, step: int = 2):
     return release, entered, lambda: setattr(engine, "generate", original)
 
 
+def login_throttle(demo):
+    """The page's login throttle (ui/serve.LoginThrottle), somewhere below the front's layers."""
+    layer = demo.server_app.middleware_stack
+    while not hasattr(layer, "throttle"):
+        layer = layer.app
+    return layer.throttle
+
+
 def gradio_saw_close(demo, session_hash: str, bound_s: float = 60) -> bool:
     """True once gradio's queue holds no live event of `session_hash` (its tab's stream was seen closed)."""
     deadline = time.monotonic() + bound_s
@@ -675,7 +683,7 @@ def test_v2_item3_the_api_token_guards_gradios_own_api_routes(server):
 
 def test_v2_item5_forwarded_addresses_are_not_believed_and_parallel_guesses_all_count(server):
     demo, url = start(server.engine, auth=("alice", "correct-horse"))
-    throttle = demo.server_app.middleware_stack.app.throttle  # the front, then the page's login throttle
+    throttle = login_throttle(demo)
     try:
         with httpx.Client(base_url=url, timeout=120) as http:
             for i in range(3):  # each from "another address", as a loopback client could claim
@@ -1366,3 +1374,78 @@ def test_v2_many_new_sessions_cannot_fill_the_memory(server):
         ok(early)  # its state was among the oldest, dropped: the tab still answers
     finally:
         demo.close()
+
+
+@pytest.mark.parametrize("door", ["chat", "generate"])
+def test_v2_item1_a_hang_up_stops_the_run_itself_not_when_it_is_given_up(server, door):
+    """gradio marks a hung-up client's event dead but does not close its generator (and a cancel can't close one
+    inside a `next()`): the run went on until the stream's Switch gave it up as abandoned, 20 s of engine time
+    after each (a 39 s p90 for everyone in the load benchmark's cancel storm). With that fallback out of reach
+    (abandon_s 600), a hang-up still ends the held step: the server's front tells the run (server/gone.py)."""
+    import dataclasses
+
+    studio = server.demo.studio
+    old_timing, before = studio.timing, kept_pngs(server)
+    object.__setattr__(studio, "timing", dataclasses.replace(old_timing, abandon_s=600))  # a frozen Studio
+    hold = StepHold(server.engine, bound_s=120)
+    try:
+        tab = Tab(server.url)
+        if door == "chat":
+            target, event = tab.component(elem_id="prompt"), "submit"
+            given = {target: {"text": LONG, "files": []}}
+        else:
+            target = next(d["targets"][0][0] for d in tab.config["dependencies"] if d.get("api_name") == "generate")
+            event = "click"
+            given = dict(zip(tab.dependency(target, event)[1]["inputs"], api_args(steps=200, count=4)))
+        tab.run(target, event, given, until=lambda m: hold.entered.is_set())  # then its stream closes
+        tab.http.close()
+        assert hold.entered.is_set(), "the run never reached its step"
+        assert hold.stopped.wait(120), "the run went on after its client hung up"
+    finally:
+        hold.restore()
+        object.__setattr__(studio, "timing", old_timing)
+    assert engine_freed(server.engine) and kept_pngs(server) == before
+    assert studio.stops.watched() == 0  # nothing left registered
+    ok(Tab(server.url))
+
+
+def test_v2_item1_a_job_cancelled_while_it_waits_leaves_the_line_at_once(server):
+    """gradio's cancel of a /generate job waiting in line: its generator sits in `line.wait` in a worker thread,
+    so gradio's close fails and used to leave its ticket in line until the line gave it up (20 s, during which
+    it held the head of the line for everyone). Now the cancel reaches its switch and the place is freed at once;
+    the line's own give-up is out of reach here (600 s)."""
+    studio = server.demo.studio
+    line, old_abandon = studio.line, studio.line.abandon_s
+    line.abandon_s = 600
+    hold = StepHold(server.engine, bound_s=120)
+    first, second = Tab(server.url), Tab(server.url)
+    try:
+        box = first.component(elem_id="prompt")
+        first.join(box, "submit", {box: {"text": LONG, "files": []}})
+        reader = threading.Thread(target=lambda: list(first.stream()), daemon=True)
+        reader.start()
+        assert hold.entered.wait(120), "the first run never reached its step"
+        button = next(d["targets"][0][0] for d in second.config["dependencies"] if d.get("api_name") == "generate")
+        fn, dep = second.dependency(button, "click")
+        event = second.join(button, "click", dict(zip(dep["inputs"], api_args(steps=2))))
+        threading.Thread(target=lambda: list(second.stream()), daemon=True).start()
+        deadline = time.monotonic() + 60
+        while line.waiting < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert line.waiting == 1, "the second job never waited in line"
+        r = httpx.post(server.url + "/gradio_api/cancel", timeout=60,
+                       json={"session_hash": second.session, "fn_index": fn, "event_id": event})
+        assert r.status_code == 200
+        deadline = time.monotonic() + 60  # a bound far from both: at once vs. the line's 600 s
+        while line.waiting and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert line.waiting == 0 and not hold.stopped.is_set(), "the cancelled job kept its place in line"
+        assert studio.stops.stop(first.session) == 1  # the held run is the first tab's, and stops too
+        assert hold.stopped.wait(120)
+    finally:
+        hold.restore()
+        line.abandon_s = old_abandon
+        first.http.close()
+        second.http.close()
+    assert engine_freed(server.engine)
+    ok(Tab(server.url))

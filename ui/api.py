@@ -65,26 +65,30 @@ def wire_api(studio: Studio) -> Path:
                   gr.Textbox("default", label="scheduler")]
         output = gr.File(file_count="multiple", label="images")
 
-    def endpoint(prompt, negative, model, steps, guidance, seed, width, height, count, scheduler):
+    def endpoint(prompt, negative, model, steps, guidance, seed, width, height, count, scheduler,
+                 request: gr.Request = None):
         # a generator, so that gradio's cancel (job.cancel()) and a lost client close it: a plain function
-        # would run on in its thread after the event was cancelled
+        # would run on in its thread after the event was cancelled; `stop` is also set by the server's front
+        # when gradio can't close it (studio/stops.py)
+        stop = threading.Event()
         work = generate_steps(studio, folder, prompt, negative, model, steps, guidance, seed, width, height, count,
-                              scheduler)
-        try:
-            while True:
-                try:
-                    next(work)
-                except StopIteration as done:
-                    yield done.value
-                    return
-                yield gr.skip()
-        except UserError as e:
-            raise gr.Error(str(e)) from None
-        except Exception as e:
-            log.exception("API generate failed")
-            raise gr.Error(f"Generation failed inside the app ({type(e).__name__}); see the server log.") from None
-        finally:
-            work.close()
+                              scheduler, cancel=stop)
+        with studio.stops.watching(getattr(request, "session_hash", None), stop):
+            try:
+                while True:
+                    try:
+                        next(work)
+                    except StopIteration as done:
+                        yield done.value
+                        return
+                    yield gr.skip()
+            except UserError as e:
+                raise gr.Error(str(e)) from None
+            except Exception as e:
+                log.exception("API generate failed")
+                raise gr.Error(f"Generation failed inside the app ({type(e).__name__}); see the server log.") from None
+            finally:
+                work.close()
 
     gr.Button(visible=False).click(endpoint, inputs, output, api_name="generate", concurrency_limit=None)
     return folder

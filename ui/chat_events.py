@@ -113,12 +113,13 @@ def streamed(page: Page, studio: Studio, work: Work):
         # with the turn's first redraw (the user's message), not a yield of its own
         first = {page.state: session, page.box: gr.MultimodalTextbox(value=None, submit_btn=False, stop_btn=True)}
         try:
-            for update in work(studio, session, values):
-                if update.settings is not None or update.prompt is not None or update.model is not None:
-                    session.pending = update
-                redraw.line = before if update.status_back else (update.status or redraw.line)
-                yield redraw.changes(first)
-                first = {}
+            with studio.stops.watching(getattr(request, "session_hash", None), session.cancel):
+                for update in work(studio, session, values):
+                    if update.settings is not None or update.prompt is not None or update.model is not None:
+                        session.pending = update
+                    redraw.line = before if update.status_back else (update.status or redraw.line)
+                    yield redraw.changes(first)
+                    first = {}
         except Exception as e:
             session.say("assistant", runner.error_message(e, studio.local_paths))
         yield redraw.changes(turn_end(page, studio, session))

@@ -1,0 +1,28 @@
+"""Two small ASGI helpers the server's layers share: read a request's whole body, and hand it on again."""
+
+from __future__ import annotations
+
+
+async def read_all(receive) -> bytes:
+    body, more = bytearray(), True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    return bytes(body)
+
+
+def replay(body: bytes, receive):
+    """A `receive` that gives `body` once, then what the client sends next (its disconnect)."""
+    sent = False
+
+    async def again():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return again
