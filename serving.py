@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from engine.images.loading import MAX_BYTES
 from engine.request import UserError
 from server import front
+from server.login import LoginThrottle
+from studio.throttle import Throttle
 from studio.work import MAX_WORK
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -126,6 +128,9 @@ def open_server(config: ServeConfig, engine, *, status=None, gpu=None, library=N
     launch(demo, config.host, config.port, share=config.share, auth=config.auth, mcp=config.mcp,
            trusted_proxies=config.trusted_proxies, **sessions)
     apis.mount(demo, auth=config.auth, api_token=config.api_token)  # A1111, OpenAI (and MCP's guard)
+    if config.auth:  # gradio builds its app inside launch: wrap the built stack (add_middleware is too late)
+        app = demo.server_app
+        app.middleware_stack = LoginThrottle(app.middleware_stack or app.build_middleware_stack(), Throttle())
     # before every route; with --auth gradio's own routes need the login already, so the token guards them only
     # when there is none
     front.install(demo, limits=LIMITS, loopback=config.loopback, token=None if config.auth else config.api_token,

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 
-async def read_all(receive) -> bytes:
+async def read_all(receive, keep: int | None = None) -> bytes:
+    """The request's body, all of it read; at most `keep` bytes of it kept (None: all)."""
     body, more = bytearray(), True
     while more:
         message = await receive()
         if message["type"] != "http.request":
             break
-        body += message.get("body", b"")
+        if keep is None or len(body) < keep:
+            body += message.get("body", b"")
         more = message.get("more_body", False)
-    return bytes(body)
+    return bytes(body if keep is None else body[:keep])
 
 
 def replay(body: bytes, receive):

@@ -569,7 +569,7 @@ def hold_engine_at_step(engine, step: int = 2):
 
 
 def login_throttle(demo):
-    """The page's login throttle (ui/serve.LoginThrottle), somewhere below the front's layers."""
+    """The page's login throttle (server/login.LoginThrottle), somewhere below the front's layers."""
     layer = demo.server_app.middleware_stack
     while not hasattr(layer, "throttle"):
         layer = layer.app
