@@ -2,6 +2,7 @@
 
     python -m ui.screenshot                       # starts `python app.py` on the built-in model, then drives it
     python -m ui.screenshot --url http://127.0.0.1:7860 --out assets/screenshot.png
+    python -m ui.screenshot --size 390x844 --out assets/screenshot_phone.png   # a phone's viewport
 
 Prints the time from Enter to image for each prompt. Needs Debian's Chromium and the playwright package
 (`apt-get install -y chromium && pip install playwright`; no `playwright install`, no emoji font: the page draws
@@ -50,13 +51,13 @@ def start_app(model: str, outputs: str) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"the app did not answer on {url} within 2 minutes")
 
 
-def drive(url: str, out: Path, prompts: list[str]) -> list[float]:
+def drive(url: str, out: Path, prompts: list[str], size: tuple[int, int] = (1440, 1000)) -> list[float]:
     from playwright.sync_api import sync_playwright
 
     timings = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page = browser.new_page(viewport={"width": size[0], "height": size[1]})
         page.goto(url)
         page.wait_for_selector("#prompt textarea", timeout=60_000)
         page.wait_for_function("!document.querySelector('#status').innerText.includes('Loading')", timeout=300_000)
@@ -83,13 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="an app that is already running; default: start one")
     parser.add_argument("--model", default="builtin")
     parser.add_argument("--out", default=str(ROOT / "assets" / "screenshot.png"))
+    parser.add_argument("--size", default="1440x1000", help="the browser's viewport, WIDTHxHEIGHT")
     args = parser.parse_args(argv)
+    size = tuple(int(n) for n in args.size.lower().split("x"))
     if not Path(CHROMIUM).exists():
         raise SystemExit(f"{CHROMIUM} is missing: apt-get install -y chromium")
     with tempfile.TemporaryDirectory(prefix="screenshot-outputs-") as outputs:
         proc, url = (None, args.url) if args.url else start_app(args.model, outputs)
         try:
-            drive(url, Path(args.out), PROMPTS)
+            drive(url, Path(args.out), PROMPTS, size)
         finally:
             if proc is not None:
                 proc.terminate()
