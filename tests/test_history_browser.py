@@ -69,7 +69,10 @@ def test_a_conversation_survives_reload_and_restart_and_the_library_finds_it(bro
             page.fill("#prompt textarea", text)
             page.press("#prompt textarea", "Enter")
             page.wait_for_selector(IMAGE.format(i), timeout=90_000)
-        page.wait_for_timeout(1500)  # the conversation is stored as the turn ends
+        # the chat list names the chat by its first prompt as soon as its turn ends (it said "New chat")
+        page.wait_for_function("document.querySelector('#chats input').value.startsWith('a big red circle')",
+                               timeout=20_000)
+        assert wait_stored(page, library) == 1
         page.reload()
         page.wait_for_function("document.querySelectorAll('#chat img').length >= 2", timeout=30_000)
         assert "a small yellow square at the top" in page.inner_text("#chat")

@@ -137,6 +137,9 @@ def turn_end(page: Page, studio: Studio, session: Session) -> dict:
     history.persist(studio.library, session, soon=True)
     if session.browser:
         done[page.ids] = {"browser": session.browser, "conversation": session.conversation}
+        if studio.library is not None and studio.library.enabled:  # the list names the chat by its first prompt
+            done[page.conversations] = gr.Dropdown(choices=history.chat_list(studio.library, session),
+                                                   value=session.conversation)
     return done
 
 
@@ -185,7 +188,7 @@ def wire_chat(page: Page, studio: Studio) -> None:
     inputs = panel.settings_inputs() | {page.state, page.box, page.refine, page.strength}
     stream_in = inputs | {page.status_md, page.ids}
     stream_out = [page.chatbot, page.state, page.gallery, page.selected_md, page.status_md, page.box,
-                  page.pending_tick, page.ids]
+                  page.pending_tick, page.ids, page.conversations]
     # Enter while this tab's turn is still ending is kept and sent when it ends (gradio's default, "once",
     # dropped it: the text stayed in the box until Enter was pressed again)
     page.box.submit(streamed(page, studio, send(page)), stream_in, stream_out, **ENGINE_EVENT,

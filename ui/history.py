@@ -92,6 +92,14 @@ def restore(state: dict, session: Session) -> Session:
     return session
 
 
+def chat_list(library: Library, session: Session) -> list[tuple[str, str]]:
+    """(title, id) of this browser's conversations for the chat list, newest first; the session's own under its
+    first prompt even before it is stored (its first turn is written in the background)."""
+    choices = [(title or "New chat", cid) for cid, title, _ in library.conversations(session.browser)
+               if cid != session.conversation]
+    return [(title_of(session), session.conversation), *choices] if session.conversation else choices
+
+
 def title_of(session: Session) -> str:
     """The conversation's name in the list: its first prompt."""
     for message in session.history:

@@ -37,11 +37,7 @@ def wire_history(demo: gr.Blocks, page: Page, studio: Studio) -> None:
         return {**view(session), page.delete_chat: gr.Button(value=DELETE)}
 
     def chats(session: Session):
-        rows = library.conversations(session.browser)
-        choices = [(title or "New chat", cid) for cid, title, _ in rows]
-        if session.conversation not in {c for _, c in choices}:
-            choices.insert(0, (history.title_of(session), session.conversation))
-        return gr.Dropdown(choices=choices, value=session.conversation)
+        return gr.Dropdown(choices=history.chat_list(library, session), value=session.conversation)
 
     def on_load(state, ids, request: gr.Request = None):
         # the page's own Session, shared with a first message that may be running already (OpenPages)
