@@ -134,7 +134,8 @@ def open_server(config: ServeConfig, engine, *, status=None, gpu=None, library=N
     # before every route; with --auth gradio's own routes need the login already, so the token guards them only
     # when there is none
     front.install(demo, limits=LIMITS, loopback=config.loopback, token=None if config.auth else config.api_token,
-                  on_gone=demo.studio.stops.stop)  # a cancel or hang-up reaches the run itself
+                  on_gone=demo.studio.stops.stop,  # a cancel or hang-up reaches the run itself
+                  trusted_proxies=config.trusted_proxies)
     return demo
 
 

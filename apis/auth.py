@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import math
 import secrets
 from dataclasses import dataclass, field
 
@@ -48,7 +49,10 @@ class Gate:
         if self.open:
             return True
         key = f"{client} {account(authorization)}"
-        await asyncio.sleep(self.throttle.reserve(key))
+        wait = self.throttle.reserve(key)
+        if wait == math.inf:  # guesses for this account already queue past the cap: refused unchecked
+            return False
+        await asyncio.sleep(wait)
         ok = self.allows(authorization)
         if ok:
             self.throttle.succeeded(key)

@@ -53,6 +53,7 @@ class Front:
     token: str | None = None
     public_names: frozenset = frozenset()
     public_fns: frozenset = frozenset()
+    trusted: frozenset = frozenset()  # --trusted-proxy addresses ("*": any): only their X-Forwarded-Host counts
     uploads: UploadBudget = field(default_factory=lambda: UploadBudget())
 
     async def __call__(self, scope, receive, send):
@@ -87,11 +88,15 @@ class Front:
         cross = headers.get("sec-fetch-site") == "cross-site"
         if origin is None and not cross:
             return None  # not from a browser page (curl, the SDKs): the token or login guards those
-        own = {headers.get("host", ""), headers.get("x-forwarded-host", "")} - {""}
+        client = (scope.get("client") or ("unknown",))[0]
+        proxied = "*" in self.trusted or client in self.trusted  # else any client could name its own site here
+        own = {headers.get("host", ""), headers.get("x-forwarded-host", "") if proxied else ""} - {""}
         if not cross and origin != "null" and urlsplit(origin).netloc in own:
             return None
         return 403, (f"A page of another site ({(origin or 'unknown')[:100]}) may not send requests that change "
-                     "anything here. Use the studio's own page, or call the API from a program (no Origin header).")
+                     "anything here. Use the studio's own page, or call the API from a program (no Origin header). "
+                     "Behind a reverse proxy, start the app with --trusted-proxy <its address> so the host it "
+                     "forwards (X-Forwarded-Host) counts as this server's.")
 
     # ------------------------------------------------------------------------------------------ what it sends
     async def read_body(self, scope, headers: dict, receive):
@@ -100,7 +105,8 @@ class Front:
         path, method = scope.get("path", "").rstrip("/"), scope.get("method")
         upload = method == "POST" and path.endswith("/upload")
         limit = self.limits.upload if upload else self.limits.body
-        length = headers.get("content-length", "")
+        # a Transfer-Encoding beside a Content-Length: the length is not what the server will read
+        length = "" if "transfer-encoding" in headers else headers.get("content-length", "")
         client = (scope.get("client") or ("unknown",))[0]
         if length.isdigit() and int(length) > limit:
             return too_large(int(length), limit), receive
@@ -109,7 +115,9 @@ class Front:
         guarded = self.token and not self.has_token(headers)
         if guarded and self.names_public(path):
             return self.needs_token(), receive
-        by_index = guarded and method == "POST" and path.endswith(("/queue/join", "/run/predict", "/api/predict"))
+        # gradio takes `fn_index` from the body of queue/join and of any /run/NAME or /api/NAME (before the name)
+        by_index = guarded and method == "POST" and (path.endswith("/queue/join")
+                                                     or bool({"run", "api"} & set(path.split("/"))))
         if method not in WRITES or (length.isdigit() and not by_index):
             return None, receive
         body, more = bytearray(), True
@@ -149,8 +157,14 @@ class Front:
             payload = json.loads(body or b"{}")
         except ValueError:
             return False  # gradio answers an unreadable body itself
-        return isinstance(payload, dict) and (payload.get("fn_index") in self.public_fns
-                                              or payload.get("api_name") in self.public_names)
+        if not isinstance(payload, dict):
+            return False
+        index = payload.get("fn_index")
+        try:  # gradio's model reads "7" and 7.0 as 7
+            index = int(index) if index is not None and not isinstance(index, bool) else None
+        except (TypeError, ValueError, OverflowError):
+            index = None
+        return index in self.public_fns or payload.get("api_name") in self.public_names
 
     @staticmethod
     def needs_token() -> tuple[int, str]:
@@ -196,7 +210,8 @@ class UploadBudget:
             return True
 
 
-def install(demo, *, limits: Limits, loopback: bool, token: str | None = None, on_gone=None) -> Front:
+def install(demo, *, limits: Limits, loopback: bool, token: str | None = None, on_gone=None,
+            trusted_proxies: tuple[str, ...] = ()) -> Front:
     """Put a `Front` before the launched `demo`'s whole app (after gradio built it in launch: add_middleware is
     too late there); the public API endpoints it guards with `token` are read from the page's events. `on_gone`
     (session hash -> None): called when a page session cancels or hangs up (server/gone.py), behind the front."""
@@ -204,6 +219,6 @@ def install(demo, *, limits: Limits, loopback: bool, token: str | None = None, o
     app = demo.server_app
     inner = app.middleware_stack or app.build_middleware_stack()
     front = Front(Gone(inner, on_gone) if on_gone else inner, limits, loopback, token,
-                  frozenset(name for _, name in public), frozenset(i for i, _ in public))
+                  frozenset(name for _, name in public), frozenset(i for i, _ in public), frozenset(trusted_proxies))
     app.middleware_stack = front
     return front

@@ -58,8 +58,13 @@ class Gone:
 
 
 def session_of_body(body: bytes) -> str:
+    """The session of a cancel gradio will accept (a session hash, an event id and a function index), else ''."""
     try:
-        value = json.loads(body).get("session_hash")
-    except (ValueError, AttributeError):
+        payload = json.loads(body)
+    except ValueError:
         return ""
+    if not isinstance(payload, dict) or not isinstance(payload.get("event_id"), str) \
+            or not isinstance(payload.get("fn_index"), int):
+        return ""
+    value = payload.get("session_hash")
     return value if isinstance(value, str) else ""

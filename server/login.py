@@ -4,7 +4,10 @@ not told who is calling). The composer puts it below the front when the server h
 from __future__ import annotations
 
 import asyncio
+import math
 from urllib.parse import parse_qs
+
+from starlette.responses import JSONResponse
 
 from server.asgi import read_all, replay
 
@@ -25,7 +28,11 @@ class LoginThrottle:
         replayed = replay(body, receive)
         user = parse_qs(body.decode("latin-1")).get("username", [""])[0][:64]
         key = f"{(scope.get('client') or ('unknown',))[0]} {user}"
-        await asyncio.sleep(self.throttle.reserve(key))
+        wait = self.throttle.reserve(key)
+        if wait == math.inf:  # guesses for this account already queue past the cap: refused unchecked
+            return await JSONResponse({"detail": "Too many wrong logins for this account from your address. "
+                                                 "Wait a minute, then log in again."}, 429)(scope, replayed, send)
+        await asyncio.sleep(wait)
         status = {}
 
         async def watch(message):

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 from engine.engine import Cancelled
 from engine.request import Request, UserError
+from studio.line import Busy
 from studio.work import check_work
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,16 @@ def capped(studio, request: Request) -> None:
     check_work(request, defaults, cap)
 
 
+def waited(line, ticket, timeout: float, cancel: threading.Event) -> int:
+    """`line.wait`; a ticket the line dropped because its run was stopped is `Cancelled`, not `Busy`."""
+    try:
+        return line.wait(ticket, timeout)
+    except Busy:
+        if cancel.is_set():
+            raise Cancelled() from None
+        raise
+
+
 def stream(studio, request: Request, cancel: threading.Event, previews: bool = True
            ) -> Iterator[tuple[str, int, int, Any]]:
     """Run `request` when its turn comes, yielding ("waiting", place, 0, None) while it waits and
@@ -113,7 +124,7 @@ def stream(studio, request: Request, cancel: threading.Event, previews: bool = T
 
     started = False
     try:
-        while (place := line.wait(ticket, timing.line_poll_s)) > 0:
+        while (place := waited(line, ticket, timing.line_poll_s, cancel)) > 0:
             if cancel.is_set():
                 raise Cancelled()
             yield "waiting", place, 0, None

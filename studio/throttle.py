@@ -3,6 +3,7 @@ page's /login (ui/serve.py) and the APIs' gate (apis/auth.py) ask it how long an
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -28,11 +29,15 @@ class Throttle:
 
     def reserve(self, key: str) -> float:
         """Seconds this attempt must wait before its credentials are checked; it counts as wrong until
-        `succeeded`."""
+        `succeeded`. `math.inf` when the attempts already queued for `key` would make it wait past `cap_s`: refuse
+        it at once, uncounted (each queued attempt holds a connection while it waits; hundreds of them would lock
+        the account out for hours)."""
         with self._lock:
             now = time.monotonic()
             n = self._failures.get(key, 0)
             start = now if n < self.free else max(now, self._next.get(key, now)) + self.delay(n)
+            if start - now > self.cap_s:
+                return math.inf
             self._failures[key] = n + 1
             self._failures.move_to_end(key)
             self._next[key] = start

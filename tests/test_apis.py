@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import socket
 import threading
 import time
@@ -279,6 +280,10 @@ def test_wrong_credentials_wait_longer_each_time_and_parallel_guesses_queue():
     # free, free, free, then 0.5, 1, 2, 4, 8 s each after the one before it: 0.5, 1.5, 3.5, 7.5, 15.5 s from now
     assert waits[:3] == [0, 0, 0] and [round(w, 1) for w in waits[3:]] == [0.5, 1.5, 3.5, 7.5, 15.5]
     assert gate.throttle.reserve("10.0.0.2 user:alice") == 0 and gate.throttle.reserve("10.0.0.1 user:bob") == 0
+    # the 9th would start 15.5 + 16 s from now, past the 30 s cap: refused at once, not counted (each queued
+    # guess holds a connection; hundreds of them locked the account for hours)
+    assert gate.throttle.reserve("10.0.0.1 user:alice") == math.inf
+    assert gate.throttle.failures("10.0.0.1 user:alice") == 8
     gate.throttle.succeeded("10.0.0.1 user:alice")
     assert gate.throttle.reserve("10.0.0.1 user:alice") == 0
     basic = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()

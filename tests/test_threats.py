@@ -668,6 +668,12 @@ def test_v2_item3_the_api_token_guards_gradios_own_api_routes(server):
             for name in ("mcp_generate", "generate"):
                 r = http.post(f"/gradio_api/call/{name}", json={"data": ["a red circle"]})
                 assert r.status_code == 401 and "--api-token" in r.json()["error"], (name, r.text)
+            index = next(d.get("id", i) for i, d in enumerate(Tab(url).config["dependencies"])
+                         if d.get("api_name") == "generate")
+            for fn_index in (index, str(index)):  # gradio takes fn_index from the body of /run/ANY, "7" too
+                r = http.post("/gradio_api/run/anything", json={"fn_index": fn_index, "data": list(api_args(steps=2)),
+                                                                "session_hash": "x1"})
+                assert r.status_code == 401, (fn_index, r.status_code, r.text[:300])
             tab = Tab(url)
             button = next(d["targets"][0][0] for d in tab.config["dependencies"] if d.get("api_name") == "generate")
             with pytest.raises(httpx.HTTPStatusError) as refused:
@@ -714,6 +720,9 @@ def test_v2_item6_a_loopback_server_answers_only_its_own_names_and_origin(server
                            files={"image": ("i.png", image.getvalue())},
                            data={"prompt": "a red circle", "model": "/etc"})
         assert forged.status_code == 403 and "another site" in forged.json()["error"]
+        claimed = http.post("/gradio_api/upload", files={"files": ("i.png", image.getvalue())},  # its own "host"
+                            headers={"Origin": "http://evil.example", "X-Forwarded-Host": "evil.example"})
+        assert claimed.status_code == 403, "X-Forwarded-Host was believed from a client that is no proxy"
         own = http.post("/gradio_api/upload", headers={"Origin": server.url},
                         files={"files": ("i.png", image.getvalue())})
         assert own.status_code == 200
