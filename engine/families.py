@@ -83,6 +83,13 @@ FAMILIES_BY_NAME: dict[str, Family] = {f.name: f for f in (
            variant_pipelines={"fill": {"txt2img": "FluxFillPipeline", "inpaint": "FluxFillPipeline"},
                               "kontext": {"txt2img": "FluxKontextPipeline", "img2img": "FluxKontextPipeline",
                                           "inpaint": "FluxKontextInpaintPipeline"}}),
+    # SD3 and SD3.5 (MMDiT, flow matching, CLIP L + G and T5): diffusers has no ControlNet image-to-image for it
+    Family("sd3", "Stable Diffusion 3.5", FamilyDefaults(28, 4.5, 1024, 16, 2048, "flow-euler"),
+           {"txt2img": "StableDiffusion3Pipeline", "img2img": "StableDiffusion3Img2ImgPipeline",
+            "inpaint": "StableDiffusion3InpaintPipeline", "control": "StableDiffusion3ControlNetPipeline"},
+           index_classes=("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline",
+                          "StableDiffusion3InpaintPipeline"),
+           flow=True, previews=False, controlnet_class="SD3ControlNetModel"),
 )}
 FAMILIES = tuple(FAMILIES_BY_NAME)
 SCHNELL_CONFIG = "black-forest-labs/FLUX.1-schnell"  # a Flux file without guidance weights is schnell

@@ -1,4 +1,4 @@
-"""Engine on tiny SD1.5 / SDXL / Flux pipelines: loading paths, reproducibility, metadata, bad input."""
+"""Engine on tiny SD1.5 / SDXL / Flux / SD3 pipelines: loading paths, reproducibility, metadata, bad input."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from PIL import Image
 from engine.request import Request, UserError
 from engine.sources.resolve import Resolver
 
-FAMILIES = ["sd15", "sdxl", "flux"]
+FAMILIES = ["sd15", "sdxl", "flux", "sd3"]
 
 
 def small(model, **kw) -> Request:
@@ -55,7 +55,7 @@ def test_count_gives_consecutive_seeds(engine, tiny_model):
     assert np.abs(np.asarray(batch.images[1], dtype=np.int16) - pixels(single)).max() <= 2
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl", "flux"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_img2img_shares_components_and_follows_init(engine, tiny_model, family):
     folder = tiny_model(family)
     base = engine.generate(small(folder, seed=5))
@@ -68,7 +68,8 @@ def test_img2img_shares_components_and_follows_init(engine, tiny_model, family):
     assert np.abs(pixels(w) - pixels(k)).mean() > 1.0  # the init image matters (tiny VAEs are random: no colour check)
     loaded = engine.cache.get(str(folder.resolve()))
     variant = loaded.variant("img2img")
-    assert variant.unet is loaded.pipe.unet if family != "flux" else variant.transformer is loaded.pipe.transformer
+    denoiser = "unet" if "unet" in loaded.pipe.components else "transformer"
+    assert getattr(variant, denoiser) is getattr(loaded.pipe, denoiser)
     assert base.images[0].size == (32, 32)
 
 

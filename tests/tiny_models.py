@@ -1,4 +1,4 @@
-"""Tiny random-weight SD1.5, SDXL and Flux pipelines built from configs, for offline tests.
+"""Tiny random-weight SD1.5, SDXL, Flux and SD3 pipelines built from configs, for offline tests.
 
 The real diffusers classes at toy size (the way diffusers' own tests build `get_dummy_components()`),
 saved with `save_pretrained` so tests drive them through the app's real `--model` loading path.
@@ -116,7 +116,33 @@ def flux(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-BUILDERS = {"sd15": sd15, "sdxl": sdxl, "flux": flux}
+def sd3(folder: Path, seed: int = 0) -> Path:
+    """SD3/3.5's parts at toy size: an MMDiT transformer, CLIP L and G with projections, a T5, flow matching."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tok = clip_tokenizer(folder / "_tok")
+    tok3 = t5_tokenizer(folder / "_t5")
+    # 16 latent channels, as SD3's VAE has (its inpaint pipeline checks the transformer for 16)
+    transformer = SD3Transformer2DModel(sample_size=32, patch_size=1, in_channels=16, num_layers=1,
+                                        attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
+                                        joint_attention_dim=32, pooled_projection_dim=64, out_channels=16)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tok3), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                 relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+                                 eos_token_id=1))
+    vae = _vae(latent=16, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
+               scaling_factor=1.5035)
+    pipe = StableDiffusion3Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, transformer=transformer,
+        text_encoder=_clip_text(len(tok), projection=True), tokenizer=tok,
+        text_encoder_2=_clip_text(len(tok), projection=True), tokenizer_2=tok,
+        text_encoder_3=t5, tokenizer_3=tok3)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+BUILDERS = {"sd15": sd15, "sdxl": sdxl, "flux": flux, "sd3": sd3}
 
 
 def family_in_index(folder: Path) -> str:

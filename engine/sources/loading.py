@@ -29,6 +29,11 @@ def pipeline_class(source: Source, kind: str) -> str:
         raise UserError(f"{source.name} is a {kin.label} {source.variant.title()} model, made for "
                         f"{'inpainting and outpainting' if source.variant == 'fill' else 'editing an image'}; it "
                         f"cannot run {kind.replace('_', ' + ')}. Use an ordinary {kin.label} model for that.")
+    if kind not in kin.pipelines:
+        can = ", ".join(k.replace("_", " + ") for k in kin.pipelines)
+        asked = kind.replace("_", " + ")
+        raise UserError(f"{source.name} is a {kin.label} model; diffusers has no pipeline for {asked} with it. It "
+                        f"can do: {can}.")
     return kin.pipelines[kind]
 
 
