@@ -90,6 +90,13 @@ FAMILIES_BY_NAME: dict[str, Family] = {f.name: f for f in (
            index_classes=("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline",
                           "StableDiffusion3InpaintPipeline"),
            flow=True, previews=False, controlnet_class="SD3ControlNetModel"),
+    # Chroma (Flux's architecture pruned, T5 only, trained to use a real negative prompt); no ControlNet in diffusers,
+    # and diffusers 0.42.1's ChromaInpaintPipeline reads transformer.config.guidance_embeds, which Chroma's
+    # transformer has not (AttributeError): no inpaint until it is fixed
+    Family("chroma", "Chroma", FamilyDefaults(40, 3.0, 1024, 16, 2048, "flow-euler"),
+           {"txt2img": "ChromaPipeline", "img2img": "ChromaImg2ImgPipeline"},
+           index_classes=("ChromaPipeline", "ChromaImg2ImgPipeline", "ChromaInpaintPipeline"),
+           flow=True, previews=False),
 )}
 FAMILIES = tuple(FAMILIES_BY_NAME)
 SCHNELL_CONFIG = "black-forest-labs/FLUX.1-schnell"  # a Flux file without guidance weights is schnell

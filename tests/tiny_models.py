@@ -1,4 +1,4 @@
-"""Tiny random-weight SD1.5, SDXL, Flux and SD3 pipelines built from configs, for offline tests.
+"""Tiny random-weight SD1.5, SDXL, Flux, SD3 and Chroma pipelines built from configs, for offline tests.
 
 The real diffusers classes at toy size (the way diffusers' own tests build `get_dummy_components()`),
 saved with `save_pretrained` so tests drive them through the app's real `--model` loading path.
@@ -142,7 +142,30 @@ def sd3(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-BUILDERS = {"sd15": sd15, "sdxl": sdxl, "flux": flux, "sd3": sd3}
+def chroma(folder: Path, seed: int = 0) -> Path:
+    """Chroma's parts at toy size: a Flux-like transformer whose modulations come from one small approximator,
+    a T5 alone (no CLIP), flow matching with a real negative prompt."""
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tok = t5_tokenizer(folder / "_t5")
+    transformer = ChromaTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                           attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                           axes_dims_rope=[4, 4, 8], approximator_hidden_dim=32,
+                                           approximator_layers=1, approximator_num_channels=16)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                 relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+                                 eos_token_id=1))
+    vae = _vae(latent=4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
+               scaling_factor=1.5035)
+    pipe = ChromaPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=t5, tokenizer=tok,
+                          transformer=transformer)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+BUILDERS = {"sd15": sd15, "sdxl": sdxl, "flux": flux, "sd3": sd3, "chroma": chroma}
 
 
 def family_in_index(folder: Path) -> str:
