@@ -97,6 +97,12 @@ FAMILIES_BY_NAME: dict[str, Family] = {f.name: f for f in (
            {"txt2img": "ChromaPipeline", "img2img": "ChromaImg2ImgPipeline"},
            index_classes=("ChromaPipeline", "ChromaImg2ImgPipeline", "ChromaInpaintPipeline"),
            flow=True, previews=False),
+    # Z-Image (a single-stream DiT reading a Qwen3's hidden states); the defaults are Z-Image-Turbo's: 9 steps
+    # (8 model evaluations), no guidance
+    Family("zimage", "Z-Image", FamilyDefaults(9, 0.0, 1024, 16, 2048, "flow-euler"),
+           {"txt2img": "ZImagePipeline", "img2img": "ZImageImg2ImgPipeline", "inpaint": "ZImageInpaintPipeline"},
+           index_classes=("ZImagePipeline", "ZImageImg2ImgPipeline", "ZImageInpaintPipeline"),
+           flow=True, previews=False),
 )}
 FAMILIES = tuple(FAMILIES_BY_NAME)
 SCHNELL_CONFIG = "black-forest-labs/FLUX.1-schnell"  # a Flux file without guidance weights is schnell

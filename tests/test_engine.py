@@ -1,4 +1,4 @@
-"""Engine on tiny SD1.5 / SDXL / Flux / SD3 / Chroma pipelines: loading, reproducibility, metadata, bad input."""
+"""Engine on tiny SD1.5 / SDXL / Flux / SD3 / Chroma / Z-Image pipelines: loading, reproducibility, metadata."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from PIL import Image
 from engine.request import Request, UserError
 from engine.sources.resolve import Resolver
 
-FAMILIES = ["sd15", "sdxl", "flux", "sd3", "chroma"]
+FAMILIES = ["sd15", "sdxl", "flux", "sd3", "chroma", "zimage"]
 
 
 def small(model, **kw) -> Request:

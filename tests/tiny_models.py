@@ -165,7 +165,42 @@ def chroma(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-BUILDERS = {"sd15": sd15, "sdxl": sdxl, "flux": flux, "sd3": sd3, "chroma": chroma}
+def chat_tokenizer(folder: Path):
+    """A small tokenizer with a chat template, as the LLM text encoders' (Qwen3 for Z-Image) are used: the
+    pipeline wraps each prompt in the template before tokenizing."""
+    from transformers import PreTrainedTokenizerFast
+
+    t5_tokenizer(folder)  # trains the Unigram vocabulary into folder/tokenizer.json
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), pad_token="<pad>",
+                                  eos_token="</s>", unk_token="<unk>", model_max_length=64)
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    return tok
+
+
+def zimage(folder: Path, seed: int = 0) -> Path:
+    """Z-Image's parts at toy size: a single-stream DiT, a Qwen3 text encoder (its second-to-last hidden
+    states), flow matching."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+
+    torch.manual_seed(seed)
+    tok = chat_tokenizer(folder / "_chat")
+    text = Qwen3Model(Qwen3Config(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, num_key_value_heads=2, head_dim=8,
+                                  max_position_embeddings=1024))
+    transformer = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=32,
+                                           n_layers=1, n_refiner_layers=1, n_heads=2, n_kv_heads=2,
+                                           cap_feat_dim=16, axes_dims=[8, 4, 4], axes_lens=[1024, 64, 64])
+    vae = _vae(latent=16, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159,
+               scaling_factor=0.3611)
+    pipe = ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text, tokenizer=tok,
+                          transformer=transformer)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+BUILDERS = {"sd15": sd15, "sdxl": sdxl, "flux": flux, "sd3": sd3, "chroma": chroma, "zimage": zimage}
 
 
 def family_in_index(folder: Path) -> str:
