@@ -112,9 +112,11 @@ class Engine:
         denoiser = getattr(loaded.pipe, "unet", None) or getattr(loaded.pipe, "transformer", None)
         if self.channels_last and hasattr(loaded.pipe, "unet"):
             loaded.pipe.unet.to(memory_format=torch.channels_last)
-        if self.channels_last and self.device == "cpu" and getattr(loaded.pipe, "vae", None) is not None:
+        vae = getattr(loaded.pipe, "vae", None)
+        if self.channels_last and self.device == "cpu" and vae is not None and \
+                all(p.dim() != 5 for p in vae.parameters()):  # a 3D-conv VAE (Qwen-Image's) has no channels_last
             # the built-in VAE decodes 47 -> 39 ms at 64x64 on one CPU thread; on a GPU it was slower (RESULTS.md)
-            loaded.pipe.vae.to(memory_format=torch.channels_last)
+            vae.to(memory_format=torch.channels_last)
         if self.compile and denoiser is not None:
             if hasattr(denoiser, "compile_repeated_blocks") and getattr(denoiser, "_repeated_blocks", None):
                 denoiser.compile_repeated_blocks(fullgraph=True)  # regional: compiles one block, reuses it
@@ -183,12 +185,12 @@ class Engine:
             big = req.width * req.height > 1536 * 1536
             (pipe.vae.enable_tiling if big else pipe.vae.disable_tiling)()
         # 5. sample
-        kwargs = dict(prompt=prompt, num_inference_steps=req.steps, guidance_scale=req.guidance,
+        kwargs = dict(prompt=prompt, num_inference_steps=req.steps, **{kin.guidance_arg: req.guidance},
                       width=req.width, height=req.height, num_images_per_prompt=req.count,
                       generator=[torch.Generator("cpu").manual_seed(seed) for seed in plan.seeds],
                       callback_on_step_end=self._callback(req, progress, cancel))
         if kin.negative_prompt:
-            kwargs["negative_prompt"] = req.negative or None
+            kwargs["negative_prompt"] = req.negative or kin.empty_negative
         if kin.caption_words:
             from .vocabulary import vocabulary_note
 
@@ -285,8 +287,8 @@ class Engine:
         steps = max(req.steps, int(1 / req.hires_strength) + 1)  # at least one denoising step
         if getattr(pipe, "vae", None) is not None:
             (pipe.vae.enable_tiling if width * height > 1536 * 1536 else pipe.vae.disable_tiling)()
-        args = {k: v for k, v in kwargs.items() if k in ("guidance_scale", "generator", "callback_on_step_end",
-                                                       "output_type")}
+        args = {k: v for k, v in kwargs.items() if k in ("guidance_scale", "true_cfg_scale", "generator",
+                                                       "callback_on_step_end", "output_type")}
         for key in ("prompt", "negative_prompt"):  # one prompt per image: the batch is the images
             if kwargs.get(key) is not None:
                 args[key] = [kwargs[key]] * len(big)

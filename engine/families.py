@@ -48,6 +48,8 @@ class Family:
     trained_sides: tuple[int, int] | None = None  # sides it learned; outside them a note warns
     lora_training: bool = False  # `app.py train-lora` trains LoRAs for it (a UNet with SD1.5's layout)
     unfit_schedulers: tuple[str, ...] = ()  # never offered: they fail on this family's noise schedule
+    guidance_arg: str = "guidance_scale"  # the pipeline argument the guidance goes to (Qwen-Image: true_cfg_scale)
+    empty_negative: str | None = None  # sent when no negative prompt is given (Qwen-Image: " ", else no true CFG)
 
     def defaults_for(self, variant: str = "") -> FamilyDefaults:
         return self.variants.get(variant, self.defaults)
@@ -103,6 +105,13 @@ FAMILIES_BY_NAME: dict[str, Family] = {f.name: f for f in (
            {"txt2img": "ZImagePipeline", "img2img": "ZImageImg2ImgPipeline", "inpaint": "ZImageInpaintPipeline"},
            index_classes=("ZImagePipeline", "ZImageImg2ImgPipeline", "ZImageInpaintPipeline"),
            flow=True, previews=False),
+    # Qwen-Image (a 20B MMDiT reading Qwen2.5-VL's hidden states): true classifier-free guidance with a negative
+    # prompt (`true_cfg_scale`), 50 steps at 4
+    Family("qwenimage", "Qwen-Image", FamilyDefaults(50, 4.0, 1328, 16, 2048, "flow-euler"),
+           {"txt2img": "QwenImagePipeline", "img2img": "QwenImageImg2ImgPipeline",
+            "inpaint": "QwenImageInpaintPipeline"},
+           index_classes=("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline"),
+           flow=True, previews=False, guidance_arg="true_cfg_scale", empty_negative=" "),
 )}
 FAMILIES = tuple(FAMILIES_BY_NAME)
 SCHNELL_CONFIG = "black-forest-labs/FLUX.1-schnell"  # a Flux file without guidance weights is schnell

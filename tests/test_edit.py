@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 from engine.edit import outpaint_canvas, unmasked_change
 from engine.request import Request, UserError
 
-FAMILIES = ["sd15", "sdxl", "flux", "sd3", "chroma", "zimage"]
+FAMILIES = ["sd15", "sdxl", "flux", "sd3", "chroma", "zimage", "qwenimage"]
 
 
 def picture(size=(32, 32)) -> Image.Image:

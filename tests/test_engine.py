@@ -9,7 +9,7 @@ from PIL import Image
 from engine.request import Request, UserError
 from engine.sources.resolve import Resolver
 
-FAMILIES = ["sd15", "sdxl", "flux", "sd3", "chroma", "zimage"]
+FAMILIES = ["sd15", "sdxl", "flux", "sd3", "chroma", "zimage", "qwenimage"]
 
 
 def small(model, **kw) -> Request:
@@ -236,3 +236,14 @@ def test_the_engine_plans_every_default_before_it_loads_anything():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
     result = engine.generate(Request(prompt="a red circle", seed=5, steps=2))
     assert result.seeds == [5] and result.request.steps == 2
+
+
+def test_qwen_image_guides_with_true_cfg_even_without_a_negative_prompt(engine, tiny_model):
+    """Qwen-Image's guidance is true CFG (`true_cfg_scale`), which its pipeline runs only with a negative prompt:
+    the family sends " " when none is given, so guidance 1 and 12 differ (passed as `guidance_scale`, which this
+    transformer has no embedding for, both gave the same pixels)."""
+    folder = tiny_model("qwenimage")
+    plain = engine.generate(small(folder, seed=3, guidance=1.0))
+    guided = engine.generate(small(folder, seed=3, guidance=12.0))
+    assert not np.array_equal(pixels(plain), pixels(guided))
+    assert "CFG scale: 12" in guided.infotexts[0]

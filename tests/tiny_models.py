@@ -1,4 +1,4 @@
-"""Tiny random-weight SD1.5, SDXL, Flux, SD3 and Chroma pipelines built from configs, for offline tests.
+"""Tiny random-weight pipelines of every family but the built-in one, built from configs, for offline tests.
 
 The real diffusers classes at toy size (the way diffusers' own tests build `get_dummy_components()`),
 saved with `save_pretrained` so tests drive them through the app's real `--model` loading path.
@@ -200,7 +200,40 @@ def zimage(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-BUILDERS = {"sd15": sd15, "sdxl": sdxl, "flux": flux, "sd3": sd3, "chroma": chroma, "zimage": zimage}
+def qwenimage(folder: Path, seed: int = 0) -> Path:
+    """Qwen-Image's parts at toy size: its MMDiT, its own 3D-conv VAE, a Qwen2.5-VL text encoder (the
+    pipeline wraps the prompt in its template and drops the template's tokens), flow matching."""
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    tok = chat_tokenizer(folder / "_chat")
+    z = 4
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=z, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[False],
+                                 latents_mean=[0.0] * z, latents_std=[1.0] * z)
+    text_config = dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1,
+                       eos_token_id=1, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]})
+    vision_config = dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16)
+    text = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(text_config=text_config, vision_config=vision_config,
+                                                               vocab_size=len(tok), hidden_size=16,
+                                                               bos_token_id=1, eos_token_id=1))
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=z * 4, out_channels=z, num_layers=1,
+                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=16,
+                                              axes_dims_rope=(4, 6, 6))
+    pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text, tokenizer=tok,
+                             transformer=transformer)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+BUILDERS = {"sd15": sd15, "sdxl": sdxl, "flux": flux, "sd3": sd3, "chroma": chroma, "zimage": zimage,
+            "qwenimage": qwenimage}
 
 
 def family_in_index(folder: Path) -> str:
