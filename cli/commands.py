@@ -252,9 +252,10 @@ def cmd_models(args, config) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'model':48} {'family':8} status")
+    wide = max(len(r["family"]) for r in rows) + 1
+    print(f"{'model':48} {'family':{wide}} status")
     for r in rows:
-        print(f"{r['model']:48} {r['family']:8} {r['status']}")
+        print(f"{r['model']:48} {r['family']:{wide}} {r['status']}")
     print("\nAlso: any Hub id, a diffusers folder, or a .safetensors checkpoint via --model.")
     return 0
 

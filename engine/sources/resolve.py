@@ -37,6 +37,10 @@ KNOWN_MODELS: dict[str, str] = {
     "black-forest-labs/FLUX.1-schnell": "flux",
     "black-forest-labs/FLUX.1-dev": "flux",
     "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd15",
+    "stabilityai/stable-diffusion-3.5-medium": "sd3",  # gated on the Hub: accept its license there first
+    "lodestones/Chroma1-HD": "chroma",
+    "Tongyi-MAI/Z-Image-Turbo": "zimage",
+    "Qwen/Qwen-Image": "qwenimage",
 }
 HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w\-.]*/[A-Za-z0-9][\w\-.]*")
 CHECKPOINT_SUFFIXES = (".safetensors", ".sft", ".gguf", *PICKLE_SUFFIXES)
