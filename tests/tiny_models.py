@@ -58,6 +58,20 @@ def _vae(latent: int = 4, **kw):
     return AutoencoderKL(**args)
 
 
+def _flow_vae(latent: int):
+    """The VAE of the flow-matching families (Flux's shift and scale; no quant convs)."""
+    return _vae(latent=latent, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
+                scaling_factor=1.5035)
+
+
+def _t5(vocab: int):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=vocab, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                   relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+                                   eos_token_id=1))
+
+
 def sd15(folder: Path, seed: int = 0) -> Path:
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
@@ -97,19 +111,14 @@ def sdxl(folder: Path, seed: int = 0) -> Path:
 
 def flux(folder: Path, seed: int = 0) -> Path:
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import T5Config, T5EncoderModel
-
     torch.manual_seed(seed)
     tok = clip_tokenizer(folder / "_tok")
     tok2 = t5_tokenizer(folder / "_t5")
     transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
                                          pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
-    t5 = T5EncoderModel(T5Config(vocab_size=len(tok2), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-                                 relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
-                                 eos_token_id=1))
-    vae = _vae(latent=4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
-               scaling_factor=1.5035)
+    t5 = _t5(len(tok2))
+    vae = _flow_vae(latent=4)
     pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=_clip_text(len(tok)),
                         tokenizer=tok, text_encoder_2=t5, tokenizer_2=tok2, transformer=transformer)
     pipe.save_pretrained(folder, safe_serialization=True)
@@ -119,8 +128,6 @@ def flux(folder: Path, seed: int = 0) -> Path:
 def sd3(folder: Path, seed: int = 0) -> Path:
     """SD3/3.5's parts at toy size: an MMDiT transformer, CLIP L and G with projections, a T5, flow matching."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-    from transformers import T5Config, T5EncoderModel
-
     torch.manual_seed(seed)
     tok = clip_tokenizer(folder / "_tok")
     tok3 = t5_tokenizer(folder / "_t5")
@@ -128,11 +135,8 @@ def sd3(folder: Path, seed: int = 0) -> Path:
     transformer = SD3Transformer2DModel(sample_size=32, patch_size=1, in_channels=16, num_layers=1,
                                         attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
                                         joint_attention_dim=32, pooled_projection_dim=64, out_channels=16)
-    t5 = T5EncoderModel(T5Config(vocab_size=len(tok3), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-                                 relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
-                                 eos_token_id=1))
-    vae = _vae(latent=16, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
-               scaling_factor=1.5035)
+    t5 = _t5(len(tok3))
+    vae = _flow_vae(latent=16)
     pipe = StableDiffusion3Pipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, transformer=transformer,
         text_encoder=_clip_text(len(tok), projection=True), tokenizer=tok,
@@ -146,19 +150,14 @@ def chroma(folder: Path, seed: int = 0) -> Path:
     """Chroma's parts at toy size: a Flux-like transformer whose modulations come from one small approximator,
     a T5 alone (no CLIP), flow matching with a real negative prompt."""
     from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
-    from transformers import T5Config, T5EncoderModel
-
     torch.manual_seed(seed)
     tok = t5_tokenizer(folder / "_t5")
     transformer = ChromaTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
                                            attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
                                            axes_dims_rope=[4, 4, 8], approximator_hidden_dim=32,
                                            approximator_layers=1, approximator_num_channels=16)
-    t5 = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-                                 relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
-                                 eos_token_id=1))
-    vae = _vae(latent=4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
-               scaling_factor=1.5035)
+    t5 = _t5(len(tok))
+    vae = _flow_vae(latent=4)
     pipe = ChromaPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=t5, tokenizer=tok,
                           transformer=transformer)
     pipe.save_pretrained(folder, safe_serialization=True)

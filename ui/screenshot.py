@@ -12,6 +12,7 @@ none). The app it starts keeps its images in a temporary folder, so the page has
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import socket
@@ -89,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     size = tuple(int(n) for n in args.size.lower().split("x"))
     if not Path(CHROMIUM).exists():
         raise SystemExit(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    if importlib.util.find_spec("playwright") is None:  # a developer's tool: not in requirements.txt
+        raise SystemExit("ui.screenshot drives Chromium with playwright, which is not installed: pip install "
+                         "playwright (or pip install -r requirements-test.txt)")
     with tempfile.TemporaryDirectory(prefix="screenshot-outputs-") as outputs:
         proc, url = (None, args.url) if args.url else start_app(args.model, outputs)
         try:
