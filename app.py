@@ -70,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--height", type=int, default=None)
     gen.add_argument("--scheduler", default=None)
     gen.add_argument("--count", type=int, default=1)
-    gen.add_argument("--init", default=None, help="image-to-image from this image")
+    gen.add_argument("--init", default=None, help="image-to-image from this image (an editing model: the image "
+                                                  "it edits, with --prompt the instruction)")
+    gen.add_argument("--ref", action="append", default=[], metavar="IMG",
+                     help="editing models that combine images (Qwen-Image-Edit-2509, FLUX.2): one more image after "
+                          "--init's, as image 2, 3, ... of the instruction (repeatable)")
     gen.add_argument("--strength", type=float, default=None,
                      help="how much of --init to redraw, 0.01-1 (default: 0.6; 1 with --mask or an outpaint)")
     gen.add_argument("--mask", default=None, help="inpaint: white = repaint, black = keep (the --init image's size)")

@@ -89,13 +89,16 @@ def cmd_generate(args, config) -> int:
         raise UserError(f"--init {args.init}: no such file.")
     if args.mask and not Path(args.mask).is_file():
         raise UserError(f"--mask {args.mask}: no such file.")
+    for ref in args.ref:
+        if not Path(ref).is_file():
+            raise UserError(f"--ref {ref}: no such file.")
     base = make_request(args.prompt or "", args.model, negative=args.negative, steps=args.steps,
                         guidance=args.guidance, seed=args.seed, width=args.width, height=args.height,
                         scheduler=args.scheduler, count=args.count, init_image=args.init, strength=args.strength,
                         controls=[parse_control(c) for c in args.control], loras=[lora_spec(x) for x in args.lora],
                         mask=args.mask, mask_blur=args.mask_blur, inpaint_padding=args.masked_only,
                         outpaint=outpaint_borders(args), upscale=args.upscale, hires_strength=args.hires_strength,
-                        upscaler=args.upscaler)
+                        upscaler=args.upscaler, references=list(args.ref))
     jobs: list[tuple[Request, Path]] = []
     if args.prompt_file:
         pf = Path(args.prompt_file)
@@ -199,7 +202,7 @@ def _check_early(config, base: Request, outs: list[Path]) -> None:
     check_request(base, source.family, source.variant)
     from engine.images.loading import open_image
 
-    for flag, path in (("--init", base.init_image), ("--mask", base.mask)):
+    for flag, path in (("--init", base.init_image), ("--mask", base.mask), *(("--ref", r) for r in base.references)):
         if path is not None:  # not an image, or too large: from its header, before any work
             open_image(path, f"{flag} {Path(path).name}")
     if base.upscaler:

@@ -31,6 +31,12 @@ CONTROLNETS: dict[str, dict[str, tuple[str, int | None]]] = {
     "flux": {"edge": ("InstantX/FLUX.1-dev-Controlnet-Union", 0),
              "depth": ("InstantX/FLUX.1-dev-Controlnet-Union", 2),
              "pose": ("InstantX/FLUX.1-dev-Controlnet-Union", 4)},
+    # Stability's own for SD3.5 Large (they refuse a Medium model: another width), InstantX's pose for SD3
+    "sd3": {"edge": ("stabilityai/stable-diffusion-3.5-large-controlnet-canny", None),
+            "depth": ("stabilityai/stable-diffusion-3.5-large-controlnet-depth", None),
+            "pose": ("InstantX/SD3-Controlnet-Pose", None)},
+    # one union ControlNet reads every kind of map, with no mode to name
+    "qwenimage": {k: ("InstantX/Qwen-Image-ControlNet-Union", None) for k in ("edge", "depth", "pose")},
 }
 
 
@@ -45,17 +51,20 @@ class PreparedControl:
     modes: list[int | None]
     preprocessors: list[str] = field(default_factory=list)
 
-    def kwargs(self, img2img: bool) -> dict:
-        single = not isinstance(self.model, list)
+    def kwargs(self, pipe) -> dict:
+        """The pipeline's ControlNet arguments, by the names its __call__ takes (SD's text-to-image: `image`;
+        every other: `control_image`; a union net's `control_mode`)."""
+        import inspect
+
+        takes = set(inspect.signature(type(pipe).__call__).parameters)
+        single = not isinstance(self.model, list) and type(self.model).__name__.find("Multi") < 0
         pick = (lambda xs: xs[0]) if single else list
-        args = {"controlnet_conditioning_scale": pick([u.scale for u in self.units]),
-                "control_guidance_start": pick([u.start for u in self.units]),
-                "control_guidance_end": pick([u.end for u in self.units])}
-        first = self.model if single else self.model[0]
-        is_flux = type(first).__name__.startswith("Flux")
-        image_key = "control_image" if (img2img or is_flux) else "image"
-        args[image_key] = pick(self.maps)
-        if is_flux and any(m is not None for m in self.modes):
+        args = {"controlnet_conditioning_scale": pick([u.scale for u in self.units])}
+        if "control_guidance_start" in takes:
+            args.update(control_guidance_start=pick([u.start for u in self.units]),
+                        control_guidance_end=pick([u.end for u in self.units]))
+        args["control_image" if "control_image" in takes else "image"] = pick(self.maps)
+        if "control_mode" in takes and any(m is not None for m in self.modes):
             args["control_mode"] = pick([m if m is not None else -1 for m in self.modes])
         return args
 
@@ -103,8 +112,19 @@ class ControlManager:
 
     @staticmethod
     def _combine(nets: list, family: str):
-        """One net, or a list that the pipeline wraps in its multi-ControlNet model."""
-        return nets[0] if len(nets) == 1 else list(nets)
+        """One net, or a list that the pipeline wraps in its multi-ControlNet model (or the family's own
+        multi-ControlNet class wraps here, where the pipeline does not)."""
+        if len(nets) == 1:
+            return nets[0]
+        multi = family_of(family).multi_controlnet_class
+        if multi:  # Qwen-Image: one union ControlNet reads every unit's map in turn
+            import diffusers
+
+            if any(net is not nets[0] for net in nets):
+                raise UserError(f"{family_of(family).label} runs several control units through one union "
+                                "ControlNet only; these units name different ones. Use one ControlNet for all units.")
+            return getattr(diffusers, multi)([nets[0]])
+        return list(nets)
 
     def _load_net(self, source: str, family: str, loaded):
         if source in self.nets:

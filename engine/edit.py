@@ -9,7 +9,8 @@ Each is a diffusers pipeline; this file only prepares their inputs and finishes 
   masked for repainting (plus an overlap of a few pixels into the old image so the seam is repainted too).
 - hires upscale: the image is resized (Lanczos) to the larger size, then refined by image-to-image at
   `hires_strength` (A1111's "hires fix"); strength 0 is the resize alone.
-- instruction edit: an editing model (Flux Kontext) takes the image and the instruction as they are.
+- instruction edit: an editing model (Flux Kontext, Qwen-Image-Edit, FLUX.2) takes the image, or several, and the
+  instruction as they are.
 """
 
 from __future__ import annotations
@@ -98,6 +99,23 @@ def inpaint_plan(loaded, req: Request, init: Image.Image) -> EditPlan:
     return EditPlan(pipe, kwargs, lambda images: [paste_back(pipe, soft, image, im) for im in images], info)
 
 
+def editor_inputs(pipe, req: Request, init: Image.Image) -> dict:
+    """An editing model's inputs: the image (and the request's references after it, as image 2, 3, ...) as they
+    are, at the size asked for (Kontext would otherwise scale to 1024x1024's area and its own trained sizes)."""
+    from .images.loading import load_image
+
+    images = [init] + [load_image(ref, f"Image {i}") for i, ref in enumerate(req.references, 2)]
+    # FLUX.2 reads no image under 64 pixels a side: a smaller one is enlarged to that, its aspect kept
+    images = [im if min(im.size) >= 64 else im.resize((max(64, round(im.width * 64 / min(im.size))),
+                                                       max(64, round(im.height * 64 / min(im.size)))),
+                                                      Image.Resampling.LANCZOS) for im in images]
+    takes = parameters(pipe)
+    kwargs = {"image": images if len(images) > 1 else images[0]}
+    if "max_area" in takes:
+        kwargs.update(_auto_resize=False, max_area=req.width * req.height)
+    return kwargs
+
+
 def digest(image: Image.Image) -> str:
     """A short hash of an image's pixels: the edit chain in the metadata names its parent and mask by it."""
     buffer = io.BytesIO()
@@ -146,7 +164,10 @@ def hires_input(image: Image.Image, width: int, height: int) -> Image.Image:
 
 
 def paste_back(pipe, mask: Image.Image, original: Image.Image, result: Image.Image) -> Image.Image:
-    """`result` where the mask is white, `original` where it is black (diffusers' own overlay)."""
+    """`result` where the mask is white, `original` where it is black (diffusers' own overlay). A pipeline that
+    paints at its own size (Qwen-Image-Edit's inpaint: 1024x1024's area) is brought back to the image's first."""
+    if result.size != original.size:
+        result = result.resize(original.size, Image.Resampling.LANCZOS)
     return pipe.image_processor.apply_overlay(mask, original.convert("RGB"), result)
 
 

@@ -198,22 +198,20 @@ class Engine:
             notes += [note] if note else []
         if inpainting is not None:
             kwargs.update(inpainting.kwargs)
-        elif init is not None and not (source.variant == "kontext"):
+        elif init is not None and kin.edit_limit(source.variant):  # an instruction edit: the images as they are
+            kwargs.update(edit.editor_inputs(pipe, req, init))
+        elif init is not None:
             kwargs["image"] = init
             kwargs["strength"] = req.strength
             if "height" not in edit.parameters(pipe):  # SD's image-to-image takes the image's size
                 kwargs.pop("width"), kwargs.pop("height")
-        elif init is not None:  # an editing model: the image and the instruction as they are
-            kwargs["image"] = init
-            # at the size asked for: Kontext would otherwise scale to 1024x1024's area and its own trained sizes
-            kwargs.update(_auto_resize=False, max_area=req.width * req.height)
-        if source.variant == "fill" and inpainting is None and init is None:  # from nothing under a full mask
+        elif plan.job == "txt2img" and "mask_image" in edit.parameters(pipe):  # Flux Fill: under a full mask
             from PIL import Image
 
             kwargs.update(image=Image.new("RGB", (req.width, req.height), (127, 127, 127)),
                           mask_image=Image.new("L", (req.width, req.height), 255))
         if control is not None:
-            kwargs.update(control.kwargs(init is not None))
+            kwargs.update(control.kwargs(pipe))
         kwargs.setdefault("output_type", "np")  # floats: non-finite pixels are seen before they turn black
         broken = 0
         if kind == "upscale" and init is not None:
@@ -233,6 +231,10 @@ class Engine:
         seeds = plan.seeds
         extra = dict(loras.infotext) if loras else {}
         extra.update(inpainting.infotext if inpainting is not None else {})
+        if isinstance(kwargs.get("image"), list) and inpainting is None:  # an edit of several images
+            extra["Edit images"] = ", ".join(edit.digest(im) for im in kwargs["image"])
+        elif init is not None and kin.edit_limit(source.variant):
+            extra["Init image hash"] = edit.digest(init)
         if req.upscale:
             extra.update({"Hires upscale": f"{req.upscale:g}", "Hires upscaler": req.upscaler or "Lanczos",
                           "Hires denoising strength": req.hires_strength})
@@ -337,14 +339,16 @@ class Engine:
 
     def defaults(self, model: str) -> dict:
         """A model's defaults and limits as plain values, for any door: family (and its label), steps, guidance,
-        width, height, scheduler, the schedulers that fit, the size multiple and maximum, negative prompt or not."""
+        width, height, scheduler, the schedulers that fit, the size multiple and maximum, negative prompt or not, how
+        many images one instruction edit takes (0: not an editing model) and whether it draws from text alone."""
         source = self.resolve(model)
         kin = family_of(source.family)
         d = kin.defaults_for(source.variant)
         return {"family": source.family, "label": kin.label, "steps": d.steps, "guidance": d.guidance,
                 "width": d.size, "height": d.size, "scheduler": d.scheduler, "schedulers": valid_schedulers(kin.name),
                 "multiple": d.multiple, "max_size": d.max_size, "negative_prompt": kin.negative_prompt,
-                "flow": kin.flow, "trained_sides": kin.trained_sides}
+                "flow": kin.flow, "trained_sides": kin.trained_sides, "edit_images": kin.edit_limit(source.variant),
+                "text_to_image": "txt2img" in kin.jobs(source.variant)}
 
 
 def _check_schedule(scheduler, req: Request, model: str, default: str) -> None:

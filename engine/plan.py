@@ -54,6 +54,10 @@ def plan_generation(request: Request, source: Source, sampling: Sampling | None 
     req = check_request(edit_size(request, kin, source.variant), source.family, source.variant)
     if req.seed is None:
         req = dataclasses.replace(req, seed=random.SystemRandom().randrange(2**32))
+    if req.upscale and req.hires_strength and kin.edit_limit(source.variant):
+        req = dataclasses.replace(req, hires_strength=0.0)
+        notes.append(Note(f"{kin.label} edits by instruction and has no image-to-image pass for the upscale: the "
+                          "image was resized alone (an upscaler plugin resizes with more detail).", kind="upscale"))
     kind = edit.edit_kind(req)
     if kind in ("inpaint", "outpaint"):
         job = "inpaint"
@@ -74,8 +78,10 @@ def plan_generation(request: Request, source: Source, sampling: Sampling | None 
 
 
 def edit_size(req: Request, kin: Family, variant: str) -> Request:
-    """An edit of an image works at that image's size (grown by outpaint borders) unless a size is given."""
-    if req.init_image is None or edit.edit_kind(req) is None or (req.width and req.height):
+    """An edit of an image (an editing model's too) works at that image's size (grown by outpaint borders) unless a
+    size is given."""
+    editing = edit.edit_kind(req) is not None or kin.edit_limit(variant)
+    if req.init_image is None or not editing or (req.width and req.height):
         return req
     from .images.loading import open_image
 

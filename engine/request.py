@@ -133,7 +133,8 @@ class Request:
     height: int | None = None
     scheduler: str | None = None
     count: int = 1
-    init_image: Any = None  # a path or PIL image: image-to-image from it
+    init_image: Any = None  # a path or PIL image: image-to-image from it (an editing model: the image it edits)
+    references: list = field(default_factory=list)  # more images an editing model takes beside init_image: image 2, 3
     strength: float | None = None  # None: IMG2IMG_STRENGTH, or EDIT_STRENGTH for an inpaint or outpaint
     controls: list[ControlUnit] = field(default_factory=list)
     loras: list[LoraSpec] = field(default_factory=list)
@@ -150,6 +151,7 @@ class Request:
         """The settings as plain JSON (images are not included; the PNG itself is the result)."""
         data = dataclasses.asdict(self)
         data["init_image"] = data["mask"] = None
+        data["references"] = []
         for unit in data["controls"]:
             unit["image"] = None
         return data
@@ -242,7 +244,12 @@ def check_request(req: Request, family: str, variant: str = "") -> Request:  # n
         raise SettingsError(f"Scheduler {scheduler!r} does not work with {FAMILIES_BY_NAME[family].label} models. "
                             f"Choose one of: {', '.join(valid_schedulers(family))}.", field="scheduler")
     strength = req.strength
-    if req.init_image is not None:
+    kin = FAMILIES_BY_NAME[family]
+    editor = req.init_image is not None and kin.edit_limit(variant) and req.mask is None and not req.outpaint
+    _check_references(req, kin, variant)
+    if editor:  # an instruction edit takes the image as it is: no strength
+        strength = None
+    elif req.init_image is not None:
         if strength is None:
             strength = EDIT_STRENGTH if req.mask is not None or req.outpaint else IMG2IMG_STRENGTH
         strength = _number("strength", strength, float, 0.01, 1.0,
@@ -267,6 +274,29 @@ def check_request(req: Request, family: str, variant: str = "") -> Request:  # n
     return dataclasses.replace(req, **edits, prompt=prompt, negative=negative, steps=steps,
                                guidance=guidance, count=count, seed=seed, scheduler=scheduler, strength=strength,
                                controls=controls, loras=loras, **size)
+
+
+def _check_references(req: Request, kin, variant: str) -> None:
+    """More images beside the init image are for an editing model that takes them, as many as it takes."""
+    refs = req.references or []
+    if not isinstance(refs, (list, tuple)):
+        raise SettingsError("references must be a list of images.", field="references")
+    if not refs:
+        return
+    most = kin.edit_limit(variant)
+    if most < 2:
+        raise SettingsError(f"{len(refs) + 1} images were given, but a {kin.label} model edits one image at a time. "
+                            "Send one image, or pick a model that combines several (Qwen-Image-Edit-2509, FLUX.2).",
+                            field="references")
+    if req.init_image is None:
+        raise SettingsError("Reference images go with the image to edit: give that first (--init IMG, or select it "
+                            "in the chat).", field="references")
+    if len(refs) + 1 > most:
+        raise SettingsError(f"{len(refs) + 1} images were given; this {kin.label} model takes at most {most} in one "
+                            "edit.", field="references")
+    if req.mask is not None or req.outpaint or req.upscale:
+        raise SettingsError("Several images go to an instruction edit only, not an inpaint, outpaint or upscale.",
+                            field="references")
 
 
 def _check_edits(req: Request, d: FamilyDefaults) -> dict:

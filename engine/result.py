@@ -48,6 +48,8 @@ class Result:
         elif r.mask is not None:
             parts.append(f"inpaint strength {r.strength:g}" + ("" if r.inpaint_padding is None else
                                                                 ", masked area only"))
+        elif r.init_image is not None and r.strength is None:  # an editing model's instruction edit
+            parts.append(f"edit of {len(r.references) + 1} images" if r.references else "edit")
         elif r.init_image is not None and not r.upscale:
             parts.append(f"strength {r.strength:g}")
         if r.upscale:

@@ -75,7 +75,7 @@ def builtin_defaults() -> dict:
     return {"family": kin.name, "label": kin.label, "steps": d.steps, "guidance": d.guidance, "width": d.size,
             "height": d.size, "scheduler": d.scheduler, "multiple": d.multiple, "max_size": d.max_size,
             "schedulers": ["default"] + valid_schedulers(kin.name), "negative_prompt": kin.negative_prompt,
-            "flow": kin.flow, "trained_sides": kin.trained_sides}
+            "flow": kin.flow, "trained_sides": kin.trained_sides, "edit_images": 0, "text_to_image": True}
 
 
 def model_choices(default_model: str) -> list[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""ControlNet units on tiny SD1.5 / SDXL / Flux ControlNets: control changes the output, scale 0 is no control,
+"""ControlNet units on tiny SD1.5 / SDXL / Flux / SD3 / Qwen-Image ControlNets: control changes the output, scale 0 is no control,
 multi-unit, start/end, and each bad input's message."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def _perturb(net, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in net.named_parameters():
-            if "controlnet_" in name or "zero" in name or "conv_out" in name:
+            if "controlnet_" in name or "zero" in name or "conv_out" in name or "pos_embed_input" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
 
 
@@ -28,9 +28,17 @@ def tiny_controlnets(tiny_model, tmp_path_factory):
 
     out = {}
     root = tmp_path_factory.mktemp("controlnets")
-    for family in ("sd15", "sdxl", "flux"):
+    for family in ("sd15", "sdxl", "flux", "sd3", "qwenimage"):
         folder = tiny_model(family)
-        if family == "flux":
+        if family == "sd3":
+            transformer = diffusers.SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer")
+            net = diffusers.SD3ControlNetModel.from_transformer(transformer, num_layers=1,
+                                                                num_extra_conditioning_channels=0)
+        elif family == "qwenimage":
+            transformer = diffusers.QwenImageTransformer2DModel.from_pretrained(folder, subfolder="transformer")
+            net = diffusers.QwenImageControlNetModel.from_transformer(transformer, num_layers=1, attention_head_dim=16,
+                                                                      num_attention_heads=2)
+        elif family == "flux":
             transformer = diffusers.FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer")
             net = diffusers.FluxControlNetModel.from_transformer(transformer, num_layers=1, num_single_layers=1,
                                                                  attention_head_dim=16, num_attention_heads=2)
@@ -64,7 +72,7 @@ def gen(engine, family_folder, controls=(), **kw):
     return np.asarray(engine.generate(Request(**args)).images[0], dtype=np.int16)
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl", "flux"])
+@pytest.mark.parametrize("family", ["sd15", "sdxl", "flux", "sd3", "qwenimage"])
 def test_control_changes_output_and_scale_zero_is_none(engine, tiny_model, use_controlnets, family):
     folder = tiny_model(family)
     base = gen(engine, folder)
@@ -76,7 +84,7 @@ def test_control_changes_output_and_scale_zero_is_none(engine, tiny_model, use_c
     assert np.abs(zero - base).max() <= 1  # scale 0 is the base model (up to rounding)
 
 
-@pytest.mark.parametrize("family", ["sd15", "flux"])
+@pytest.mark.parametrize("family", ["sd15", "flux", "sd3", "qwenimage"])
 def test_multi_unit_and_start_end(engine, tiny_model, use_controlnets, family):
     folder = tiny_model(family)
     one = gen(engine, folder, [ControlUnit("edge", edge_map(), preprocessor="none")], steps=4)

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 from engine.edit import outpaint_canvas, unmasked_change
 from engine.request import Request, UserError
 
-FAMILIES = ["sd15", "sdxl", "flux", "sd3", "chroma", "zimage", "qwenimage"]
+FAMILIES = ["sd15", "sdxl", "flux", "sd3", "chroma", "zimage", "qwenimage", "flux2klein"]
 
 
 def picture(size=(32, 32)) -> Image.Image:
@@ -43,7 +43,7 @@ def test_inpaint_repaints_the_mask_and_keeps_the_rest_exactly(engine, tiny_model
 
 def test_a_family_without_an_inpaint_pipeline_says_what_it_can_do(engine, tiny_model):
     """Chroma has no working inpaint pipeline in diffusers 0.42.1: one line naming what it can do, not a crash."""
-    with pytest.raises(UserError, match=r"Chroma model; diffusers has no pipeline for inpaint.*txt2img, img2img"):
+    with pytest.raises(UserError, match=r"Chroma model; diffusers has no pipeline for inpaint.*text to image, image to image"):
         engine.generate(Request(prompt="x", model=str(tiny_model("chroma")), steps=2, seed=1, init_image=picture(),
                                 mask=left_half(), strength=1.0))
 
@@ -208,7 +208,7 @@ def test_flux_fill_inpaints_and_outpaints_through_its_own_pipeline(tmp_path, tin
     assert grown.images[0].size == (48, 32) and unmasked_change(canvas, grown.images[0], border) == 0
     drawn = engine.generate(Request(prompt="x", model=str(folder), steps=2, seed=1, width=32, height=16))
     assert drawn.images[0].size == (32, 16)  # text-to-image: Fill under a full mask
-    with pytest.raises(UserError, match="made for inpainting and outpainting; it cannot run img2img"):
+    with pytest.raises(UserError, match="made for inpainting and outpainting; it cannot run image to image"):
         engine.generate(Request(prompt="x", model=str(folder), steps=2, seed=1, init_image=init))
 
 

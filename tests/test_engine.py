@@ -1,4 +1,5 @@
-"""Engine on tiny SD1.5 / SDXL / Flux / SD3 / Chroma / Z-Image pipelines: loading, reproducibility, metadata."""
+"""Engine on tiny SD1.5 / SDXL / Flux / SD3 / Chroma / Z-Image / Qwen-Image / FLUX.2 pipelines: loading,
+reproducibility, metadata (tests/test_editors.py: the instruction editors)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from PIL import Image
 from engine.request import Request, UserError
 from engine.sources.resolve import Resolver
 
-FAMILIES = ["sd15", "sdxl", "flux", "sd3", "chroma", "zimage", "qwenimage"]
+FAMILIES = ["sd15", "sdxl", "flux", "sd3", "chroma", "zimage", "qwenimage", "flux2", "flux2klein"]
+STRENGTH_IMG2IMG = [f for f in FAMILIES if not f.startswith("flux2")]  # FLUX.2's image-to-image is an edit
 
 
 def small(model, **kw) -> Request:
@@ -55,7 +57,7 @@ def test_count_gives_consecutive_seeds(engine, tiny_model):
     assert np.abs(np.asarray(batch.images[1], dtype=np.int16) - pixels(single)).max() <= 2
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", STRENGTH_IMG2IMG)
 def test_img2img_shares_components_and_follows_init(engine, tiny_model, family):
     folder = tiny_model(family)
     base = engine.generate(small(folder, seed=5))

@@ -131,8 +131,9 @@ def sd3(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tok = clip_tokenizer(folder / "_tok")
     tok3 = t5_tokenizer(folder / "_t5")
-    # 16 latent channels, as SD3's VAE has (its inpaint pipeline checks the transformer for 16)
-    transformer = SD3Transformer2DModel(sample_size=32, patch_size=1, in_channels=16, num_layers=1,
+    # 16 latent channels, as SD3's VAE has (its inpaint pipeline checks the transformer for 16); two blocks: the
+    # last one reads no ControlNet ("context pre only")
+    transformer = SD3Transformer2DModel(sample_size=32, patch_size=1, in_channels=16, num_layers=2,
                                         attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
                                         joint_attention_dim=32, pooled_projection_dim=64, out_channels=16)
     t5 = _t5(len(tok3))
@@ -199,40 +200,128 @@ def zimage(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def qwenimage(folder: Path, seed: int = 0) -> Path:
-    """Qwen-Image's parts at toy size: its MMDiT, its own 3D-conv VAE, a Qwen2.5-VL text encoder (the
-    pipeline wraps the prompt in its template and drops the template's tokens), flow matching."""
-    from diffusers import (
-        AutoencoderKLQwenImage,
-        FlowMatchEulerDiscreteScheduler,
-        QwenImagePipeline,
-        QwenImageTransformer2DModel,
-    )
+def _qwen_parts(folder: Path, seed: int, vision: bool = False) -> dict:
+    """Qwen-Image's parts at toy size: its MMDiT, its own 3D-conv VAE, a Qwen2.5-VL text encoder (the pipeline
+    wraps the prompt in its template and drops the template's tokens); `vision`: the editors' parts, the processor
+    their encoder reads the images with and a VAE 8x down as the real one (they encode each image at 1024x1024's
+    area: 2x down would be 65536 tokens a step)."""
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(seed)
     tok = chat_tokenizer(folder / "_chat")
+    special = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"]
+    tok.add_special_tokens({"additional_special_tokens": special})
+    ids = dict(zip(special, tok.convert_tokens_to_ids(special)))
     z = 4
-    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=z, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[False],
-                                 latents_mean=[0.0] * z, latents_std=[1.0] * z)
+    levels = dict(dim_mult=[1, 2, 2, 2], temperal_downsample=[False, True, True]) if vision else dict(
+        dim_mult=[1, 2], temperal_downsample=[False])
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=z, num_res_blocks=1, latents_mean=[0.0] * z,
+                                 latents_std=[1.0] * z, **levels)
     text_config = dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1,
+                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=1,
                        eos_token_id=1, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]})
-    vision_config = dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16)
-    text = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(text_config=text_config, vision_config=vision_config,
-                                                               vocab_size=len(tok), hidden_size=16,
-                                                               bos_token_id=1, eos_token_id=1))
+    vision_config = dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16,
+                         fullatt_block_indexes=[0])
+    text = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+        text_config=text_config, vision_config=vision_config, vocab_size=len(tok), hidden_size=16, bos_token_id=1,
+        eos_token_id=1, image_token_id=ids["<|image_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"]))
     transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=z * 4, out_channels=z, num_layers=1,
                                               attention_head_dim=16, num_attention_heads=2, joint_attention_dim=16,
                                               axes_dims_rope=(4, 6, 6))
-    pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text, tokenizer=tok,
-                             transformer=transformer)
-    pipe.save_pretrained(folder, safe_serialization=True)
+    parts = dict(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text, tokenizer=tok,
+                 transformer=transformer)
+    if vision:
+        from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+        # at most 64 merged patches of the image for the text encoder (the real one reads 384x384's area)
+        parts["processor"] = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56,
+                                                                                    max_pixels=28 * 28 * 64),
+                                              tokenizer=tok, video_processor=Qwen2VLVideoProcessor())
+    return parts
+
+
+def qwenimage(folder: Path, seed: int = 0) -> Path:
+    """Qwen-Image at toy size (`_qwen_parts`)."""
+    from diffusers import QwenImagePipeline
+
+    QwenImagePipeline(**_qwen_parts(folder, seed)).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def qwenimage_edit(folder: Path, seed: int = 0, plus: bool = False) -> Path:
+    """Qwen-Image-Edit (`plus`: Edit Plus, 2509 on, several images) at toy size: Qwen-Image's parts and the
+    processor its text encoder reads the image with."""
+    from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline
+
+    cls = QwenImageEditPlusPipeline if plus else QwenImageEditPipeline
+    cls(**_qwen_parts(folder, seed, vision=True)).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def _flux2_parts(seed: int, joint: int, guidance: bool) -> dict:
+    """FLUX.2's transformer and VAE at toy size (the text encoder is each model's own)."""
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = Flux2Transformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=joint,
+                                          timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4),
+                                          guidance_embeds=guidance)
+    vae = AutoencoderKLFlux2(block_out_channels=(8, 16), latent_channels=4, norm_num_groups=4, layers_per_block=1,
+                             down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                             sample_size=32)
+    return dict(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, transformer=transformer)
+
+
+def flux2klein(folder: Path, seed: int = 0, distilled: bool = True) -> Path:
+    """FLUX.2 [klein] at toy size: its transformer without a guidance embedding, a Qwen3 causal LM whose hidden
+    states at layers 9, 18 and 27 the pipeline stacks (so 28 layers, each tiny)."""
+    from diffusers import Flux2KleinPipeline
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    parts = _flux2_parts(seed, joint=48, guidance=False)
+    tok = chat_tokenizer(folder / "_chat")
+    text = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                                        num_hidden_layers=28, num_attention_heads=2, num_key_value_heads=2, head_dim=8,
+                                        max_position_embeddings=1024))
+    Flux2KleinPipeline(**parts, text_encoder=text, tokenizer=tok, is_distilled=distilled).save_pretrained(
+        folder, safe_serialization=True)
+    return folder
+
+
+def flux2(folder: Path, seed: int = 0) -> Path:
+    """FLUX.2 [dev] at toy size: its transformer with a guidance embedding and a Mistral 3 (Pixtral vision, 31
+    layers: the pipeline stacks the hidden states at layers 10, 20 and 30) read through its processor."""
+    from diffusers import Flux2Pipeline
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration, PixtralImageProcessor, PixtralProcessor
+
+    parts = _flux2_parts(seed, joint=48, guidance=True)
+    tok = chat_tokenizer(folder / "_chat")
+    tok.add_special_tokens({"additional_special_tokens": ["[IMG]", "[IMG_BREAK]", "[IMG_END]"]})
+    # the processor's template: messages whose content is a list of text (and image) parts
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{% if m['content'] is string %}{{ m['content'] }}"
+                         "{% else %}{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% else %}"
+                         "[IMG]{% endif %}{% endfor %}{% endif %}</s>{% endfor %}")
+    config = Mistral3Config(
+        text_config=dict(model_type="mistral", vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                         num_hidden_layers=31, num_attention_heads=2, num_key_value_heads=2, head_dim=8,
+                         max_position_embeddings=1024),
+        vision_config=dict(model_type="pixtral", hidden_size=16, intermediate_size=16, num_hidden_layers=1,
+                           num_attention_heads=2, head_dim=8, patch_size=14, image_size=224),
+        image_token_index=tok.convert_tokens_to_ids("[IMG]"), spatial_merge_size=2)
+    processor = PixtralProcessor(image_processor=PixtralImageProcessor(patch_size=14, size={"longest_edge": 224}),
+                                 tokenizer=tok, patch_size=14, spatial_merge_size=2, chat_template=tok.chat_template)
+    Flux2Pipeline(**parts, text_encoder=Mistral3ForConditionalGeneration(config), tokenizer=processor).save_pretrained(
+        folder, safe_serialization=True)
     return folder
 
 
 BUILDERS = {"sd15": sd15, "sdxl": sdxl, "flux": flux, "sd3": sd3, "chroma": chroma, "zimage": zimage,
-            "qwenimage": qwenimage}
+            "qwenimage": qwenimage, "flux2": flux2, "flux2klein": flux2klein,
+            "qwenimage-edit": qwenimage_edit, "qwenimage-edit-plus": lambda folder, seed=0: qwenimage_edit(
+                folder, seed, plus=True)}
 
 
 def family_in_index(folder: Path) -> str:

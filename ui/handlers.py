@@ -77,8 +77,10 @@ def send(studio: Studio, session: Session, text: str, settings: Settings, files:
 
 
 def build_request(studio: Studio, session: Session, asked: inline.Inline, settings: Settings) -> Request:
-    """The panel's settings with the message's inline overrides; refine makes it image-to-image. A message of
-    flags only ("--seed 5", "--refine") applies them to the selected image's prompt."""
+    """The panel's settings with the message's inline overrides; refine makes it image-to-image, and so does any
+    message to an editing model once the chat has an image (it edits the selected one; --images picks several,
+    --new draws anew). A message of flags only ("--seed 5", "--refine") applies them to the selected image's
+    prompt."""
     prompt = asked.prompt
     if not prompt:
         shot = session.selected_shot()
@@ -98,7 +100,14 @@ def build_request(studio: Studio, session: Session, asked: inline.Inline, settin
     if asked.aspect:
         d = panel_defaults(studio, request.model)
         request.width, request.height = inline.size_for_ratio(asked.aspect, d["width"], d["multiple"])
-    if asked.refine is not None or settings.refine:
+    try:
+        shown = panel_defaults(studio, request.model)
+    except UserError:  # the model itself can't be used: the run says so, and the status line with it
+        shown = None
+    edits = shown["edit_images"] if shown else 0
+    if asked.images:
+        _edit_these(session, request, asked, shown)
+    elif asked.refine is not None or settings.refine or (edits and not asked.new and session.shots):
         shot = session.selected_shot()
         if shot is None:
             raise UserError("There is no image to refine yet. Send a prompt first, then refine its image "
@@ -107,13 +116,32 @@ def build_request(studio: Studio, session: Session, asked: inline.Inline, settin
         request.strength = asked.refine if asked.refine is not None else settings.strength
         if "width" not in asked.overrides and not asked.aspect:
             request.width, request.height = shot.request.width, shot.request.height
+    elif shown and not shown["text_to_image"]:
+        raise UserError(f"{request.model} edits images and draws none from text alone. Make an image first (with "
+                        "another model, or send one from the Library), select it, then write the change, e.g. "
+                        "'make the sky purple'.")
     # the panel shows the model's defaults: where they are as shown and the message did not set them, they are
     # left to the engine (a LoRA plugin's own sampling, else the model's), as every door leaves them
-    try:
-        shown = panel_defaults(studio, request.model)
-    except UserError:  # the model itself can't be used: the run says so, and the status line with it
+    if shown is None:
         return request
     return leave_to_engine(request, shown, typed=set(asked.overrides))
+
+
+def _edit_these(session: Session, request: Request, asked: inline.Inline, shown: dict | None) -> None:
+    """--images 2,5: an editing model edits chat images #2 and #5 together (image 1 and image 2)."""
+    by_number = {shot.number: shot for shot in session.shots}
+    missing = [n for n in asked.images if n not in by_number]
+    if missing:
+        have = f"#1 to #{len(session.shots)}" if session.shots else "none yet"
+        raise UserError(f"--images: this chat has no image #{missing[0]} (it has {have}).")
+    most = shown["edit_images"] if shown else 0
+    if not most:
+        raise UserError(f"--images is for editing models (Qwen-Image-Edit, FLUX.2, Kontext); {request.model} is not "
+                        "one. Pick one in the panel, or refine one image with --refine.")
+    shots = [by_number[n] for n in asked.images]
+    request.init_image, request.references = shots[0].path, [shot.path for shot in shots[1:]]
+    if "width" not in asked.overrides and not asked.aspect:
+        request.width, request.height = shots[0].request.width, shots[0].request.height
 
 
 def reroll(studio: Studio, session: Session, settings: Settings) -> Iterator[Update]:

@@ -47,6 +47,9 @@ FLAGS = (
     Flag("refine", (), "[S]", f"image-to-image from the selected (or last) image at strength S "
                               f"(default {DEFAULT_REFINE}; low keeps more of it)"),
     Flag("lora", (), "NAME=W", "turn on a LoRA plugin at weight W (repeatable; also `<lora:NAME:W>` in the text)"),
+    Flag("images", ("with",), "N,M", "editing models (Qwen-Image-Edit, FLUX.2, Kontext): edit chat images #N, #M "
+                                    "together, as image 1, image 2 of the instruction"),
+    Flag("new", (), "", "editing models: draw a new image from the text instead of editing the selected one"),
 )
 _BY_NAME = {alias: f for f in FLAGS for alias in (f.name, *f.aliases)}
 
@@ -61,6 +64,8 @@ class Inline:
     negative: str = ""  # from --no, added to the panel's negative prompt
     loras: list[LoraSpec] = field(default_factory=list)
     refine: float | None = None  # image-to-image strength when --refine was given
+    images: list[int] = field(default_factory=list)  # --images 2,5: the chat's image numbers an edit takes
+    new: bool = False  # --new: an editing model draws anew instead of editing the selected image
     command: str | None = None  # "help" for /help
 
 
@@ -100,12 +105,24 @@ def _apply(out: Inline, name: str, value: str) -> None:
             raise UserError("--no needs the things to avoid, e.g. --no blurry text")
         out.negative = ", ".join(x for x in (out.negative, value) if x)
         return
+    if flag.name == "new":
+        if value:
+            raise UserError(f"{flag_text!r}: --new takes no value. Put the prompt first, e.g. 'a red fox --new'.")
+        out.new = True
+        return
+    if flag.name == "images":
+        numbers = [x for x in re.split(r"[\s,]+", value.replace("#", " ")) if x]
+        if not numbers or not all(x.isdigit() and 0 < int(x) < 1_000_000 for x in numbers):
+            raise UserError(f"{flag_text!r}: give the chat's image numbers, e.g. --images 2,5 (image 1 is #2, "
+                            "image 2 is #5).")
+        out.images = [int(x) for x in numbers]
+        return
     if flag.name == "refine":
         out.refine = DEFAULT_REFINE if not value else _float(value, flag_text, "a strength from 0.01 to 1, e.g. 0.5")
         return
     if not value:
         raise UserError(f"--{name} needs a value: --{flag.name} {flag.value} ({flag.help}).")
-    if len(value.split()) > 1 and flag.name not in ("ar", "size"):
+    if len(value.split()) > 1 and flag.name not in ("ar", "size", "images"):
         raise UserError(f"{flag_text!r}: --{name} takes one value. Put the prompt first and the flags after it, "
                         f"e.g. 'a red fox in snow --{flag.name} {flag.value}'.")
     if flag.name == "seed":

@@ -174,11 +174,19 @@ def show_result(session: Session, result, library=None, operator: bool = False) 
         black = []  # the engine saw the invalid values themselves and said so
     said = result.notes + ([black_note(black, result.request)] if black else [])
     notes = "".join(f"\n\n{NOTE} {note_text(n, operator)}" for n in said)
-    beside = ""
+    beside = _sources(session, result.request)
     if result.control_maps:  # in the images' grid (ui/page.css), beside the image they shaped
         beside = f" · beside it: the control map{'s' if len(result.control_maps) > 1 else ''} the model was given"
     session.say("assistant", f"{numbers} · `{result.settings_line()}`{beside}{notes}")
     session.selected = None  # actions follow the newest image
+
+
+def _sources(session: Session, request: Request) -> str:
+    """" · from #3" (" · from #3 and #5": an edit of several) when the turn started from this chat's images."""
+    paths = [request.init_image, *request.references] if request.init_image is not None else []
+    numbers = {shot.path: shot.number for shot in session.shots}
+    found = [f"#{numbers[p]}" for p in paths if isinstance(p, str) and p in numbers]
+    return f" · from {' and '.join(found)}" if found else ""
 
 
 def _init_image(request: Request):

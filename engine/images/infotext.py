@@ -59,7 +59,7 @@ def infotext(request: Request, seed: int, model_name: str, model_hash: str | Non
     if model_hash:
         params["Model hash"] = model_hash
     params["Model"] = model_name
-    if request.init_image is not None:
+    if request.init_image is not None and request.strength is not None:  # an instruction edit has none
         params["Denoising strength"] = _number(request.strength)
     for i, unit in enumerate(request.controls):
         params[f"ControlNet {i}"] = control_unit_text(unit)

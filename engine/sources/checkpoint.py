@@ -2,8 +2,9 @@
 
 Every file the app may load (a model, a LoRA, a ControlNet) passes `refuse_pickle` first: pickle formats can run
 code when loaded, so only `.safetensors` is read. `read_header` reads tensor names and shapes without touching the
-tensors (cached per file version). The family (builtin, sd15, sdxl, flux) comes from a folder's model_index.json
-or a file's tensor names, never from a file name; `flux_variant` tells schnell (no guidance weights) from dev.
+tensors (cached per file version). The family comes from a folder's model_index.json
+or a file's tensor names, never from a file name; `variant_of_folder` reads
+the variant (Flux schnell, Kontext, Qwen-Image-Edit) from the model too.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..families import FAMILIES_BY_NAME, family_of_class
+from ..families import FAMILIES_BY_NAME, family, family_of_class, family_of_file_keys
 from ..request import UserError
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle")
@@ -61,18 +62,8 @@ def read_header(path: Path, label: str | None = None) -> dict[str, list[int]]:
 
 def family_of_keys(keys: dict[str, list[int]]) -> str | None:
     """Family of a single-file checkpoint from its tensor names (never from the file name)."""
-    names = keys.keys()
-
-    def has(fragment: str) -> bool:
-        return any(fragment in k for k in names)
-
-    if has("double_blocks.0.") or has("transformer_blocks.0.attn.add_q_proj"):
-        return "flux"
-    if has("conditioner.embedders.1") or has("label_emb.0.0.weight") or has("add_embedding.linear_1"):
-        return "sdxl"
-    if has("model.diffusion_model.input_blocks") or has("cond_stage_model.transformer"):
-        return "sd15"
-    return None
+    found = family_of_file_keys(keys)
+    return found.name if found else None
 
 
 def family_of_folder(folder: Path) -> str:
@@ -95,27 +86,33 @@ def family_of_folder(folder: Path) -> str:
     return found.name
 
 
-def flux_variant_of_keys(keys: dict[str, list[int]]) -> str:
-    """schnell (timestep-distilled, no guidance embedding) or dev, from a Flux checkpoint's tensor names."""
-    return "dev" if any("guidance_in" in k or "guidance_embedder" in k for k in keys) else "schnell"
+def variant_of_keys(name: str, keys: dict[str, list[int]]) -> str:
+    """The variant of a family-`name` single file: Flux schnell has no guidance weights; else the plain variant."""
+    kin = family(name)
+    if kin.unguided_variant and not any("guidance_in" in k or "guidance_embedder" in k for k in keys):
+        return kin.unguided_variant
+    return kin.plain_variant
 
 
-def flux_variant_of_folder(folder: Path) -> str:
-    """fill or kontext (from the pipeline class), else schnell or dev from the transformer's config
-    (`guidance_embeds`); dev when the config cannot tell."""
+def variant_of_folder(name: str, folder: Path) -> str:
+    """The variant of a family-`name` model folder: from its pipeline class (Flux Fill, Kontext, Qwen-Image-Edit),
+    else from a config value (Flux schnell: no guidance embedding; FLUX.2 klein base: not distilled), else the
+    family's plain variant (dev)."""
+    kin = family(name)
     try:
         cls = json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
     except (OSError, ValueError, AttributeError):
         cls = ""
-    if "Fill" in cls:
-        return "fill"
-    if "Kontext" in cls:
-        return "kontext"
-    try:
-        config = json.loads((folder / "transformer" / "config.json").read_text())
-    except (OSError, ValueError):
-        return "dev"
-    return "dev" if config.get("guidance_embeds", True) else "schnell"
+    if cls in kin.index_variants:
+        return kin.index_variants[cls]
+    for file, key, value, variant in kin.config_variants:
+        try:
+            config = json.loads((folder / file).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(config, dict) and config.get(key, not value) == value:
+            return variant
+    return kin.plain_variant
 
 
 def checkpoint_family(path: Path) -> str:
@@ -126,6 +123,7 @@ def checkpoint_family(path: Path) -> str:
                         "diffusers folder or a Hub id.")
     family = family_of_keys(read_header(path, path.name))
     if family is None:
-        raise UserError(f"{path.name} does not look like an SD1.5, SDXL or Flux checkpoint (its tensor names match "
-                        "none). If it is a LoRA, load it with --lora instead.")
+        known = ", ".join(f.label for f in FAMILIES_BY_NAME.values() if f.file_keys)
+        raise UserError(f"{path.name} is not a checkpoint of a family this app runs ({known}): its tensor names "
+                        "match none. If it is a LoRA, load it with --lora instead.")
     return family

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ..families import family as family_of
 from ..families import has_variants
 from ..request import ModelError, UserError
-from .checkpoint import family_of_folder, flux_variant_of_folder
+from .checkpoint import family_of_folder, variant_of_folder
 
 log = logging.getLogger(__name__)
 MAX_ID_LENGTH = 96  # the Hub's limit for namespace/name
@@ -94,11 +95,13 @@ class Hub:
         family = family_of_folder(folder)
         if not has_variants(family):
             return family, ""
-        try:
-            self.file(repo, "transformer/config.json", f"the transformer config of {repo}")
-        except UserError:
-            return family, "dev"
-        return family, flux_variant_of_folder(folder)
+        for file, *_ in family_of(family).config_variants:  # fetched beside model_index.json, when there
+            if file != "model_index.json":
+                try:
+                    self.file(repo, file, f"the {file} of {repo}")
+                except UserError:
+                    pass
+        return family, variant_of_folder(family, folder)
 
     def download(self, repo: str) -> str:
         """Fetch only the files a Hub pipeline needs (safetensors weights, configs) into the Hugging Face cache."""

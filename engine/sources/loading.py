@@ -22,19 +22,31 @@ log = logging.getLogger(__name__)
 def pipeline_class(source: Source, kind: str) -> str:
     """The diffusers class that runs `kind` (txt2img, img2img, control, control_img2img, inpaint) for `source`."""
     kin = family(source.family)
-    special = kin.variant_pipelines.get(source.variant, {})
-    if kind in special:
-        return special[kind]
-    if special:
-        raise UserError(f"{source.name} is a {kin.label} {source.variant.title()} model, made for "
-                        f"{'inpainting and outpainting' if source.variant == 'fill' else 'editing an image'}; it "
-                        f"cannot run {kind.replace('_', ' + ')}. Use an ordinary {kin.label} model for that.")
-    if kind not in kin.pipelines:
-        can = ", ".join(k.replace("_", " + ") for k in kin.pipelines)
-        asked = kind.replace("_", " + ")
-        raise UserError(f"{source.name} is a {kin.label} model; diffusers has no pipeline for {asked} with it. It "
-                        f"can do: {can}.")
-    return kin.pipelines[kind]
+    jobs = kin.jobs(source.variant)
+    if kind in jobs:
+        return jobs[kind]
+    can = ", ".join(_job_words(k, kin, source.variant) for k in jobs)
+    use = kin.variant_uses.get(source.variant)
+    if use:
+        raise UserError(f"{source.name} is a {kin.label} model made for {use}; it cannot run "
+                        f"{_job_words(kind, kin, source.variant)}, only {can}. Use an ordinary {kin.label} model "
+                        "for that.")
+    raise UserError(f"{source.name} is a {kin.label} model; diffusers has no pipeline for "
+                    f"{_job_words(kind, kin, source.variant)} with it. It can do: {can}.")
+
+
+def _job_words(kind: str, kin, variant: str) -> str:
+    """A kind of job as people say it ("text to image", "an edit of the image" for an editing model's img2img)."""
+    if kind == "img2img" and kin.edit_limit(variant):
+        return "instruction edits of an image"
+    return {"txt2img": "text to image", "img2img": "image to image", "inpaint": "inpaint and outpaint",
+            "control": "ControlNet", "control_img2img": "ControlNet image to image"}.get(kind, kind)
+
+
+def loading_class(source: Source) -> str:
+    """The class a model is loaded as: its text-to-image pipeline, else (an editor alone) its first one."""
+    jobs = family(source.family).jobs(source.variant)
+    return jobs.get("txt2img") or next(iter(jobs.values()))
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -70,12 +82,12 @@ def pick_dtype(device: str, dtype: str | None = None):
 
 
 def load_pipeline(source: Source, device: str, dtype, hub: Hub | None = None):
-    """Load the family's text-to-image pipeline from a Source (safetensors only); `hub`: the process's Hub."""
+    """Load the model's first pipeline (`loading_class`) from a Source (safetensors only); `hub`: the process's Hub."""
     import diffusers
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     hub = hub or Hub()
-    cls = getattr(diffusers, pipeline_class(source, "txt2img"))
+    cls = getattr(diffusers, loading_class(source))
     t0 = time.perf_counter()
     try:
         if source.kind == "file":
@@ -118,7 +130,7 @@ def pipeline_bytes(pipe) -> int:
 @dataclass
 class LoadedModel:
     source: Source
-    pipe: object  # the text-to-image pipeline; owns the weights
+    pipe: object  # the pipeline it was loaded as (`loading_class`); owns the weights
     nbytes: int
     scheduler_config: dict
     variants: dict = field(default_factory=dict)  # (kind, controlnet ids) -> pipeline sharing `pipe`'s components

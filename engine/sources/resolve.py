@@ -21,9 +21,9 @@ from .checkpoint import (
     PICKLE_SUFFIXES,
     checkpoint_family,
     family_of_folder,
-    flux_variant_of_folder,
-    flux_variant_of_keys,
     read_header,
+    variant_of_folder,
+    variant_of_keys,
 )
 from .hub import MAX_ID_LENGTH, Hub
 
@@ -54,8 +54,8 @@ class Source:
     name: str  # what the user typed (or "builtin")
     kind: str  # builtin | hub | folder | file
     location: str  # Hub id or absolute path
-    family: str  # builtin | sd15 | sdxl | flux
-    variant: str = ""  # flux: "dev" or "schnell" (read from the model, not its name)
+    family: str  # a name in engine.families
+    variant: str = ""  # e.g. Flux "dev", "schnell", "kontext"; Qwen-Image "edit" (read from the model, not its name)
 
 
 def looks_like_path(model: str) -> bool:
@@ -119,11 +119,11 @@ class Resolver:
             return cached[1]
         if path.is_dir():
             family = family_of_folder(path)
-            variant = flux_variant_of_folder(path) if has_variants(family) else ""
+            variant = variant_of_folder(family, path) if has_variants(family) else ""
             source = Source(model, "folder", str(path), family, variant)
         else:
             family = checkpoint_family(path)
-            variant = flux_variant_of_keys(read_header(path, path.name)) if has_variants(family) else ""
+            variant = variant_of_keys(family, read_header(path, path.name)) if has_variants(family) else ""
             source = Source(model, "file", str(path), family, variant)
         self._path_cache[str(path)] = (stamp, source)
         return source

@@ -14,10 +14,10 @@ import logging
 import re
 from pathlib import Path
 
-from ..families import SCHNELL_CONFIG, has_variants
 from ..families import family as family_of
+from ..families import has_variants
 from ..request import UserError
-from .checkpoint import flux_variant_of_keys, read_header
+from .checkpoint import read_header, variant_of_keys
 from .hub import Hub
 
 log = logging.getLogger(__name__)
@@ -31,9 +31,11 @@ def config_for(family: str, path: Path, config: str | None = None) -> str:
         return str(beside)
     if config:
         return config
-    if has_variants(family) and flux_variant_of_keys(read_header(path, path.name)) == "schnell":
-        return SCHNELL_CONFIG
-    return family_of(family).single_file_config
+    kin = family_of(family)
+    if has_variants(family):
+        variant = variant_of_keys(family, read_header(path, path.name))
+        return kin.variant_configs.get(variant, kin.single_file_config)
+    return kin.single_file_config
 
 
 def _how_to_get(family: str, repo: str, path: Path) -> str:
