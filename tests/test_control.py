@@ -1,5 +1,5 @@
-"""ControlNet units on tiny SD1.5 / SDXL / Flux / SD3 / Qwen-Image ControlNets: control changes the output, scale 0 is no control,
-multi-unit, start/end, and each bad input's message."""
+"""ControlNet units on tiny SD1.5 / SDXL / Flux / SD3 / Qwen-Image ControlNets: control changes the output, scale 0
+is no control, multi-unit, start/end, and each bad input's message."""
 
 from __future__ import annotations
 

@@ -123,7 +123,7 @@ def klein_studio(engine, tiny_model):
     return Studio(engine, default_model=str(tiny_model("flux2klein")))
 
 
-def chat(studio, session, text, model) -> str:
+def chat(studio, session, text, model) -> str:  # noqa: F811 (the fixture's name)
     settings = Settings(model=str(model), width=64, height=64, steps=2)
     list(handlers.send(studio, session, text, settings))
     return session.history[-1]["content"]
