@@ -17,8 +17,9 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
                    help="builtin, a Hub id, a diffusers folder or a .safetensors file (default: builtin)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16")
-    p.add_argument("--offload", default="auto", choices=("auto", "on", "off"),
-                   help="model CPU offload: auto turns it on when the GPU is too small")
+    p.add_argument("--offload", default="auto", choices=("auto", "on", "off", "sequential"),
+                   help="model CPU offload: auto turns it on when the GPU is too small; sequential moves layer by "
+                        "layer (least GPU memory, slowest: Qwen-Image or FLUX.2 [dev] on a 24 GB GPU)")
     p.add_argument("--compile", default="off", choices=("on", "off"),
                    help="torch.compile the denoiser (regional where supported); pays off in long sessions")
     p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),

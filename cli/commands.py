@@ -238,29 +238,47 @@ def cmd_models(args, config) -> int:
         path = hub.download(args.download)
         print(f"{args.download} is cached at {path}")
         return 0
+    from engine.families import FAMILIES_BY_NAME
+
+    def row(model: str, family: str, variant: str, status: str, where: str) -> dict:
+        kin = FAMILIES_BY_NAME[family]
+        return {"model": model, "family": family, "label": kin.label, "variant": variant, "status": status,
+                "where": where, "can": kin.abilities(variant)}
+
     rows = []
     try:
         builtin = Resolver(hub).resolve("builtin")
-        rows.append({"model": "builtin", "family": "builtin", "status": "ready", "where": builtin.location})
+        rows.append(row("builtin", "builtin", "", "ready", builtin.location))
     except UserError as e:
-        rows.append({"model": "builtin", "family": "builtin", "status": "missing", "where": str(e)})
+        rows.append(row("builtin", "builtin", "", "missing", str(e)))
     cached = dict(cached_hub_models())
     for repo, family in KNOWN_MODELS.items():
         if repo != "builtin":
-            rows.append({"model": repo, "family": family, "status": "cached" if repo in cached else "download on use",
-                         "where": "hub"})
+            rows.append(row(repo, family, FAMILIES_BY_NAME[family].hub_ids[repo],
+                            "cached" if repo in cached else "download on use", "hub"))
     for repo, family in cached.items():
         if repo not in KNOWN_MODELS:
-            rows.append({"model": repo, "family": family, "status": "cached", "where": "hub"})
+            rows.append(row(repo, family, "", "cached", "hub"))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    wide = max(len(r["family"]) for r in rows) + 1
-    print(f"{'model':48} {'family':{wide}} status")
+    wide = max(len(r["label"]) for r in rows) + 1
+    print(f"{'model':44} {'family':{wide}} {'status':16} can")
     for r in rows:
-        print(f"{r['model']:48} {r['family']:{wide}} {r['status']}")
-    print("\nAlso: any Hub id, a diffusers folder, or a .safetensors checkpoint via --model.")
+        print(f"{r['model']:44} {r['label']:{wide}} {r['status']:16} {abilities_text(r['can'])}")
+    print("\nAlso: any Hub id, a diffusers folder, or a .safetensors checkpoint via --model. `models --json` lists "
+          "the same as JSON.")
     return 0
+
+
+def abilities_text(can: dict) -> str:
+    """'text, image, inpaint, control, LoRA' or 'edit (3 images), inpaint, LoRA' for the models table."""
+    words = [w for w, key in (("text", "txt2img"), ("image", "img2img")) if can[key]]
+    if can["edit_images"]:
+        n = can["edit_images"]
+        words.append(f"edit ({n} image{'s' if n > 1 else ''})")
+    words += [w for w, key in (("inpaint", "inpaint"), ("control", "controlnet"), ("LoRA", "lora")) if can[key]]
+    return ", ".join(words)
 
 
 def cmd_plugins(args, config) -> int:

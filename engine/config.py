@@ -23,7 +23,7 @@ def offline_by_user() -> bool:
 class EngineConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | fp32 | fp16 | bf16
-    offload: str = "auto"  # auto | on | off: model CPU offload when the GPU is too small
+    offload: str = "auto"  # auto | on | off | sequential: model CPU offload when the GPU is too small
     compile: str = "off"  # on | off: torch.compile the denoiser
     channels_last: str = "auto"  # auto (on for CPU) | on | off
     memory_budget_gb: float | None = None  # model cache budget; None: by device
@@ -36,7 +36,7 @@ class EngineConfig:
     threads: int | None = None  # torch's CPU threads, set when the Engine starts (engine/threads.py); None: torch's
 
     def __post_init__(self):
-        for name, allowed in (("offload", ("auto", "on", "off")), ("compile", ("on", "off")),
+        for name, allowed in (("offload", ("auto", "on", "off", "sequential")), ("compile", ("on", "off")),
                               ("channels_last", ("auto", "on", "off"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"EngineConfig.{name} = {getattr(self, name)!r}; use one of {', '.join(allowed)}.")

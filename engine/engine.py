@@ -95,6 +95,10 @@ class Engine:
         pipe = loaded.pipe
         if self.device.startswith("cuda"):
             free, _ = torch.cuda.mem_get_info()
+            if self.offload == "sequential":  # layer by layer: the least GPU memory, the slowest
+                pipe.enable_sequential_cpu_offload()
+                loaded.offload = True
+                return
             if self.offload == "on" or (self.offload == "auto" and loaded.nbytes > 0.85 * free):
                 pipe.enable_model_cpu_offload()
                 loaded.offload = True
@@ -104,6 +108,15 @@ class Engine:
         pipe.to(self.device)
         self._optimize(loaded)
         pinned.pin(pipe)  # every part is on self.device: no module walk at each call (engine/sources/pinned.py)
+
+    def _memory_advice(self, model: str) -> str:
+        """What the operator can do when a model does not fit: its family's own advice (Qwen-Image, FLUX.2: how
+        much memory, which offload), else model CPU offload."""
+        try:
+            big = family_of(self.resolve(model).family).big
+        except UserError:
+            big = ""
+        return big or "Or start the app with --offload on (or --offload sequential: least memory, slowest)."
 
     def _optimize(self, loaded: loading.LoadedModel) -> None:
         """Speed settings that keep outputs (channels_last) or change them only within float rounding (compile)."""
@@ -150,9 +163,10 @@ class Engine:
         # 2. the model itself, from the cache when it was used before
         loaded = self.load(source)
         notes = list(plan.notes)
-        if loaded.offload:
+        if loaded.offload and self.offload == "auto":
             notes.append(Note(f"{name} is larger than the free GPU memory: model CPU offload is on (slower).",
-                              kind="offload", operator="Start with --offload off to force it onto the GPU."))
+                              kind="offload", operator=kin.big or "Start with --offload off to force it onto the "
+                                                                  "GPU."))
         # 3. the pipeline variant the plan names, its inputs, the scheduler
         init = inpainting = control = None
         if req.init_image is not None:

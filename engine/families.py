@@ -64,7 +64,7 @@ class Family:
     file_keys: tuple[str, ...] = ()  # tensor-name fragments that mark a single-file checkpoint as this family
     lora_keys: tuple[str, ...] = ()  # tensor-name fragments of this family's LoRAs (diffusers or original names)
     big: str = ""  # what a GPU needs for it (said at load when it does not fit), with the fix
-    hub_ids: tuple[str, ...] = ()  # the Hub models people know it by (the model list offers them)
+    hub_ids: dict[str, str] = field(default_factory=dict)  # Hub models people know it by -> their variant
 
     def abilities(self, variant: str = "") -> dict:
         """What models of this family (and variant) can do, for `models --json` and the doors' model lists."""
@@ -97,7 +97,7 @@ FAMILIES_BY_NAME: dict[str, Family] = {f.name: f for f in (
                           "StableDiffusionInpaintPipeline"),
            load_extra=NO_SAFETY_CHECKER, single_file_config="stable-diffusion-v1-5/stable-diffusion-v1-5",
            lora_training=True, file_keys=(("model.diffusion_model.input_blocks",), ("cond_stage_model.transformer",)),
-           hub_ids=("stable-diffusion-v1-5/stable-diffusion-v1-5",)),
+           hub_ids={"stable-diffusion-v1-5/stable-diffusion-v1-5": ""}),
     Family("sdxl", "Stable Diffusion XL", FamilyDefaults(30, 7.0, 1024, 8, 2048, "euler"),
            {"txt2img": "StableDiffusionXLPipeline", "img2img": "StableDiffusionXLImg2ImgPipeline",
             "control": "StableDiffusionXLControlNetPipeline",
@@ -107,7 +107,7 @@ FAMILIES_BY_NAME: dict[str, Family] = {f.name: f for f in (
                           "StableDiffusionXLInpaintPipeline"),
            single_file_config="stabilityai/stable-diffusion-xl-base-1.0",
            file_keys=(("conditioner.embedders.1",), ("label_emb.0.0.weight",), ("add_embedding.linear_1",)),
-           hub_ids=("stabilityai/stable-diffusion-xl-base-1.0",)),
+           hub_ids={"stabilityai/stable-diffusion-xl-base-1.0": ""}),
     Family("flux", "FLUX.1", FamilyDefaults(28, 3.5, 1024, 16, 2048, "flow-euler"),
            {"txt2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "control": "FluxControlNetPipeline",
             "control_img2img": "FluxControlNetImg2ImgPipeline", "inpaint": "FluxInpaintPipeline"},
@@ -127,8 +127,8 @@ FAMILIES_BY_NAME: dict[str, Family] = {f.name: f for f in (
            variant_uses={"fill": "inpainting and outpainting", "kontext": "editing an image"},
            edit_images={"kontext": 1},
            file_keys=(("double_blocks.0.",), ("transformer_blocks.0.attn.add_q_proj",)), lora_keys=_FLUX_LORA,
-           hub_ids=("black-forest-labs/FLUX.1-schnell", "black-forest-labs/FLUX.1-dev",
-                    "black-forest-labs/FLUX.1-Kontext-dev")),
+           hub_ids={"black-forest-labs/FLUX.1-schnell": "schnell", "black-forest-labs/FLUX.1-dev": "dev",
+                    "black-forest-labs/FLUX.1-Kontext-dev": "kontext"}),
     # SD3 and SD3.5 (MMDiT, flow matching, CLIP L + G and T5): diffusers has no ControlNet image-to-image for it
     Family("sd3", "Stable Diffusion 3.5", FamilyDefaults(28, 4.5, 1024, 16, 2048, "flow-euler"),
            {"txt2img": "StableDiffusion3Pipeline", "img2img": "StableDiffusion3Img2ImgPipeline",
@@ -138,8 +138,9 @@ FAMILIES_BY_NAME: dict[str, Family] = {f.name: f for f in (
            flow=True, previews=False, controlnet_class="SD3ControlNetModel",
            single_file_config="stabilityai/stable-diffusion-3.5-medium",
            file_keys=(("joint_blocks.0.",), ("transformer_blocks.0.norm1_context.", "pos_embed.proj.")),
-           lora_keys=("transformer_blocks", "joint_blocks"),
-           hub_ids=("stabilityai/stable-diffusion-3.5-medium", "stabilityai/stable-diffusion-3.5-large")),
+           lora_keys=("joint_blocks",),  # diffusers-named SD3 LoRAs are named as Flux's double blocks: left to
+                                         # the layer check
+           hub_ids={"stabilityai/stable-diffusion-3.5-medium": "", "stabilityai/stable-diffusion-3.5-large": ""}),
     # Chroma (Flux's architecture pruned, T5 only, trained to use a real negative prompt); no ControlNet in diffusers,
     # and diffusers 0.42.1's ChromaInpaintPipeline reads transformer.config.guidance_embeds, which Chroma's
     # transformer has not (AttributeError): no inpaint until it is fixed. Flux LoRAs fit its layers.
@@ -149,7 +150,7 @@ FAMILIES_BY_NAME: dict[str, Family] = {f.name: f for f in (
            flow=True, previews=False, single_file_config="lodestones/Chroma1-HD",
            single_file_transformer="ChromaTransformer2DModel", file_keys=(("distilled_guidance_layer.",),),
            lora_keys=_FLUX_LORA,
-           hub_ids=("lodestones/Chroma1-HD",)),
+           hub_ids={"lodestones/Chroma1-HD": ""}),
     # Z-Image (a single-stream DiT reading a Qwen3's hidden states); the defaults are Z-Image-Turbo's: 9 steps
     # (8 model evaluations), no guidance
     Family("zimage", "Z-Image", FamilyDefaults(9, 0.0, 1024, 16, 2048, "flow-euler"),
@@ -157,8 +158,9 @@ FAMILIES_BY_NAME: dict[str, Family] = {f.name: f for f in (
            index_classes=("ZImagePipeline", "ZImageImg2ImgPipeline", "ZImageInpaintPipeline"),
            flow=True, previews=False, single_file_config="Tongyi-MAI/Z-Image-Turbo",
            single_file_transformer="ZImageTransformer2DModel",
-           file_keys=(("noise_refiner.0.",), ("context_refiner.0.",)), lora_keys=("noise_refiner", "layers."),
-           hub_ids=("Tongyi-MAI/Z-Image-Turbo",)),
+           file_keys=(("noise_refiner.0.",), ("context_refiner.0.",)),
+           lora_keys=("noise_refiner", "context_refiner", "transformer.layers.", "diffusion_model.layers."),
+           hub_ids={"Tongyi-MAI/Z-Image-Turbo": ""}),
     # Qwen-Image (a 20B MMDiT reading Qwen2.5-VL's hidden states): true classifier-free guidance with a negative
     # prompt (`true_cfg_scale`), 50 steps at 4. Its editors (Qwen-Image-Edit, and Edit Plus, 2509 on, taking up
     # to three images) are the same transformer trained to edit: their own pipelines, no text-to-image
@@ -182,7 +184,8 @@ FAMILIES_BY_NAME: dict[str, Family] = {f.name: f for f in (
            lora_keys=("img_mod", "txt_mod", "img_mlp", "txt_mlp"),
            big="Qwen-Image's transformer has 20B parameters (41 GB in bf16): on a GPU under 48 GB start with "
                "--offload on (the parts take turns on the GPU) or --offload sequential (least memory, slowest).",
-           hub_ids=("Qwen/Qwen-Image", "Qwen/Qwen-Image-Edit", "Qwen/Qwen-Image-Edit-2509")),
+           hub_ids={"Qwen/Qwen-Image": "", "Qwen/Qwen-Image-Edit": "edit",
+                    "Qwen/Qwen-Image-Edit-2509": "edit-plus"}),
     # FLUX.2 [dev] (a 32B transformer reading Mistral Small 3.1's hidden states; guidance distilled, no negative
     # prompt). Every FLUX.2 model edits: its image-to-image takes up to ten reference images and the instruction
     Family("flux2", "FLUX.2", FamilyDefaults(50, 4.0, 1024, 16, 2048, "flow-euler"),
@@ -192,7 +195,7 @@ FAMILIES_BY_NAME: dict[str, Family] = {f.name: f for f in (
            file_keys=(("double_stream_modulation_img", "guidance_in."),), lora_keys=("to_qkv_mlp_proj",),
            big="FLUX.2 [dev] is 32B parameters plus a 24B text encoder (over 100 GB in bf16): on a 24-80 GB GPU "
                "start with --offload sequential, or use FLUX.2 [klein] (black-forest-labs/FLUX.2-klein-4B).",
-           hub_ids=("black-forest-labs/FLUX.2-dev",)),
+           hub_ids={"black-forest-labs/FLUX.2-dev": ""}),
     # FLUX.2 [klein] (4B/9B, a Qwen3 text encoder): the distilled models sample in 4 steps without guidance, the
     # base ones (is_distilled false) in 50 with guidance 4; both edit with up to four references, and inpaint
     Family("flux2klein", "FLUX.2 [klein]", FamilyDefaults(4, 1.0, 1024, 16, 2048, "flow-euler"),
@@ -203,7 +206,7 @@ FAMILIES_BY_NAME: dict[str, Family] = {f.name: f for f in (
            config_variants=(("model_index.json", "is_distilled", False, "base"),),
            single_file_config="black-forest-labs/FLUX.2-klein-4B", single_file_transformer="Flux2Transformer2DModel",
            file_keys=(("double_stream_modulation_img",),), lora_keys=("to_qkv_mlp_proj",),
-           hub_ids=("black-forest-labs/FLUX.2-klein-4B", "black-forest-labs/FLUX.2-klein-9B")),
+           hub_ids={"black-forest-labs/FLUX.2-klein-4B": "", "black-forest-labs/FLUX.2-klein-9B": ""}),
 )}
 FAMILIES = tuple(FAMILIES_BY_NAME)
 

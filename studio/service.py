@@ -79,16 +79,20 @@ def builtin_defaults() -> dict:
 
 
 def model_choices(default_model: str) -> list[tuple[str, str]]:
-    """(label, value) for the model picker: built-in, the known Hub models, cached ones, the server's default."""
+    """(label, value) for the model picker: built-in, the known Hub models under their family's name (in the
+    registry's order: the list reads as groups), cached ones, the server's default."""
+    from engine.families import family as family_of
     from engine.sources.hub import cached_hub_models
     from engine.sources.resolve import KNOWN_MODELS
 
     cached = dict(cached_hub_models())
-    choices = [("builtin (offline, small and fast)", "builtin")]
+    choices = [("Built-in · builtin (offline, small and fast)", "builtin")]
     for repo, family in KNOWN_MODELS.items():
         if repo != "builtin":
-            choices.append((f"{repo} ({family}{', cached' if repo in cached else ', downloads on first use'})", repo))
-    choices += [(f"{repo} ({family}, cached)", repo) for repo, family in cached.items() if repo not in KNOWN_MODELS]
+            status = "cached" if repo in cached else "downloads on first use"
+            choices.append((f"{family_of(family).label} · {repo} ({status})", repo))
+    choices += [(f"{family_of(family).label} · {repo} (cached)", repo) for repo, family in cached.items()
+                if repo not in KNOWN_MODELS]
     if default_model not in [value for _, value in choices]:
         choices.insert(0, (f"{default_model} (server default)", default_model))
     return choices

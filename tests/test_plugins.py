@@ -31,7 +31,11 @@ from engine.request import LoraSpec, Request, UserError
 from engine.sources import resolve
 
 ROOT = Path(__file__).resolve().parent.parent
-PIPELINES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "flux": "FluxPipeline"}
+PIPELINES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "flux": "FluxPipeline",
+             "sd3": "StableDiffusion3Pipeline", "chroma": "ChromaPipeline", "zimage": "ZImagePipeline",
+             "qwenimage": "QwenImagePipeline", "flux2klein": "Flux2KleinPipeline", "flux2": "Flux2Pipeline",
+             "qwenimage-edit-plus": "QwenImageEditPlusPipeline"}
+NEW_FAMILIES = ["sd3", "chroma", "zimage", "qwenimage", "flux2klein", "flux2"]
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 FLUX_LAYERS = ATTENTION + ("proj_mlp", "proj_out", "ff.net.2")  # attention alone barely moves the tiny Flux
 
@@ -48,7 +52,8 @@ def lora_store(tmp_path_factory, tiny_model):
     pipes: dict[str, object] = {}  # one scratch pipeline per family; each LoRA is a new peft adapter on it
 
     def get(family: str, seed: int = 0, text_encoder: bool = False, targets=None) -> Path:
-        targets = targets or (FLUX_LAYERS if family == "flux" else ATTENTION)
+        targets = targets or (FLUX_LAYERS if family == "flux" else ATTENTION + ("proj_out",) if family in NEW_FAMILIES
+                              else ATTENTION)
         key = (family, seed, text_encoder, tuple(targets))
         if key not in made:
             if family not in pipes:
@@ -126,6 +131,34 @@ def test_weight_zero_is_base_one_differs_off_is_base_again(tmp_path, tiny_model,
     digest = metadata.model_hash(tmp_path / "style.safetensors", length=12)
     assert "<lora:style:1>" in result.infotexts[0]
     assert f"Lora hashes: \"style: {digest}\"" in result.infotexts[0]
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_a_lora_works_on_each_new_family_through_its_manifest(tmp_path, tiny_model, lora_store, family):
+    """A LoRA plugin with `family = "<name>"` in its manifest, made with peft on that family's tiny transformer."""
+    model = tiny_model(family)
+    put(lora_store(family), tmp_path, "look")
+    manifest(tmp_path, "look.toml", name="look", kind="lora", family=family, source="look.safetensors")
+    engine = studio(tmp_path)
+    base, _ = pixels(engine, model)
+    full, result = pixels(engine, model, ("look", 1.0))
+    off, _ = pixels(engine, model)
+    assert np.abs(full - base).mean() > 0.5 and np.array_equal(off, base)
+    assert "<lora:look:1>" in result.infotexts[0]
+
+
+def test_a_lora_of_one_new_family_is_refused_on_another(tmp_path, tiny_model, lora_store):
+    put(lora_store("qwenimage"), tmp_path, "qwen-look")
+    engine = studio(tmp_path)
+    with pytest.raises(UserError, match="none of its 5 LoRA layers match anything in this model"):
+        pixels(engine, tiny_model("zimage"), ("qwen-look", 1.0))  # attention only: its names alone can't tell
+    put(lora_store("qwenimage", targets=("img_mod.1", "txt_mlp.net.2")), tmp_path, "qwen-mod")
+    with pytest.raises(UserError, match="made for Qwen-Image, but the current model is Z-Image"):
+        pixels(studio(tmp_path), tiny_model("zimage"), ("qwen-mod", 1.0))
+    model = tiny_model("chroma")  # Flux LoRAs name Chroma's layers too: the layer check decides
+    put(lora_store("flux"), tmp_path, "flux-look")
+    with pytest.raises(UserError, match="flux-look"):
+        pixels(studio(tmp_path), model, ("flux-look", 1.0))
 
 
 def test_two_loras_combine_and_weights_grade(tmp_path, tiny_model, lora_store):
@@ -325,7 +358,7 @@ def test_flux_lora_on_a_unet_model_is_refused(tmp_path, tiny_model, lora_store):
     put(lora_store("flux"), tmp_path, "fluxy")
     engine = studio(tmp_path)
     base, _ = pixels(engine, model)
-    with pytest.raises(UserError, match=r"'fluxy'.*made for Flux, but the current model is SD 1.5"):
+    with pytest.raises(UserError, match=r"'fluxy'.*made for FLUX.1, but the current model is SD 1.5"):
         pixels(engine, model, ("fluxy", 1.0))
     assert np.array_equal(pixels(engine, model)[0], base) and engine.plugins.loads == 0
 
@@ -566,7 +599,7 @@ def test_manifests_hub_sources_and_bare_files_are_listed(tmp_path, lora_store):
     manifest(tmp_path, "lora-mode.toml", name="lora-mode", kind="lora", family="sdxl", source="x.safetensors", mode=1)
     rows = {r["name"]: r for r in PluginManager(dirs=[tmp_path]).listing("sdxl")}
     assert rows["bare-flux"]["family"] == "flux" and rows["bare-flux"]["status"] == "ready"
-    assert not rows["bare-flux"]["compatible"] and "made for Flux" in rows["bare-flux"]["why"]
+    assert not rows["bare-flux"]["compatible"] and "made for FLUX.1" in rows["bare-flux"]["why"]
     assert rows["pixel-xl"]["status"] == "download on use" and rows["pixel-xl"]["trigger"] == "pixel art, 8-bit"
     assert rows["pixel-xl"]["weight"] == 1.2 and rows["pixel-xl"]["compatible"]
     assert "missing field 'weight_name'" in rows["nofile"]["status"]

@@ -1,6 +1,6 @@
 """LoRA file checks: what a .safetensors LoRA is, read before it touches a model.
 
-The header is read without loading tensors; the family (SD1.5, SD2, SDXL, Flux, the built-in model) is told from
+The header is read without loading tensors; the family (engine.families, SD2, the built-in model) is told from
 tensor names and widths; `check_lora_file` refuses pickles, non-LoRAs and LoRAs of another family, and
 `match_layers` converts the keys the way diffusers will and compares every target layer with the model's own.
 `check_lora` runs both; engine/plugins/manager.py loads what passes.
@@ -13,11 +13,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..families import FAMILIES_BY_NAME, families_of_lora_keys
 from ..request import UserError
 from ..sources import resolve
 from ..sources.checkpoint import family_of_keys, read_header, refuse_pickle
 
-FAMILY_NAMES = {"builtin": "the built-in model", "sd15": "SD 1.5", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "Flux"}
+FAMILY_NAMES = {"sd2": "SD 2.x", **{f.name: f.label for f in FAMILIES_BY_NAME.values()},
+                "builtin": "the built-in model", "sd15": "SD 1.5", "sdxl": "SDXL"}
 # cross-attention width (the input of attn2.to_k) of each UNet family; the built-in model's is read from its config
 CROSS_WIDTHS = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
 LORA_A = (".lora_A.", ".lora_down.", ".lora.down.", "_lora.down.", ".lora_linear_layer.down.")
@@ -31,15 +33,32 @@ def builtin_cross_width() -> int | None:
 
 
 def detect_lora_family(shapes: dict[str, list[int]]) -> str | None:
-    """The family a LoRA was made for, from its tensor names and shapes (kohya or diffusers naming); None if unsure.
+    """The family a LoRA was most likely made for (the first of `lora_families`); None if unsure."""
+    fits = lora_families(shapes)
+    return fits[0] if fits else None
 
-    Flux LoRAs target a transformer (`transformer.`, kohya `double_blocks`/`single_blocks`); UNet LoRAs are told
-    apart by the width of the cross-attention key/value input: 768 SD1.5, 1024 SD2, 2048 SDXL, the built-in's own.
+
+def lora_families(shapes: dict[str, list[int]]) -> tuple[str, ...]:
+    """The families a LoRA fits, from its tensor names and shapes (kohya or diffusers naming); () if unsure.
+
+    Transformer LoRAs by their layers' names (engine.families `lora_keys`: Flux's double/single blocks, which
+    Chroma shares; Qwen-Image's img_mod/txt_mlp; FLUX.2's fused single-block projection; SD3's joint blocks); a
+    `transformer.` LoRA of none of them (SD3 and Flux double blocks are named alike) is left to the layer check.
+    UNet LoRAs are told apart by the width of the cross-attention key/value input: 768 SD1.5, 1024 SD2, 2048 SDXL,
+    the built-in's own.
     """
     keys = list(shapes)
-    if any(k.startswith("transformer.") or "single_transformer_blocks" in k or "double_blocks" in k
-           or "single_blocks" in k for k in keys):
-        return "flux"
+    fits = families_of_lora_keys(keys)
+    if fits:
+        return fits
+    if any(k.startswith("transformer.") for k in keys):
+        return ()
+    found = _unet_family(shapes)
+    return (found,) if found else ()
+
+
+def _unet_family(shapes: dict[str, list[int]]) -> str | None:
+    keys = list(shapes)
     widths = dict(CROSS_WIDTHS)
     builtin = builtin_cross_width()
     if builtin:
@@ -78,15 +97,19 @@ def check_lora_file(path: Path, family: str, declared: str, label: str) -> None:
         kind = family_of_keys(shapes)
         hint = f" It looks like a full {FAMILY_NAMES.get(kind, kind)} checkpoint: use it with --model." if kind else ""
         raise UserError(f"{label}: this is not a LoRA (none of its {len(shapes)} tensors is a LoRA layer).{hint}")
-    detected = detect_lora_family(shapes)
-    if detected and declared not in ("unknown", detected):
+    fits = lora_families(shapes)
+    if fits and declared not in ("unknown", *fits):
         raise UserError(f"{label}: the manifest says it is for {FAMILY_NAMES[declared]}, but its tensors are those of "
-                        f"a {FAMILY_NAMES.get(detected, detected)} LoRA. Fix the manifest's 'family'.")
-    made_for = detected or (declared if declared != "unknown" else None)
-    if made_for and made_for != family:
-        raise UserError(f"{label}: made for {FAMILY_NAMES.get(made_for, made_for)}, but the current model is "
-                        f"{FAMILY_NAMES[family]}. Pick a {FAMILY_NAMES.get(made_for, made_for)} model, or a LoRA "
-                        f"made for {FAMILY_NAMES[family]}.")
+                        f"a {_names(fits)} LoRA. Fix the manifest's 'family'.")
+    made_for = (declared,) if declared in fits else fits or ((declared,) if declared != "unknown" else ())
+    if made_for and family not in made_for:
+        raise UserError(f"{label}: made for {_names(made_for)}, but the current model is {FAMILY_NAMES[family]}. "
+                        f"Pick a {_names(made_for)} model, or a LoRA made for {FAMILY_NAMES[family]}.")
+
+
+def _names(families: tuple[str, ...]) -> str:
+    names = [FAMILY_NAMES.get(f, f) for f in families]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def match_layers(path: Path, pipe, label: str) -> LoraCheck:

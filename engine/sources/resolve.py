@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ROOT
-from ..families import has_variants
+from ..families import FAMILIES_BY_NAME, has_variants
 from ..request import UserError
 from .checkpoint import (
     PICKLE_SUFFIXES,
@@ -31,17 +31,9 @@ log = logging.getLogger(__name__)
 
 BUILTIN_DIR = ROOT / "assets" / "builtin"
 # What users pick from in the UI and `app.py models`; any other Hub id works too.
-KNOWN_MODELS: dict[str, str] = {
-    "builtin": "builtin",
-    "stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
-    "black-forest-labs/FLUX.1-schnell": "flux",
-    "black-forest-labs/FLUX.1-dev": "flux",
-    "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd15",
-    "stabilityai/stable-diffusion-3.5-medium": "sd3",  # gated on the Hub: accept its license there first
-    "lodestones/Chroma1-HD": "chroma",
-    "Tongyi-MAI/Z-Image-Turbo": "zimage",
-    "Qwen/Qwen-Image": "qwenimage",
-}
+# the Hub models people know, by family (engine.families): the model lists and `models` offer them
+KNOWN_MODELS: dict[str, str] = {"builtin": "builtin", **{repo: f.name for f in FAMILIES_BY_NAME.values()
+                                                         for repo in f.hub_ids}}
 HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w\-.]*/[A-Za-z0-9][\w\-.]*")
 CHECKPOINT_SUFFIXES = (".safetensors", ".sft", ".gguf", *PICKLE_SUFFIXES)
 MAX_NAME = 1024
