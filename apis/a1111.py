@@ -103,8 +103,11 @@ def a1111_request(payload: dict[str, Any], model: str, defaults: dict, img2img: 
         return request
     images = get("init_images", [])
     if not isinstance(images, list) or not images:
-        raise UserError("img2img needs init_images: a list holding one base64 image (the first one is used).")
+        raise UserError("img2img needs init_images: a list holding one base64 image (the first one is used; an "
+                        "editing model such as Qwen-Image-Edit-2509 or FLUX.2 takes the others too).")
     request.init_image = base64_image(images[0], "init_images[0]")
+    if len(images) > 1 and defaults.get("edit_images", 0) > 1:  # an editing model that combines images
+        request.references = [base64_image(image, f"init_images[{i}]") for i, image in enumerate(images[1:], 1)]
     request.strength = get("denoising_strength")  # None: the engine's (1 for an inpaint: it draws what is asked)
     if get("mask") is not None:
         size = [None if get(n) is None else whole_number(n, get(n), 1, 8192) for n in ("width", "height")]

@@ -77,7 +77,7 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
 
     def edit(image: str, prompt: str, mask: str = "", strength: float = 0, upscale: float = 0,
              negative: str = "", model: str = "", steps: float = 0, guidance: float = -1, seed: float = -1,
-             http: gr.Request = None):
+             image2: str = "", image3: str = "", http: gr.Request = None):
         """Change an image that generate or edit returned (or any PNG/JPEG sent as base64) and return the new PNG:
         redraw it following a prompt (refine), repaint only a masked part (inpaint), or make it larger with added
         detail (upscale). The result keeps the image's size unless upscaled.
@@ -94,15 +94,22 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
             steps: Sampling steps, 1 to 200 (the edit runs steps x strength of them). 0: the model's default.
             guidance: How strictly to follow the prompt, 0 to 30. -1: the model's default.
             seed: Random seed, 0 to 4294967295. -1: a random seed.
+            image2: A second image for an editing model that combines images (Qwen-Image-Edit-2509, FLUX.2), as
+                'image 2' of the prompt, e.g. 'put the cat of image 2 on the sofa of image 1'. Empty: none.
+            image3: A third image, as image2. Empty: none.
+
+        With an editing model (list_models says which: edit_images above 0) the prompt is an instruction, e.g.
+        'make the sky purple', and strength is not used.
 
         Returns:
             The new PNG and its URL, then the settings used.
         """
         def request():
             model_name = (model or "").strip() or studio.default_model
+            more = [_image(x, f"image{i}", files) for i, x in ((2, image2), (3, image3)) if (x or "").strip()]
             req = make_request(prompt or "", model_name, form=True, negative=negative, steps=steps,
                                guidance=guidance, seed=seed, strength=strength,
-                               init_image=_image(image, "image", files))
+                               init_image=_image(image, "image", files), references=more)
             if upscale:
                 req.upscale, req.hires_strength = upscale, 0.35
             if mask:
@@ -127,11 +134,14 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
 
     def list_models() -> str:
         """List the models this studio can paint with, as JSON: each with its id (pass it as generate's model),
-        family (builtin, sd15, sdxl, flux) and default steps, guidance and size. Hugging Face ids not listed work
-        too when the server can download them.
+        family (builtin, sd15, sdxl, flux, sd3, chroma, zimage, qwenimage, flux2, flux2klein), default steps,
+        guidance and size, and edit_images: how many images one edit takes (0: not an editing model; above 0, edit's
+        prompt is an instruction and image2, image3 may join). Hugging Face ids not listed work too when the server
+        can download them.
 
         Returns:
-            JSON: {"default": the server's model, "models": [{"id", "family", "steps", "guidance", "width", "height"}]}.
+            JSON: {"default": the server's model, "models": [{"id", "family", "label", "steps", "guidance", "width",
+            "height", "edit_images", "text_to_image"}]}.
         """
         models = []
         for name in model_names(studio, studio.default_model):
@@ -139,8 +149,9 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
                 d = studio.engine.defaults(name)
             except UserError:
                 continue  # not usable here (offline and not cached): not offered
-            models.append({"id": name, "family": d["family"], "steps": d["steps"], "guidance": d["guidance"],
-                           "width": d["width"], "height": d["height"]})
+            models.append({"id": name, "family": d["family"], "label": d["label"], "steps": d["steps"],
+                           "guidance": d["guidance"], "width": d["width"], "height": d["height"],
+                           "edit_images": d["edit_images"], "text_to_image": d["text_to_image"]})
         return json.dumps({"default": studio.default_model, "models": models})
 
     def list_plugins(model: str = "") -> str:
@@ -174,7 +185,7 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
             gr.Button(visible=False).click(list_plugins, plugins_model, listing, api_name=ENDPOINTS[2], **tool)
             edit_inputs = [text("image"), text("prompt"), text("mask"), number("strength", 0),
                            number("upscale", 0), text("negative"), text("model"), number("steps", 0),
-                           number("guidance", -1), number("seed", -1)]
+                           number("guidance", -1), number("seed", -1), text("image2"), text("image3")]
             gr.Button(visible=False).click(edit, edit_inputs, [image, line], api_name=ENDPOINTS[3], **tool)
     return jobs
 

@@ -186,7 +186,9 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
     @router.post("/images/edits")
     async def edits(http: HttpRequest):
         """Inpaint (multipart): image, mask (transparent = repaint; without one, the image's transparent part),
-        prompt, n, size, response_format, model (and strength, negative_prompt, steps, guidance_scale, seed)."""
+        prompt, n, size, response_format, model (and strength, negative_prompt, steps, guidance_scale, seed). With
+        an editing model (Qwen-Image-Edit, FLUX.2, Kontext) and no mask, the prompt is an instruction for the image
+        (and the further `image[]` files, as image 2, 3, ...), as OpenAI's own edits take several images."""
         try:
             form = await http.form(max_part_size=MAX_BYTES)
             fields = {k: v for k, v in form.items() if isinstance(v, str)}
@@ -197,9 +199,14 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
             mask_part = form.get("mask")
             mask_file = await mask_part.read() if mask_part is not None and not isinstance(mask_part, str) else None
             request = studio_request(fields, studio)
-            multiple = studio.engine.defaults(request.model)["multiple"]
+            defaults = studio.engine.defaults(request.model)
+            if mask_file is None and defaults["edit_images"]:  # an editing model: the prompt is the instruction
+                request.init_image = image
+                request.references = [await part.read() for part in images[1:] if not isinstance(part, str)]
+                return await while_connected(http, lambda cancel: answer(request, fields, str(http.base_url),
+                                                                          owner_of(http, gate), cancel))
             request.init_image, request.mask, request.width, request.height = fit_canvas(
-                image, openai_mask(mask_file, image), request.width, request.height, multiple)
+                image, openai_mask(mask_file, image), request.width, request.height, defaults["multiple"])
             request.strength = number(fields, "strength")  # None: the engine's inpaint default (1)
         except (ApiError, UserError) as e:
             return failure(e)
