@@ -181,3 +181,13 @@ def test_cli_edits_two_images_reproducibly(tiny_model, tmp_path):
                           "--init", str(tmp_path / "red.png"), "--ref", str(tmp_path / "blue.png"), "--prompt", "x",
                           "--outputs", "none"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "edits one image at a time" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_picking_an_editing_model_says_how_a_message_works_with_it(klein_studio, tiny_model):
+    from ui import panel_handlers
+
+    klein = panel_handlers.pick_other_model(klein_studio, str(tiny_model("flux2klein"))).status
+    assert "each message changes the selected (or last) image" in klein and "up to 4 together" in klein
+    edit = panel_handlers.pick_other_model(klein_studio, str(tiny_model("qwenimage-edit"))).status
+    assert "edits images only" in edit and "together" not in edit
+    assert "edits images" not in panel_handlers.pick_other_model(klein_studio, str(tiny_model("sd3"))).status

@@ -32,6 +32,12 @@ def model_view(studio: Studio, model: str, ready: str = "") -> ModelView:
         defaults = panel_defaults(studio, model)
     except UserError as e:
         return ModelView(model, f"{PROBLEM} {e}")
+    if defaults.get("edit_images"):  # an editing model: say how a message works with it
+        several = (f"; `--images 2,5` edits up to {defaults['edit_images']} together"
+                   if defaults["edit_images"] > 1 else "")
+        ready += (f" It edits images: each message changes the selected (or last) image, e.g. 'make the sky "
+                  f"purple'{several}; `--new` draws anew." if defaults.get("text_to_image") else
+                  f" It edits images only: select one in the chat, then write the change{several}.")
     return ModelView(model, ready, defaults, plugin_rows(studio.engine, model))
 
 
