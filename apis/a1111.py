@@ -25,7 +25,7 @@ from PIL import ImageOps
 from apis.auth import Gate
 from apis.routes import JsonBody, guarded_route, owner_of, while_connected
 from engine.images.infotext import scheduler_from_a1111, take_lora_tags
-from engine.request import MAX_COUNT, SCHEDULERS, ControlUnit, Request, UserError, valid_schedulers
+from engine.request import MAX_COUNT, SCHEDULERS, ControlUnit, ImagePrompt, Request, UserError, valid_schedulers
 from engine.result import Cancelled
 from studio.jobs import Jobs, png_base64
 from studio.line import Busy
@@ -97,6 +97,7 @@ def a1111_request(payload: dict[str, Any], model: str, defaults: dict, img2img: 
                            scheduler=a1111_scheduler(get("sampler_name") or get("sampler_index"), get("scheduler"),
                                                      defaults))
     request.controls = controlnet_units(get("alwayson_scripts", {}))
+    request.image_prompts = image_prompts(get("alwayson_scripts", {}))
     if not img2img:
         if get("enable_hr", False):  # hires fix: the image resized hr_scale times, then refined
             request.upscale, request.hires_strength = get("hr_scale", 2.0), get("denoising_strength", 0.7)
@@ -130,7 +131,18 @@ CONTROL_WORDS = {"canny": "edge", "lineart": "edge", "softedge": "edge", "scribb
 
 
 def controlnet_units(scripts) -> list[ControlUnit]:
-    """The enabled units of sd-webui-controlnet's `alwayson_scripts.controlnet.args` (as webuiapi and Krita send)."""
+    """The enabled ControlNet units of sd-webui-controlnet's `alwayson_scripts.controlnet.args` (as webuiapi and
+    Krita send); its IP-Adapter units are image prompts (`image_prompts`)."""
+    return [unit for unit in _units(scripts) if isinstance(unit, ControlUnit)]
+
+
+def image_prompts(scripts) -> list[ImagePrompt]:
+    """sd-webui-controlnet units whose module or model is an IP-Adapter ("ip-adapter_clip_sd15", "ip-adapter_sd15
+    [...]"): their image is an image prompt at the unit's weight."""
+    return [unit for unit in _units(scripts) if isinstance(unit, ImagePrompt)]
+
+
+def _units(scripts) -> list:
     if not isinstance(scripts, dict):
         return []
     entry = next((v for k, v in scripts.items() if k.lower() == "controlnet"), None)
@@ -140,6 +152,13 @@ def controlnet_units(scripts) -> list[ControlUnit]:
         if not isinstance(unit, dict) or not unit.get("enabled", True):
             continue
         module, model = str(unit.get("module") or "none").lower(), str(unit.get("model") or "").lower()
+        if "ip-adapter" in module or "ip-adapter" in model or "ip_adapter" in model:
+            image = unit.get("image") or unit.get("input_image")
+            image = image.get("image") if isinstance(image, dict) else image
+            if not image:
+                raise UserError(f"ControlNet unit {i} (IP-Adapter) has no image: send it as base64 in 'image'.")
+            units.append(ImagePrompt(base64_image(image, f"ControlNet unit {i} image"), unit.get("weight")))
+            continue
         kind = next((k for word, k in CONTROL_WORDS.items() if word in model), None) or next(
             (k for word, k in CONTROL_WORDS.items() if word in module), None)
         if kind is None:

@@ -15,7 +15,7 @@ import logging
 import gradio as gr
 
 from apis.mcp_calls import call_of
-from engine.request import ControlUnit, UserError
+from engine.request import ControlUnit, ImagePrompt, UserError
 from engine.result import Cancelled
 from studio.files import LinkedFiles
 from studio.jobs import Jobs
@@ -38,7 +38,7 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
     def generate(prompt: str, negative: str = "", model: str = "", steps: float = 0, guidance: float = -1,
                  seed: float = -1, width: float = 0, height: float = 0, scheduler: str = "default",
                  loras: str = "", control: str = "", control_image: str = "", control_scale: float = 1.0,
-                 http: gr.Request = None):
+                 image_prompt: str = "", image_prompt_scale: float = -1, http: gr.Request = None):
         """Paint one image from a text prompt with the studio's diffusion model and return it as a PNG (its
         settings are stored inside the file). Every argument but the prompt is optional; leave it at its default
         to use the model's own default. The built-in model knows a small world of shapes: prompts like 'a {small|big}
@@ -59,6 +59,10 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
             control: ControlNet: 'edge', 'depth' or 'pose' to follow the layout of control_image. Empty: none.
             control_image: The picture the layout comes from: an 'Image URL' a tool returned, or base64 PNG/JPEG.
             control_scale: How strongly to follow control_image, 0 to 2. Default 1.
+            image_prompt: A reference image the result follows beside the prompt (its colours, shapes, look): an
+                'Image URL' a tool returned, or base64 PNG/JPEG. With the built-in model the prompt may then leave
+                colour and shape out: 'a big one on the left, white background'. Empty: none.
+            image_prompt_scale: How strongly to follow image_prompt, 0 (not at all) to 2. -1: the adapter's default.
 
         Returns:
             The PNG and its URL, then the settings used: model, size, steps, guidance, seed, scheduler, time.
@@ -68,10 +72,13 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
             if (control or "").strip():  # a photo, preprocessed by the kind's default (Canny for edges)
                 units.append(ControlUnit(kind=control.strip(), image=_image(control_image, "control image", files),
                                          scale=control_scale))
+            looks = [ImagePrompt(_image(image_prompt, "image prompt", files),
+                                 None if image_prompt_scale == -1 else image_prompt_scale)] if (
+                image_prompt or "").strip() else []
             return make_request(prompt or "", (model or "").strip() or studio.default_model, form=True,
                                 negative=negative, steps=steps, guidance=guidance, seed=seed, width=width,
                                 height=height, scheduler=scheduler, loras=lora_list(loras, "'outline:0.8, pastel'"),
-                                controls=units)
+                                controls=units, image_prompts=looks)
 
         return paint(request, http)
 
@@ -174,7 +181,8 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
             number = lambda label, value: gr.Number(value, label=label)  # noqa: E731
             inputs = [text("prompt"), text("negative"), text("model"), number("steps", 0), number("guidance", -1),
                       number("seed", -1), number("width", 0), number("height", 0), text("scheduler", "default"),
-                      text("loras"), text("control"), text("control_image"), number("control_scale", 1.0)]
+                      text("loras"), text("control"), text("control_image"), number("control_scale", 1.0),
+                      text("image_prompt"), number("image_prompt_scale", -1)]
             plugins_model = text("model")
             image, line = gr.Image(type="filepath", format="png", label="image"), gr.Textbox(label="settings")
             listing = gr.Textbox(label="json")

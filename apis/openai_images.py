@@ -24,7 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from apis.auth import Gate
 from apis.routes import JsonBody, guarded_route, owner_of, while_connected
 from engine.images.loading import MAX_BYTES
-from engine.request import MAX_COUNT, Request, UserError
+from engine.request import MAX_COUNT, ImagePrompt, Request, UserError
 from engine.result import Cancelled
 from studio.files import LinkedFiles
 from studio.jobs import Jobs, png_bytes
@@ -124,6 +124,16 @@ def studio_request(fields: dict[str, Any], studio: Studio) -> Request:
                         width=width, height=height, count=count)
 
 
+def transparent(image_file: bytes) -> bool:
+    """Whether an image has fully transparent pixels (OpenAI's mark of the part to edit)."""
+    from engine.images.loading import open_image
+
+    source = open_image(image_file, "The image")
+    if "A" not in source.getbands() and "transparency" not in source.info:
+        return False
+    return source.convert("RGBA").getchannel("A").getextrema()[0] == 0
+
+
 def openai_mask(mask_file: bytes | None, image_file: bytes):
     """OpenAI's mask (transparent = edit) as ours (white = repaint): the mask's alpha, else the image's own."""
     from engine.images.loading import open_image
@@ -188,7 +198,8 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
         """Inpaint (multipart): image, mask (transparent = repaint; without one, the image's transparent part),
         prompt, n, size, response_format, model (and strength, negative_prompt, steps, guidance_scale, seed). With
         an editing model (Qwen-Image-Edit, FLUX.2, Kontext) and no mask, the prompt is an instruction for the image
-        (and the further `image[]` files, as image 2, 3, ...), as OpenAI's own edits take several images."""
+        (and the further `image[]` files, as image 2, 3, ...), as OpenAI's own edits take several images. With
+        another model, no mask and no transparent pixels, the images are references (image prompts) for a new one."""
         try:
             form = await http.form(max_part_size=MAX_BYTES)
             fields = {k: v for k, v in form.items() if isinstance(v, str)}
@@ -203,6 +214,11 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
             if mask_file is None and defaults["edit_images"]:  # an editing model: the prompt is the instruction
                 request.init_image = image
                 request.references = [await part.read() for part in images[1:] if not isinstance(part, str)]
+                return await while_connected(http, lambda cancel: answer(request, fields, str(http.base_url),
+                                                                          owner_of(http, gate), cancel))
+            if mask_file is None and not transparent(image):  # no part marked to change: the images are references
+                request.image_prompts = [ImagePrompt(await part.read() if part is not images[0] else image)
+                                         for part in images if not isinstance(part, str)]
                 return await while_connected(http, lambda cancel: answer(request, fields, str(http.base_url),
                                                                           owner_of(http, gate), cancel))
             request.init_image, request.mask, request.width, request.height = fit_canvas(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from engine.request import ControlUnit, Request, UserError
 from studio.jobs import keep_all
-from studio.parse import lora_spec, pan_borders, zoom_borders
+from studio.parse import image_prompt_spec, lora_spec, pan_borders, zoom_borders
 from studio.requests import make_request
 
 
@@ -92,13 +92,17 @@ def cmd_generate(args, config) -> int:
     for ref in args.ref:
         if not Path(ref).is_file():
             raise UserError(f"--ref {ref}: no such file.")
+    image_prompts = [image_prompt_spec(x) for x in args.image_prompt]
+    for spec in image_prompts:
+        if not Path(spec.image).is_file():
+            raise UserError(f"--image-prompt {spec.image}: no such file.")
     base = make_request(args.prompt or "", args.model, negative=args.negative, steps=args.steps,
                         guidance=args.guidance, seed=args.seed, width=args.width, height=args.height,
                         scheduler=args.scheduler, count=args.count, init_image=args.init, strength=args.strength,
                         controls=[parse_control(c) for c in args.control], loras=[lora_spec(x) for x in args.lora],
                         mask=args.mask, mask_blur=args.mask_blur, inpaint_padding=args.masked_only,
                         outpaint=outpaint_borders(args), upscale=args.upscale, hires_strength=args.hires_strength,
-                        upscaler=args.upscaler, references=list(args.ref))
+                        upscaler=args.upscaler, references=list(args.ref), image_prompts=image_prompts)
     jobs: list[tuple[Request, Path]] = []
     if args.prompt_file:
         pf = Path(args.prompt_file)
@@ -202,7 +206,8 @@ def _check_early(config, base: Request, outs: list[Path]) -> None:
     check_request(base, source.family, source.variant)
     from engine.images.loading import open_image
 
-    for flag, path in (("--init", base.init_image), ("--mask", base.mask), *(("--ref", r) for r in base.references)):
+    for flag, path in (("--init", base.init_image), ("--mask", base.mask), *(("--ref", r) for r in base.references),
+                       *(("--image-prompt", p.image) for p in base.image_prompts)):
         if path is not None:  # not an image, or too large: from its header, before any work
             open_image(path, f"{flag} {Path(path).name}")
     if base.upscaler:

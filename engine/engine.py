@@ -56,6 +56,7 @@ class Engine:
         self.plugins = None  # engine.plugins.manager.PluginManager, made on first LoRA use
         self.controls = None  # engine.control.ControlManager, made on first control use
         self.upscalers = None  # engine.upscalers.Upscalers, made on first upscaler use
+        self.image_prompts = None  # engine.image_prompts.ImagePrompts, made at the first generation
 
     # ------------------------------------------------------------------------------------ models
     def resolve(self, model: str | None) -> Source:
@@ -195,6 +196,13 @@ class Engine:
 
             prompt = caption_words(prompt)
         notes += loras.notes if loras else []  # e.g. "fused for speed"
+        # 4b. image prompts: the family's adapter on for this request, or off when it has none
+        if self.image_prompts is None:
+            from .image_prompts import ImagePrompts
+
+            self.image_prompts = ImagePrompts(self.hub)
+        looks = self.image_prompts.prepare(loaded, pipe, req, self._plugin_manager().manifests()
+                                           if req.image_prompts else [])
         if getattr(pipe, "vae", None) is not None:  # tiled VAE decode only where the size needs it
             big = req.width * req.height > 1536 * 1536
             (pipe.vae.enable_tiling if big else pipe.vae.disable_tiling)()
@@ -208,7 +216,8 @@ class Engine:
         if kin.caption_words:
             from .vocabulary import vocabulary_note
 
-            note = vocabulary_note(req.prompt, source.location, tuple(loras.triggers) if loras else ())
+            known = (tuple(loras.triggers) if loras else ()) + (("one",) if req.image_prompts else ())
+            note = vocabulary_note(req.prompt, source.location, known)  # "a big one": the image says what
             notes += [note] if note else []
         if inpainting is not None:
             kwargs.update(inpainting.kwargs)
@@ -226,6 +235,7 @@ class Engine:
                           mask_image=Image.new("L", (req.width, req.height), 255))
         if control is not None:
             kwargs.update(control.kwargs(pipe))
+        kwargs.update(looks.kwargs)
         kwargs.setdefault("output_type", "np")  # floats: non-finite pixels are seen before they turn black
         broken = 0
         if kind == "upscale" and init is not None:
@@ -245,6 +255,7 @@ class Engine:
         seeds = plan.seeds
         extra = dict(loras.infotext) if loras else {}
         extra.update(inpainting.infotext if inpainting is not None else {})
+        extra.update(looks.infotext)
         if isinstance(kwargs.get("image"), list) and inpainting is None:  # an edit of several images
             extra["Edit images"] = ", ".join(edit.digest(im) for im in kwargs["image"])
         elif init is not None and kin.edit_limit(source.variant):
@@ -304,7 +315,7 @@ class Engine:
         if getattr(pipe, "vae", None) is not None:
             (pipe.vae.enable_tiling if width * height > 1536 * 1536 else pipe.vae.disable_tiling)()
         args = {k: v for k, v in kwargs.items() if k in ("guidance_scale", "true_cfg_scale", "generator",
-                                                       "callback_on_step_end", "output_type")}
+                                                       "callback_on_step_end", "output_type", "ip_adapter_image")}
         for key in ("prompt", "negative_prompt"):  # one prompt per image: the batch is the images
             if kwargs.get(key) is not None:
                 args[key] = [kwargs[key]] * len(big)

@@ -87,6 +87,7 @@ MAX_PROMPT = 10_000  # characters; CLIP reads 77 tokens and T5 512, so this is f
 MAX_NAME = 1024  # a model or LoRA name
 CONTROL_KINDS = ("pose", "edge", "depth")
 MAX_CONTROLS = 3
+MAX_IMAGE_PROMPTS = 4
 ANNOTATORS = "lllyasviel/Annotators"
 # preprocessor name -> kind of map it makes, Hub weights it needs (None = works everywhere); engine/control.py runs them
 PREPROCESSORS: dict[str, dict] = {
@@ -114,6 +115,14 @@ class ControlUnit:
 
 
 @dataclass
+class ImagePrompt:
+    """A reference image the model follows beside the prompt (an IP-Adapter image prompt), and how strongly."""
+
+    image: Any  # a path, bytes or a PIL image
+    scale: float | None = None  # 0 (the prompt alone) to 2; None: the adapter's own default
+
+
+@dataclass
 class LoraSpec:
     name: str  # plugin name, or a local .safetensors path (CLI only)
     weight: float = 1.0
@@ -135,6 +144,7 @@ class Request:
     count: int = 1
     init_image: Any = None  # a path or PIL image: image-to-image from it (an editing model: the image it edits)
     references: list = field(default_factory=list)  # more images an editing model takes beside init_image: image 2, 3
+    image_prompts: list[ImagePrompt] = field(default_factory=list)  # reference images an image-prompt adapter reads
     strength: float | None = None  # None: IMG2IMG_STRENGTH, or EDIT_STRENGTH for an inpaint or outpaint
     controls: list[ControlUnit] = field(default_factory=list)
     loras: list[LoraSpec] = field(default_factory=list)
@@ -152,6 +162,8 @@ class Request:
         data = dataclasses.asdict(self)
         data["init_image"] = data["mask"] = None
         data["references"] = []
+        for prompt in data["image_prompts"]:
+            prompt["image"] = None
         for unit in data["controls"]:
             unit["image"] = None
         return data
@@ -165,6 +177,7 @@ class Request:
         data = dict(data)
         data["controls"] = [ControlUnit(**u) for u in data.get("controls") or []]
         data["loras"] = [LoraSpec(**x) for x in data.get("loras") or []]
+        data["image_prompts"] = [ImagePrompt(**x) for x in data.get("image_prompts") or []]
         if isinstance(data.get("outpaint"), list):
             data["outpaint"] = tuple(data["outpaint"])
         return cls(**data)
@@ -268,12 +281,36 @@ def check_request(req: Request, family: str, variant: str = "") -> Request:  # n
     if twice:
         raise SettingsError(f"LoRA {twice[0]!r} is asked for twice; give each LoRA once with its weight.")
     loras = [_lora(lora) for lora in req.loras]
+    image_prompts = _image_prompts(req.image_prompts)
     if req.controls and (req.mask is not None or req.outpaint):
         raise SettingsError("ControlNet units do not combine with inpainting or outpainting here yet. Turn the units "
                         "off for this edit, or use them on a plain image-to-image refine.")
     return dataclasses.replace(req, **edits, prompt=prompt, negative=negative, steps=steps,
                                guidance=guidance, count=count, seed=seed, scheduler=scheduler, strength=strength,
-                               controls=controls, loras=loras, **size)
+                               controls=controls, loras=loras, image_prompts=image_prompts, **size)
+
+
+def _image_prompts(prompts) -> list[ImagePrompt]:
+    """Image prompts checked: at most MAX_IMAGE_PROMPTS, each with an image, one scale for all (an adapter has one)."""
+    if not isinstance(prompts, (list, tuple)):
+        raise SettingsError("image prompts must be a list.", field="image_prompts")
+    if len(prompts) > MAX_IMAGE_PROMPTS:
+        raise SettingsError(f"{len(prompts)} image prompts given; use at most {MAX_IMAGE_PROMPTS}.",
+                            field="image_prompts")
+    out = []
+    for i, p in enumerate(prompts, 1):
+        if not isinstance(p, ImagePrompt) or p.image is None:
+            raise SettingsError(f"Image prompt {i} has no image.", field="image_prompts")
+        scale = None if p.scale is None else _number(f"image prompt {i} scale", p.scale, float, 0.0, 2.0,
+                                                     "Use 0 (the text alone) to 2; 1 follows the image fully.",
+                                                     field="image_prompts")
+        out.append(ImagePrompt(p.image, scale))
+    scales = {p.scale for p in out if p.scale is not None}
+    if len(scales) > 1:
+        raise SettingsError(f"The image prompts ask for different scales ({', '.join(f'{x:g}' for x in sorted(scales))}"
+                            "); one generation's image prompts share one scale. Give them all the same.",
+                            field="image_prompts")
+    return out
 
 
 def _check_references(req: Request, kin, variant: str) -> None:

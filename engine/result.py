@@ -58,6 +58,11 @@ class Result:
         if self.triggers:
             parts.append("+ " + ", ".join(self.triggers))
         parts += [f"{u.kind} x{u.scale:g}" for u in r.controls]
+        if r.image_prompts:
+            shown = self.extra.get("Image prompt", "").split(" ")
+            scale = shown[1] if len(shown) > 1 else "?"
+            n = len(r.image_prompts)
+            parts.append(f"image prompt{'s' if n > 1 else ''} x{scale}" + (f" ({n})" if n > 1 else ""))
         return " · ".join(parts) + f" · {self.seconds:.1f}s"
 
 

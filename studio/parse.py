@@ -11,7 +11,7 @@ import binascii
 import math
 import re
 
-from engine.request import LoraSpec, UserError
+from engine.request import ImagePrompt, LoraSpec, UserError
 
 PAN_SIDES = ("left", "right", "up", "down")
 
@@ -28,6 +28,21 @@ def lora_spec(text: str, how: str = "--lora NAME=WEIGHT, e.g. --lora pastel=0.8"
         return LoraSpec(name.strip(), float(weight))
     except ValueError:
         raise UserError(f"LoRA {text!r}: the weight must be a number; write {how}.") from None
+
+
+def image_prompt_spec(text: str, how: str = "--image-prompt IMG[,scale=S], e.g. --image-prompt ref.png,scale=0.8"
+                      ) -> ImagePrompt:
+    """'ref.png' or 'ref.png,scale=0.8' (a path or an image URL the door resolves) as an ImagePrompt."""
+    text = str(text).strip()
+    image, _, rest = text.partition(",scale=")
+    if not image.strip():
+        raise UserError(f"Image prompt {text!r}: write {how}.")
+    if not rest:
+        return ImagePrompt(image.strip())
+    try:
+        return ImagePrompt(image.strip(), float(rest))
+    except ValueError:
+        raise UserError(f"Image prompt {text!r}: the scale must be a number from 0 to 2; write {how}.") from None
 
 
 def lora_list(text: str | None, how: str = "'outline:0.8, pastel:1'") -> list[LoraSpec]:

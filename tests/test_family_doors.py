@@ -1,7 +1,7 @@
-"""Every door reaches every new family: the CLI, gradio's /generate, A1111 (webuiapi), OpenAI (openai) and MCP (the
-official SDK), each driven by its real client against a started server, on tiny SD3.5, Chroma, Z-Image, Qwen-Image,
-FLUX.2 [dev] and [klein] folders. One prompt and seed give the same pixels through all five; the editors take
-several images through A1111, OpenAI and MCP alike.
+"""Every door reaches every new family (and the image prompts): the CLI, gradio's /generate, A1111 (webuiapi),
+OpenAI (openai) and MCP (the official SDK), each driven by its real client against a started server, on tiny SD3.5,
+Chroma, Z-Image, Qwen-Image, FLUX.2 [dev] and [klein] folders. One prompt and seed give the same pixels through
+all five; the editors take several images, and the built-in model an image prompt, through each door alike.
 """
 
 from __future__ import annotations
@@ -132,3 +132,30 @@ def test_an_edit_of_two_images_is_the_same_through_every_door(server, tiny_model
     alone = mcp_call(server, "edit", {"image": b64(red), "prompt": instruction, "model": model, "seed": seed,
                                       "steps": 2})
     assert np.abs(np.asarray(alone, np.int16) - np.asarray(images["mcp"].convert("RGB"), np.int16)).mean() > 0.05
+
+
+def test_an_image_prompt_is_the_same_through_every_door(server, tmp_path):
+    """The CLI (--image-prompt), A1111 (an sd-webui-controlnet IP-Adapter unit), OpenAI (edits with an image, no
+    mask and nothing transparent: a reference) and MCP (generate's image_prompt) on the built-in model."""
+    from PIL import ImageDraw
+
+    ref = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(ref).polygon([(32, 8), (56, 54), (8, 54)], fill=(40, 160, 60))
+    ref.save(tmp_path / "ref.png")
+    prompt, seed = "a big one on the left, yellow background", 8
+    images = {"cli": cli(tmp_path, "--prompt", prompt, "--image-prompt", str(tmp_path / "ref.png"), "--seed",
+                         str(seed))}
+    assert "Image prompt: shapes-reference" in images["cli"].text["parameters"]
+    sd = webuiapi.WebUIApi(host="127.0.0.1", port=server["port"], username=USER, password=PASSWORD, sampler=None,
+                           scheduler=None, steps=None)
+    unit = webuiapi.ControlNetUnit(image=ref, module="ip-adapter_clip_sd15", model="ip-adapter_sd15", weight=1.0)
+    images["a1111"] = sd.txt2img(prompt=prompt, seed=seed, width=None, height=None, cfg_scale=None,
+                                 controlnet_units=[unit]).image
+    oa = openai.OpenAI(base_url=server["url"] + "/v1", api_key=TOKEN, max_retries=0)
+    made = oa.images.edit(image=("ref.png", (tmp_path / "ref.png").read_bytes(), "image/png"), prompt=prompt,
+                          model="builtin", response_format="b64_json", extra_body={"seed": seed})
+    images["openai"] = Image.open(io.BytesIO(base64.b64decode(made.data[0].b64_json)))
+    images["mcp"] = mcp_call(server, "generate", {"prompt": prompt, "seed": seed, "image_prompt": b64(ref)})
+    same(images)
+    plain = mcp_call(server, "generate", {"prompt": prompt, "seed": seed})
+    assert np.abs(np.asarray(plain, np.int16) - np.asarray(images["mcp"].convert("RGB"), np.int16)).mean() > 1

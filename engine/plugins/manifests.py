@@ -34,12 +34,13 @@ log = logging.getLogger(__name__)
 
 ASSETS = ROOT / "assets"
 MAX_MANIFEST_BYTES = 64 * 2**10  # a manifest is a few lines; anything near this is not one
-KINDS = ("lora", "controlnet", "upscaler")  # an upscaler (ESRGAN, SwinIR, SPAN, ... read by spandrel) fits any model
+KINDS = ("lora", "controlnet", "upscaler", "image-prompt")  # an upscaler (ESRGAN, SwinIR, SPAN, ...) fits any model
 # manifest field -> accepted TOML types; anything else in a manifest is an error that names the field
 FIELDS: dict[str, tuple[type, ...]] = {
     "name": (str,), "kind": (str,), "family": (str,), "source": (str,), "weight_name": (str,),
     "weight": (int, float), "trigger": (str, list), "description": (str,), "preview": (str,),
     "control": (str,), "mode": (int,), "steps": (int,), "guidance": (int, float), "scheduler": (str,),
+    "encoder": (str,),
 }
 SAMPLING = ("steps", "guidance", "scheduler")  # a LoRA's own sampling (a distilled few-step one), used when unset
 REQUIRED = ("name", "kind", "source")  # and "family", except for an upscaler
@@ -66,7 +67,8 @@ class Manifest:
     guidance: float | None = None
     scheduler: str | None = None
     path: Path | None = None  # the manifest file; the .safetensors itself for a bare LoRA
-    weight_name: str | None = None  # the file inside a Hub repo
+    weight_name: str | None = None  # the file inside a Hub repo (an image-prompt adapter: in its folder too)
+    encoder: str = "image_encoder"  # an image-prompt adapter's image encoder: a folder beside its weights
     file: Path | None = None  # local source, resolved; checked to stay inside its plugin folder or assets/
     hub: bool = False  # source is a Hub id (downloaded on first use)
     error: str | None = None
@@ -197,6 +199,11 @@ def _manifest_error(m: Manifest, data: dict, root: Path) -> str | None:
     m.control, m.mode = data.get("control"), data.get("mode")
     if m.kind == "controlnet" and m.control not in CONTROL_KINDS:
         return f"field 'control' = {m.control!r}: a controlnet needs one of {', '.join(CONTROL_KINDS)}"
+    if "encoder" in data and m.kind != "image-prompt":
+        return "field 'encoder' is only for image-prompt manifests (the adapter's image encoder folder)"
+    m.encoder = data.get("encoder", m.encoder)
+    if m.kind == "image-prompt" and not 0 <= m.weight <= 2:
+        return f"field 'weight' = {m.weight:g}: an image prompt's default scale goes from 0 to 2"
     if m.kind == "lora" and ("control" in data or "mode" in data):
         return f"field '{'control' if 'control' in data else 'mode'}' is only for controlnet manifests"
     error = _sampling_error(m, data)
@@ -230,6 +237,8 @@ def _sampling_error(m: Manifest, data: dict) -> str | None:
 
 def _source_error(m: Manifest, root: Path) -> str | None:
     src = m.source
+    if m.kind == "image-prompt":
+        return _adapter_source_error(m, root)
     if m.weight_name is not None:  # a file in a Hub repo
         if not HUB_RE.fullmatch(src):
             return f"field 'source' = {src!r}: with weight_name, the source is a Hub id like 'org/repo'"
@@ -265,6 +274,20 @@ def _inside(path: Path, root: Path, what: str) -> tuple[Path, str | None]:
         return resolved, None
     return resolved, (f"{what} leads outside the plugin folder {show_path(root)} and assets/ (to {resolved}); keep "
                       "plugin files inside the plugin folder")
+
+
+def _adapter_source_error(m: Manifest, root: Path) -> str | None:
+    """An image-prompt adapter: `source` a folder (inside the plugin folder or assets/) or a Hub repo, `weight_name`
+    its .safetensors inside (maybe in a subfolder), `encoder` the image encoder's folder beside that file."""
+    if not m.weight_name or Path(m.weight_name).suffix.lower() != ".safetensors":
+        return ("field 'weight_name' must name the adapter's .safetensors file inside the source, e.g. "
+                "weight_name = \"models/ip-adapter_sd15.safetensors\"")
+    local = m.path.parent / Path(m.source).expanduser()
+    if local.exists() or m.source.startswith((".", "/", "~")) or not HUB_RE.fullmatch(m.source):
+        m.file, error = _inside(local, root, "field 'source'")
+        return error
+    m.hub = True
+    return None
 
 
 def _bare_lora(path: Path, root: Path) -> Manifest:

@@ -152,7 +152,6 @@ def train_image_prompt(pipe_dir: Path, work: Path, out: Path, steps: int = 3000,
     """Train the image-prompt adapter of the built-in model in `pipe_dir`; writes `out/ip-adapter.safetensors`,
     `out/image_encoder/` and `out/training.json`. Resumes from `work/image_prompt.ckpt`."""
     from diffusers import DDPMScheduler, StableDiffusionPipeline
-    from safetensors.torch import save_file
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     setup_device(device)
@@ -192,10 +191,39 @@ def train_image_prompt(pipe_dir: Path, work: Path, out: Path, steps: int = 3000,
                       optimizer(params, lr, device), step_fn(_adapter_step, seed, batch, tokenizer), loss_fn,
                       steps=steps, lr=lr, warmup=100, minutes=minutes, ckpt=work / "image_prompt.ckpt",
                       workers=workers, clip=1.0, log_every=50, save_every=100, finish=finish)
+    write(unet, encoder, out, info)
+    return out
+
+
+def write(unet, encoder, out: Path, info: dict) -> None:
+    """The adapter's files: `ip-adapter.safetensors`, `image_encoder/` (fp16) and `training.json`."""
+    from safetensors.torch import save_file
+
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.to(torch.float16).contiguous() for k, v in trained_state(unet).items()},
               str(out / "ip-adapter.safetensors"))
     encoder.to(torch.float16).save_pretrained(out / "image_encoder", safe_serialization=True)
+    encoder.to(torch.float32)
     (out / "training.json").write_text(json.dumps([info], indent=1))
     log.info("image prompt adapter: %s, written to %s", info, out)
+
+
+def export(pipe_dir: Path, ckpt: Path, out: Path) -> Path:
+    """The adapter as it stands in a (maybe unfinished) training checkpoint, written as `train_image_prompt` does."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from .loop import load_ckpt
+
+    state = load_ckpt(ckpt)
+    if state is None:
+        raise FileNotFoundError(ckpt)
+    unet = UNet2DConditionModel.from_pretrained(pipe_dir, subfolder="unet")
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**encoder_config()))
+    projection, procs = attach(unet, initial_state(unet))
+    encoder.load_state_dict(state["encoder"])
+    projection.load_state_dict(state["projection"])
+    procs.load_state_dict(state["processors"])
+    info = state.get("info") or {"steps": state["step"], "minutes": state.get("minutes"), "unfinished": True}
+    write(unet, encoder, out, info)
     return out

@@ -1,0 +1,140 @@
+"""Image prompts (IP-Adapter): the built-in model's own adapter, a tiny SDXL's through a plugin manifest, through the
+engine and every door; scale 0 and no image prompt give the plain model's pixels exactly; wrong pairs explain
+themselves."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from engine.engine import Engine
+from engine.plugins.manager import PluginManager
+from engine.request import ImagePrompt, Request, SettingsError, UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "a big one in the center, white background"
+
+
+def triangle(color=(40, 160, 60), background="white") -> Image.Image:
+    ref = Image.new("RGB", (64, 64), background)
+    ImageDraw.Draw(ref).polygon([(32, 8), (56, 54), (8, 54)], fill=color)
+    return ref
+
+
+def pixels(result) -> np.ndarray:
+    return np.asarray(result.images[0], dtype=np.int16)
+
+
+def test_builtin_image_prompt_changes_the_image_and_scale_zero_or_none_is_the_base_exactly(engine):
+    ask = dict(prompt=PROMPT, seed=3, steps=6)
+    base = engine.generate(Request(**ask))
+    looked = engine.generate(Request(**ask, image_prompts=[ImagePrompt(triangle())]))
+    zero = engine.generate(Request(**ask, image_prompts=[ImagePrompt(triangle(), 0.0)]))
+    after = engine.generate(Request(**ask))  # the adapter comes off again
+    assert np.array_equal(pixels(zero), pixels(base)) and np.array_equal(pixels(after), pixels(base))
+    assert np.abs(pixels(looked) - pixels(base)).mean() > 1.0
+    assert "Image prompt: shapes-reference 1 " in looked.infotexts[0]
+    assert "image prompt x1" in looked.settings_line()
+    assert not any("ignored 'one'" in n for n in looked.notes)  # "a big one": the image says what
+
+
+def test_image_prompts_are_checked(engine, tiny_model):
+    with pytest.raises(SettingsError, match="scale = 3.0 is out of range"):
+        engine.plan(Request(prompt="x", image_prompts=[ImagePrompt(triangle(), 3.0)]))
+    with pytest.raises(SettingsError, match="share one scale"):
+        engine.plan(Request(prompt="x", image_prompts=[ImagePrompt(triangle(), 0.5), ImagePrompt(triangle(), 1)]))
+    with pytest.raises(SettingsError, match="at most 4"):
+        engine.plan(Request(prompt="x", image_prompts=[ImagePrompt(triangle())] * 5))
+    with pytest.raises(UserError, match="FLUX.2 \\[klein\\] models take no image prompt.*--ref IMG"):
+        engine.generate(Request(prompt="x", model=str(tiny_model("flux2klein")), steps=1, width=64, height=64,
+                                image_prompts=[ImagePrompt(triangle())]))
+
+
+# ------------------------------------------------------------------------------------ a tiny SDXL's adapter
+
+def tiny_sdxl_adapter(folder: Path, out: Path) -> Path:
+    """An IP-Adapter for the tiny SDXL in the layout diffusers reads (its image projection, each cross-attention's
+    image key/value, a tiny CLIP vision encoder), with random weights, and its plugin manifest."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from engine.train.image_prompt import initial_state
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    state = initial_state(unet)
+    cross = unet.config.cross_attention_dim
+    state["image_proj"] = {"proj.weight": torch.randn(cross * 4, 32) * 0.5, "proj.bias": torch.zeros(cross * 4),
+                           "norm.weight": torch.ones(cross), "norm.bias": torch.zeros(cross)}
+    flat = {f"{part}.{k}": v.contiguous() for part, d in state.items() for k, v in d.items()}
+    adapter = out / "tiny-ip"
+    adapter.mkdir(parents=True)
+    save_file(flat, str(adapter / "ip-adapter.safetensors"))
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32,
+                                                             intermediate_size=37, num_hidden_layers=1,
+                                                             num_attention_heads=4, projection_dim=32))
+    encoder.save_pretrained(adapter / "image_encoder")
+    (out / "tiny-ip.toml").write_text('name = "tiny-ip"\nkind = "image-prompt"\nfamily = "sdxl"\n'
+                                      'source = "tiny-ip"\nweight_name = "ip-adapter.safetensors"\nweight = 0.7\n')
+    return out
+
+
+def test_a_tiny_sdxl_adapter_loads_as_a_plugin_through_diffusers(tiny_model, tmp_path):
+    folder = tiny_model("sdxl")
+    engine = Engine(device="cpu", local_paths=True)
+    engine.plugins = PluginManager([tiny_sdxl_adapter(folder, tmp_path)], hub=engine.hub)
+    ask = dict(prompt="a cat", model=str(folder), steps=2, width=32, height=32, seed=2)
+    base = engine.generate(Request(**ask))
+    looked = engine.generate(Request(**ask, image_prompts=[ImagePrompt(triangle())]))
+    other = engine.generate(Request(**ask, image_prompts=[ImagePrompt(triangle((200, 30, 30), "black"))]))
+    zero = engine.generate(Request(**ask, image_prompts=[ImagePrompt(triangle(), 0.0)]))
+    img2img = engine.generate(Request(**ask, init_image=triangle(), strength=0.5,
+                                      image_prompts=[ImagePrompt(triangle())]))
+    assert np.abs(pixels(looked) - pixels(base)).mean() > 1.0
+    assert np.abs(pixels(looked) - pixels(other)).mean() > 0.5  # the image's content matters
+    assert np.array_equal(pixels(zero), pixels(base))
+    assert "Image prompt: tiny-ip 0.7 " in looked.infotexts[0]  # the manifest's default scale
+    assert img2img.images[0].size == (32, 32)  # the image-to-image pipeline reads it too
+    assert np.array_equal(pixels(engine.generate(Request(**ask))), pixels(base))
+
+
+def test_a_family_without_an_adapter_says_how_to_add_one(tiny_model, tmp_path):
+    engine = Engine(device="cpu", local_paths=True)
+    engine.plugins = PluginManager([tmp_path], hub=engine.hub)  # no image-prompt plugin for SD1.5 here
+    with pytest.raises(UserError, match="no image-prompt adapter for Stable Diffusion 1.5 models.*image-prompt"):
+        engine.generate(Request(prompt="x", model=str(tiny_model("sd15")), steps=1, width=32, height=32,
+                                image_prompts=[ImagePrompt(triangle())]))
+
+
+def test_manifest_fields_of_an_adapter_are_checked(tmp_path):
+    from engine.plugins.manifests import load_manifests
+
+    (tmp_path / "a.toml").write_text('name = "a"\nkind = "image-prompt"\nfamily = "sdxl"\nsource = "org/repo"\n')
+    (tmp_path / "b.toml").write_text('name = "b"\nkind = "lora"\nfamily = "sdxl"\nsource = "b.safetensors"\n'
+                                     'encoder = "x"\n')
+    errors = {m.name: m.error for m in load_manifests([tmp_path])}
+    assert "field 'weight_name' must name the adapter's .safetensors file" in errors["a"]
+    assert "field 'encoder' is only for image-prompt manifests" in errors["b"]
+
+
+# ------------------------------------------------------------------------------------------------- doors
+
+def test_the_cli_takes_an_image_prompt_and_names_a_bad_one(tmp_path):
+    triangle().save(tmp_path / "ref.png")
+    run = subprocess.run([sys.executable, "app.py", "generate", "--prompt", PROMPT, "--image-prompt",
+                          f"{tmp_path / 'ref.png'},scale=0.8", "--seed", "5", "--out", str(tmp_path / "o.png"),
+                          "--outputs", "none"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-1500:]
+    assert "Image prompt: shapes-reference 0.8" in Image.open(tmp_path / "o.png").text["parameters"]
+    bad = subprocess.run([sys.executable, "app.py", "generate", "--prompt", "x", "--image-prompt",
+                          f"{tmp_path / 'ref.png'},scale=lots", "--outputs", "none"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert bad.returncode == 2 and "the scale must be a number from 0 to 2" in bad.stderr
+    assert "Traceback" not in bad.stderr
