@@ -7,6 +7,7 @@ all five; the editors take several images, and the built-in model an image promp
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import socket
 import subprocess
@@ -159,3 +160,28 @@ def test_an_image_prompt_is_the_same_through_every_door(server, tmp_path):
     same(images)
     plain = mcp_call(server, "generate", {"prompt": prompt, "seed": seed})
     assert np.abs(np.asarray(plain, np.int16) - np.asarray(images["mcp"].convert("RGB"), np.int16)).mean() > 1
+
+
+@pytest.mark.parametrize("family", NEW)
+def test_the_chat_reaches_each_new_family_and_its_png_restores(engine, tiny_model, family):
+    """A chat message on each new family (the page's own handler, no browser): the reply's image and settings
+    line, and the PNG's settings read back as the request that made it."""
+    from engine.images.metadata import read_png_settings
+    from studio.service import Studio
+    from ui import handlers
+    from ui.state import Session, Settings
+
+    model = str(tiny_model(family))
+    studio, session = Studio(engine, default_model=model), Session.new()
+    try:
+        settings = Settings(model=model, width=64, height=64, steps=2)
+        list(handlers.send(studio, session, f"{PROMPT} --seed 12", settings))
+        reply = session.history[-1]["content"]
+        assert reply.startswith("#1") and "seed 12" in reply, reply
+        shot = session.shots[0]
+        request, _ = read_png_settings(shot.path)
+        assert (request.model, request.seed, request.steps, request.width) == (model, 12, 2, 64)
+        again = engine.generate(dataclasses.replace(request, model=model))
+        assert np.array_equal(np.asarray(again.images[0]), np.asarray(Image.open(shot.path).convert("RGB")))
+    finally:
+        session.close()
