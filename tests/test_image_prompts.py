@@ -138,3 +138,23 @@ def test_the_cli_takes_an_image_prompt_and_names_a_bad_one(tmp_path):
                          text=True, timeout=600)
     assert bad.returncode == 2 and "the scale must be a number from 0 to 2" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_the_chat_uses_the_selected_image_as_an_image_prompt(engine):
+    from studio.service import Studio
+    from ui import handlers
+    from ui.state import Session, Settings
+
+    studio, session = Studio(engine, default_model="builtin"), Session.new()
+    try:
+        settings = Settings(steps=6)
+        list(handlers.send(studio, session, "a big green triangle in the center, white background --seed 4",
+                           settings))
+        path = handlers.use_as_image_prompt(session)
+        assert path == session.shots[0].path and "is now the image prompt" in session.history[-1]["content"]
+        settings.image_prompts = [ImagePrompt(path, 0.9)]  # what the panel's slot then sends
+        list(handlers.send(studio, session, "a small one on the left, yellow background --seed 5", settings))
+        assert "image prompt x0.9" in session.history[-1]["content"]
+        assert session.shots[1].request.image_prompts[0].scale == 0.9
+    finally:
+        session.close()

@@ -249,6 +249,16 @@ def wire_actions(page: Page, studio: Studio, inputs: set) -> None:
 
     page.control.click(on_control, page.state, [*view_out, unit.enabled, unit.image, panel.control_box], **QUICK)
 
+    def on_look(state):
+        session = ensure(state)
+        path = handlers.use_as_image_prompt(session)
+        out = view(page, session)
+        if path:
+            out.update({panel.look_image: path, panel.look_box: gr.Accordion(open=True)})
+        return out
+
+    page.look.click(on_look, page.state, [*view_out, panel.look_image, panel.look_box], **QUICK)
+
     def on_restore(values: dict):
         session = ensure(values[page.state])
         file = values[panel.restore_file]

@@ -181,6 +181,18 @@ def reuse(session: Session, settings: Settings) -> Update:
     return Update(settings=restored, prompt=shot.request.prompt)
 
 
+def use_as_image_prompt(session: Session) -> str | None:
+    """The selected image's path for the panel's image prompt (None when there is no image yet)."""
+    shot = session.selected_shot()
+    if shot is None:
+        session.say("assistant", "No image yet to use as an image prompt.")
+        return None
+    session.say("assistant", f"#{shot.number} is now the image prompt (in the panel, with its scale). Your next "
+                             "messages follow it: say size, place and background, e.g. 'a small one at the top, "
+                             "white background'. Clear it in the panel to stop.")
+    return shot.path
+
+
 def use_as_control(session: Session) -> str | None:
     """The selected image's path for ControlNet unit 1 (None when there is no image yet)."""
     shot = session.selected_shot()

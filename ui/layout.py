@@ -38,6 +38,7 @@ class Page:
     vary: gr.Button
     reuse: gr.Button
     control: gr.Button
+    look: gr.Button  # "Use as image prompt"
     refine: gr.Checkbox
     strength: gr.Slider
     gallery: gr.Gallery
@@ -111,6 +112,8 @@ def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, s
                 vary = gr.Button("Vary", elem_id="vary", size="sm", scale=0, min_width=70)
                 reuse = gr.Button("Reuse settings", elem_id="reuse", size="sm", scale=0, min_width=110)
                 control = gr.Button("Use as control", elem_id="use-control", size="sm", scale=0, min_width=110)
+                look = gr.Button("Use as image prompt", elem_id="use-image-prompt", size="sm", scale=0,
+                                 min_width=140)
                 refine = gr.Checkbox(label="Refine with the next message", value=False, elem_id="refine",
                                      scale=0, container=False)
             with gr.Accordion("Edit the selected image: refine strength, paint to repaint, zoom out, pan, upscale",
@@ -145,7 +148,7 @@ def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, s
         with tabs, gr.Tab("Library", id="library"):
             library = build_tab(can_import=local_paths)
     return Page(state=state, saved=saved, status_md=status_md, chatbot=chatbot, box=box, selected_md=selected_md,
-                reroll=reroll, vary=vary, reuse=reuse, control=control, refine=refine, strength=strength,
+                reroll=reroll, vary=vary, reuse=reuse, control=control, look=look, refine=refine, strength=strength,
                 gallery=gallery, panel=panel, ids=ids, tabs=tabs, new_chat=new_chat, conversations=conversations,
                 delete_chat=delete_chat, library=library, edit_box=edit_box, editor=editor, paint=paint,
                 inpaint=inpaint, zoom_out=zoom_out, pans=pans, upscale=upscale, pending_tick=pending_tick)

@@ -21,6 +21,7 @@ from engine.request import (
     MAX_STEPS,
     PREPROCESSORS,
     ControlUnit,
+    ImagePrompt,
     LoraSpec,
 )
 from ui.checked_image import checked_image
@@ -115,6 +116,14 @@ class Panel:
                 for i in range(MAX_CONTROLS):
                     with gr.Tab(f"Unit {i + 1}", id=f"unit-{i + 1}"):
                         self.units.append(self._control_unit(i))
+        with gr.Accordion("Image prompt: a reference image", open=False, elem_id="image-prompt-box") as self.look_box:
+            gr.Markdown("The picture follows this image beside the prompt: its colours and shapes (with the built-in "
+                        "model the prompt may leave them out: *a big one on the left, white background*). **Use as "
+                        "image prompt** under the chat puts the selected image here.", elem_classes=["panel-note"])
+            self.look_image = checked_image(sources=["upload", "clipboard"], label="Image prompt", height=120,
+                                            elem_id="image-prompt")
+            self.look_scale = gr.Slider(0.0, 2.0, step=0.05, value=1.0, label="Image prompt scale",
+                                        info="0: the text alone; 1: follow the image", elem_id="image-prompt-scale")
         with gr.Accordion("Plugins (LoRA)", open=False, elem_id="plugins-box"):
             self.plugin_note = gr.Markdown("No plugins found for this model. Add manifests to plugins/.",
                                            elem_classes=["panel-note"])
@@ -163,7 +172,7 @@ class Panel:
     def settings_inputs(self) -> set:
         """Every component `read` needs."""
         comps = {self.model, self.negative, self.steps, self.guidance, self.seed, self.width, self.height,
-                 self.count, self.scheduler, self.vary_strength, self.plugin_names}
+                 self.count, self.scheduler, self.vary_strength, self.plugin_names, self.look_image, self.look_scale}
         for unit in self.units:
             comps |= {unit.enabled, unit.kind, unit.image, unit.preprocessor, unit.scale, unit.start, unit.end,
                       unit.low, unit.high}
@@ -203,6 +212,8 @@ class Panel:
         for name, row in zip(names, self.plugins):
             if values[row.toggle]:
                 settings.loras.append(LoraSpec(name, float(values[row.weight])))
+        if values[self.look_image]:
+            settings.image_prompts.append(ImagePrompt(values[self.look_image], float(values[self.look_scale])))
         return settings
 
     def show(self, settings: Settings, plugin_names: list[str] | None = None) -> dict:

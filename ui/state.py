@@ -17,13 +17,16 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.request import ControlUnit, LoraSpec, Request, clean_text
+from engine.request import ControlUnit, ImagePrompt, LoraSpec, Request, clean_text
 from studio.requests import make_request
 
 log = logging.getLogger(__name__)
 
 RANDOM_SEED = -1  # the panel's "random" seed
 MAX_MESSAGE = 4000  # characters in one chat message: the page's box stops there and the server refuses more
+
+
+UNKEPT = ("controls", "loras", "image_prompts")  # images and plugin choices: not kept in the browser
 
 
 @dataclass
@@ -46,23 +49,25 @@ class Settings:
     vary_strength: float = 0.35
     controls: list[ControlUnit] = field(default_factory=list)
     loras: list[LoraSpec] = field(default_factory=list)
+    image_prompts: list[ImagePrompt] = field(default_factory=list)
 
     def request(self, prompt: str) -> Request:
         """The engine request for `prompt` with these values (studio.requests.make_request, as every door)."""
         return make_request(prompt, self.model, form=True, negative=self.negative, steps=self.steps,
                             guidance=self.guidance, seed=self.seed, width=self.width, height=self.height,
-                            scheduler=self.scheduler, count=self.count, controls=self.controls, loras=self.loras)
+                            scheduler=self.scheduler, count=self.count, controls=self.controls, loras=self.loras,
+                            image_prompts=list(self.image_prompts))
 
     def to_browser(self) -> dict:
         """The plain values kept in the browser between visits (no images, no plugin choices)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("controls", "loras")}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in UNKEPT}
 
     @classmethod
     def from_browser(cls, data: dict | None) -> Settings | None:
         """Settings saved by `to_browser`, or None when there are none (or they are from another version)."""
         if not isinstance(data, dict):
             return None
-        known = {f.name for f in dataclasses.fields(cls)} - {"controls", "loras"}
+        known = {f.name for f in dataclasses.fields(cls)} - set(UNKEPT)
         try:
             return cls(**{k: v for k, v in data.items() if k in known})
         except TypeError:
