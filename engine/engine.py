@@ -207,17 +207,24 @@ class Engine:
             big = req.width * req.height > 1536 * 1536
             (pipe.vae.enable_tiling if big else pipe.vae.disable_tiling)()
         # 5. sample
-        kwargs = dict(prompt=prompt, num_inference_steps=req.steps, **{kin.guidance_arg: req.guidance},
+        from .prompt_weights import conditioning
+
+        # the prompt language: weights on CLIP encoders, editing and alternation swapped in between steps
+        cond = conditioning(pipe, kin, prompt, (req.negative or kin.empty_negative) if kin.negative_prompt else None,
+                            req.steps)
+        notes += cond.notes
+        kwargs = dict(**cond.kwargs, num_inference_steps=req.steps, **{kin.guidance_arg: req.guidance},
                       width=req.width, height=req.height, num_images_per_prompt=req.count,
                       generator=[torch.Generator("cpu").manual_seed(seed) for seed in plan.seeds],
-                      callback_on_step_end=self._callback(req, progress, cancel))
-        if kin.negative_prompt:
-            kwargs["negative_prompt"] = req.negative or kin.empty_negative
+                      callback_on_step_end=self._callback(req, progress, cancel, cond.at_step))
+        if cond.at_step:  # the callback swaps the conditioning: the pipeline hands it over
+            kwargs["callback_on_step_end_tensor_inputs"] = ["latents", "prompt_embeds"] + (
+                ["add_text_embeds"] if "pooled_prompt_embeds" in cond.kwargs else [])
         if kin.caption_words:
             from .vocabulary import vocabulary_note
 
             known = (tuple(loras.triggers) if loras else ()) + (("one",) if req.image_prompts else ())
-            note = vocabulary_note(req.prompt, source.location, known)  # "a big one": the image says what
+            note = vocabulary_note(cond.plain_prompt, source.location, known)  # "a big one": the image says what
             notes += [note] if note else []
         if inpainting is not None:
             kwargs.update(inpainting.kwargs)
@@ -319,18 +326,25 @@ class Engine:
         for key in ("prompt", "negative_prompt"):  # one prompt per image: the batch is the images
             if kwargs.get(key) is not None:
                 args[key] = [kwargs[key]] * len(big)
+        for key in ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"):
+            if kwargs.get(key) is not None:  # a weighted prompt (its first conditioning)
+                args[key] = kwargs[key].repeat(len(big), *[1] * (kwargs[key].dim() - 1))
         if "height" in edit.parameters(pipe):  # Flux's image-to-image resizes to these (its default: 1024)
             args.update(width=width, height=height)
         return self._sample(pipe, {**args, "image": big, "strength": req.hires_strength, "num_inference_steps": steps,
                                    "num_images_per_prompt": 1}, cancel)
 
-    def _callback(self, req: Request, progress: Progress | None, cancel: threading.Event | None):
+    def _callback(self, req: Request, progress: Progress | None, cancel: threading.Event | None,
+                  swaps: dict | None = None):
+        """Progress, the stop switch, and (`swaps`: step -> conditioning) prompt editing's changes of prompt."""
         def on_step_end(pipe, step, timestep, callback_kwargs):
             if progress is not None and not (cancel is not None and cancel.is_set()):
                 progress(step + 1, pipe.num_timesteps if hasattr(pipe, "num_timesteps") else req.steps,
                          callback_kwargs.get("latents"))
             if cancel is not None and cancel.is_set():
                 pipe._interrupt = True  # diffusers skips every remaining step
+            if swaps and step + 1 in swaps:
+                callback_kwargs.update(_swapped(pipe, swaps[step + 1], req.count))
             return callback_kwargs
 
         return on_step_end
@@ -374,6 +388,23 @@ class Engine:
                 "multiple": d.multiple, "max_size": d.max_size, "negative_prompt": kin.negative_prompt,
                 "flow": kin.flow, "trained_sides": kin.trained_sides, "edit_images": kin.edit_limit(source.variant),
                 "text_to_image": "txt2img" in kin.jobs(source.variant)}
+
+
+def _swapped(pipe, cond: dict, count: int) -> dict:
+    """The next conditioning of a prompt that changes over the steps, as the pipeline's loop holds it: the
+    negative and positive halves joined under classifier-free guidance, one copy per image."""
+    import torch
+
+    cfg = getattr(pipe, "do_classifier_free_guidance", False)
+
+    def both(pos, neg):
+        pos, neg = pos.repeat(count, *[1] * (pos.dim() - 1)), neg.repeat(count, *[1] * (neg.dim() - 1))
+        return torch.cat([neg, pos]) if cfg else pos
+
+    out = {"prompt_embeds": both(cond["prompt_embeds"], cond["negative_prompt_embeds"])}
+    if "pooled_prompt_embeds" in cond:
+        out["add_text_embeds"] = both(cond["pooled_prompt_embeds"], cond["negative_pooled_prompt_embeds"])
+    return out
 
 
 def _check_schedule(scheduler, req: Request, model: str, default: str) -> None:
