@@ -97,6 +97,10 @@ def a1111_request(payload: dict[str, Any], model: str, defaults: dict, img2img: 
                            scheduler=a1111_scheduler(get("sampler_name") or get("sampler_index"), get("scheduler"),
                                                      defaults))
     request.controls = controlnet_units(get("alwayson_scripts", {}))
+    styles = get("styles", [])
+    if not isinstance(styles, list) or not all(isinstance(x, str) for x in styles):
+        raise UserError("styles must be a list of style names (plugins/styles/).")
+    request.styles = [x for x in styles if x]
     request.image_prompts = image_prompts(get("alwayson_scripts", {}))
     if not img2img:
         if get("enable_hr", False):  # hires fix: the image resized hr_scale times, then refined

@@ -102,7 +102,8 @@ def cmd_generate(args, config) -> int:
                         controls=[parse_control(c) for c in args.control], loras=[lora_spec(x) for x in args.lora],
                         mask=args.mask, mask_blur=args.mask_blur, inpaint_padding=args.masked_only,
                         outpaint=outpaint_borders(args), upscale=args.upscale, hires_strength=args.hires_strength,
-                        upscaler=args.upscaler, references=list(args.ref), image_prompts=image_prompts)
+                        upscaler=args.upscaler, references=list(args.ref), image_prompts=image_prompts,
+                        styles=list(args.style))
     jobs: list[tuple[Request, Path]] = []
     if args.prompt_file:
         pf = Path(args.prompt_file)

@@ -263,6 +263,7 @@ class Engine:
         extra = dict(loras.infotext) if loras else {}
         extra.update(inpainting.infotext if inpainting is not None else {})
         extra.update(looks.infotext)
+        extra.update(plan.infotext)
         if isinstance(kwargs.get("image"), list) and inpainting is None:  # an edit of several images
             extra["Edit images"] = ", ".join(edit.digest(im) for im in kwargs["image"])
         elif init is not None and kin.edit_limit(source.variant):
@@ -289,7 +290,8 @@ class Engine:
     def plan(self, request: Request) -> GenerationPlan:
         """What `request` will do (engine/plan.py): resolved, checked, every default filled in; nothing loaded."""
         source = self.resolve(request.model)
-        return plan_generation(request, source, self._plugin_manager().sampling if request.loras else None)
+        return plan_generation(request, source, self._plugin_manager().sampling if request.loras else None,
+                               tuple(self.config.plugin_dirs))
 
     def _sample(self, pipe, kwargs: dict, cancel: threading.Event | None) -> tuple[list, int]:
         """The pipeline's images as PIL, and how many held NaN/inf; Cancelled if the user stopped it."""

@@ -27,6 +27,7 @@ class GenerationPlan:
     job: str  # the pipeline variant: txt2img, img2img, control, control_img2img, inpaint
     edit: str | None  # inpaint, outpaint, upscale or None
     notes: tuple = field(default_factory=tuple)  # known before sampling (a plugin's sampling, ignored words)
+    infotext: dict = field(default_factory=dict)  # what the prompt was built from (styles, wildcard picks)
 
     @property
     def family(self) -> Family:
@@ -43,9 +44,11 @@ class GenerationPlan:
         return [u for u in self.request.controls if u.scale > 0]
 
 
-def plan_generation(request: Request, source: Source, sampling: Sampling | None = None) -> GenerationPlan:
+def plan_generation(request: Request, source: Source, sampling: Sampling | None = None,
+                    text_dirs: tuple = ()) -> GenerationPlan:
     """The plan for `request` on `source`; `sampling` fills a LoRA plugin's own sampling where the request left
-    it to the model (engine.plugins.manager.PluginManager.sampling). Raises the engine's UserErrors."""
+    it to the model (engine.plugins.manager.PluginManager.sampling); `text_dirs`: the plugin folders whose
+    styles/ and wildcards/ build the prompt (engine/prompt_texts.py). Raises the engine's UserErrors."""
     kin = family_of(source.family)
     notes = []
     if request.loras and sampling is not None:
@@ -54,6 +57,9 @@ def plan_generation(request: Request, source: Source, sampling: Sampling | None 
     req = check_request(edit_size(request, kin, source.variant), source.family, source.variant)
     if req.seed is None:
         req = dataclasses.replace(req, seed=random.SystemRandom().randrange(2**32))
+    from .prompt_texts import expand
+
+    req, infotext = expand(req, text_dirs)
     if req.upscale and req.hires_strength and kin.edit_limit(source.variant):
         req = dataclasses.replace(req, hires_strength=0.0)
         notes.append(Note(f"{kin.label} edits by instruction and has no image-to-image pass for the upscale: the "
@@ -74,7 +80,7 @@ def plan_generation(request: Request, source: Source, sampling: Sampling | None 
         notes.append(Note(f"The {kin.label} model learned sizes from {low} to {high} pixels a side: at "
                           f"{req.width}x{req.height} objects may split, repeat or stretch. Stay within {low}-{high} "
                           "(any aspect of the panel's presets) for its best images.", kind="size"))
-    return GenerationPlan(req, source, job, kind, tuple(notes))
+    return GenerationPlan(req, source, job, kind, tuple(notes), infotext)
 
 
 def edit_size(req: Request, kin: Family, variant: str) -> Request:

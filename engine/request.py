@@ -145,6 +145,7 @@ class Request:
     init_image: Any = None  # a path or PIL image: image-to-image from it (an editing model: the image it edits)
     references: list = field(default_factory=list)  # more images an editing model takes beside init_image: image 2, 3
     image_prompts: list[ImagePrompt] = field(default_factory=list)  # reference images an image-prompt adapter reads
+    styles: list[str] = field(default_factory=list)  # saved styles (plugins/styles/*.toml) applied to the prompt
     strength: float | None = None  # None: IMG2IMG_STRENGTH, or EDIT_STRENGTH for an inpaint or outpaint
     controls: list[ControlUnit] = field(default_factory=list)
     loras: list[LoraSpec] = field(default_factory=list)
@@ -282,6 +283,8 @@ def check_request(req: Request, family: str, variant: str = "") -> Request:  # n
         raise SettingsError(f"LoRA {twice[0]!r} is asked for twice; give each LoRA once with its weight.")
     loras = [_lora(lora) for lora in req.loras]
     image_prompts = _image_prompts(req.image_prompts)
+    if not isinstance(req.styles, (list, tuple)) or not all(isinstance(x, str) and x for x in req.styles):
+        raise SettingsError("styles must be a list of style names.", field="styles")
     if req.controls and (req.mask is not None or req.outpaint):
         raise SettingsError("ControlNet units do not combine with inpainting or outpainting here yet. Turn the units "
                         "off for this edit, or use them on a plain image-to-image refine.")

@@ -98,6 +98,14 @@ def model_choices(default_model: str) -> list[tuple[str, str]]:
     return choices
 
 
+def prompt_texts(studio: Studio) -> tuple[list[str], list[str]]:
+    """The saved styles' names and the wildcards (plugins/styles/, plugins/wildcards/) the studio's prompts use."""
+    from engine.prompt_texts import styles, wildcard_names
+
+    dirs = studio.engine.config.plugin_dirs
+    return sorted(styles(dirs)), wildcard_names(dirs)
+
+
 def model_names(studio: Studio, *current: str) -> list[str]:
     """The models the programmatic doors offer: built-in, the known Hub models, cached ones, the server's default
     and any the caller uses now."""

@@ -94,3 +94,76 @@ def test_an_a1111_png_with_weights_restores_them(tmp_path):
     request, _ = read_png_settings(path)
     assert request.prompt == "a (red:1.3) circle, [blue:green:0.4] background"
     assert request.negative == "(blurry:1.2)"
+
+
+# ---------------------------------------------------------------------------------------- styles, wildcards
+
+def texts_engine(tmp_path):
+    from engine.engine import Engine
+
+    (tmp_path / "styles").mkdir()
+    (tmp_path / "wildcards").mkdir()
+    (tmp_path / "styles" / "bold.toml").write_text('name = "bold"\nprompt = "a big {prompt}"\nnegative = "small"\n')
+    (tmp_path / "styles" / "blue.toml").write_text('name = "blue"\nprompt = "blue background"\n')
+    (tmp_path / "wildcards" / "colour.txt").write_text("# colours\nred\ngreen\n\nyellow\n__shade__\n")
+    (tmp_path / "wildcards" / "shade.txt").write_text("purple\n")
+    return Engine(device="cpu", local_paths=True, plugin_dirs=(tmp_path,))
+
+
+def test_styles_wrap_the_prompt_and_the_metadata_names_them(tmp_path):
+    engine = texts_engine(tmp_path)
+    plan = engine.plan(Request(prompt="red circle on the left", styles=["bold", "blue"], seed=1))
+    assert plan.request.prompt == "a big red circle on the left, blue background"
+    assert plan.request.negative == "small" and plan.infotext["Styles"] == "bold, blue"
+    with pytest.raises(Exception, match="There is no style 'nope'. Styles here: blue, bold"):
+        engine.plan(Request(prompt="x", styles=["nope"]))
+
+
+def test_wildcards_pick_by_the_seed_and_say_what_they_picked(tmp_path):
+    engine = texts_engine(tmp_path)
+    picks = {seed: engine.plan(Request(prompt="a big __colour__ circle", seed=seed)) for seed in range(12)}
+    again = engine.plan(Request(prompt="a big __colour__ circle", seed=3))
+    assert again.request.prompt == picks[3].request.prompt  # the same seed, the same pick
+    words = {p.request.prompt.split()[2] for p in picks.values()}
+    assert words <= {"red", "green", "yellow", "purple"} and len(words) >= 3  # nested __shade__ -> purple too
+    assert picks[3].infotext["Wildcards"].startswith("colour=")
+    with pytest.raises(Exception, match="no wildcard file for __size__.*__colour__, __shade__"):
+        engine.plan(Request(prompt="a __size__ circle", seed=1))
+    result = engine.generate(Request(prompt="a big __colour__ circle, white background", seed=4, steps=2))
+    assert "Wildcards: " in result.infotexts[0] and "__colour__" not in result.infotexts[0].splitlines()[0]
+
+
+def test_the_shipped_styles_and_wildcards_work_from_the_cli(tmp_path):
+    import subprocess
+    import sys
+
+    from engine.config import ROOT
+
+    run = subprocess.run([sys.executable, "app.py", "generate", "--prompt", "a big __colour__ __shape__ __place__, "
+                          "white background", "--style", "pixel-art", "--seed", "9", "--steps", "2", "--out",
+                          str(tmp_path / "o.png"), "--outputs", "none"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-1500:]
+    from PIL import Image
+
+    text = Image.open(tmp_path / "o.png").text["parameters"]
+    assert text.startswith("pixel art of a big ") and "Styles: pixel-art" in text and "Wildcards: " in text
+
+
+def test_the_chat_takes_styles_and_help_lists_them(engine):
+    from studio.service import Studio
+    from ui import handlers
+    from ui.state import Session, Settings
+
+    studio, session = Studio(engine, default_model="builtin"), Session.new()
+    try:
+        list(handlers.send(studio, session, "/help", Settings()))
+        help_text = session.history[-1]["content"]
+        assert "`cinematic`" in help_text and "`__colour__`" in help_text and "(red:1.3)" in help_text
+        list(handlers.send(studio, session, "a big red circle --style oil-painting --seed 2", Settings(steps=2)))
+        shot = session.shots[0]
+        assert shot.request.prompt == "a big red circle, oil painting, thick brush strokes, canvas texture"
+        list(handlers.send(studio, session, "a circle --style nope", Settings(steps=2)))
+        assert "There is no style 'nope'" in session.history[-1]["content"]
+    finally:
+        session.close()

@@ -18,7 +18,7 @@ from typing import Iterator
 from engine.images import metadata
 from engine.request import Request, UserError
 from studio.requests import leave_to_engine
-from studio.service import Studio, model_family, panel_defaults
+from studio.service import Studio, model_family, panel_defaults, prompt_texts
 from ui import inline
 from ui.marks import PROBLEM
 from ui.runner import Update, run
@@ -65,7 +65,7 @@ def send(studio: Studio, session: Session, text: str, settings: Settings, files:
     try:
         asked = inline.parse_message(text)
         if asked.command == "help":
-            session.say("assistant", inline.help_text())
+            session.say("assistant", inline.help_text(*prompt_texts(studio)))
             yield Update()
             return
         request = build_request(studio, session, asked, settings)
@@ -94,6 +94,8 @@ def build_request(studio: Studio, session: Session, asked: inline.Inline, settin
         setattr(request, name, value)
     if asked.negative:
         request.negative = ", ".join(x for x in (request.negative, asked.negative) if x)
+    if asked.styles:
+        request.styles = list(request.styles) + asked.styles
     if asked.loras:
         chosen = {x.name for x in asked.loras}
         request.loras = [x for x in request.loras if x.name not in chosen] + asked.loras

@@ -50,6 +50,8 @@ FLAGS = (
     Flag("images", ("with",), "N,M", "editing models (Qwen-Image-Edit, FLUX.2, Kontext): edit chat images #N, #M "
                                     "together, as image 1, image 2 of the instruction"),
     Flag("new", (), "", "editing models: draw a new image from the text instead of editing the selected one"),
+    Flag("style", (), "NAME", "a saved style around the prompt (plugins/styles/; repeatable); `__name__` in the text "
+                              "picks a line of plugins/wildcards/name.txt by the seed"),
 )
 _BY_NAME = {alias: f for f in FLAGS for alias in (f.name, *f.aliases)}
 
@@ -66,6 +68,7 @@ class Inline:
     refine: float | None = None  # image-to-image strength when --refine was given
     images: list[int] = field(default_factory=list)  # --images 2,5: the chat's image numbers an edit takes
     new: bool = False  # --new: an editing model draws anew instead of editing the selected image
+    styles: list[str] = field(default_factory=list)  # --style NAME (repeatable)
     command: str | None = None  # "help" for /help
 
 
@@ -146,6 +149,8 @@ def _apply(out: Inline, name: str, value: str) -> None:
         out.overrides["height"] = int(match[2] or match[1])
     elif flag.name == "lora":
         out.loras.append(lora_spec(value, "--lora NAME=WEIGHT, e.g. --lora pastel=0.8"))
+    elif flag.name == "style":
+        out.styles.append(value)
 
 
 def parse_ratio(value: str) -> tuple[float, float]:
@@ -183,14 +188,19 @@ def _float(value: str, flag_text: str, expected: str) -> float:
     return number
 
 
-def help_text() -> str:
-    """The /help reply: how to talk to the studio."""
+def help_text(styles: list[str] = (), wildcards: list[str] = ()) -> str:
+    """The /help reply: how to talk to the studio (with the server's saved styles and wildcards)."""
     rows = "\n".join(f"| `--{f.name} {f.value}`{''.join(f' / `--{a}`' for a in f.aliases)} | {f.help} |"
                      for f in FLAGS)
     return ("**How to use the studio.** Each message is a prompt and gets a picture back. Settings come from the "
             "panel on the right; flags at the end of a message change them for that message only:\n\n"
             "| flag | what it does |\n|---|---|\n" + rows + "\n\n"
             "Example: `a lighthouse at dusk, oil painting --ar 3:2 --steps 25 --seed 42 --no people`\n\n"
+            "Prompt weights as in AUTOMATIC1111: `(red:1.3)`, `((red))`, `[red]`, `[cat:dog:0.5]` (cat, then dog from "
+            "half the steps), `[red|blue]` (in turn), `BREAK`.\n\n"
+            f"Styles (`--style NAME`): {', '.join(f'`{x}`' for x in styles) or 'none (add plugins/styles/NAME.toml)'}."
+            f" Wildcards: {', '.join(f'`__{x}__`' for x in wildcards) or 'none (add plugins/wildcards/NAME.txt)'}."
+            "\n\n"
             "Under the chat: **Reroll** (same settings, new seed), **Vary** (a close variation), **Reuse settings** "
             "(load them into the panel), **Use as control** (ControlNet unit 1) act on the selected image: click "
             "one in the chat or the gallery, or the latest is used. Drop a PNG into the message box (or the "
