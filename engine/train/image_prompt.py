@@ -51,7 +51,15 @@ def reference_of(thing: world.Thing, rng: random.Random) -> np.ndarray:
     ref = world.Thing(thing.kind, thing.color, size, "", cx, cy, rng.uniform(0.45, 1.0))
     if thing.kind == "person":
         ref.pose = world.random_pose(rng, cx, cy, world.SIZES[size] * 1.5)
-    image = world.render(world.Scene(background, [ref])).astype(np.float32)
+    image = world.render(world.Scene(background, [ref]))
+    if rng.random() < 0.6:  # tilted, as drawn by hand (from step 1100 on: shapes were read at 58%)
+        fill = tuple(int(c) for c in image[0, 0])
+        image = np.asarray(Image.fromarray(image).rotate(rng.uniform(-30, 30), resample=Image.Resampling.BICUBIC,
+                                                         fillcolor=fill))
+    image = image.astype(np.float32)
+    if rng.random() < 0.5:  # a light gradient across the picture
+        ramp = np.linspace(rng.uniform(-25, 0), rng.uniform(0, 25), image.shape[0], dtype=np.float32)
+        image += ramp[:, None, None]
     image = image * rng.uniform(0.85, 1.15) + rng.uniform(-20, 20)  # exposure
     image += np.array([rng.uniform(-18, 18) for _ in range(3)], np.float32)  # white balance
     image += np.random.default_rng(rng.randrange(2**32)).normal(0, rng.uniform(0, 8), image.shape)
