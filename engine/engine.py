@@ -202,7 +202,7 @@ class Engine:
 
             self.image_prompts = ImagePrompts(self.hub)
         looks = self.image_prompts.prepare(loaded, pipe, req, self._plugin_manager().manifests()
-                                           if req.image_prompts else [])
+                                           if req.image_prompts else [], prompt)
         if getattr(pipe, "vae", None) is not None:  # tiled VAE decode only where the size needs it
             big = req.width * req.height > 1536 * 1536
             (pipe.vae.enable_tiling if big else pipe.vae.disable_tiling)()
@@ -243,6 +243,8 @@ class Engine:
         if control is not None:
             kwargs.update(control.kwargs(pipe))
         kwargs.update(looks.kwargs)
+        if looks.replaces_prompt:
+            kwargs.pop("prompt", None)
         kwargs.setdefault("output_type", "np")  # floats: non-finite pixels are seen before they turn black
         broken = 0
         if kind == "upscale" and init is not None:

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 class PreparedImagePrompts:
     kwargs: dict = field(default_factory=dict)
     infotext: dict = field(default_factory=dict)
+    replaces_prompt: bool = False  # Flux Redux: the prompt's embeddings (text and image) stand for the prompt
 
 
 def adapters_for(family: str, manifests: list) -> list:
@@ -36,10 +37,12 @@ class ImagePrompts:
     def __init__(self, hub=None):
         self.hub = hub
         self.on: dict[int, str] = {}  # id(loaded.pipe) -> the adapter plugin's name on it
+        self.priors: dict[tuple, object] = {}  # (id(loaded.pipe), plugin) -> its Flux Redux prior pipeline
 
-    def prepare(self, loaded, pipe, req: Request, manifests: list) -> PreparedImagePrompts:
+    def prepare(self, loaded, pipe, req: Request, manifests: list, prompt: str = "") -> PreparedImagePrompts:
         """Put the family's adapter on (or take it off) `loaded`'s model for `req`; the arguments `pipe` (the job's
-        pipeline, sharing the model's parts) is called with, and the metadata."""
+        pipeline, sharing the model's parts) is called with, and the metadata. `prompt`: the text as the model
+        reads it (Flux Redux encodes it with the image)."""
         key = id(loaded.pipe)
         if not req.image_prompts:
             if key in self.on:
@@ -50,6 +53,9 @@ class ImagePrompts:
         kin = family_of(loaded.source.family)
         import inspect
 
+        redux = [m for m in adapters_for(kin.name, manifests) if m.weight_name is None]
+        if redux and "prompt_embeds" in inspect.signature(type(pipe).__call__).parameters:
+            return self._redux(loaded, req, redux[0], prompt)
         if "ip_adapter_image" not in inspect.signature(type(pipe).__call__).parameters:
             edits = " It edits with reference images instead: --ref IMG, or --images in the chat." \
                 if kin.edit_limit(loaded.source.variant) else ""
@@ -74,9 +80,44 @@ class ImagePrompts:
         return PreparedImagePrompts({"ip_adapter_image": [images]},
                                     {"Image prompt": f"{plugin.name} {scale:g} {hashes}"})
 
+    def _redux(self, loaded, req: Request, plugin, prompt: str) -> PreparedImagePrompts:
+        """Flux Redux: the image's SigLIP tokens joined to the prompt's T5 tokens (its own prior pipeline, given
+        the model's text encoders); scale 0 is the prompt alone."""
+        from .edit import digest
+        from .images.loading import load_image
+
+        if len(req.image_prompts) > 1:
+            raise UserError("Flux Redux reads one image prompt at a time; give one.", field="image_prompts")
+        scale = req.image_prompts[0].scale if req.image_prompts[0].scale is not None else plugin.weight
+        image = load_image(req.image_prompts[0].image, "Image prompt 1")
+        info = {"Image prompt": f"{plugin.name} {scale:g} {digest(image)}"}
+        if scale == 0:
+            return PreparedImagePrompts(infotext=info)
+        import diffusers
+        import torch
+
+        key = (id(loaded.pipe), plugin.name)
+        if key not in self.priors:
+            source = str(plugin.file) if plugin.file is not None else plugin.source
+            parts = {k: getattr(loaded.pipe, k) for k in ("text_encoder", "tokenizer", "text_encoder_2",
+                                                          "tokenizer_2")}
+            try:
+                prior = diffusers.FluxPriorReduxPipeline.from_pretrained(
+                    source, **parts, dtype=loaded.pipe.dtype, local_files_only=self.hub.offline if self.hub else False)
+            except (OSError, ValueError) as e:
+                raise UserError(f"Flux Redux {plugin.name} could not be loaded ({str(e).splitlines()[0][:160]}).",
+                                field="image_prompts") from None
+            prior.set_progress_bar_config(disable=True)
+            self.priors[key] = prior.to(loaded.pipe.device)
+        with torch.no_grad():
+            out = self.priors[key](image=image, prompt=prompt, prompt_embeds_scale=scale,
+                                   pooled_prompt_embeds_scale=scale)
+        return PreparedImagePrompts({"prompt_embeds": out.prompt_embeds,
+                                     "pooled_prompt_embeds": out.pooled_prompt_embeds}, info, replaces_prompt=True)
+
     @staticmethod
     def _adapter(kin, manifests: list):
-        found = adapters_for(kin.name, manifests)
+        found = [m for m in adapters_for(kin.name, manifests) if m.weight_name is not None]
         if not found:
             raise UserError(f"There is no image-prompt adapter for {kin.label} models. Add one as a plugin "
                             "(plugins/README.md: kind = \"image-prompt\").", field="image_prompts")

@@ -158,3 +158,43 @@ def test_the_chat_uses_the_selected_image_as_an_image_prompt(engine):
         assert session.shots[1].request.image_prompts[0].scale == 0.9
     finally:
         session.close()
+
+
+def tiny_redux(out: Path) -> Path:
+    """A Flux Redux prior at toy size (SigLIP vision tower, the image embedder into the tiny Flux's 32-wide T5
+    space) saved as a diffusers folder, and its plugin manifest (no weight_name: the folder is the pipeline)."""
+    from diffusers import FluxPriorReduxPipeline
+    from diffusers.pipelines.flux.modeling_flux import ReduxImageEncoder
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(0)
+    vision = SiglipVisionModel(SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                                  num_attention_heads=2, image_size=32, patch_size=8))
+    embedder = ReduxImageEncoder(redux_dim=16, txt_in_features=32)
+    with torch.no_grad():
+        for p in embedder.parameters():
+            p.mul_(20.0)  # a fresh embedder's tokens are faint beside the text's: make them count
+    prior = FluxPriorReduxPipeline(image_encoder=vision, feature_extractor=SiglipImageProcessor(
+        size={"height": 32, "width": 32}), image_embedder=embedder)
+    prior.save_pretrained(out / "tiny-redux")
+    (out / "tiny-redux.toml").write_text('name = "tiny-redux"\nkind = "image-prompt"\nfamily = "flux"\n'
+                                         'source = "tiny-redux"\n')
+    return out
+
+
+def test_a_tiny_flux_redux_joins_the_image_to_the_prompt(tiny_model, tmp_path):
+    folder = tiny_model("flux")
+    engine = Engine(device="cpu", local_paths=True)
+    engine.plugins = PluginManager([tiny_redux(tmp_path)], hub=engine.hub)
+    ask = dict(prompt="a red circle", model=str(folder), steps=2, width=32, height=32, seed=2)
+    base = engine.generate(Request(**ask))
+    looked = engine.generate(Request(**ask, image_prompts=[ImagePrompt(triangle())]))
+    other = engine.generate(Request(**ask, image_prompts=[ImagePrompt(triangle((200, 30, 30), "black"))]))
+    zero = engine.generate(Request(**ask, image_prompts=[ImagePrompt(triangle(), 0.0)]))
+    # a one-block random Flux barely reads extra tokens: the image shows, but faintly
+    assert np.abs(pixels(looked) - pixels(base)).mean() > 0.1
+    assert np.abs(pixels(looked) - pixels(other)).mean() > 0.02
+    assert np.array_equal(pixels(zero), pixels(base))
+    assert "Image prompt: tiny-redux 1 " in looked.infotexts[0]
+    with pytest.raises(UserError, match="Flux Redux reads one image prompt"):
+        engine.generate(Request(**ask, image_prompts=[ImagePrompt(triangle())] * 2))

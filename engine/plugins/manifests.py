@@ -278,10 +278,12 @@ def _inside(path: Path, root: Path, what: str) -> tuple[Path, str | None]:
 
 def _adapter_source_error(m: Manifest, root: Path) -> str | None:
     """An image-prompt adapter: `source` a folder (inside the plugin folder or assets/) or a Hub repo, `weight_name`
-    its .safetensors inside (maybe in a subfolder), `encoder` the image encoder's folder beside that file."""
-    if not m.weight_name or Path(m.weight_name).suffix.lower() != ".safetensors":
+    its .safetensors inside (maybe in a subfolder), `encoder` the image encoder's folder beside that file; without
+    `weight_name`, the source is a Flux Redux prior pipeline (FluxPriorReduxPipeline) in diffusers' layout."""
+    if m.weight_name is not None and Path(m.weight_name).suffix.lower() != ".safetensors":
         return ("field 'weight_name' must name the adapter's .safetensors file inside the source, e.g. "
-                "weight_name = \"models/ip-adapter_sd15.safetensors\"")
+                "weight_name = \"models/ip-adapter_sd15.safetensors\" (without it the source is a Flux Redux "
+                "pipeline folder or repo)")
     local = m.path.parent / Path(m.source).expanduser()
     if local.exists() or m.source.startswith((".", "/", "~")) or not HUB_RE.fullmatch(m.source):
         m.file, error = _inside(local, root, "field 'source'")
