@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--image-prompt", action="append", default=[], metavar="IMG[,scale=S]",
                      help="a reference image the model follows beside the prompt (an IP-Adapter image prompt: its "
                           "colours, shapes, look), at scale S, 0-2 (default: the adapter's); repeatable")
+    gen.add_argument("--sref", action="append", default=[], metavar="NAME",
+                     help="a style reference saved in the chat (/save-style NAME) as the image prompt; repeatable")
     gen.add_argument("--style", action="append", default=[], metavar="NAME",
                      help="a saved style (plugins/styles/NAME.toml) around the prompt; repeatable")
     gen.add_argument("--ref", action="append", default=[], metavar="IMG",

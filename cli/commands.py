@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine.request import ControlUnit, Request, UserError
+from engine.request import ControlUnit, ImagePrompt, Request, UserError
 from studio.jobs import keep_all
 from studio.parse import image_prompt_spec, lora_spec, pan_borders, zoom_borders
 from studio.requests import make_request
@@ -93,6 +93,14 @@ def cmd_generate(args, config) -> int:
         if not Path(ref).is_file():
             raise UserError(f"--ref {ref}: no such file.")
     image_prompts = [image_prompt_spec(x) for x in args.image_prompt]
+    for name in args.sref:  # style references saved in the chat, kept in the library of this machine
+        path = library.style_ref(None, name)
+        if path is None:
+            have = ", ".join(library.style_refs(None)) or "none yet"
+            where = library.root or "the library"
+            raise UserError(f"--sref {name}: there is no style reference of that name in {where} (save one in the "
+                            f"chat with /save-style {name}). Saved: {have}.")
+        image_prompts.append(ImagePrompt(path))
     for spec in image_prompts:
         if not Path(spec.image).is_file():
             raise UserError(f"--image-prompt {spec.image}: no such file.")

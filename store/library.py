@@ -14,6 +14,8 @@ import dataclasses
 import io
 import json
 import logging
+import re
+import shutil
 import sqlite3
 import tempfile
 import threading
@@ -47,7 +49,10 @@ CREATE TABLE IF NOT EXISTS conversations (
     id TEXT PRIMARY KEY, browser TEXT NOT NULL, title TEXT NOT NULL DEFAULT '', created REAL NOT NULL,
     updated REAL NOT NULL, state TEXT NOT NULL DEFAULT '{}');
 CREATE INDEX IF NOT EXISTS conversations_browser ON conversations(browser, updated DESC);
+CREATE TABLE IF NOT EXISTS style_refs (
+    owner TEXT NOT NULL, name TEXT NOT NULL, path TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (owner, name));
 """
+STYLE_NAME = re.compile(r"[A-Za-z0-9][\w\-.]{0,39}")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
@@ -332,6 +337,49 @@ class Library:
         for image_id in ids:
             self.delete_image(image_id)
         return len(ids)
+
+    # ------------------------------------------------------------------------------ style references
+    def save_style_ref(self, owner: str, name: str, image_path: str) -> Path:
+        """Keep a copy of an image as the style reference `name` of `owner` (a browser id; "" on the CLI): a later
+        `--sref NAME` uses it as an image prompt. A name used again is replaced."""
+        if not self.enabled:
+            raise DiskError("Nothing is kept on this server (--outputs none), so style references can't be saved.")
+        if not STYLE_NAME.fullmatch(name or ""):
+            raise ValueError(f"Style reference name {name!r}: use up to 40 letters, digits, '_', '-' or '.'.")
+        folder = self.root / "styles"
+        folder.mkdir(exist_ok=True)
+        target = folder / f"{uuid.uuid4().hex[:12]}-{name}.png"
+        shutil.copyfile(image_path, target)
+        with self._lock:
+            old = self._db.execute("SELECT path FROM style_refs WHERE owner = ? AND name = ?", (owner, name)).fetchone()
+            self._db.execute("INSERT INTO style_refs(owner, name, path, created) VALUES (?, ?, ?, ?) ON CONFLICT"
+                             "(owner, name) DO UPDATE SET path = excluded.path, created = excluded.created",
+                             (owner, name, str(target), time.time()))
+        if old:
+            Path(old[0]).unlink(missing_ok=True)
+        return target
+
+    def style_ref(self, owner: str | None, name: str) -> str | None:
+        """The image of style reference `name`: `owner`'s own, else (owner None: the CLI, on this machine) the
+        newest of that name."""
+        if not self.enabled:
+            return None
+        with self._lock:
+            if owner is None:
+                row = self._db.execute("SELECT path FROM style_refs WHERE name = ? ORDER BY created DESC LIMIT 1",
+                                       (name,)).fetchone()
+            else:
+                row = self._db.execute("SELECT path FROM style_refs WHERE owner = ? AND name = ?",
+                                       (owner, name)).fetchone()
+        return row[0] if row and Path(row[0]).is_file() else None
+
+    def style_refs(self, owner: str | None) -> list[str]:
+        if not self.enabled:
+            return []
+        with self._lock:
+            rows = (self._db.execute("SELECT DISTINCT name FROM style_refs ORDER BY name") if owner is None else
+                    self._db.execute("SELECT name FROM style_refs WHERE owner = ? ORDER BY name", (owner,)))
+            return [r[0] for r in rows.fetchall()]
 
     def close(self) -> None:
         if self._db is not None:

@@ -198,3 +198,43 @@ def test_a_tiny_flux_redux_joins_the_image_to_the_prompt(tiny_model, tmp_path):
     assert "Image prompt: tiny-redux 1 " in looked.infotexts[0]
     with pytest.raises(UserError, match="Flux Redux reads one image prompt"):
         engine.generate(Request(**ask, image_prompts=[ImagePrompt(triangle())] * 2))
+
+
+def test_a_saved_style_reference_lasts_into_later_chats_and_the_cli(engine, tmp_path):
+    from store.library import Library
+    from studio.service import Studio
+    from ui import handlers
+    from ui.state import Session, Settings
+
+    library = Library(tmp_path / "outputs")
+    studio = Studio(engine, default_model="builtin", library=library)
+    first, later, stranger = Session.new(), Session.new(), Session.new()
+    first.browser = later.browser = "browser-a"
+    stranger.browser = "browser-b"
+    try:
+        list(handlers.send(studio, first, "a big green triangle in the center, white background --seed 4",
+                           Settings(steps=4)))
+        list(handlers.send(studio, first, "/save-style leafy", Settings()))
+        assert "Saved #1 as the style reference **leafy**" in first.history[-1]["content"]
+        list(handlers.send(studio, later, "a small one on the left, yellow background --sref leafy --seed 5",
+                           Settings(steps=4)))
+        assert "image prompt x1" in later.history[-1]["content"]
+        list(handlers.send(studio, stranger, "a small one --sref leafy", Settings(steps=4)))
+        assert "There is no style reference 'leafy'" in stranger.history[-1]["content"]  # another browser's
+        list(handlers.send(studio, later, "/save-style two words", Settings()))
+        assert "one word" in later.history[-1]["content"]
+    finally:
+        for s in (first, later, stranger):
+            s.close()
+    library.close()
+    out = tmp_path / "o.png"
+    run = subprocess.run([sys.executable, "app.py", "generate", "--prompt", "a small one at the top, blue "
+                          "background", "--sref", "leafy", "--seed", "5", "--steps", "4", "--out", str(out),
+                          "--outputs", str(tmp_path / "outputs")], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-1500:]
+    assert "Image prompt: shapes-reference" in Image.open(out).text["parameters"]
+    missing = subprocess.run([sys.executable, "app.py", "generate", "--prompt", "x", "--sref", "nope", "--outputs",
+                              str(tmp_path / "outputs")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert missing.returncode == 2 and "no style reference of that name" in missing.stderr and "leafy" in \
+        missing.stderr

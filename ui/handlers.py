@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from engine.images import metadata
-from engine.request import Request, UserError
+from engine.request import ImagePrompt, Request, UserError
 from studio.requests import leave_to_engine
 from studio.service import Studio, model_family, panel_defaults, prompt_texts
 from ui import inline
@@ -68,6 +68,10 @@ def send(studio: Studio, session: Session, text: str, settings: Settings, files:
             session.say("assistant", inline.help_text(*prompt_texts(studio)))
             yield Update()
             return
+        if asked.command == "save-style":
+            session.say("assistant", save_style(studio, session, asked.prompt))
+            yield Update()
+            return
         request = build_request(studio, session, asked, settings)
     except UserError as e:
         session.say("assistant", f"{PROBLEM} {e}")
@@ -96,6 +100,13 @@ def build_request(studio: Studio, session: Session, asked: inline.Inline, settin
         request.negative = ", ".join(x for x in (request.negative, asked.negative) if x)
     if asked.styles:
         request.styles = list(request.styles) + asked.styles
+    for name in asked.srefs:
+        path = studio.library.style_ref(session.browser, name) if studio.library is not None else None
+        if path is None:
+            have = ", ".join(studio.library.style_refs(session.browser)) if studio.library is not None else ""
+            raise UserError(f"There is no style reference {name!r}. Save one with /save-style {name} on a selected "
+                            f"image. Yours: {have or 'none yet'}.")
+        request.image_prompts = list(request.image_prompts) + [ImagePrompt(path)]
     if asked.loras:
         chosen = {x.name for x in asked.loras}
         request.loras = [x for x in request.loras if x.name not in chosen] + asked.loras
@@ -181,6 +192,21 @@ def reuse(session: Session, settings: Settings) -> Update:
     session.say("assistant", f"Settings of #{shot.number} are in the panel (seed {shot.request.seed}) and its "
                              "prompt is in the message box: edit and press Enter.")
     return Update(settings=restored, prompt=shot.request.prompt)
+
+
+def save_style(studio: Studio, session: Session, name: str) -> str:
+    """/save-style NAME: the selected image kept as a style reference of this browser's, for --sref NAME."""
+    shot = session.selected_shot()
+    if shot is None:
+        return "No image yet to save as a style: make one first, select it, then /save-style NAME."
+    if studio.library is None or not studio.library.enabled:
+        return "Nothing is kept on this server (--outputs none), so style references can't be saved here."
+    try:
+        studio.library.save_style_ref(session.browser, name, shot.path)
+    except (ValueError, OSError) as e:
+        return f"{PROBLEM} {e}"
+    return (f"Saved #{shot.number} as the style reference **{name}**: add `--sref {name}` to a message, in this chat "
+            "or a later one, to use it as the image prompt.")
 
 
 def use_as_image_prompt(session: Session) -> str | None:

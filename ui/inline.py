@@ -50,6 +50,8 @@ FLAGS = (
     Flag("images", ("with",), "N,M", "editing models (Qwen-Image-Edit, FLUX.2, Kontext): edit chat images #N, #M "
                                     "together, as image 1, image 2 of the instruction"),
     Flag("new", (), "", "editing models: draw a new image from the text instead of editing the selected one"),
+    Flag("sref", (), "NAME", "a saved style reference as the image prompt (save one with /save-style NAME on the "
+                             "selected image)"),
     Flag("style", (), "NAME", "a saved style around the prompt (plugins/styles/; repeatable); `__name__` in the text "
                               "picks a line of plugins/wildcards/name.txt by the seed"),
 )
@@ -69,7 +71,8 @@ class Inline:
     images: list[int] = field(default_factory=list)  # --images 2,5: the chat's image numbers an edit takes
     new: bool = False  # --new: an editing model draws anew instead of editing the selected image
     styles: list[str] = field(default_factory=list)  # --style NAME (repeatable)
-    command: str | None = None  # "help" for /help
+    srefs: list[str] = field(default_factory=list)  # --sref NAME (repeatable)
+    command: str | None = None  # "help" for /help, "save-style" for /save-style NAME (the name in `prompt`)
 
 
 def parse_message(text: str) -> Inline:
@@ -77,8 +80,15 @@ def parse_message(text: str) -> Inline:
     text = (text or "").strip()
     if text.lower() in ("/help", "/?", "help", "--help"):
         return Inline(prompt="", command="help")
+    if text.lower().split()[0] in ("/save-style", "/sref"):
+        name = text.split(maxsplit=1)[1].strip() if len(text.split()) > 1 else ""
+        if not name or len(name.split()) > 1:
+            raise UserError("Write /save-style NAME (one word): the selected image is kept as the style reference "
+                            "NAME, for --sref NAME in any later chat.")
+        return Inline(prompt=name, command="save-style")
     if text.startswith("/"):
-        raise UserError(f"Unknown command {text.split()[0]!r}. The only command is /help; anything else is a prompt.")
+        raise UserError(f"Unknown command {text.split()[0]!r}. The commands are /help and /save-style NAME; anything "
+                        "else is a prompt.")
     out = Inline(prompt="")
     text = DASH_RE.sub("--", text)
     text, out.loras = take_lora_tags(text)
@@ -151,6 +161,8 @@ def _apply(out: Inline, name: str, value: str) -> None:
         out.loras.append(lora_spec(value, "--lora NAME=WEIGHT, e.g. --lora pastel=0.8"))
     elif flag.name == "style":
         out.styles.append(value)
+    elif flag.name == "sref":
+        out.srefs.append(value)
 
 
 def parse_ratio(value: str) -> tuple[float, float]:
