@@ -167,3 +167,35 @@ def test_the_chat_takes_styles_and_help_lists_them(engine):
         assert "There is no style 'nope'" in session.history[-1]["content"]
     finally:
         session.close()
+
+
+def test_an_xyz_plot_in_the_chat_makes_one_labelled_grid_and_keeps_each_cell(engine, tmp_path):
+    from PIL import Image
+
+    from store.library import Library
+    from studio.service import Studio
+    from ui import handlers
+    from ui.state import Session, Settings
+
+    library = Library(tmp_path / "outputs")
+    studio, session = Studio(engine, default_model="builtin", library=library), Session.new()
+    try:
+        list(handlers.send(studio, session, "a big red circle on the left, blue background --seed 3 "
+                                            "--xyz steps=2,6 cfg=1,2,4", Settings()))
+        grid_message, summary = session.history[-2]["content"], session.history[-1]["content"]
+        sheet = Image.open(grid_message["path"])
+        assert sheet.width > 2 * 128 and sheet.height > 3 * 128  # 2 across, 3 down, 64-px images drawn at 128
+        assert summary.startswith("#1–#6 · X/Y/Z plot of steps 2, 6; cfg 1.0, 2.0, 4.0 · seed 3")
+        cells = [(s.request.steps, s.request.guidance, s.request.seed) for s in session.shots]
+        assert cells == [(2, 1.0, 3), (6, 1.0, 3), (2, 2.0, 3), (6, 2.0, 3), (2, 4.0, 3), (6, 4.0, 3)]
+        assert library.search()[1] == 6  # each cell kept with its own settings
+        one = engine.generate(Request(prompt="a big red circle on the left, blue background", seed=3, steps=6,
+                                      guidance=2.0))
+        assert np.array_equal(np.asarray(one.images[0]), np.asarray(Image.open(session.shots[3].path).convert("RGB")))
+        list(handlers.send(studio, session, "x --xyz steps=1,2,3,4,5,6,7 cfg=1,2,3,4,5,6", Settings()))
+        assert "at most 36" in session.history[-1]["content"]
+        list(handlers.send(studio, session, "x --xyz colour=red", Settings()))
+        assert "Axes: steps, cfg, seed" in session.history[-1]["content"]
+    finally:
+        session.close()
+        library.close()

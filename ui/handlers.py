@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import re
 from pathlib import Path
 from typing import Iterator
@@ -73,9 +74,19 @@ def send(studio: Studio, session: Session, text: str, settings: Settings, files:
             yield Update()
             return
         request = build_request(studio, session, asked, settings)
+        if asked.xyz:  # one seed for every cell, so they differ only along the axes
+            from studio.grid import cells
+
+            plot = cells(dataclasses.replace(request, seed=request.seed if request.seed is not None
+                                             else random.randrange(2**32)), asked.xyz)
     except UserError as e:
         session.say("assistant", f"{PROBLEM} {e}")
         yield Update()
+        return
+    if asked.xyz:
+        from ui.plot import run_plot
+
+        yield from run_plot(studio, session, plot, asked.xyz)
         return
     yield from run(studio, session, request)
 

@@ -50,6 +50,9 @@ FLAGS = (
     Flag("images", ("with",), "N,M", "editing models (Qwen-Image-Edit, FLUX.2, Kontext): edit chat images #N, #M "
                                     "together, as image 1, image 2 of the instruction"),
     Flag("new", (), "", "editing models: draw a new image from the text instead of editing the selected one"),
+    Flag("xyz", (), "AXIS=V1,V2 ...", "an X/Y/Z plot: one image per combination (up to 3 axes of steps, cfg, seed, "
+                                      "scheduler, model, style, negative), one labelled grid, e.g. --xyz steps=4,10 "
+                                      "cfg=1,2,4"),
     Flag("sref", (), "NAME", "a saved style reference as the image prompt (save one with /save-style NAME on the "
                              "selected image)"),
     Flag("style", (), "NAME", "a saved style around the prompt (plugins/styles/; repeatable); `__name__` in the text "
@@ -72,6 +75,7 @@ class Inline:
     new: bool = False  # --new: an editing model draws anew instead of editing the selected image
     styles: list[str] = field(default_factory=list)  # --style NAME (repeatable)
     srefs: list[str] = field(default_factory=list)  # --sref NAME (repeatable)
+    xyz: list = field(default_factory=list)  # --xyz: the plot's axes (studio.grid.Axis)
     command: str | None = None  # "help" for /help, "save-style" for /save-style NAME (the name in `prompt`)
 
 
@@ -135,6 +139,11 @@ def _apply(out: Inline, name: str, value: str) -> None:
         return
     if not value:
         raise UserError(f"--{name} needs a value: --{flag.name} {flag.value} ({flag.help}).")
+    if flag.name == "xyz":
+        from studio.grid import axes
+
+        out.xyz = axes(value)
+        return
     if len(value.split()) > 1 and flag.name not in ("ar", "size", "images"):
         raise UserError(f"{flag_text!r}: --{name} takes one value. Put the prompt first and the flags after it, "
                         f"e.g. 'a red fox in snow --{flag.name} {flag.value}'.")
