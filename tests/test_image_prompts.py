@@ -116,7 +116,8 @@ def test_a_family_without_an_adapter_says_how_to_add_one(tiny_model, tmp_path):
 def test_manifest_fields_of_an_adapter_are_checked(tmp_path):
     from engine.plugins.manifests import load_manifests
 
-    (tmp_path / "a.toml").write_text('name = "a"\nkind = "image-prompt"\nfamily = "sdxl"\nsource = "org/repo"\n')
+    (tmp_path / "a.toml").write_text('name = "a"\nkind = "image-prompt"\nfamily = "sdxl"\nsource = "org/repo"\n'
+                                     'weight_name = "ip.bin"\n')
     (tmp_path / "b.toml").write_text('name = "b"\nkind = "lora"\nfamily = "sdxl"\nsource = "b.safetensors"\n'
                                      'encoder = "x"\n')
     errors = {m.name: m.error for m in load_manifests([tmp_path])}

@@ -119,8 +119,12 @@ def files_state(paths: list[Path]) -> tuple:
     return tuple(state)
 
 
+TEXT_FOLDERS = ("styles", "wildcards")  # a plugin folder's prompt texts (engine/prompt_texts.py), no manifests
+
+
 def _hidden(path: Path, folder: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(folder).parts)
+    parts = path.relative_to(folder).parts
+    return any(part.startswith(".") for part in parts) or parts[0] in TEXT_FOLDERS
 
 
 def _read_manifest(path: Path, root: Path) -> Manifest:
