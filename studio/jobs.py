@@ -50,7 +50,7 @@ class Jobs:
         job = Job(next(self._numbers), request, owner, cancel or threading.Event())
         with self._lock:
             self._jobs.append(job)
-        work = stream(self.studio, request, job.cancel, previews=False)
+        work = stream(self.studio, request, job.cancel, previews=False, owner=owner or None)
         try:
             while True:
                 try:

@@ -1,9 +1,16 @@
-"""The line of generations waiting for the engine: first come, first served, bounded, each told its place. No
-gradio, no torch."""
+"""The line of generations waiting for the engine: fair between users, bounded, each told its place. No gradio, no
+torch.
+
+Fair: the waiting generations are taken round-robin by owner (a signed-in user, else a browser or an API client),
+not first come first served. Each generation gets a round when it joins: the round now running, or one past its
+owner's last one, whichever is later; the line runs them by round, then by arrival. One person's ten waiting
+images take ten rounds, so another's one waits behind at most one of each other user's.
+`max_per_owner` caps how many one owner may have waiting."""
 
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 import time
 
@@ -15,17 +22,23 @@ class Busy(UserError):
 
 
 class Line:
-    """Generations wait here for the engine, first come first served, at most `max_waiting` of them; `slots` run at
-    once (1 for the local engine, N for N Ray Serve replicas).
+    """Generations wait here for the engine, round-robin by owner, at most `max_waiting` of them (and
+    `max_per_owner` of one owner's); `slots` run at once (1 for the local engine, N for N Ray Serve replicas).
 
     Only generations queue: gradio's own queue (whose "full" refuses every event, page loads too) never fills,
     because generating events start at once and wait here, where they can be cancelled and told their place.
     """
 
-    def __init__(self, max_waiting: int = 16, slots: int = 1, abandon_s: float = 20.0):
+    def __init__(self, max_waiting: int = 16, slots: int = 1, abandon_s: float = 20.0, max_per_owner: int = 0):
         if slots < 1:
             raise ValueError(f"a line needs at least one slot, not {slots}")
         self.max_waiting, self.slots, self.abandon_s = max_waiting, slots, abandon_s
+        self.max_per_owner = max_per_owner  # 0: no cap
+        self._owners: dict[object, object] = {}  # ticket -> its owner (a ticket of its own when none is given)
+        self._order = itertools.count()
+        self._joined: dict[object, tuple[int, int]] = {}  # ticket -> (its round, when it came)
+        self._round = 0  # the round of the last generation whose turn came
+        self._last: dict[object, int] = {}  # owner -> the round of its last ticket in the line
         self._turns: collections.deque = collections.deque()  # the running tickets first, then the waiting ones
         self._seen: dict[object, float] = {}  # ticket -> when its owner last asked for its place
         self._started: set = set()  # tickets whose owner saw its turn come (their worker leaves the line)
@@ -33,21 +46,40 @@ class Line:
         self._changed = threading.Condition()
         self.served = 0  # tickets that reached the engine, for the load benchmark's fairness count
 
-    def join(self, switch=None) -> object:
-        """A ticket at the end of the line; `Busy` (with how many wait) when the line is full. `switch`: the run's
-        stop switch (an Event); once it is set the ticket leaves the line, whether or not its owner still asks
-        (a cancelled event whose generator gradio could not close never asks again)."""
+    def join(self, switch=None, owner: str | None = None) -> object:
+        """A ticket in the line, placed fairly among the owners; `Busy` (with how many wait) when the line is full
+        or `owner` has `max_per_owner` waiting already. `switch`: the run's stop switch (an Event); once it is set
+        the ticket leaves the line, whether or not its owner still asks (a cancelled event whose generator gradio
+        could not close never asks again)."""
         with self._changed:
             waiting = self.waiting
             if waiting >= self.max_waiting:
                 raise Busy(f"The server is busy: {waiting} generations are waiting for the engine (at most "
                            f"{self.max_waiting} may wait). Try again in a minute.")
+            mine = [t for t in self._turns if owner is not None and self._owners.get(t) == owner
+                    and t not in self._started]
+            if self.max_per_owner and len(mine) >= self.max_per_owner:
+                raise Busy(f"You have {len(mine)} generations waiting already (at most {self.max_per_owner} each "
+                           "on this server, so everyone gets a turn). Send this one when one of yours is done.")
             ticket = object()
+            key = owner if owner is not None else ticket
+            self._owners[ticket] = key
+            turn = max(self._round, self._last.get(key, -1) + 1)
+            self._last[key] = turn
+            self._joined[ticket] = (turn, next(self._order))
             self._turns.append(ticket)
             self._seen[ticket] = time.monotonic()
             if switch is not None:
                 self._switches[ticket] = switch
+            self._reorder()
             return ticket
+
+    def _reorder(self) -> None:
+        """The waiting tickets by (round, arrival) (under the lock); those whose turn has come keep their places
+        at the front."""
+        started = [t for t in self._turns if t in self._started]
+        rest = sorted((t for t in self._turns if t not in self._started), key=self._joined.__getitem__)
+        self._turns = collections.deque(started + rest)
 
     def wait(self, ticket: object, timeout: float) -> int:
         """0 when it is `ticket`'s turn, else how many wait before it after `timeout` seconds. A ticket whose owner
@@ -65,6 +97,7 @@ class Line:
             place = max(0, self._turns.index(ticket) - self.slots + 1)
             if place == 0:
                 self._started.add(ticket)
+                self._round = max(self._round, self._joined[ticket][0])
             return place
 
     def leave(self, ticket: object) -> None:
@@ -76,7 +109,16 @@ class Line:
             self._seen.pop(ticket, None)
             self._started.discard(ticket)
             self._switches.pop(ticket, None)
+            self._forget(ticket)
+            self._reorder()
             self._changed.notify_all()
+
+    def _forget(self, ticket) -> None:
+        """Drop a ticket's owner and round (under the lock); an owner with none left in line starts afresh."""
+        owner = self._owners.pop(ticket, None)
+        self._joined.pop(ticket, None)
+        if owner is not None and owner not in self._owners.values():
+            self._last.pop(owner, None)
 
     def _sweep(self, keep: object, stopped_only: bool = False) -> None:
         """Drop the waiting tickets, other than `keep`, nobody has asked about for `abandon_s` (under the lock)."""
@@ -87,6 +129,7 @@ class Line:
             self._turns.remove(ticket)
             self._seen.pop(ticket, None)
             self._switches.pop(ticket, None)
+            self._forget(ticket)
         if stale:
             self._changed.notify_all()
 

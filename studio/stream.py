@@ -87,14 +87,15 @@ def waited(line, ticket, timeout: float, cancel: threading.Event) -> int:
         raise
 
 
-def stream(studio, request: Request, cancel: threading.Event, previews: bool = True
+def stream(studio, request: Request, cancel: threading.Event, previews: bool = True, owner: str | None = None
            ) -> Iterator[tuple[str, int, int, Any]]:
     """Run `request` when its turn comes, yielding ("waiting", place, 0, None) while it waits and
     ("step", step, total, preview) as it samples (step -1: loading or decoding); the Result is the generator's
-    return value. `Busy` when the line is full, before anything runs; `Cancelled` after `cancel`."""
+    return value. `Busy` when the line is full, before anything runs; `Cancelled` after `cancel`. `owner`: whose
+    generation it is (the line takes owners in turn)."""
     line, timing = studio.line, studio.timing
     capped(studio, request)
-    ticket = line.join(cancel)  # a cancel that reaches only the switch (studio/stops.py) still frees its place
+    ticket = line.join(cancel, owner)  # a cancel that reaches only the switch (studio/stops.py) still frees its place
     events: queue.Queue = queue.Queue()
     outcome: dict[str, Any] = {}
     plan = None  # the run's previews (studio/previews.py), planned when it starts

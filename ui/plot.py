@@ -23,7 +23,7 @@ def run_plot(studio: Studio, session: Session, requests: list[Request], axes: li
     yield Update(status=f"**{requests[0].model}** is working on your plot…")
     results, shown = [], 0.0
     for k, request in enumerate(requests, 1):
-        steps = stream(studio, request, session.cancel)
+        steps = stream(studio, request, session.cancel, owner=session.owner)
         try:
             while True:
                 try:

@@ -50,7 +50,7 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
     started = time.perf_counter()
     previews: list[Path] = []
     result, error, redrawn, yielded = None, None, 0.0, time.perf_counter()
-    steps = stream(studio, request, session.cancel)
+    steps = stream(studio, request, session.cancel, owner=session.owner)
 
     def progress(text: str) -> list[dict]:
         """The run's messages: its text, and the latest preview until a newer one or the image comes."""

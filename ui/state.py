@@ -113,6 +113,12 @@ class Session:
     delete_armed: str | None = None  # the conversation a first click on Delete chat asked to delete
     pending: object = None  # ui.runner.Update: a turn's settings or prompt for the panel, shown after the turn
     good_model: str | None = None  # the last model that made an image in this session
+    user: str = ""  # the signed-in account (--auth, --auth-file, a Space's sign-in); "" when nobody signs in
+
+    @property
+    def owner(self) -> str | None:
+        """Whose generations these are, for the line's turns: the account, else this browser, else None."""
+        return f"user:{self.user}" if self.user else (f"browser:{self.browser}" if self.browser else None)
 
     @classmethod
     def new(cls) -> Session:
