@@ -40,8 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=7860)
     serve.add_argument("--share", action="store_true", help="public Gradio share link (use --auth with it)")
-    serve.add_argument("--auth", default=None, help="user:pass required to open the app")
+    serve.add_argument("--auth", action="append", default=[], metavar="USER:PASS",
+                       help="an account that may sign in (repeatable; each user's chats and turns are their own)")
+    serve.add_argument("--auth-file", default=None, metavar="FILE",
+                       help="accounts, one user:password a line (or hashed, as `app.py users add` writes)")
     serve.add_argument("--max-queue", type=int, default=16, help="waiting generations before 'busy'")
+    serve.add_argument("--max-per-user", type=int, default=0, metavar="N",
+                       help="at most N waiting generations of one user (an account, a browser, an API caller); "
+                            "0: no cap. The line takes users in turn either way")
     serve.add_argument("--mcp", action="store_true", help="also serve MCP tools for agents at /gradio_api/mcp/")
     serve.add_argument("--api-token", default=os.environ.get("STUDIO_API_TOKEN"), metavar="TOKEN",
                        help="the APIs (A1111, OpenAI, MCP) also take 'Authorization: Bearer TOKEN'")
@@ -148,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--square-share", type=float, default=None, help="share of the batches kept at 64x64")
     train.add_argument("--pairs", type=int, default=None, help="fast: teacher images to distil from")
 
+    users = sub.add_parser("users", help="add an account to an auth file (the password is stored hashed)")
+    users.add_argument("action", choices=("add",))
+    users.add_argument("name")
+    users.add_argument("--file", default="users.txt", help="the auth file (default users.txt); serve with "
+                                                           "--auth-file FILE")
+    users.add_argument("--password", default=None, help="the password (default: asked for, not echoed)")
+
     lora = sub.add_parser("train-lora", help="train a LoRA plugin from a folder of captioned images")
     lora.add_argument("folder", help="images with a .txt caption beside each (same name)")
     lora.add_argument("--name", required=True)
@@ -210,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             if library.enabled:
                 print(f"Keeping images and chats in {library.root} (--outputs none keeps nothing).", flush=True)
             return serving.serve(serve_config, engine_config(args, local_paths=serve_config.loopback), library)
-        config = None if command.startswith("train") or command == "library" else engine_config(args)
+        config = None if command.startswith("train") or command in ("library", "users") else engine_config(args)
         return commands.HANDLERS[command](args, config)
     except UserError as e:  # the CLI's user runs the app: the operator's advice too
         print(f"error: {e.for_operator()}", file=sys.stderr)

@@ -14,6 +14,7 @@ from engine.images.loading import MAX_BYTES
 from engine.request import UserError
 from server import front
 from server.login import LoginThrottle
+from studio.accounts import Accounts, from_flags, parse_pair
 from studio.throttle import Throttle
 from studio.work import MAX_WORK
 
@@ -32,8 +33,9 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 7860
     share: bool = False
-    auth: tuple[str, str] | None = None
+    auth: Accounts | tuple[str, str] | None = None  # who may sign in (studio/accounts.py); one pair works too
     max_queue: int = 16
+    max_per_user: int = 0  # waiting generations one user may have (0: no cap); the line is round-robin by user
     mcp: bool = False
     api_token: str | None = None
     ray: str | None = None  # None: the local engine; "": a local Ray; else the cluster's address
@@ -50,12 +52,13 @@ class ServeConfig:
         on_space = bool(environ.get("SPACE_ID"))
         return cls(model=args.model, host=environ.get("GRADIO_SERVER_NAME", "0.0.0.0") if on_space else args.host,
                    port=int(environ.get("GRADIO_SERVER_PORT", args.port)) if on_space else args.port,
-                   share=args.share, auth=parse_auth(args.auth), max_queue=args.max_queue, mcp=args.mcp,
+                   share=args.share, auth=from_flags(args.auth, getattr(args, "auth_file", None)),
+                   max_queue=args.max_queue, mcp=args.mcp,
                    api_token=args.api_token or None, ray=args.ray, replicas=args.replicas,
                    gpus_per_replica=args.gpus_per_replica, outputs=args.outputs, on_space=on_space,
                    max_work=MAX_WORK if args.max_work is None else args.max_work,
                    trusted_proxies=("*",) if on_space else tuple(args.trusted_proxy or ()),
-                   max_sessions=args.max_sessions)
+                   max_sessions=args.max_sessions, max_per_user=max(0, getattr(args, "max_per_user", 0) or 0))
 
     @property
     def loopback(self) -> bool:
@@ -64,13 +67,8 @@ class ServeConfig:
 
 
 def parse_auth(text: str | None) -> tuple[str, str] | None:
-    """--auth USER:PASSWORD as gradio's (user, password); None when not given."""
-    if not text:
-        return None
-    user, sep, password = text.partition(":")
-    if not sep or not user or not password:
-        raise UserError("--auth must be USER:PASSWORD, e.g. --auth alice:correct-horse-battery")
-    return user, password
+    """--auth USER:PASSWORD as (user, password); None when not given."""
+    return parse_pair(text) if text else None
 
 
 LIMITS = front.Limits(body=MAX_BYTES * 4 // 3 + 2**20,  # an image at the engine's limit, base64, and the rest
@@ -117,7 +115,8 @@ def open_server(config: ServeConfig, engine, *, status=None, gpu=None, library=N
     from ui.app import build
     from ui.serve import launch
 
-    demo = build(engine, config.model, gpu=gpu, status=status, max_queue=config.max_queue, library=library,
+    demo = build(engine, config.model, gpu=gpu, status=status, max_queue=config.max_queue,
+                 max_per_user=config.max_per_user, library=library,
                  on_space=config.on_space, max_work=config.max_work, **build_kwargs)
     if config.mcp:
         apis.add_tools(demo, demo.studio)  # before launch: gradio's MCP server reads the page's endpoints there
@@ -125,9 +124,11 @@ def open_server(config: ServeConfig, engine, *, status=None, gpu=None, library=N
     # holds only what is left, so its bound is a backstop that a full line of generations never reaches
     demo.queue(max_size=max(64, 4 * config.max_queue), default_concurrency_limit=1)
     sessions = {"max_sessions": config.max_sessions} if config.max_sessions else {}  # else launch's default
-    launch(demo, config.host, config.port, share=config.share, auth=config.auth, mcp=config.mcp,
+    accounts = Accounts.of(config.auth)
+    launch(demo, config.host, config.port, share=config.share, auth=accounts.check if accounts else None,
+           mcp=config.mcp,
            trusted_proxies=config.trusted_proxies, **sessions)
-    apis.mount(demo, auth=config.auth, api_token=config.api_token)  # A1111, OpenAI (and MCP's guard)
+    apis.mount(demo, auth=accounts, api_token=config.api_token)  # A1111, OpenAI (and MCP's guard)
     if config.auth:  # gradio builds its app inside launch: wrap the built stack (add_middleware is too late)
         app = demo.server_app
         app.middleware_stack = LoginThrottle(app.middleware_stack or app.build_middleware_stack(), Throttle())

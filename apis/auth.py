@@ -12,12 +12,13 @@ import math
 import secrets
 from dataclasses import dataclass, field
 
+from studio.accounts import Accounts
 from studio.throttle import Throttle
 
 
 @dataclass(frozen=True)
 class Gate:
-    auth: tuple[str, str] | None = None  # (user, password) of --auth
+    auth: Accounts | None = None  # the accounts of --auth / --auth-file
     token: str | None = None  # --api-token
     throttle: Throttle = field(default_factory=lambda: Throttle())
 
@@ -34,13 +35,13 @@ class Gate:
         if scheme.lower() == "bearer":
             if self.token and secrets.compare_digest(value.encode(), self.token.encode()):
                 return True
-            return self.auth is not None and _same(value, f"{self.auth[0]}:{self.auth[1]}")
+            return self.auth is not None and self.auth.check(*_pair(value))
         if scheme.lower() == "basic" and self.auth is not None:
             try:
                 pair = base64.b64decode(value, validate=True).decode("utf-8")
             except (binascii.Error, UnicodeDecodeError):
                 return False
-            return _same(pair, f"{self.auth[0]}:{self.auth[1]}")
+            return self.auth.check(*_pair(pair))
         return False
 
     async def check(self, client: str, authorization: str | None) -> bool:
@@ -77,8 +78,9 @@ class Gate:
         return "This server needs " + " or ".join(ways) + "."
 
 
-def _same(given: str, expected: str) -> bool:
-    return secrets.compare_digest(given.encode(), expected.encode())
+def _pair(text: str) -> tuple[str, str]:
+    user, _, password = text.partition(":")
+    return user, password
 
 
 def account(authorization: str | None) -> str:

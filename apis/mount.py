@@ -23,6 +23,7 @@ from apis import a1111, openai_images
 from apis.auth import Gate
 from apis.mcp_calls import McpCalls
 from apis.mcp_tools import keep_only_tools
+from studio.accounts import Accounts
 from studio.jobs import Jobs
 
 log = logging.getLogger(__name__)
@@ -30,13 +31,13 @@ log = logging.getLogger(__name__)
 MCP_PATH = "/gradio_api/mcp"
 
 
-def mount(demo: gr.Blocks, auth: tuple[str, str] | None = None, api_token: str | None = None) -> Jobs:
+def mount(demo: gr.Blocks, auth=None, api_token: str | None = None) -> Jobs:
     """Serve /sdapi/v1/* and /v1/images/* from the launched `demo`'s app, their generations in the studio's line
     with the chat's, behind `auth` (HTTP basic) or `api_token` (Bearer) when given; the MCP server, when on, keeps
     only the studio's tools, sits behind the same gate, and a client's cancel or hang-up stops its tool call
     (`apis.mcp_calls`). Returns the APIs' jobs (progress, interrupt)."""
     app, studio = demo.server_app, demo.studio
-    gate = Gate(auth, api_token or None)
+    gate = Gate(Accounts.of(auth), api_token or None)  # auth: Accounts, or one (user, password)
     jobs = studio.jobs  # one set for every programmatic door: A1111's /progress sees MCP's too
     app.include_router(a1111.build_router(studio, jobs, gate))
     app.include_router(openai_images.build_router(studio, jobs, gate))

@@ -295,6 +295,23 @@ def abilities_text(can: dict) -> str:
     return ", ".join(words)
 
 
+def cmd_users(args, config=None) -> int:
+    """`app.py users add NAME`: write the account into the auth file, its password hashed."""
+    import getpass
+
+    from studio.accounts import add_user
+
+    password = args.password
+    if password is None:
+        password = getpass.getpass(f"Password for {args.name}: ")
+        if getpass.getpass("Again: ") != password:
+            raise UserError("The two passwords differ; nothing was written.")
+    replaced = add_user(args.file, args.name, password)
+    print(f"{'Changed the password of' if replaced else 'Added'} {args.name} in {args.file}. Serve with "
+          f"`python app.py --auth-file {args.file}`.")
+    return 0
+
+
 def cmd_plugins(args, config) -> int:
     from engine.plugins.manager import PluginManager
 
@@ -330,7 +347,8 @@ def cmd_train_lora(args, config=None) -> int:
     return 0
 
 
-HANDLERS = {"generate": cmd_generate, "library": cmd_library, "models": cmd_models, "plugins": cmd_plugins,
+HANDLERS = {"users": cmd_users,
+            "generate": cmd_generate, "library": cmd_library, "models": cmd_models, "plugins": cmd_plugins,
             "train": cmd_train, "train-lora": cmd_train_lora}  # serving is the composer's (serving.py)
 
 if __name__ == "__main__":  # pragma: no cover

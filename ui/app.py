@@ -28,14 +28,16 @@ log = logging.getLogger(__name__)
 
 def build(engine, default_model: str = "builtin", *, gpu=None, status: ModelStatus | None = None,
           max_queue: int = 16, session_ttl: float = SESSION_TTL_S, library=None, on_space: bool = False,
-          max_work: float | None = MAX_WORK) -> gr.Blocks:
+          max_work: float | None = MAX_WORK, max_per_user: int = 0) -> gr.Blocks:
     """The page for `engine`; users may name server paths as models when `engine.config.local_paths`; `on_space`:
     served on a Hugging Face Space (the chat's Share button works only there).
 
     At most `max_queue` generations wait for the engine (later ones are told the server is busy); a session
     idle for `session_ttl` seconds is closed and its files deleted; one request may ask for at most `max_work`
-    megapixel-steps (studio/work.py; None: no cap)."""
-    studio = Studio(engine, default_model, gpu, Line(max_queue, getattr(engine, "replicas", 1)), library,
+    megapixel-steps (studio/work.py; None: no cap); the line takes users in turn, each with at most `max_per_user`
+    generations waiting (0: no cap)."""
+    studio = Studio(engine, default_model, gpu, Line(max_queue, getattr(engine, "replicas", 1),
+                                                     max_per_owner=max_per_user), library,
                     max_work=max_work)
     start = Settings(model=studio.default_model)
     try:

@@ -139,6 +139,8 @@ def adopt_ids(session: Session, saved, library=None) -> None:
     new one (else its first save would write over the stored chat with only the new messages)."""
     if not session.browser:
         session.browser, conversation = ids_of(saved, library)
+        if session.user:  # a signed-in account's chats are stored under the account, not the browser
+            session.browser = session.account_key
         if library is not None and library.owner(conversation) is not None:
             conversation = new_id()
         session.conversation = session.conversation or conversation

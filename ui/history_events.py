@@ -46,6 +46,11 @@ def wire_history(demo: gr.Blocks, page: Page, studio: Studio) -> None:
             history.adopt_ids(session, ids, library)
             return chat_view(session)
         session.browser, conversation = history.ids_of(ids, library)
+        if session.user:  # signed in: the account's chats, the latest one open, on whatever browser
+            session.browser = session.account_key
+            if library.owner(conversation) != session.browser:
+                latest = library.conversations(session.browser, limit=1)
+                conversation = latest[0][0] if latest else new_id()
         session.conversation = conversation
         stored = library.load_conversation(session.browser, conversation)
         if stored and not session.history:  # a message sent meanwhile starts a new chat; the stored one is listed
@@ -64,6 +69,7 @@ def wire_history(demo: gr.Blocks, page: Page, studio: Studio) -> None:
             session.close()
         out = Session.new()
         out.browser, out.conversation = browser, conversation
+        out.user = session.user if isinstance(session, Session) else ""  # the signed-in account stays signed in
         return out
 
     def on_new(state):

@@ -116,6 +116,14 @@ class Session:
     user: str = ""  # the signed-in account (--auth, --auth-file, a Space's sign-in); "" when nobody signs in
 
     @property
+    def account_key(self) -> str:
+        """The id a signed-in account's chats are stored under (in place of a browser's): the same on every
+        browser, of the form the library's browser ids have."""
+        import hashlib
+
+        return "u" + hashlib.sha256(self.user.encode()).hexdigest()[:31] if self.user else ""
+
+    @property
     def owner(self) -> str | None:
         """Whose generations these are, for the line's turns: the account, else this browser, else None."""
         return f"user:{self.user}" if self.user else (f"browser:{self.browser}" if self.browser else None)
@@ -171,15 +179,19 @@ class OpenPages:
     def ensure(self, session: Session | None, request=None) -> Session:
         """`session` when the page's gr.State has one, else this page's (made on its first event)."""
         if isinstance(session, Session):
-            return session
-        key = getattr(request, "session_hash", None)
-        with self._lock:
-            found = self._by_page.get(key) if key else None
-            if found is None or found.closed:
-                found = Session.new()
-                if key:
-                    self._by_page[key] = found
-            return found
+            found = session
+        else:
+            key = getattr(request, "session_hash", None)
+            with self._lock:
+                found = self._by_page.get(key) if key else None
+                if found is None or found.closed:
+                    found = Session.new()
+                    if key:
+                        self._by_page[key] = found
+        user = getattr(request, "username", None)
+        if user and not found.user:  # signed in (--auth): the account owns the chat, on any browser
+            found.user = user
+        return found
 
 
 def ensure(session: Session | None) -> Session:
