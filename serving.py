@@ -36,6 +36,7 @@ class ServeConfig:
     auth: Accounts | tuple[str, str] | None = None  # who may sign in (studio/accounts.py); one pair works too
     max_queue: int = 16
     max_per_user: int = 0  # waiting generations one user may have (0: no cap); the line is round-robin by user
+    batch: int = 1  # waiting requests of the same settings sampled in one pipeline call
     mcp: bool = False
     api_token: str | None = None
     ray: str | None = None  # None: the local engine; "": a local Ray; else the cluster's address
@@ -58,7 +59,8 @@ class ServeConfig:
                    gpus_per_replica=args.gpus_per_replica, outputs=args.outputs, on_space=on_space,
                    max_work=MAX_WORK if args.max_work is None else args.max_work,
                    trusted_proxies=("*",) if on_space else tuple(args.trusted_proxy or ()),
-                   max_sessions=args.max_sessions, max_per_user=max(0, getattr(args, "max_per_user", 0) or 0))
+                   max_sessions=args.max_sessions, max_per_user=max(0, getattr(args, "max_per_user", 0) or 0),
+                   batch=max(1, getattr(args, "batch", 1) or 1))
 
     @property
     def loopback(self) -> bool:
@@ -116,7 +118,7 @@ def open_server(config: ServeConfig, engine, *, status=None, gpu=None, library=N
     from ui.serve import launch
 
     demo = build(engine, config.model, gpu=gpu, status=status, max_queue=config.max_queue,
-                 max_per_user=config.max_per_user, library=library,
+                 max_per_user=config.max_per_user, batch=config.batch, library=library,
                  on_space=config.on_space, max_work=config.max_work, **build_kwargs)
     if config.mcp:
         apis.add_tools(demo, demo.studio)  # before launch: gradio's MCP server reads the page's endpoints there

@@ -289,6 +289,26 @@ class Engine:
                       control.maps if control is not None else [], seconds, notes,
                       triggers=loras.triggers if loras else [], extra=extra, broken=broken)
 
+    def batch_key(self, request: Request):
+        """What `request` must share with others to be sampled in one call (engine/batch.py); None: alone."""
+        from .batch import batch_key
+
+        return batch_key(self, request)
+
+    def generate_batch(self, requests: list[Request], progress: Progress | None = None,
+                       cancel: threading.Event | None = None) -> list[Result]:
+        """One pipeline call for requests of one `batch_key`: a Result each (engine/batch.py)."""
+        from .batch import generate_batch
+
+        try:
+            return generate_batch(self, requests, progress, cancel)
+        except Exception as e:
+            if _is_oom(e):
+                loading.free_memory()
+                raise ModelError(f"Out of {self.device.upper()} memory sampling {len(requests)} requests at once.",
+                                 operator="Start with a smaller --batch.") from None
+            raise
+
     def plan(self, request: Request) -> GenerationPlan:
         """What `request` will do (engine/plan.py): resolved, checked, every default filled in; nothing loaded."""
         source = self.resolve(request.model)

@@ -24,6 +24,7 @@ class Result:
     triggers: list[str] = field(default_factory=list)  # LoRA trigger words added to the prompt
     extra: dict = field(default_factory=dict)  # infotext keys the engine knows (Lora hashes, ControlNet units)
     broken: int = 0  # images whose pixels held NaN/inf (shown black; a note says why)
+    batch: int = 1  # requests sampled in the same pipeline call (a shared server's batching, engine/batch.py)
 
     def image_request(self, i: int) -> Request:
         """The settings that remake image i on its own (its seed, count 1)."""

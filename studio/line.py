@@ -21,6 +21,23 @@ class Busy(UserError):
     """The line of waiting generations is full."""
 
 
+class Ride:
+    """A waiting generation taken into another's pipeline call (batching): its result, or error, when that call
+    ends, and the call's progress meanwhile."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.result, self.error = None, None
+        self.step = (-1, 0)  # the batch's (step, total)
+
+    def finish(self, result=None, error: BaseException | None = None) -> None:
+        self.result, self.error = result, error
+        self.done.set()
+
+
+RIDING = -1  # what `wait` says of a ticket taken into another's batch
+
+
 class Line:
     """Generations wait here for the engine, round-robin by owner, at most `max_waiting` of them (and
     `max_per_owner` of one owner's); `slots` run at once (1 for the local engine, N for N Ray Serve replicas).
@@ -39,6 +56,8 @@ class Line:
         self._joined: dict[object, tuple[int, int]] = {}  # ticket -> (its round, when it came)
         self._round = 0  # the round of the last generation whose turn came
         self._last: dict[object, int] = {}  # owner -> the round of its last ticket in the line
+        self._requests: dict[object, object] = {}  # ticket -> its request (what batching compares)
+        self._rides: dict[object, Ride] = {}  # ticket -> its Ride, once taken into another's batch
         self._turns: collections.deque = collections.deque()  # the running tickets first, then the waiting ones
         self._seen: dict[object, float] = {}  # ticket -> when its owner last asked for its place
         self._started: set = set()  # tickets whose owner saw its turn come (their worker leaves the line)
@@ -46,7 +65,7 @@ class Line:
         self._changed = threading.Condition()
         self.served = 0  # tickets that reached the engine, for the load benchmark's fairness count
 
-    def join(self, switch=None, owner: str | None = None) -> object:
+    def join(self, switch=None, owner: str | None = None, request=None) -> object:
         """A ticket in the line, placed fairly among the owners; `Busy` (with how many wait) when the line is full
         or `owner` has `max_per_owner` waiting already. `switch`: the run's stop switch (an Event); once it is set
         the ticket leaves the line, whether or not its owner still asks (a cancelled event whose generator gradio
@@ -71,8 +90,44 @@ class Line:
             self._seen[ticket] = time.monotonic()
             if switch is not None:
                 self._switches[ticket] = switch
+            if request is not None:
+                self._requests[ticket] = request
             self._reorder()
             return ticket
+
+    def take_riders(self, ticket, fits, limit: int) -> list[tuple[object, object, Ride, object]]:
+        """Up to `limit` waiting generations, in line order, whose request `fits(request)` (the same batch as
+        `ticket`'s, which runs now): out of the line and into `ticket`'s pipeline call. (ticket, request, Ride,
+        its stop switch)."""
+        taken = []
+        with self._changed:
+            for other in list(self._turns):
+                if len(taken) >= limit:
+                    break
+                if other is ticket or other in self._started or other not in self._requests:
+                    continue
+                if self._stopped(other) or not fits(self._requests[other]):
+                    continue
+                ride, request = Ride(), self._requests[other]
+                self._rides[other] = ride
+                self._turns.remove(other)
+                self._seen.pop(other, None)
+                switch = self._switches.pop(other, None)
+                self._forget(other)
+                taken.append((other, request, ride, switch))
+            if taken:
+                self.served += len(taken)
+                self._changed.notify_all()
+        return taken
+
+    def ride(self, ticket) -> Ride | None:
+        """The Ride of a ticket taken into a batch (None: it was not)."""
+        with self._changed:
+            return self._rides.get(ticket)
+
+    def done_riding(self, ticket) -> None:
+        with self._changed:
+            self._rides.pop(ticket, None)
 
     def _reorder(self) -> None:
         """The waiting tickets by (round, arrival) (under the lock); those whose turn has come keep their places
@@ -90,6 +145,8 @@ class Line:
             self._sweep(keep=ticket)
             self._changed.wait_for(lambda: ticket not in self._turns or self._turns.index(ticket) < self.slots,
                                    timeout)
+            if ticket in self._rides:
+                return RIDING
             if ticket not in self._turns:
                 raise Busy("This generation lost its place in line after its page stopped asking for it. Send it "
                            "again.")
@@ -117,6 +174,7 @@ class Line:
         """Drop a ticket's owner and round (under the lock); an owner with none left in line starts afresh."""
         owner = self._owners.pop(ticket, None)
         self._joined.pop(ticket, None)
+        self._requests.pop(ticket, None)
         if owner is not None and owner not in self._owners.values():
             self._last.pop(owner, None)
 

@@ -38,6 +38,7 @@ class Studio:
     jobs: Any = None  # studio.jobs.Jobs: the programmatic doors' generations (A1111 /progress and /interrupt)
     max_work: float | None = MAX_WORK  # megapixel-steps one served request may ask for (studio/work.py)
     stops: Stops = field(default_factory=Stops)  # page sessions' stop switches, for cancels gradio can't deliver
+    batch: int = 1  # requests one pipeline call may sample: waiting ones of the same settings join a run (--batch)
 
     def __post_init__(self):
         if self.line is None:  # one generation at a time on the local engine, one per Ray Serve replica

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from engine.engine import Cancelled
 from engine.request import Request, UserError
-from studio.line import Busy
+from studio.line import RIDING, Busy
 from studio.work import check_work
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,34 @@ def capped(studio, request: Request) -> None:
     check_work(request, defaults, cap)
 
 
+class AllStopped:
+    """A batch's stop switch: set when every request in it was stopped (one user's Stop leaves the others')."""
+
+    def __init__(self, switches: list):
+        self.switches = [s for s in switches if s is not None]
+
+    def is_set(self) -> bool:
+        return all(s.is_set() for s in self.switches)
+
+
+def ridden(line, ticket, cancel: threading.Event, timing):
+    """A generation's wait inside another's batch: its Ride's progress, then its Result (or the batch's error);
+    `Cancelled` at once when its own switch is set (the batch goes on for the others)."""
+    ride = line.ride(ticket)
+    try:
+        while not ride.done.wait(timing.wait_poll_s):
+            if cancel.is_set():
+                raise Cancelled()
+            yield "step", -1, 0, None
+        if cancel.is_set():
+            raise Cancelled()
+        if ride.error is not None:
+            raise ride.error
+        return ride.result
+    finally:
+        line.done_riding(ticket)
+
+
 def waited(line, ticket, timeout: float, cancel: threading.Event) -> int:
     """`line.wait`; a ticket the line dropped because its run was stopped is `Cancelled`, not `Busy`."""
     try:
@@ -95,7 +123,11 @@ def stream(studio, request: Request, cancel: threading.Event, previews: bool = T
     generation it is (the line takes owners in turn)."""
     line, timing = studio.line, studio.timing
     capped(studio, request)
-    ticket = line.join(cancel, owner)  # a cancel that reaches only the switch (studio/stops.py) still frees its place
+    batching = getattr(studio, "batch", 1) > 1 and studio.gpu is None
+    key = studio.engine.batch_key(request) if batching else None
+    # a cancel that reaches only the switch (studio/stops.py) still frees its place
+    ticket = line.join(cancel, owner, request if key is not None else None)
+    riders: list = []
     events: queue.Queue = queue.Queue()
     outcome: dict[str, Any] = {}
     plan = None  # the run's previews (studio/previews.py), planned when it starts
@@ -114,11 +146,20 @@ def stream(studio, request: Request, cancel: threading.Event, previews: bool = T
 
     def work() -> None:
         nonlocal plan
-        plan = studio.previews.plan(request.model)
+        plan = studio.previews.plan(request.model) if not riders else None  # a batch shows no previews
         try:
-            outcome["result"] = generate(studio, request, progress=progress, cancel=stop)
+            if riders:
+                results = studio.engine.generate_batch([request] + [r for _, r, _, _ in riders], progress=progress,
+                                                       cancel=AllStopped([stop] + [rs for *_, rs in riders]))
+                outcome["result"] = results[0]
+                for (_, _, ride, _), result in zip(riders, results[1:]):
+                    ride.finish(result)
+            else:
+                outcome["result"] = generate(studio, request, progress=progress, cancel=stop)
         except BaseException as e:  # handed to the caller's thread, which decides what the user sees
             outcome["error"] = e
+            for _, _, ride, _ in riders:
+                ride.finish(error=e)
         finally:
             line.leave(ticket)  # the engine is free: the next in line may start
             events.put(None)
@@ -129,9 +170,14 @@ def stream(studio, request: Request, cancel: threading.Event, previews: bool = T
             if cancel.is_set():
                 raise Cancelled()
             yield "waiting", place, 0, None
+        if place == RIDING:  # taken into another's pipeline call: its result comes from there
+            started = True
+            return (yield from ridden(line, ticket, cancel, timing))
         if cancel.is_set():
             raise Cancelled()
         stop.beat()
+        if key is not None:
+            riders = line.take_riders(ticket, lambda other: studio.engine.batch_key(other) == key, studio.batch - 1)
         threading.Thread(target=work, name="generate", daemon=True).start()
         started = True
         while True:
