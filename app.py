@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch", type=int, default=1, metavar="N",
                        help="sample up to N waiting requests of the same settings (different users', prompts, seeds) "
                             "in one pipeline call: more images a second on a shared server; 1: each alone")
+    serve.add_argument("--rate", type=int, default=0, metavar="N",
+                       help="at most N generations a minute per user, through every door (0: no limit)")
     serve.add_argument("--max-per-user", type=int, default=0, metavar="N",
                        help="at most N waiting generations of one user (an account, a browser, an API caller); "
                             "0: no cap. The line takes users in turn either way")

@@ -32,6 +32,7 @@ from studio.line import Busy
 from studio.parse import base64_image, fit_canvas, plain_json, shown, whole_number
 from studio.requests import make_request
 from studio.service import Studio, model_names
+from studio.usage import RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ def failure(e: BaseException) -> JSONResponse:
     A1111's field; the operator's own advice stays in the server log), anything else 500 without details."""
     if isinstance(e, Busy):
         return error(503, "Busy", str(e))
+    if isinstance(e, RateLimited):
+        return error(429, "RateLimited", str(e))
     if isinstance(e, UserError):
         if e.operator:
             log.info("operator advice for an A1111 client's error: %s", e.operator)

@@ -32,6 +32,7 @@ from studio.line import Busy
 from studio.parse import fit_canvas, shown, whole_number
 from studio.requests import make_request
 from studio.service import Studio, model_names
+from studio.usage import RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ def failure(e: BaseException) -> JSONResponse:
         return error(e.status, e.kind, str(e), e.param, e.code)
     if isinstance(e, Busy):
         return error(503, "server_error", str(e), code="server_busy")
+    if isinstance(e, RateLimited):
+        return error(429, "requests", str(e), code="rate_limit_exceeded")
     if isinstance(e, Cancelled):
         return error(409, "server_error", "The generation was interrupted on the server; send it again.",
                      code="interrupted")

@@ -19,6 +19,7 @@ from studio.line import Line
 from studio.previews import PreviewCosts
 from studio.stops import Stops
 from studio.stream import Timing
+from studio.usage import Usage
 from studio.work import MAX_WORK
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class Studio:
     max_work: float | None = MAX_WORK  # megapixel-steps one served request may ask for (studio/work.py)
     stops: Stops = field(default_factory=Stops)  # page sessions' stop switches, for cancels gradio can't deliver
     batch: int = 1  # requests one pipeline call may sample: waiting ones of the same settings join a run (--batch)
+    usage: Usage = field(default_factory=Usage)  # per-user rates (--rate) and the host's summary in the log
 
     def __post_init__(self):
         if self.line is None:  # one generation at a time on the local engine, one per Ray Serve replica

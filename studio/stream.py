@@ -123,10 +123,19 @@ def stream(studio, request: Request, cancel: threading.Event, previews: bool = T
     generation it is (the line takes owners in turn)."""
     line, timing = studio.line, studio.timing
     capped(studio, request)
+    usage = getattr(studio, "usage", None)
+    if usage is not None:
+        usage.admit(owner)  # --rate: a user's generations a minute, through every door
+    sent = time.perf_counter()
     batching = getattr(studio, "batch", 1) > 1 and studio.gpu is None
     key = studio.engine.batch_key(request) if batching else None
     # a cancel that reaches only the switch (studio/stops.py) still frees its place
-    ticket = line.join(cancel, owner, request if key is not None else None)
+    try:
+        ticket = line.join(cancel, owner, request if key is not None else None)
+    except Busy:
+        if usage is not None:
+            usage.refused("busy")
+        raise
     riders: list = []
     events: queue.Queue = queue.Queue()
     outcome: dict[str, Any] = {}
@@ -176,6 +185,8 @@ def stream(studio, request: Request, cancel: threading.Event, previews: bool = T
         if cancel.is_set():
             raise Cancelled()
         stop.beat()
+        if usage is not None:
+            usage.served(time.perf_counter() - sent)
         if key is not None:
             riders = line.take_riders(ticket, lambda other: studio.engine.batch_key(other) == key, studio.batch - 1)
         threading.Thread(target=work, name="generate", daemon=True).start()

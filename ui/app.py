@@ -13,6 +13,7 @@ import gradio as gr
 from engine.request import UserError
 from studio.line import Line
 from studio.service import Studio, builtin_defaults, model_choices, panel_defaults
+from studio.usage import Usage
 from studio.work import MAX_WORK
 from ui import api, handlers
 from ui.chat_events import wire_chat
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def build(engine, default_model: str = "builtin", *, gpu=None, status: ModelStatus | None = None,
           max_queue: int = 16, session_ttl: float = SESSION_TTL_S, library=None, on_space: bool = False,
-          max_work: float | None = MAX_WORK, max_per_user: int = 0, batch: int = 1) -> gr.Blocks:
+          max_work: float | None = MAX_WORK, max_per_user: int = 0, batch: int = 1, rate: int = 0) -> gr.Blocks:
     """The page for `engine`; users may name server paths as models when `engine.config.local_paths`; `on_space`:
     served on a Hugging Face Space (the chat's Share button works only there).
 
@@ -38,7 +39,7 @@ def build(engine, default_model: str = "builtin", *, gpu=None, status: ModelStat
     generations waiting (0: no cap)."""
     studio = Studio(engine, default_model, gpu, Line(max_queue, getattr(engine, "replicas", 1),
                                                      max_per_owner=max_per_user), library,
-                    max_work=max_work, batch=max(1, batch))
+                    max_work=max_work, batch=max(1, batch), usage=Usage(rate=max(0, rate)))
     start = Settings(model=studio.default_model)
     try:
         defaults = panel_defaults(studio, studio.default_model)
