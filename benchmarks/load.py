@@ -42,8 +42,10 @@ KINDS = {"chat": 0.6, "api": 0.2, "upload": 0.1, "cancel": 0.1}
 class Tab:
     """One browser tab: a session hash, events joined through gradio's queue, its SSE stream read to the end."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, account: tuple[str, str] | None = None):
         self.http = httpx.Client(base_url=url, timeout=300)
+        if account is not None:  # signed in as the page does it: gradio's /login sets the session cookie
+            self.http.post("/login", data={"username": account[0], "password": account[1]}).raise_for_status()
         self.session = uuid.uuid4().hex[:11]
         self.config = self.http.get("/config").json()
         self.components = {c["id"]: c for c in self.config["components"]}
@@ -98,6 +100,7 @@ class Outcome:
     seconds: float
     started: float | None = None  # chat: when its first "Step" arrived (fairness)
     detail: str = ""
+    who: int = -1  # the session (with --accounts: the user)
 
 
 @dataclass
@@ -110,31 +113,38 @@ class Stats:
             self.outcomes.append(o)
 
 
-def classify(messages: list[dict]) -> tuple[str, str]:
-    text = json.dumps([m.get("output") for m in messages], ensure_ascii=False)  # the last one may hold only the
-    # status line
+def classify(messages: list[dict], seen: dict | None = None) -> tuple[str, str]:
+    """What one turn got. The page's whole chat comes back in each stream (earlier replies too), so with `seen`
+    (the tab's counts so far) only what is new counts: the tab's next image number, one more "Stopped"."""
+    text = json.dumps([m.get("output") for m in messages], ensure_ascii=False)
     if not messages or messages[-1].get("msg") != "process_completed":
         return "errored", "lost reply"
+    seen = seen if seen is not None else {"images": 0, "stopped": 0}
+    stopped = text.count("Stopped")
     if "server is busy" in text:
         return "refused", ""
-    if "Stopped" in text:
+    if stopped > seen["stopped"]:
+        seen["stopped"] = stopped
         return "cancelled", ""
     if not messages[-1].get("success"):
         return "errored", json.dumps(messages[-1])[:200]
-    if "studio-0" not in text:
+    if f"studio-{seen['images'] + 1:04d}" not in text:
         return "errored", "no image: " + text[-300:]
+    while f"studio-{seen['images'] + 1:04d}" in text:
+        seen["images"] += 1
     return "completed", ""
 
 
-def session_loop(url: str, until: float, stats: Stats, seed: int, control_png: bytes) -> None:
+def session_loop(url: str, until: float, stats: Stats, seed: int, control_png: bytes, accounts: bool = False) -> None:
     rng = random.Random(seed)
-    tab = Tab(url)
+    tab = Tab(url, (f"user{seed}", f"pass-of-user{seed}") if accounts else None)
     box = tab.find(elem_id="prompt")  # its own Stop button is the page's one Stop
     unit_on, unit_image = tab.find(label="Unit 1 on"), tab.find(label="Unit 1 image")
     preprocessor = tab.find(label="Preprocessor")
     button = tab.api_button()
     _, api_dep = tab.dependency(button, "click")
     colours = ["red", "blue", "green", "yellow"]
+    seen = {"images": 0, "stopped": 0}
     while time.time() < until:
         kind = rng.choices(list(KINDS), weights=list(KINDS.values()))[0]
         prompt = (f"a {rng.choice(['big', 'small'])} {rng.choice(colours)} {rng.choice(['circle', 'square'])} "
@@ -173,12 +183,13 @@ def session_loop(url: str, until: float, stats: Stats, seed: int, control_png: b
                         threading.Timer(0.5, lambda: tab.predict(box, "stop", {})).start()
 
                 messages = tab.run(box, "submit", {box: {"text": prompt + " --steps 200", "files": []}}, stop_soon)
-            result, detail = classify(messages)
+            result, detail = classify(messages, seen)
             if kind == "cancel" and result == "cancelled":
                 result = "completed"  # the stop worked
-            stats.add(Outcome(kind, result, sent, time.time() - sent, started.get("started"), detail))
+            stats.add(Outcome(kind, result, sent, time.time() - sent, started.get("started"), detail, seed))
         except Exception as e:  # a client-side failure is an error of the run too
-            stats.add(Outcome(kind, "errored", sent, time.time() - sent, detail=f"{type(e).__name__}: {e}"))
+            stats.add(Outcome(kind, "errored", sent, time.time() - sent, detail=f"{type(e).__name__}: {e}",
+                              who=seed))
         time.sleep(rng.uniform(0.5, 2.0))
 
 
@@ -238,23 +249,23 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(port: int, max_queue: int, threads: int) -> subprocess.Popen:
+def start_server(port: int, max_queue: int, threads: int, extra: tuple = ()) -> subprocess.Popen:
     cmd = [sys.executable, str(common.ROOT / "app.py"), "--port", str(port), "--max-queue", str(max_queue),
-           "--threads", str(threads)]
+           "--threads", str(threads), *extra]
     proc = subprocess.Popen(cmd, cwd=common.ROOT, env=common.child_env(threads), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while time.time() < deadline:
         try:
-            if httpx.get(url + "/config", timeout=5).status_code == 200:
+            if httpx.get(url + "/config", timeout=5).status_code in (200, 401):  # 401: up, behind its sign-in
                 break
         except httpx.HTTPError:
             time.sleep(1)
     else:
         proc.kill()
         sys.exit("the app did not come up within 3 minutes")
-    tab = Tab(url)  # warm-up: the first generation loads the model
+    tab = Tab(url, ("user0", "pass-of-user0") if "--auth-file" in extra else None)  # warm-up: loads the model
     box = tab.find(elem_id="prompt")
     tab.run(box, "submit", {box: {"text": "a red circle on the left, blue background", "files": []}})
     return proc
@@ -288,6 +299,9 @@ def main() -> None:
     p.add_argument("--port", type=int, default=7871)
     p.add_argument("--cancel-storm", type=int, default=0, metavar="N",
                    help="N more clients that start long jobs and cancel them, and a probe timing GET /")
+    p.add_argument("--accounts", action="store_true",
+                   help="each session signs in as its own user (--auth-file), so the line takes them in turn")
+    p.add_argument("--batch", type=int, default=1, help="the server's --batch")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
 
@@ -299,13 +313,19 @@ def main() -> None:
     control.save(buf, "PNG")
 
     print(f"starting the app (port {args.port}) ...", flush=True)
-    proc = start_server(args.port, args.max_queue, args.threads)
+    extra: tuple = ("--batch", str(args.batch)) if args.batch > 1 else ()
+    if args.accounts:
+        users = Path(common.ROOT / "runs" / "load-users.txt")
+        users.parent.mkdir(exist_ok=True)
+        users.write_text("".join(f"user{i}:pass-of-user{i}\n" for i in range(args.sessions)))
+        extra += ("--auth-file", str(users), "--outputs", str(common.ROOT / "runs" / "load-outputs"))
+    proc = start_server(args.port, args.max_queue, args.threads, extra)
     url = f"http://127.0.0.1:{args.port}"
     stats, rss = Stats(), [(0.0, rss_mb(proc.pid))]
     t0 = time.time()
     until = t0 + args.minutes * 60
-    workers = [threading.Thread(target=session_loop, args=(url, until, stats, i, buf.getvalue()), daemon=True)
-               for i in range(args.sessions)]
+    workers = [threading.Thread(target=session_loop, args=(url, until, stats, i, buf.getvalue(), args.accounts),
+                                daemon=True) for i in range(args.sessions)]
     if args.cancel_storm:
         workers += [threading.Thread(target=storm_loop, args=(url, until, stats, 1000 + i), daemon=True)
                     for i in range(args.cancel_storm)]
@@ -333,12 +353,22 @@ def main() -> None:
                      f"{statistics.median(times):.2f}" if times else "-", f"{percentile(times, 0.9):.2f}",
                      f"{max(times):.2f}" if times else "-"])
     inversions, pairs = out_of_order(outcomes)
+    chats = {}
+    for o in outcomes:
+        if o.kind == "chat" and o.result == "completed":
+            chats.setdefault(o.who, []).append(o.seconds)
+    means = [statistics.mean(v) for v in chats.values() if v]
+    fair = max(means) / min(means) if len(means) > 1 else float("nan")
+    lost = sum(o.detail == "lost reply" for o in outcomes)
     marks = [rss[0]] + [r for r in rss if r[0] > 0][::max(1, len(rss) // 8)] + [rss[-1]]
     errors = sorted({o.detail for o in outcomes if o.result == "errored"})[:5]
+    shown = " ".join(x if "runs" not in x else "FILE" for x in extra)
     section = "\n".join([
-        f"## Load: {args.sessions} sessions of mixed traffic for {args.minutes:g} min (load.py)", "",
+        f"## Load: {args.sessions} {'signed-in users' if args.accounts else 'sessions'} of mixed traffic for "
+        f"{args.minutes:g} min (load.py)", "",
         f"- date {time.strftime('%Y-%m-%d %H:%M')}; commit {common.commit()}; `python app.py --max-queue "
-        f"{args.max_queue} --threads {args.threads}` on the built-in model, {os.cpu_count()} CPUs shared; think time "
+        f"{args.max_queue} --threads {args.threads} {shown}` on the built-in model, {os.cpu_count()} CPUs shared; "
+        "think time "
         f"0.5-2 s; mix {', '.join(f'{k} {v:.0%}' for k, v in KINDS.items())} (cancel = a 200-step message stopped "
         "0.5 s into sampling, counted completed when the reply says Stopped)"
         + (f"; cancel storm: {args.cancel_storm} clients starting 512x512 200-step x4 `/generate` jobs and "
@@ -347,7 +377,10 @@ def main() -> None:
            if args.cancel_storm else ""), "",
         common.table(["kind", "requests", "completed", "refused (busy)", "errored", "median s", "p90 s", "max s"],
                      rows), "",
-        f"- fairness: {inversions} of {pairs} pairs of chat generations started out of their sending order",
+        f"- fairness: {inversions} of {pairs} pairs of chat generations started out of their sending order"
+        + (" (by design: the line takes users in turn)" if args.accounts else ""),
+        f"- per-user fairness: the slowest user's mean chat latency is {fair:.2f}x the fastest's ({len(means)} "
+        f"users with a completed chat); lost replies: {lost}",
         "- server RSS: " + ", ".join(f"{t:.0f}s {m:.0f} MB" for t, m in marks),
         f"- errors: {'; '.join(errors) if errors else 'none'}",
     ])
