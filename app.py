@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a folder of plugin manifests (repeatable; default: plugins/ and assets/plugins/)")
 
     train = sub.add_parser("train", help="train the built-in model (and its ControlNets/LoRAs)")
-    train.add_argument("what", choices=("builtin", "controlnets", "loras", "fast", "smoke"))
+    train.add_argument("what", choices=("builtin", "controlnets", "loras", "fast", "image-prompt", "smoke"))
     train.add_argument("--out", default="assets/builtin")
     train.add_argument("--work", default="runs/builtin", help="checkpoints to resume from")
     train.add_argument("--vae-steps", type=int, default=None)
