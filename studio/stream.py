@@ -155,6 +155,7 @@ def stream(studio, request: Request, cancel: threading.Event, previews: bool = T
 
     def work() -> None:
         nonlocal plan
+        began = time.perf_counter()
         plan = studio.previews.plan(request.model) if not riders else None  # a batch shows no previews
         try:
             if riders:
@@ -165,6 +166,8 @@ def stream(studio, request: Request, cancel: threading.Event, previews: bool = T
                     ride.finish(result)
             else:
                 outcome["result"] = generate(studio, request, progress=progress, cancel=stop)
+            if usage is not None:
+                usage.ran(time.perf_counter() - began)
         except BaseException as e:  # handed to the caller's thread, which decides what the user sees
             outcome["error"] = e
             for _, _, ride, _ in riders:

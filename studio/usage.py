@@ -27,6 +27,7 @@ class Usage:
         self._lock = threading.Lock()
         self._since = time.monotonic()
         self._period = self._fresh()
+        self.run_s = collections.deque(maxlen=20)  # the last runs' seconds on the engine, for waiting estimates
 
     @staticmethod
     def _fresh() -> dict:
@@ -59,6 +60,16 @@ class Usage:
             self._period["images"] += 1
             self._period["waits"].append(waited_s)
         self.maybe_summarize()
+
+    def ran(self, seconds: float) -> None:
+        with self._lock:
+            self.run_s.append(seconds)
+
+    def estimate(self, place: int) -> float | None:
+        """About how long `place` generations ahead take (the recent runs' median); None before any ran."""
+        with self._lock:
+            runs = sorted(self.run_s)
+        return place * runs[len(runs) // 2] if runs else None
 
     def refused(self, why: str) -> None:
         with self._lock:

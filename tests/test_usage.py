@@ -52,3 +52,11 @@ def test_the_summary_counts_users_generations_waits_and_refusals(engine, caplog)
         line = usage.maybe_summarize(force=True)
     assert "2 users, 2 generations" in line and "refused: rate 1" in line and "wait p50" in line
     assert "usage last 0 min" in caplog.text
+
+
+def test_a_waiting_place_comes_with_an_estimate_from_the_recent_runs():
+    usage = Usage()
+    assert usage.estimate(3) is None  # nothing ran yet: no guess
+    for seconds in (2.0, 2.5, 9.0):
+        usage.ran(seconds)
+    assert usage.estimate(3) == 7.5  # three places at the recent median run

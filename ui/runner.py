@@ -66,7 +66,10 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
                 break
             now = time.perf_counter()
             if what == "waiting":
-                text = f"Waiting for the engine: {step} ahead of you · Stop (■ in the message box) leaves the line"
+                soon = studio.usage.estimate(step) if getattr(studio, "usage", None) is not None else None
+                about = f" (about {soon:.0f} s)" if soon is not None and soon >= 1 else ""
+                text = (f"Waiting for the engine: {step} ahead of you{about} · Stop (■ in the message box) leaves "
+                        "the line")
             elif step >= 0:
                 text = f"Step {step}/{total} · {now - started:.1f}s · Stop (■ in the message box) cancels"
             else:  # loading, decoding: nothing new to show
