@@ -118,7 +118,8 @@ def wire_library_tab(page: Page, studio: Studio, view) -> None:
 
     def search(state, text, model, lora, when, number):
         session = ensure(state)
-        items, ids, line, number = library_page.find(library, session, text, model, lora, number, own_only, when)
+        items, ids, line, number = library_page.find(library, session, text, model, lora, number,
+                                                     own_only or bool(session.user), when)  # an account: its own
         return {tab.gallery: items, tab.ids: ids, tab.page_md: line, tab.page: number}
 
     inputs = [page.state, tab.text, tab.model, tab.lora, tab.when]
