@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--share", action="store_true", help="public Gradio share link (use --auth with it)")
     serve.add_argument("--auth", action="append", default=[], metavar="USER:PASS",
                        help="an account that may sign in (repeatable; each user's chats and turns are their own)")
+    serve.add_argument("--admin", action="append", default=[], metavar="NAME",
+                       help="an account that sees the line (/line) and may stop anything (/stop-all, A1111 interrupt)")
     serve.add_argument("--auth-file", default=None, metavar="FILE",
                        help="accounts, one user:password a line (or hashed, as `app.py users add` writes)")
     serve.add_argument("--max-queue", type=int, default=16, help="waiting generations before 'busy'")

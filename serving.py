@@ -38,6 +38,7 @@ class ServeConfig:
     max_per_user: int = 0  # waiting generations one user may have (0: no cap); the line is round-robin by user
     batch: int = 1  # waiting requests of the same settings sampled in one pipeline call
     rate: int = 0  # generations a minute per user, through every door (0: no limit)
+    admins: tuple = ()  # accounts that see the line and may stop anything
     mcp: bool = False
     api_token: str | None = None
     ray: str | None = None  # None: the local engine; "": a local Ray; else the cluster's address
@@ -61,7 +62,8 @@ class ServeConfig:
                    max_work=MAX_WORK if args.max_work is None else args.max_work,
                    trusted_proxies=("*",) if on_space else tuple(args.trusted_proxy or ()),
                    max_sessions=args.max_sessions, max_per_user=max(0, getattr(args, "max_per_user", 0) or 0),
-                   batch=max(1, getattr(args, "batch", 1) or 1), rate=max(0, getattr(args, "rate", 0) or 0))
+                   batch=max(1, getattr(args, "batch", 1) or 1), rate=max(0, getattr(args, "rate", 0) or 0),
+                   admins=tuple(getattr(args, "admin", None) or ()))
 
     @property
     def loopback(self) -> bool:
@@ -119,7 +121,8 @@ def open_server(config: ServeConfig, engine, *, status=None, gpu=None, library=N
     from ui.serve import launch
 
     demo = build(engine, config.model, gpu=gpu, status=status, max_queue=config.max_queue,
-                 max_per_user=config.max_per_user, batch=config.batch, rate=config.rate, library=library,
+                 max_per_user=config.max_per_user, batch=config.batch, rate=config.rate,
+                 admins=config.admins, library=library,
                  on_space=config.on_space, max_work=config.max_work, **build_kwargs)
     if config.mcp:
         apis.add_tools(demo, demo.studio)  # before launch: gradio's MCP server reads the page's endpoints there

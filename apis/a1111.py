@@ -350,7 +350,11 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
     @router.post("/interrupt")
     def interrupt(http: HttpRequest):
         """Stop the caller's own API generation running now (within a step): the same address and account
-        (`Gate.owner`); another client's jobs, the MCP tools' and the chat's are not touched. A1111's null."""
+        (`Gate.owner`); another client's jobs, the MCP tools' and the chat's are not touched. An admin (--admin)
+        stops every generation, waiting or running, through every door. A1111's null."""
+        if gate.who(http.headers.get("authorization")) in studio.admins:
+            studio.stop_all()
+            return None
         jobs.interrupt(owner_of(http, gate))
         return None
 

@@ -75,12 +75,11 @@ class Jobs:
         with self._lock:
             return len(self._jobs)
 
-    def interrupt(self, owner: str) -> bool:
+    def interrupt(self, owner: str, everyone: bool = False) -> bool:
         """Stop `owner`'s generations running on the engine now (within a step); False when none is running.
-        Only the owner's: a client may stop only its own work. A stop-all for an admin waits for accounts (#30):
-        until then no caller can be told apart as an admin, so nobody may stop another's job."""
+        Only the owner's: a client may stop only its own work; `everyone` (an admin, --admin) stops them all."""
         with self._lock:
-            started = [job for job in self._jobs if job.started_at is not None and job.owner == owner]
+            started = [job for job in self._jobs if job.started_at is not None and (everyone or job.owner == owner)]
         for job in started:
             job.cancel.set()
         return bool(started)

@@ -120,6 +120,20 @@ class Line:
                 self._changed.notify_all()
         return taken
 
+    def stop_all(self) -> int:
+        """Set every generation's stop switch, waiting or running (an admin's stop-all); how many there were."""
+        with self._changed:
+            switches = [s for s in self._switches.values() if s is not None]
+        for switch in switches:
+            switch.set()
+        return len(switches)
+
+    def owners_waiting(self) -> dict:
+        """owner -> how many of theirs wait (an admin's view of the line; no prompts)."""
+        with self._changed:
+            counts = collections.Counter(self._owners.get(t) for t in self._turns if t not in self._started)
+        return {(o if isinstance(o, str) else "anonymous"): n for o, n in counts.items()}
+
     def ride(self, ticket) -> Ride | None:
         """The Ride of a ticket taken into a batch (None: it was not)."""
         with self._changed:

@@ -41,6 +41,12 @@ class Studio:
     stops: Stops = field(default_factory=Stops)  # page sessions' stop switches, for cancels gradio can't deliver
     batch: int = 1  # requests one pipeline call may sample: waiting ones of the same settings join a run (--batch)
     usage: Usage = field(default_factory=Usage)  # per-user rates (--rate) and the host's summary in the log
+    admins: frozenset = frozenset()  # accounts that see the line and may stop anything (--admin)
+
+    def stop_all(self) -> int:
+        """An admin's stop: every generation in the line, waiting or running, through every door."""
+        self.jobs.interrupt("", everyone=True)
+        return self.line.stop_all()
 
     def __post_init__(self):
         if self.line is None:  # one generation at a time on the local engine, one per Ray Serve replica

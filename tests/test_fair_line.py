@@ -78,3 +78,30 @@ def test_the_engine_serves_two_users_fairly(engine):
         t.join(timeout=300)
     assert done.index("user:b#0") < done.index("user:a#2")
     assert [x for x in done if x.startswith("user:a")] == [f"user:a#{k}" for k in range(6)]
+
+
+def test_an_admin_sees_the_line_and_stops_everything_others_may_not(engine):
+    from studio.service import Studio
+    from ui import handlers
+    from ui.state import Session, Settings
+
+    studio = Studio(engine, "builtin", line=Line(16), admins=frozenset({"user:root"}))
+    switches = [threading.Event() for _ in range(3)]
+    tickets = [studio.line.join(s, owner=o) for s, o in zip(switches, ("user:a", "user:a", "user:b"))]
+    admin, visitor = Session.new(), Session.new()
+    admin.user, visitor.user = "root", "a"
+    try:
+        list(handlers.send(studio, visitor, "/stop-all", Settings()))
+        assert "is for the server's admin" in visitor.history[-1]["content"]
+        assert not any(s.is_set() for s in switches)
+        list(handlers.send(studio, admin, "/line", Settings()))
+        shown = admin.history[-1]["content"]
+        assert "3 waiting" in shown and "| user:a | 2 |" in shown and "| user:b | 1 |" in shown
+        list(handlers.send(studio, admin, "/stop-all", Settings()))
+        assert "Stopped 3 generation(s)" in admin.history[-1]["content"]
+        assert all(s.is_set() for s in switches)
+    finally:
+        for t in tickets:
+            studio.line.leave(t)
+        admin.close()
+        visitor.close()

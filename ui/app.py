@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 def build(engine, default_model: str = "builtin", *, gpu=None, status: ModelStatus | None = None,
           max_queue: int = 16, session_ttl: float = SESSION_TTL_S, library=None, on_space: bool = False,
-          max_work: float | None = MAX_WORK, max_per_user: int = 0, batch: int = 1, rate: int = 0) -> gr.Blocks:
+          max_work: float | None = MAX_WORK, max_per_user: int = 0, batch: int = 1, rate: int = 0,
+          admins: tuple = ()) -> gr.Blocks:
     """The page for `engine`; users may name server paths as models when `engine.config.local_paths`; `on_space`:
     served on a Hugging Face Space (the chat's Share button works only there).
 
@@ -39,7 +40,8 @@ def build(engine, default_model: str = "builtin", *, gpu=None, status: ModelStat
     generations waiting (0: no cap)."""
     studio = Studio(engine, default_model, gpu, Line(max_queue, getattr(engine, "replicas", 1),
                                                      max_per_owner=max_per_user), library,
-                    max_work=max_work, batch=max(1, batch), usage=Usage(rate=max(0, rate)))
+                    max_work=max_work, batch=max(1, batch), usage=Usage(rate=max(0, rate)),
+                    admins=frozenset(f"user:{name}" for name in admins))
     start = Settings(model=studio.default_model)
     try:
         defaults = panel_defaults(studio, studio.default_model)

@@ -69,6 +69,10 @@ def send(studio: Studio, session: Session, text: str, settings: Settings, files:
             session.say("assistant", inline.help_text(*prompt_texts(studio)))
             yield Update()
             return
+        if asked.command in ("line", "stop-all"):
+            session.say("assistant", admin_command(studio, session, asked.command))
+            yield Update()
+            return
         if asked.command == "save-style":
             session.say("assistant", save_style(studio, session, asked.prompt))
             yield Update()
@@ -203,6 +207,19 @@ def reuse(session: Session, settings: Settings) -> Update:
     session.say("assistant", f"Settings of #{shot.number} are in the panel (seed {shot.request.seed}) and its "
                              "prompt is in the message box: edit and press Enter.")
     return Update(settings=restored, prompt=shot.request.prompt)
+
+
+def admin_command(studio: Studio, session: Session, command: str) -> str:
+    """/line (who waits, how many each; no prompts) and /stop-all, for the server's admins (--admin NAME)."""
+    if not session.user or f"user:{session.user}" not in studio.admins:
+        return f"{PROBLEM} /{command} is for the server's admin (started with --admin NAME, signed in as NAME)."
+    if command == "stop-all":
+        return f"Stopped {studio.stop_all()} generation(s), waiting or running, through every door."
+    waiting = studio.line.owners_waiting()
+    if not waiting:
+        return "Nobody is waiting for the engine."
+    rows = "\n".join(f"| {owner} | {n} |" for owner, n in sorted(waiting.items(), key=lambda x: -x[1]))
+    return f"{sum(waiting.values())} waiting for the engine:\n\n| who | waiting |\n|---|---|\n{rows}"
 
 
 def save_style(studio: Studio, session: Session, name: str) -> str:

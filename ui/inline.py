@@ -84,6 +84,8 @@ def parse_message(text: str) -> Inline:
     text = (text or "").strip()
     if text.lower() in ("/help", "/?", "help", "--help"):
         return Inline(prompt="", command="help")
+    if text.lower() in ("/line", "/stop-all"):
+        return Inline(prompt="", command=text.lower()[1:])
     if text.lower().split()[0] in ("/save-style", "/sref"):
         name = text.split(maxsplit=1)[1].strip() if len(text.split()) > 1 else ""
         if not name or len(name.split()) > 1:
@@ -91,8 +93,8 @@ def parse_message(text: str) -> Inline:
                             "NAME, for --sref NAME in any later chat.")
         return Inline(prompt=name, command="save-style")
     if text.startswith("/"):
-        raise UserError(f"Unknown command {text.split()[0]!r}. The commands are /help and /save-style NAME; anything "
-                        "else is a prompt.")
+        raise UserError(f"Unknown command {text.split()[0]!r}. The commands are /help and /save-style NAME (an "
+                        "admin's: /line, /stop-all); anything else is a prompt.")
     out = Inline(prompt="")
     text = DASH_RE.sub("--", text)
     text, out.loras = take_lora_tags(text)
