@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
-import socket
 import subprocess
 import sys
 
@@ -21,16 +20,11 @@ import webuiapi
 from PIL import Image
 
 from engine.config import ROOT
+from tests.test_apis import free_port
 
 USER, PASSWORD, TOKEN = "bob", "staple-battery", "tok-doors"
 PROMPT = "a big red circle on the left, blue background"
 NEW = ["sd3", "chroma", "zimage", "qwenimage", "flux2", "flux2klein"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

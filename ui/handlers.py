@@ -239,24 +239,23 @@ def save_style(studio: Studio, session: Session, name: str) -> str:
 
 def use_as_image_prompt(session: Session) -> str | None:
     """The selected image's path for the panel's image prompt (None when there is no image yet)."""
-    shot = session.selected_shot()
-    if shot is None:
-        session.say("assistant", "No image yet to use as an image prompt.")
-        return None
-    session.say("assistant", f"#{shot.number} is now the image prompt (in the panel, with its scale). Your next "
-                             "messages follow it: say size, place and background, e.g. 'a small one at the top, "
-                             "white background'. Clear it in the panel to stop.")
-    return shot.path
+    return _use_selected(session, "an image prompt", "is now the image prompt (in the panel, with its scale). Your "
+                         "next messages follow it: say size, place and background, e.g. 'a small one at the top, "
+                         "white background'. Clear it in the panel to stop.")
 
 
 def use_as_control(session: Session) -> str | None:
     """The selected image's path for ControlNet unit 1 (None when there is no image yet)."""
+    return _use_selected(session, "a control image", "is now the image of ControlNet unit 1 (turned on, type "
+                         "edge; change type and preprocessor in the panel). Your next message uses it.")
+
+
+def _use_selected(session: Session, what: str, said: str) -> str | None:
     shot = session.selected_shot()
     if shot is None:
-        session.say("assistant", "No image yet to use as a control image.")
+        session.say("assistant", f"No image yet to use as {what}.")
         return None
-    session.say("assistant", f"#{shot.number} is now the image of ControlNet unit 1 (turned on, type edge; "
-                             "change type and preprocessor in the panel). Your next message uses it.")
+    session.say("assistant", f"#{shot.number} {said}")
     return shot.path
 
 
