@@ -31,7 +31,7 @@ from studio.jobs import Jobs, png_base64
 from studio.line import Busy
 from studio.parse import base64_image, fit_canvas, plain_json, shown, whole_number
 from studio.requests import make_request
-from studio.service import Studio, model_names
+from studio.service import Studio, model_names, prompt_texts
 from studio.usage import RateLimited
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,8 @@ def model_choice(value) -> str:
     return value.strip()
 
 
-def a1111_request(payload: dict[str, Any], model: str, defaults: dict, img2img: bool) -> Request:
+def a1111_request(payload: dict[str, Any], model: str, defaults: dict, img2img: bool,
+                  known_styles: tuple = ()) -> Request:
     """The Request for an A1111 txt2img/img2img body; absent fields take the model's defaults (not A1111's), as
     through every door (`defaults`: engine.Engine.defaults of `model`)."""
     def get(name: str, default=None):
@@ -103,7 +104,7 @@ def a1111_request(payload: dict[str, Any], model: str, defaults: dict, img2img: 
     styles = get("styles", [])
     if not isinstance(styles, list) or not all(isinstance(x, str) for x in styles):
         raise UserError("styles must be a list of style names (plugins/styles/).")
-    request.styles = [x for x in styles if x]
+    request.styles = [x for x in styles if x in known_styles]  # as A1111: a style it does not have is skipped
     request.image_prompts = image_prompts(get("alwayson_scripts", {}))
     if not img2img:
         if get("enable_hr", False):  # hires fix: the image resized hr_scale times, then refined
@@ -240,7 +241,9 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
             override = payload.get("override_settings") or {}
             model = override.get("sd_model_checkpoint") if isinstance(override, dict) else None
             model = model_choice(model) if model else options["sd_model_checkpoint"]
-            result = jobs.run(a1111_request(payload, model, studio.engine.defaults(model), img2img), cancel, owner)
+            request = a1111_request(payload, model, studio.engine.defaults(model), img2img,
+                                    tuple(prompt_texts(studio)[0]))
+            result = jobs.run(request, cancel, owner)
         except Cancelled:  # /interrupt: A1111 answers with what it has; we have no half-made image
             return {"images": [], "parameters": echo, "info": json.dumps({"interrupted": True, "infotexts": []})}
         except Exception as e:

@@ -22,6 +22,9 @@ class Gate:
     token: str | None = None  # --api-token
     throttle: Throttle = field(default_factory=lambda: Throttle())
 
+    def __post_init__(self):  # one (user, password) works too, as --auth gave it before accounts
+        object.__setattr__(self, "auth", Accounts.of(self.auth))
+
     @property
     def open(self) -> bool:
         return self.auth is None and not self.token

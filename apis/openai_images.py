@@ -127,14 +127,12 @@ def studio_request(fields: dict[str, Any], studio: Studio) -> Request:
                         width=width, height=height, count=count)
 
 
-def transparent(image_file: bytes) -> bool:
-    """Whether an image has fully transparent pixels (OpenAI's mark of the part to edit)."""
+def has_alpha(image_file: bytes) -> bool:
+    """Whether an image can mark a part to edit (OpenAI's transparent pixels): it has an alpha channel."""
     from engine.images.loading import open_image
 
     source = open_image(image_file, "The image")
-    if "A" not in source.getbands() and "transparency" not in source.info:
-        return False
-    return source.convert("RGBA").getchannel("A").getextrema()[0] == 0
+    return "A" in source.getbands() or "transparency" in source.info
 
 
 def openai_mask(mask_file: bytes | None, image_file: bytes):
@@ -202,7 +200,7 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
         prompt, n, size, response_format, model (and strength, negative_prompt, steps, guidance_scale, seed). With
         an editing model (Qwen-Image-Edit, FLUX.2, Kontext) and no mask, the prompt is an instruction for the image
         (and the further `image[]` files, as image 2, 3, ...), as OpenAI's own edits take several images. With
-        another model, no mask and no transparent pixels, the images are references (image prompts) for a new one."""
+        another model, no mask and no alpha channel, the images are references (image prompts) for a new one."""
         try:
             form = await http.form(max_part_size=MAX_BYTES)
             fields = {k: v for k, v in form.items() if isinstance(v, str)}
@@ -219,7 +217,7 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
                 request.references = [await part.read() for part in images[1:] if not isinstance(part, str)]
                 return await while_connected(http, lambda cancel: answer(request, fields, str(http.base_url),
                                                                           owner_of(http, gate), cancel))
-            if mask_file is None and not transparent(image):  # no part marked to change: the images are references
+            if mask_file is None and not has_alpha(image):  # nothing can mark a part to change: references
                 request.image_prompts = [ImagePrompt(await part.read() if part is not images[0] else image)
                                          for part in images if not isinstance(part, str)]
                 return await while_connected(http, lambda cancel: answer(request, fields, str(http.base_url),

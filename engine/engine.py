@@ -224,7 +224,10 @@ class Engine:
             from .vocabulary import vocabulary_note
 
             known = (tuple(loras.triggers) if loras else ()) + (("one",) if req.image_prompts else ())
-            note = vocabulary_note(cond.plain_prompt, source.location, known)  # "a big one": the image says what
+            from .prompt_syntax import has_syntax, plain
+
+            said = plain(req.prompt) if has_syntax(req.prompt) else req.prompt  # the user's words, not the marks
+            note = vocabulary_note(said, source.location, known)  # "a big one": the image says what
             notes += [note] if note else []
         if inpainting is not None:
             kwargs.update(inpainting.kwargs)

@@ -87,7 +87,7 @@ def test_each_account_signs_in_to_the_page_and_the_apis(engine, tmp_path, browse
         again, page = signed_in("alice", "alice-pass-1")
         page.wait_for_function("document.querySelector('#chat').innerText.includes('a big red circle')",
                                timeout=30_000)
-        assert page.locator("#chat img").count() >= 1  # the image came back too
+        page.wait_for_selector("#chat img", timeout=30_000)  # the image came back too
         again.close()
         other, page = signed_in("bob", "bobs-pass-22")
         page.fill("#prompt textarea", "a small yellow square at the top, black background")

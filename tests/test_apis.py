@@ -239,7 +239,7 @@ def test_openai_errors_in_openais_shape(oa, server):
     with pytest.raises(openai.BadRequestError, match="out of range"):
         oa.images.generate(prompt=PROMPT, size="64x64", extra_body={"steps": 0})
     with pytest.raises(openai.BadRequestError, match="transparent"):
-        oa.images.edit(image=("a.png", png(Image.new("RGB", (64, 64))), "image/png"), prompt=PROMPT)
+        oa.images.edit(image=("a.png", png(Image.new("RGBA", (64, 64), (0, 0, 0, 255))), "image/png"), prompt=PROMPT)
     wrong = openai.OpenAI(base_url=server["url"] + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         wrong.images.generate(prompt=PROMPT)

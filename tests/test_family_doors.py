@@ -144,8 +144,9 @@ def test_an_image_prompt_is_the_same_through_every_door(server, tmp_path):
     sd = webuiapi.WebUIApi(host="127.0.0.1", port=server["port"], username=USER, password=PASSWORD, sampler=None,
                            scheduler=None, steps=None)
     unit = webuiapi.ControlNetUnit(image=ref, module="ip-adapter_clip_sd15", model="ip-adapter_sd15", weight=1.0)
+    # a fresh alwayson_scripts: webuiapi's default dict would keep the unit for every later call in this process
     images["a1111"] = sd.txt2img(prompt=prompt, seed=seed, width=None, height=None, cfg_scale=None,
-                                 controlnet_units=[unit]).image
+                                 controlnet_units=[unit], alwayson_scripts={}).image
     oa = openai.OpenAI(base_url=server["url"] + "/v1", api_key=TOKEN, max_retries=0)
     made = oa.images.edit(image=("ref.png", (tmp_path / "ref.png").read_bytes(), "image/png"), prompt=prompt,
                           model="builtin", response_format="b64_json", extra_body={"seed": seed})

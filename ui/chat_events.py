@@ -244,20 +244,24 @@ def wire_actions(page: Page, studio: Studio, inputs: set) -> None:
         path = handlers.use_as_control(session)
         out = view(page, session)
         if path:
-            out.update({unit.enabled: True, unit.image: path, panel.control_box: gr.Accordion(open=True)})
+            out.update({unit.enabled: True, unit.image: path, panel.control_box: gr.Accordion(open=True),
+                        panel.control_tabs: gr.Tabs(selected="unit-1")})
         return out
 
-    page.control.click(on_control, page.state, [*view_out, unit.enabled, unit.image, panel.control_box], **QUICK)
+    page.control.click(on_control, page.state, [*view_out, unit.enabled, unit.image, panel.control_box,
+                                                 panel.control_tabs], **QUICK)
 
     def on_look(state):
         session = ensure(state)
         path = handlers.use_as_image_prompt(session)
         out = view(page, session)
         if path:
-            out.update({panel.look_image: path, panel.look_box: gr.Accordion(open=True)})
+            out.update({panel.look_image: path, panel.control_box: gr.Accordion(open=True),
+                        panel.control_tabs: gr.Tabs(selected="image-prompt-tab")})
         return out
 
-    page.look.click(on_look, page.state, [*view_out, panel.look_image, panel.look_box], **QUICK)
+    page.look.click(on_look, page.state, [*view_out, panel.look_image, panel.control_box, panel.control_tabs],
+                    **QUICK)
 
     def on_restore(values: dict):
         session = ensure(values[page.state])

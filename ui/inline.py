@@ -86,7 +86,7 @@ def parse_message(text: str) -> Inline:
         return Inline(prompt="", command="help")
     if text.lower() in ("/line", "/stop-all"):
         return Inline(prompt="", command=text.lower()[1:])
-    if text.lower().split()[0] in ("/save-style", "/sref"):
+    if text.lower().split()[:1] in (["/save-style"], ["/sref"]):
         name = text.split(maxsplit=1)[1].strip() if len(text.split()) > 1 else ""
         if not name or len(name.split()) > 1:
             raise UserError("Write /save-style NAME (one word): the selected image is kept as the style reference "

@@ -114,7 +114,7 @@ def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, s
                 control = gr.Button("Use as control", elem_id="use-control", size="sm", scale=0, min_width=110)
                 look = gr.Button("Use as image prompt", elem_id="use-image-prompt", size="sm", scale=0,
                                  min_width=140)
-                refine = gr.Checkbox(label="Refine with the next message", value=False, elem_id="refine",
+                refine = gr.Checkbox(label="Refine next message", value=False, elem_id="refine",
                                      scale=0, container=False)
             with gr.Accordion("Edit the selected image: refine strength, paint to repaint, zoom out, pan, upscale",
                               open=False, elem_id="edit-box") as edit_box:

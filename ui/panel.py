@@ -107,23 +107,27 @@ class Panel:
             self.restore_file = gr.File(label="Restore settings from a PNG", file_types=[".png", ".jpg", ".jpeg",
                                                                                          ".webp"], type="filepath",
                                         interactive=True, elem_id="restore-file", height=140)
-        with gr.Accordion("ControlNet: pose / edge / depth", open=False, elem_id="control-box") as self.control_box:
-            gr.Markdown("A photo is preprocessed into a map; a ready map needs preprocessor *none*. Images are "
-                        "centre-cropped to the image's aspect. The reply shows the map beside the image.",
-                        elem_classes=["panel-note"])
-            with gr.Tabs(elem_id="control-units"):  # one unit on screen at a time, not three stacked
+        with gr.Accordion("ControlNet and image prompt", open=False,
+                          elem_id="control-box") as self.control_box:
+            with gr.Tabs(elem_id="control-units") as self.control_tabs:  # one on screen at a time, not stacked
                 self.units = []
                 for i in range(MAX_CONTROLS):
                     with gr.Tab(f"Unit {i + 1}", id=f"unit-{i + 1}"):
+                        if i == 0:
+                            gr.Markdown("A photo is preprocessed into a map; a ready map needs preprocessor *none*. "
+                                        "Images are centre-cropped to the image's aspect. The reply shows the map "
+                                        "beside the image.", elem_classes=["panel-note"])
                         self.units.append(self._control_unit(i))
-        with gr.Accordion("Image prompt: a reference image", open=False, elem_id="image-prompt-box") as self.look_box:
-            gr.Markdown("The picture follows this image beside the prompt: its colours and shapes (with the built-in "
-                        "model the prompt may leave them out: *a big one on the left, white background*). **Use as "
-                        "image prompt** under the chat puts the selected image here.", elem_classes=["panel-note"])
-            self.look_image = checked_image(sources=["upload", "clipboard"], label="Image prompt", height=120,
-                                            elem_id="image-prompt")
-            self.look_scale = gr.Slider(0.0, 2.0, step=0.05, value=1.0, label="Image prompt scale",
-                                        info="0: the text alone; 1: follow the image", elem_id="image-prompt-scale")
+                with gr.Tab("Image prompt", id="image-prompt-tab"):
+                    gr.Markdown("The picture follows this image beside the prompt: its colours and shapes (with the "
+                                "built-in model the prompt may leave them out: *a big one on the left, white "
+                                "background*). **Use as image prompt** under the chat puts the selected image here.",
+                                elem_classes=["panel-note"])
+                    self.look_image = checked_image(sources=["upload", "clipboard"], label="Image prompt",
+                                                    height=120, elem_id="image-prompt")
+                    self.look_scale = gr.Slider(0.0, 2.0, step=0.05, value=1.0, label="Image prompt scale",
+                                                info="0: the text alone; 1: follow the image",
+                                                elem_id="image-prompt-scale")
         with gr.Accordion("Plugins (LoRA)", open=False, elem_id="plugins-box"):
             self.plugin_note = gr.Markdown("No plugins found for this model. Add manifests to plugins/.",
                                            elem_classes=["panel-note"])
