@@ -185,7 +185,8 @@ def test_controlnet_units_are_tabs_and_plugin_rows_are_readable(browser, studio_
         page.click("#control-box > button")
         page.click("#plugins-box > button")
         page.wait_for_selector("#control-units button[role=tab]", timeout=10_000)
-        assert page.locator("#control-units button[role=tab]").all_inner_texts() == ["Unit 1", "Unit 2", "Unit 3"]
+        tabs = page.locator("#control-units button[role=tab]").all_inner_texts()
+        assert tabs == ["Unit 1", "Unit 2", "Unit 3", "Image prompt"]
         assert page.get_by_text("Unit 1 image").is_visible() and not page.get_by_text("Unit 2 image").is_visible()
         assert page.locator("#control-box").bounding_box()["height"] < 800  # was 3,800-5,200 px with the panel
         page.get_by_role("tab", name="Unit 2").click()
