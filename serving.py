@@ -14,7 +14,7 @@ from engine.images.loading import MAX_BYTES
 from engine.request import UserError
 from server import front
 from server.login import LoginThrottle
-from studio.accounts import Accounts, from_flags, parse_pair
+from studio.accounts import Accounts, from_flags
 from studio.throttle import Throttle
 from studio.work import MAX_WORK
 
@@ -69,11 +69,6 @@ class ServeConfig:
     def loopback(self) -> bool:
         """Served only to this machine: users may name files and folders on it as models."""
         return self.host in LOOPBACK and not self.share and not self.on_space
-
-
-def parse_auth(text: str | None) -> tuple[str, str] | None:
-    """--auth USER:PASSWORD as (user, password); None when not given."""
-    return parse_pair(text) if text else None
 
 
 LIMITS = front.Limits(body=MAX_BYTES * 4 // 3 + 2**20,  # an image at the engine's limit, base64, and the rest

@@ -24,17 +24,14 @@ class Conditioning:
     kwargs: dict = field(default_factory=dict)  # prompt / negative_prompt, or *_embeds
     notes: list = field(default_factory=list)
     at_step: dict = field(default_factory=dict)  # step index where the conditioning changes -> its kwargs
-    plain_prompt: str = ""
 
 
-def conditioning(pipe, kin, prompt: str, negative: str | None, steps: int, words=None) -> Conditioning:
-    """The prompt and negative of one generation as the pipeline takes them; `words` maps text to the model's own
-    words (the built-in model's captions)."""
-    words = words or (lambda text: text)
+def conditioning(pipe, kin, prompt: str, negative: str | None, steps: int) -> Conditioning:
+    """The prompt and negative of one generation as the pipeline takes them."""
     marked = syntax.has_syntax(prompt) or syntax.has_syntax(negative or "")
-    plain_prompt = words(syntax.plain(prompt, steps)) if marked else prompt
-    plain_negative = (words(syntax.plain(negative, steps)) if negative else negative) if marked else negative
-    out = Conditioning(plain_prompt=plain_prompt)
+    plain_prompt = syntax.plain(prompt, steps) if marked else prompt
+    plain_negative = (syntax.plain(negative, steps) if negative else negative) if marked else negative
+    out = Conditioning()
     if not marked or (syntax.uniform(prompt) and syntax.uniform(negative or "")):
         out.kwargs = {"prompt": plain_prompt, **({"negative_prompt": plain_negative} if kin.negative_prompt else {})}
         return out
@@ -50,7 +47,7 @@ def conditioning(pipe, kin, prompt: str, negative: str | None, steps: int, words
     for k, start in enumerate([0, *changes]):
         text = next(t for end, t in schedule if end > start)
         neg = next(t for end, t in negatives if end > start)
-        kwargs = encoder(pipe, words, text, neg)
+        kwargs = encoder(pipe, text, neg)
         if k == 0:
             out.kwargs = kwargs
         else:
@@ -67,7 +64,7 @@ def _encoder(pipe):
     return _sdxl if getattr(pipe, "text_encoder_2", None) is not None else _sd
 
 
-def _tokens(tokenizer, text: str, words) -> tuple[list[list[int]], list[list[float]]]:
+def _tokens(tokenizer, text: str) -> tuple[list[list[int]], list[list[float]]]:
     """Token ids and weights of weighted `text`, cut into chunks (a BREAK starts a new one)."""
     size = tokenizer.model_max_length - 2
     chunks, weights, ids, ws = [], [], [], []
@@ -78,7 +75,7 @@ def _tokens(tokenizer, text: str, words) -> tuple[list[list[int]], list[list[flo
                 weights.append(ws)
             ids, ws = [], []
             continue
-        for token in tokenizer(words(piece.text), add_special_tokens=False).input_ids:
+        for token in tokenizer(piece.text, add_special_tokens=False).input_ids:
             if len(ids) == size:
                 chunks.append(ids)
                 weights.append(ws)
@@ -108,35 +105,35 @@ def _weigh(z, weights):
     return z * (before / z.mean())
 
 
-def _encode_chunks(tokenizer, text: str, neg: str, words):
-    pos, pos_w = _tokens(tokenizer, text, words)
-    nega, neg_w = _tokens(tokenizer, neg, words)
+def _encode_chunks(tokenizer, text: str, neg: str):
+    pos, pos_w = _tokens(tokenizer, text)
+    nega, neg_w = _tokens(tokenizer, neg)
     n = max(len(pos), len(nega))  # both sides the same length
     pos, pos_w = pos + [[]] * (n - len(pos)), pos_w + [[]] * (n - len(pos_w))
     nega, neg_w = nega + [[]] * (n - len(nega)), neg_w + [[]] * (n - len(neg_w))
     return [_pad(tokenizer, c, w) for c, w in zip(pos, pos_w)], [_pad(tokenizer, c, w) for c, w in zip(nega, neg_w)]
 
 
-def _sd(pipe, words, text: str, neg: str) -> dict:
+def _sd(pipe, text: str, neg: str) -> dict:
     import torch
 
     device = pipe._execution_device
     sides = []
     with torch.no_grad():
-        for chunks in _encode_chunks(pipe.tokenizer, text, neg, words):
+        for chunks in _encode_chunks(pipe.tokenizer, text, neg):
             parts = [_weigh(pipe.text_encoder(torch.tensor([ids], device=device))[0], ws) for ids, ws in chunks]
             sides.append(torch.cat(parts, dim=1))
     return {"prompt_embeds": sides[0], "negative_prompt_embeds": sides[1]}
 
 
-def _sdxl(pipe, words, text: str, neg: str) -> dict:
+def _sdxl(pipe, text: str, neg: str) -> dict:
     import torch
 
     device = pipe._execution_device
     out = {}
     with torch.no_grad():
-        for side, (first, second) in zip(("", "negative_"), zip(_encode_chunks(pipe.tokenizer, text, neg, words),
-                                                                 _encode_chunks(pipe.tokenizer_2, text, neg, words))):
+        for side, (first, second) in zip(("", "negative_"), zip(_encode_chunks(pipe.tokenizer, text, neg),
+                                                                 _encode_chunks(pipe.tokenizer_2, text, neg))):
             parts, pooled = [], None
             for (ids1, ws1), (ids2, ws2) in zip(first, second):
                 h1 = pipe.text_encoder(torch.tensor([ids1], device=device), output_hidden_states=True)

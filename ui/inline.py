@@ -225,7 +225,8 @@ def help_text(styles: list[str] = (), wildcards: list[str] = ()) -> str:
             f" Wildcards: {', '.join(f'`__{x}__`' for x in wildcards) or 'none (add plugins/wildcards/NAME.txt)'}."
             "\n\n"
             "Under the chat: **Reroll** (same settings, new seed), **Vary** (a close variation), **Reuse settings** "
-            "(load them into the panel), **Use as control** (ControlNet unit 1) act on the selected image: click "
-            "one in the chat or the gallery, or the latest is used. Drop a PNG into the message box (or the "
-            "'Restore settings' box) to restore the settings it was made with. Every image downloads as a PNG "
+            "(load them into the panel), **Use as control** (ControlNet unit 1), **Use as image prompt** act on the "
+            "selected image: click one in the chat or the gallery, or the latest is used. Drop a PNG into the "
+            "message box (or the 'Restore settings' box) to restore the settings it was made with. Every image "
+            "downloads as a PNG "
             "that keeps its settings.")
