@@ -56,7 +56,7 @@ class Line:
         self._joined: dict[object, tuple[int, int]] = {}  # ticket -> (its round, when it came)
         self._round = 0  # the round of the last generation whose turn came
         self._last: dict[object, int] = {}  # owner -> the round of its last ticket in the line
-        self._requests: dict[object, object] = {}  # ticket -> its request (what batching compares)
+        self._requests: dict[object, tuple] = {}  # ticket -> (its request, its batch key), when it may batch
         self._rides: dict[object, Ride] = {}  # ticket -> its Ride, once taken into another's batch
         self._turns: collections.deque = collections.deque()  # the running tickets first, then the waiting ones
         self._seen: dict[object, float] = {}  # ticket -> when its owner last asked for its place
@@ -65,11 +65,12 @@ class Line:
         self._changed = threading.Condition()
         self.served = 0  # tickets that reached the engine, for the load benchmark's fairness count
 
-    def join(self, switch=None, owner: str | None = None, request=None) -> object:
+    def join(self, switch=None, owner: str | None = None, request=None, batch=None) -> object:
         """A ticket in the line, placed fairly among the owners; `Busy` (with how many wait) when the line is full
         or `owner` has `max_per_owner` waiting already. `switch`: the run's stop switch (an Event); once it is set
         the ticket leaves the line, whether or not its owner still asks (a cancelled event whose generator gradio
-        could not close never asks again)."""
+        could not close never asks again). `request` and its `batch` key (engine.batch): what another run may take
+        it along for (`take_riders`)."""
         with self._changed:
             waiting = self.waiting
             if waiting >= self.max_waiting:
@@ -90,15 +91,14 @@ class Line:
             self._seen[ticket] = time.monotonic()
             if switch is not None:
                 self._switches[ticket] = switch
-            if request is not None:
-                self._requests[ticket] = request
+            if request is not None and batch is not None:
+                self._requests[ticket] = (request, batch)
             self._reorder()
             return ticket
 
-    def take_riders(self, ticket, fits, limit: int) -> list[tuple[object, object, Ride, object]]:
-        """Up to `limit` waiting generations, in line order, whose request `fits(request)` (the same batch as
-        `ticket`'s, which runs now): out of the line and into `ticket`'s pipeline call. (ticket, request, Ride,
-        its stop switch)."""
+    def take_riders(self, ticket, batch, limit: int) -> list[tuple[object, object, Ride, object]]:
+        """Up to `limit` waiting generations, in line order, of the batch key `batch` (`ticket`'s, which runs now):
+        out of the line and into `ticket`'s pipeline call. (ticket, request, Ride, its stop switch)."""
         taken = []
         with self._changed:
             for other in list(self._turns):
@@ -106,9 +106,9 @@ class Line:
                     break
                 if other is ticket or other in self._started or other not in self._requests:
                     continue
-                if self._stopped(other) or not fits(self._requests[other]):
+                if self._stopped(other) or self._requests[other][1] != batch:
                     continue
-                ride, request = Ride(), self._requests[other]
+                ride, request = Ride(), self._requests[other][0]
                 self._rides[other] = ride
                 self._turns.remove(other)
                 self._seen.pop(other, None)

@@ -131,7 +131,7 @@ def stream(studio, request: Request, cancel: threading.Event, previews: bool = T
     key = studio.engine.batch_key(request) if batching else None
     # a cancel that reaches only the switch (studio/stops.py) still frees its place
     try:
-        ticket = line.join(cancel, owner, request if key is not None else None)
+        ticket = line.join(cancel, owner, request, key)
     except Busy:
         if usage is not None:
             usage.refused("busy")
@@ -191,7 +191,7 @@ def stream(studio, request: Request, cancel: threading.Event, previews: bool = T
         if usage is not None:
             usage.served(time.perf_counter() - sent)
         if key is not None:
-            riders = line.take_riders(ticket, lambda other: studio.engine.batch_key(other) == key, studio.batch - 1)
+            riders = line.take_riders(ticket, key, studio.batch - 1)  # the keys were worked out as each joined
         threading.Thread(target=work, name="generate", daemon=True).start()
         started = True
         while True:
