@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--vae-batch", type=int, default=None)
     train.add_argument("--pool", type=int, default=None, help="scenes pre-rendered for the UNet stage")
     train.add_argument("--init", default=None, help="builtin: continue the UNet stage from this pipeline folder; "
-                       "controlnets: continue DIR/controlnet-KIND (e.g. assets)")
+                       "controlnets: continue DIR/controlnet-KIND (e.g. assets); image-prompt: start from "
+                       "this adapter checkpoint (runs/image_prompt/image_prompt.ckpt)")
     train.add_argument("--unet-lr", type=float, default=None, help="learning rate (UNet stage, or a ControlNet)")
     train.add_argument("--workers", type=int, default=0, help="processes rendering batches ahead of the trainer")
     train.add_argument("--sides", type=lambda v: tuple(int(x) for x in v.split(",")), default=None,

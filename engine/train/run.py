@@ -56,8 +56,10 @@ def main(args) -> int:
     elif args.what == "image-prompt":
         from .image_prompt import train_image_prompt
 
+        init = Path(args.init) if args.init else None  # an earlier run's adapter checkpoint
         train_image_prompt(out, work, out.parent / "image-prompt", steps=args.unet_steps or 4900,
-                           batch=args.batch or 32, device=args.device, minutes=args.minutes, workers=args.workers)
+                           batch=args.batch or 32, device=args.device, minutes=args.minutes, workers=args.workers,
+                           init=init)
     elif args.what == "fast":
         extra = {k: getattr(args, k) for k in ("pairs", "batch", "sides", "square_share") if getattr(args, k, None)}
         train_fast(out, out.parent / "plugins", work, minutes=args.minutes, **extra)
