@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-per-user", type=int, default=0, metavar="N",
                        help="at most N waiting generations of one user (an account, a browser, an API caller); "
                             "0: no cap. The line takes users in turn either way")
+    serve.add_argument("--quota", default="", metavar="N|SIZE",
+                       help="kept images per user: a count (--quota 500) or a size (--quota 2GB). A user at it is told "
+                            "before anything runs, with their oldest offered for deletion (/forget-oldest N)")
     serve.add_argument("--mcp", action="store_true", help="also serve MCP tools for agents at /gradio_api/mcp/")
     serve.add_argument("--api-token", default=os.environ.get("STUDIO_API_TOKEN"), metavar="TOKEN",
                        help="the APIs (A1111, OpenAI, MCP) also take 'Authorization: Bearer TOKEN'")
@@ -162,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--square-share", type=float, default=None, help="share of the batches kept at 64x64")
     train.add_argument("--pairs", type=int, default=None, help="fast: teacher images to distil from")
 
-    users = sub.add_parser("users", help="add an account to an auth file (the password is stored hashed)")
-    users.add_argument("action", choices=("add",))
+    users = sub.add_parser("users", help="add an account to an auth file (the password is stored hashed), or give a "
+                                         "user an API token (`users token NAME`, shown once, stored hashed)")
+    users.add_argument("action", choices=("add", "token"))
     users.add_argument("name")
     users.add_argument("--file", default="users.txt", help="the auth file (default users.txt); serve with "
                                                            "--auth-file FILE")

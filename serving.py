@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.images.loading import MAX_BYTES
 from engine.request import UserError
 from server import front
 from server.login import LoginThrottle
 from studio.accounts import Accounts, from_flags
+from studio.quota import Quota
 from studio.throttle import Throttle
 from studio.work import MAX_WORK
 
@@ -38,6 +39,7 @@ class ServeConfig:
     max_per_user: int = 0  # waiting generations one user may have (0: no cap); the line is round-robin by user
     batch: int = 1  # waiting requests of the same settings sampled in one pipeline call
     rate: int = 0  # generations a minute per user, through every door (0: no limit)
+    quota: Quota = field(default_factory=Quota)  # kept images (or bytes) per user (--quota)
     admins: tuple = ()  # accounts that see the line and may stop anything
     mcp: bool = False
     api_token: str | None = None
@@ -63,7 +65,7 @@ class ServeConfig:
                    trusted_proxies=("*",) if on_space else tuple(args.trusted_proxy or ()),
                    max_sessions=args.max_sessions, max_per_user=max(0, getattr(args, "max_per_user", 0) or 0),
                    batch=max(1, getattr(args, "batch", 1) or 1), rate=max(0, getattr(args, "rate", 0) or 0),
-                   admins=tuple(getattr(args, "admin", None) or ()))
+                   admins=tuple(getattr(args, "admin", None) or ()), quota=Quota.parse(getattr(args, "quota", "")))
 
     @property
     def loopback(self) -> bool:
@@ -117,7 +119,7 @@ def open_server(config: ServeConfig, engine, *, status=None, gpu=None, library=N
 
     demo = build(engine, config.model, gpu=gpu, status=status, max_queue=config.max_queue,
                  max_per_user=config.max_per_user, batch=config.batch, rate=config.rate,
-                 admins=config.admins, library=library,
+                 admins=config.admins, quota=config.quota, library=library,
                  on_space=config.on_space, max_work=config.max_work, **build_kwargs)
     if config.mcp:
         apis.add_tools(demo, demo.studio)  # before launch: gradio's MCP server reads the page's endpoints there

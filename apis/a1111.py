@@ -334,26 +334,37 @@ def build_router(studio: Studio, jobs: Jobs, gate: Gate) -> APIRouter:
                 f"{' and '.join(KEPT_OPTIONS)} of A1111's options."}
 
     @router.get("/progress")
-    def progress():
-        """The API generation on the engine now: fraction of its steps done, ETA in seconds, its step count."""
-        job = jobs.running()
+    def progress(http: HttpRequest):
+        """The caller's own API generation (`Gate.owner`, as /interrupt): running, the fraction of its steps done
+        and the ETA in seconds; waiting, its place in the line and about how long until it starts (in textinfo,
+        and as job_no of job_count). Nobody else's work shows."""
+        mine = jobs.mine(owner_of(http, gate))
         state = {"skipped": False, "interrupted": False, "stopping_generation": False, "job": "",
-                 "job_count": jobs.count(), "job_timestamp": "0", "job_no": 0, "sampling_step": 0,
+                 "job_count": len(mine), "job_timestamp": "0", "job_no": 0, "sampling_step": 0,
                  "sampling_steps": 0}
-        if job is None:
+        if not mine:
             return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
+        job = next((j for j in mine if j.started_at is not None), mine[0])
+        state.update(interrupted=job.cancel.is_set(), job=f"task({job.number})",
+                     job_timestamp=time.strftime("%Y%m%d%H%M%S", time.localtime(job.queued_at)))
+        if job.started_at is None:  # waiting: its place, and the line's estimate
+            usage = getattr(studio, "usage", None)
+            soon = usage.estimate(job.place) if usage is not None and job.place else None
+            about = f", about {soon:.0f} s" if soon is not None else ""
+            where = f"{job.place} in line" if job.place else "joining the line"
+            return {"progress": 0.0, "eta_relative": soon or 0.0, "state": state, "current_image": None,
+                    "textinfo": f"Waiting: {where}{about}"}
         fraction = job.step / job.total if job.total else 0.0
-        elapsed = time.time() - (job.started_at or time.time())
-        state.update(interrupted=job.cancel.is_set(), job=f"task({job.number})", sampling_step=job.step,
-                     sampling_steps=job.total, job_timestamp=time.strftime("%Y%m%d%H%M%S",
-                                                                           time.localtime(job.queued_at)))
+        elapsed = time.time() - job.started_at
+        state.update(sampling_step=job.step, sampling_steps=job.total, job_no=mine.index(job))
         return {"progress": fraction, "eta_relative": elapsed / fraction - elapsed if fraction else 0.0,
                 "state": state, "current_image": None, "textinfo": f"Step {job.step}/{job.total}"}
 
     @router.post("/interrupt")
     def interrupt(http: HttpRequest):
-        """Stop the caller's own API generation running now (within a step): the same address and account
-        (`Gate.owner`); another client's jobs, the MCP tools' and the chat's are not touched. An admin (--admin)
+        """Stop the caller's own API generation running now (within a step): the same signed-in user, else the
+        same address and account (`Gate.owner`); another client's jobs, the MCP tools' and the chat's are not
+        touched. An admin (--admin)
         stops every generation, waiting or running, through every door. A1111's null."""
         if gate.who(http.headers.get("authorization")) in studio.admins:
             studio.stop_all()

@@ -1,6 +1,8 @@
-"""Who may call the APIs: with `--auth USER:PASS` HTTP basic auth with those, with `--api-token TOKEN` the header
-`Authorization: Bearer TOKEN` (what the OpenAI client sends as its api_key); `Bearer USER:PASS` works too. With
-neither flag the APIs are open, like the page.
+"""Who may call the APIs: with `--auth USER:PASS` (or `--auth-file`) HTTP basic auth with those, or `Bearer USER:PASS`,
+or `Bearer TOKEN` with a user's own token from the auth file (`app.py users token NAME`); with `--api-token TOKEN`
+the header `Authorization: Bearer TOKEN` (what the OpenAI client sends as its api_key). With neither flag the APIs
+are open, like the page. A caller signed in as a user is that user everywhere: the chat's `user:NAME`, in the line
+and for stopping.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class Gate:
         if scheme.lower() == "bearer":
             if self.token and secrets.compare_digest(value.encode(), self.token.encode()):
                 return True
+            if self.auth is not None and ":" not in value:
+                return self.auth.token_user(value) is not None
             return self.auth is not None and self.auth.check(*_pair(value))
         if scheme.lower() == "basic" and self.auth is not None:
             try:
@@ -63,13 +67,23 @@ class Gate:
         return ok
 
     def who(self, authorization: str | None) -> str:
-        """The caller's account for owning jobs: the basic-auth user, 'token' for a bearer, '' when open."""
-        return "" if self.open else account(authorization)
+        """The caller's account (asked after `allows`): 'user:NAME' for a user's password or own token, 'token'
+        for the server's --api-token, '' when open."""
+        if self.open:
+            return ""
+        claimed = account(authorization)
+        if claimed == "token" and self.auth is not None:
+            user = self.auth.token_user((authorization or "").strip().partition(" ")[2].strip())
+            if user is not None:
+                return "user:" + user
+        return claimed
 
     def owner(self, client: str, authorization: str | None) -> str:
-        """Who a job belongs to, for stopping it: the client's address and the account it signed in with (the
-        address alone on an open server). Programs on one address with one account are one owner."""
-        return f"{client} {self.who(authorization)}".rstrip()
+        """Who a job belongs to, for its turns in the line and for stopping it: a signed-in user is 'user:NAME'
+        (as in the chat: one user, one share of the line, on any door or machine); else the client's address and
+        the account ('token') it used, or the address alone on an open server."""
+        who = self.who(authorization)
+        return who if who.startswith("user:") else f"{client} {who}".rstrip()
 
     def hint(self) -> str:
         """What to send, for the 401 message."""

@@ -37,7 +37,8 @@ STREAMABLE_PATHS = ("/gradio_api/mcp", "/gradio_api/mcp/http")  # where gradio s
 
 @dataclass
 class Call:
-    owner: str  # 'mcp ' + Gate.owner: A1111's /interrupt from the same client does not stop MCP calls
+    owner: str  # 'mcp ADDRESS ACCOUNT': A1111's /interrupt from the same client does not stop MCP calls
+    user: str = ""  # Gate.owner: whose turn in the line it takes (a signed-in user's, as in the chat)
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -65,12 +66,13 @@ class McpCalls:
                 scope, receive, send)
         message = json_rpc(body)
         header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
-        owner = "mcp " + self.gate.owner((scope.get("client") or ("unknown",))[0], header)
+        client = (scope.get("client") or ("unknown",))[0]
+        owner = f"mcp {client} {self.gate.who(header)}".rstrip()
         if message.get("method") == "notifications/cancelled":
             self.cancel(owner, (message.get("params") or {}).get("requestId"))
         if message.get("method") != "tools/call" or not is_id(message.get("id")):
             return await self.app(scope, receive, send)
-        call, key = Call(owner), (owner, message["id"])
+        call, key = Call(owner, self.gate.owner(client, header)), (owner, message["id"])
         scope.setdefault("state", {})[STATE_KEY] = call
         with self._lock:
             self._calls.setdefault(key, []).append(call)
@@ -140,3 +142,49 @@ async def read_body(receive):
         return await receive()
 
     return bytes(body), again
+
+
+def progress_teller(usage=None):
+    """A `told(what, step, total)` for `Jobs.run` that sends MCP progress notifications for the tool call running
+    in this thread, when its client asked for them (a progressToken in the call's _meta): "waiting: N in line,
+    about S s" while it waits, "sampling: step i of n" as it runs. None when there is no MCP call here or no token.
+
+    gradio runs the tool in an anyio worker thread with the MCP server's request context copied in (its
+    contextvar), so the session is reachable here and `anyio.from_thread` sends on the server's loop."""
+    try:
+        import anyio.from_thread
+        from mcp.server.lowlevel.server import request_ctx
+
+        context = request_ctx.get()
+    except (ImportError, LookupError):
+        return None
+    token = getattr(context.meta, "progressToken", None) if context.meta is not None else None
+    if token is None:
+        return None
+    sent = {"waits": 0, "last": None}
+
+    def told(what: str, step: int, total: int) -> None:
+        # MCP's progress must grow with each notification: the waits count first, then the steps after them
+        if what == "waiting":
+            soon = usage.estimate(step) if usage is not None else None
+            message = f"waiting: {step} in line" + (f", about {soon:.0f} s" if soon is not None else "")
+            if message == sent["last"]:
+                return  # the line asks every quarter second: tell a change only
+            sent["waits"] += 1
+            progress, of = float(sent["waits"]), None
+        elif step >= 0 and total:
+            message = f"sampling: step {step} of {total}"
+            if message == sent["last"]:
+                return
+            progress, of = float(sent["waits"] + step), float(sent["waits"] + total)
+        else:
+            return
+        sent["last"] = message
+        try:
+            anyio.from_thread.run(lambda: context.session.send_progress_notification(
+                progress_token=token, progress=progress, total=of, message=message,
+                related_request_id=str(context.request_id)))
+        except Exception:  # a client gone, a closed stream: progress is a nicety, never the call's failure
+            log.debug("MCP progress not sent", exc_info=True)
+
+    return told

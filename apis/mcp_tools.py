@@ -14,7 +14,7 @@ import logging
 
 import gradio as gr
 
-from apis.mcp_calls import call_of
+from apis.mcp_calls import call_of, progress_teller
 from engine.request import ControlUnit, ImagePrompt, UserError
 from engine.result import Cancelled
 from studio.files import LinkedFiles
@@ -129,10 +129,15 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
 
     def paint(make_request, http: gr.Request | None):
         """Run the request `make_request()` builds in the studio's line; its first image saved for the client.
-        `http` (gradio fills it in, it is no tool argument) carries the call's stop switch (`apis.mcp_calls`)."""
+        `http` (gradio fills it in, it is no tool argument) carries the call's stop switch (`apis.mcp_calls`).
+        A client that asked for progress (an MCP progressToken) hears the call's own place in the line while it
+        waits, then its steps (`apis.mcp_calls.progress_teller`)."""
         call = call_of(http)
+        told = progress_teller(getattr(studio, "usage", None))
+
         try:
-            result = jobs.run(make_request(), call and call.cancel, call.owner if call else "mcp")
+            result = jobs.run(make_request(), call and call.cancel, call.owner if call else "mcp",
+                              user=call.user if call else None, told=told)
         except (Busy, UserError) as e:
             raise gr.Error(str(e)) from None
         except Cancelled:

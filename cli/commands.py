@@ -296,11 +296,18 @@ def abilities_text(can: dict) -> str:
 
 
 def cmd_users(args, config=None) -> int:
-    """`app.py users add NAME`: write the account into the auth file, its password hashed."""
+    """`app.py users add NAME`: write the account into the auth file, its password hashed. `users token NAME`: a
+    new API token for that user (printed once; the file keeps its hash)."""
     import getpass
 
-    from studio.accounts import add_user
+    from studio.accounts import add_token, add_user
 
+    if args.action == "token":
+        token = add_token(args.file, args.name)
+        print(f"API token for {args.name} (shown only now; {args.file} keeps its hash):\n\n  {token}\n\n"
+              f"Programs send it as 'Authorization: Bearer {token[:6]}...' (the OpenAI client: api_key=...) and "
+              f"are {args.name} on every API door. Revoke it by deleting its line in {args.file}.")
+        return 0
     password = args.password
     if password is None:
         password = getpass.getpass(f"Password for {args.name}: ")

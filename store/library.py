@@ -52,6 +52,10 @@ CREATE INDEX IF NOT EXISTS conversations_browser ON conversations(browser, updat
 CREATE TABLE IF NOT EXISTS style_refs (
     owner TEXT NOT NULL, name TEXT NOT NULL, path TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (owner, name));
 """
+# whose each image is (a browser id, a signed-in account's key, an API client) and its bytes on disk, for quotas:
+# added to libraries made before them, then indexed
+OWNERS = (("owner", "TEXT NOT NULL DEFAULT ''"), ("bytes", "INTEGER NOT NULL DEFAULT 0"))
+OWNERS_INDEX = "CREATE INDEX IF NOT EXISTS images_owner ON images(owner, created)"
 STYLE_NAME = re.compile(r"[A-Za-z0-9][\w\-.]{0,39}")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -106,6 +110,11 @@ class Library:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")  # with WAL: safe against a killed process
                 self._db.executescript(SCHEMA)
+                have = {row[1] for row in self._db.execute("PRAGMA table_info(images)")}
+                for column, kind in OWNERS:
+                    if column not in have:
+                        self._db.execute(f"ALTER TABLE images ADD COLUMN {column} {kind}")
+                self._db.execute(OWNERS_INDEX)
             except (OSError, sqlite3.Error) as e:
                 raise DiskError(f"The outputs folder {self.root} cannot hold the library "
                                 f"({getattr(e, 'strerror', None) or e}). Start the app with --outputs DIR (a writable "
@@ -129,9 +138,10 @@ class Library:
             return secret
 
     # ----------------------------------------------------------------------------------- images
-    def keep(self, result, i: int, source: str, conversation: str | None = None, init_image=None) -> Entry | None:
+    def keep(self, result, i: int, source: str, conversation: str | None = None, init_image=None,
+             owner: str = "") -> Entry | None:
         """Save image `i` of an engine Result as a PNG with its metadata (and its control maps and init image beside
-        it) and index it. Raises DiskError (the caller still has the image in memory)."""
+        it) and index it as `owner`'s. Raises DiskError (the caller still has the image in memory)."""
         if not self.enabled:
             return None
         buffer = io.BytesIO()
@@ -142,11 +152,15 @@ class Library:
                   for k, cmap in enumerate(result.control_maps)]
         if init_image is not None:
             extras.append(str(self.outputs.save_image(init_image, seed, "-init")))
-        return self.add(path, result.image_request(i).to_json(), source, conversation, extras, model=result.model_name)
+        size = sum(_size(f) for f in [path, *extras])
+        return self.add(path, result.image_request(i).to_json(), source, conversation, extras, model=result.model_name,
+                        owner=owner, size=size)
 
     def add(self, path: Path, settings: dict, source: str, conversation: str | None = None,
-            extras: list | None = None, model: str | None = None, created: float | None = None) -> Entry:
-        """Index one image file with its settings (a Request's JSON, or what a file's metadata gave)."""
+            extras: list | None = None, model: str | None = None, created: float | None = None,
+            owner: str = "", size: int = 0) -> Entry:
+        """Index one image file with its settings (a Request's JSON, or what a file's metadata gave), as `owner`'s
+        (`size`: its files' bytes, for the owner's quota)."""
         loras = " ".join(f"{x.get('name')}:{x.get('weight')}" for x in settings.get("loras") or []
                          if isinstance(x, dict))
         row = dict(path=str(Path(path).resolve()), created=created or time.time(), source=source,
@@ -154,7 +168,7 @@ class Library:
                    model=str(model or settings.get("model") or ""), loras=loras, seed=_int(settings.get("seed")),
                    width=_int(settings.get("width")), height=_int(settings.get("height")),
                    settings=json.dumps(settings, ensure_ascii=False), conversation=conversation,
-                   extras=json.dumps(extras or []))
+                   extras=json.dumps(extras or []), owner=owner or "", bytes=int(size))
         with self._lock:
             try:
                 cursor = self._db.execute(
@@ -206,6 +220,24 @@ class Library:
             rows = self._db.execute(f"SELECT {_COLUMNS} FROM images {clause} ORDER BY created DESC, id DESC "
                                     "LIMIT ? OFFSET ?", [*args, max(1, min(limit, 500)), max(0, offset)]).fetchall()
         return [_entry(r) for r in rows], total
+
+    def usage(self, owner: str) -> tuple[int, int]:
+        """(images, bytes) kept for `owner`."""
+        if not self.enabled or not owner:
+            return 0, 0
+        with self._lock:
+            count, size = self._db.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM images WHERE owner = ?",
+                                           (owner,)).fetchone()
+        return int(count), int(size)
+
+    def oldest(self, owner: str, n: int) -> list[Entry]:
+        """`owner`'s `n` oldest kept images, oldest first."""
+        if not self.enabled or not owner:
+            return []
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM images WHERE owner = ? ORDER BY created, id LIMIT ?",
+                                    (owner, max(0, min(int(n), 10_000)))).fetchall()
+        return [_entry(r) for r in rows]
 
     def delete_image(self, image_id: int, remove_files: bool = True) -> None:
         entry = self.get(image_id)
@@ -394,6 +426,13 @@ def new_id() -> str:
 
 _FIELDS = [f.name for f in dataclasses.fields(Entry)]
 _COLUMNS = ", ".join(_FIELDS)
+
+
+def _size(path) -> int:
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return 0
 
 
 def _entry(row) -> Entry:

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from engine.request import Request
+from studio.quota import library_owner
 from studio.stream import stream
 
 log = logging.getLogger(__name__)
@@ -25,12 +26,14 @@ log = logging.getLogger(__name__)
 class Job:
     number: int
     request: Request
-    owner: str  # who may stop it: the door's caller (apis.auth.Gate.owner), e.g. '127.0.0.1 user:alice'
+    owner: str  # who may stop it: the door's caller (apis.auth.Gate.owner), e.g. 'user:alice', '127.0.0.1 token'
     cancel: threading.Event = field(default_factory=threading.Event)
     queued_at: float = field(default_factory=time.time)
     started_at: float | None = None  # when it reached the engine
     step: int = 0
     total: int = 0
+    user: str = ""  # whose turn in the line it takes
+    place: int = 0  # its place in the line while it waits (1: next), 0 once it runs
 
 
 class Jobs:
@@ -43,22 +46,29 @@ class Jobs:
         self._lock = threading.Lock()
         self._jobs: list[Job] = []
 
-    def run(self, request: Request, cancel: threading.Event | None = None, owner: str = ""):
-        """The engine's Result for `request` after its turn in the line, as `owner`'s job. Raises `Busy` at once
-        when the line is full, `Cancelled` after the owner's /interrupt or `cancel`, the engine's `UserError` for
-        bad settings."""
-        job = Job(next(self._numbers), request, owner, cancel or threading.Event())
+    def run(self, request: Request, cancel: threading.Event | None = None, owner: str = "",
+            user: str | None = None, told=None):
+        """The engine's Result for `request` after its turn in the line, as `owner`'s job (`user`'s turn in the
+        line: `owner` unless given); `told(what, step, total)` hears ("waiting", place, 0) and ("step", i, n) as
+        they come. Raises `Busy` at once when the line is full, `Cancelled` after the owner's
+        /interrupt or `cancel`, the engine's `UserError` for bad settings."""
+        job = Job(next(self._numbers), request, owner, cancel or threading.Event(), user=user or owner)
         with self._lock:
             self._jobs.append(job)
-        work = stream(self.studio, request, job.cancel, previews=False, owner=owner or None)
+        work = stream(self.studio, request, job.cancel, previews=False, owner=job.user or None)
         try:
             while True:
                 try:
                     what, step, total, _ = next(work)
                 except StopIteration as done:
-                    keep_all(self.studio.library, done.value, self.source)
+                    keep_all(self.studio.library, done.value, self.source, owner=library_owner(job.user))
                     return done.value
-                if what == "step":
+                if told is not None:
+                    told(what, step, total)
+                if what == "waiting":
+                    job.place = step
+                elif what == "step":
+                    job.place = 0
                     job.started_at = job.started_at or time.time()
                     if step >= 0:
                         job.step, job.total = step, total
@@ -66,6 +76,11 @@ class Jobs:
             work.close()  # a no-op when it finished; else it stops the engine before the line moves on
             with self._lock:
                 self._jobs.remove(job)
+
+    def mine(self, owner: str) -> list[Job]:
+        """`owner`'s jobs (`Job.owner`, or their line's user), oldest first: what a client asks its progress of."""
+        with self._lock:
+            return [job for job in self._jobs if owner and owner in (job.owner, job.user)]
 
     def running(self) -> Job | None:
         with self._lock:
@@ -85,7 +100,7 @@ class Jobs:
         return bool(started)
 
 
-def keep(library, result, i: int, source: str, conversation: str | None = None, init_image=None):
+def keep(library, result, i: int, source: str, conversation: str | None = None, init_image=None, owner: str = ""):
     """Keep image `i` of `result` in the library (outputs/, searchable), as every door does: (the entry, None), or
     (None, the disk's refusal as a note for the user) when the disk refused; (None, None) with no library. A full
     disk costs the record, never the answer."""
@@ -94,17 +109,18 @@ def keep(library, result, i: int, source: str, conversation: str | None = None, 
     from store.outputs import DiskError
 
     try:
-        return library.keep(result, i, source, conversation=conversation, init_image=init_image), None
+        return library.keep(result, i, source, conversation=conversation, init_image=init_image, owner=owner), None
     except DiskError as e:
         log.warning("image not kept: %s", e)
         return None, str(e)
 
 
-def keep_all(library, result, source: str, init_image=None) -> tuple[list, str | None]:
-    """Keep every image of `result` (see `keep`): the entries, and the refusal note if the disk refused."""
+def keep_all(library, result, source: str, init_image=None, owner: str = "") -> tuple[list, str | None]:
+    """Keep every image of `result` (see `keep`) as `owner`'s (a library owner, studio.quota.library_owner): the
+    entries, and the refusal note if the disk refused."""
     entries = []
     for i in range(len(result.images) if result is not None else 0):
-        entry, refused = keep(library, result, i, source, init_image=init_image)
+        entry, refused = keep(library, result, i, source, init_image=init_image, owner=owner)
         if refused:
             return entries, refused
         if entry is not None:

@@ -17,6 +17,7 @@ from engine.request import Request, UserError, valid_schedulers
 from studio.jobs import Jobs
 from studio.line import Line
 from studio.previews import PreviewCosts
+from studio.quota import Quota
 from studio.stops import Stops
 from studio.stream import Timing
 from studio.usage import Usage
@@ -42,6 +43,7 @@ class Studio:
     batch: int = 1  # requests one pipeline call may sample: waiting ones of the same settings join a run (--batch)
     usage: Usage = field(default_factory=Usage)  # per-user rates (--rate) and the host's summary in the log
     admins: frozenset = frozenset()  # accounts that see the line and may stop anything (--admin)
+    quota: Quota = field(default_factory=Quota)  # kept images (or bytes) per user (--quota)
 
     def stop_all(self) -> int:
         """An admin's stop: every generation in the line, waiting or running, through every door."""

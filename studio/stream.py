@@ -126,6 +126,14 @@ def stream(studio, request: Request, cancel: threading.Event, previews: bool = T
     usage = getattr(studio, "usage", None)
     if usage is not None:
         usage.admit(owner)  # --rate: a user's generations a minute, through every door
+    quota = getattr(studio, "quota", None)
+    if quota:  # --quota: a user whose library is full is told so (with their oldest to delete) before it runs
+        try:
+            quota.check(studio.library, owner)
+        except UserError:
+            if usage is not None:
+                usage.refused("quota")
+            raise
     sent = time.perf_counter()
     batching = getattr(studio, "batch", 1) > 1 and studio.gpu is None
     key = studio.engine.batch_key(request) if batching else None

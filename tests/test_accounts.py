@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import subprocess
+import time
 import sys
 
 import httpx
@@ -98,3 +99,125 @@ def test_each_account_signs_in_to_the_page_and_the_apis(engine, tmp_path, browse
     finally:
         demo.close()
         library.close()
+
+
+def test_a_users_own_api_token_is_that_user_on_every_door_and_progress_shows_only_their_place(engine, tmp_path):
+    """`app.py users token NAME` gives bob a token (the file keeps only its hash). With it, the OpenAI client and
+    A1111 calls are bob's: his waiting job is 'user:bob' in the line (the chat's key for him), his /progress tells
+    his own place while alice's job holds the engine, and alice's /progress shows her running job, not his."""
+    import threading
+
+    import openai
+
+    from tests.test_threats import StepHold, engine_freed, start
+
+    file = tmp_path / "users.txt"
+    add_user(file, "alice", "alice-pass-1")
+    add_user(file, "bob", "bobs-pass-22")
+    run = subprocess.run([sys.executable, "app.py", "users", "token", "bob", "--file", str(file)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    token = next(w for w in run.stdout.split() if w.startswith("st-") and len(w) > 30)
+    assert token not in file.read_text() and "@token bob sha256$" in file.read_text()
+    refused = subprocess.run([sys.executable, "app.py", "users", "token", "carol", "--file", str(file)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "is not a user" in refused.stderr + refused.stdout
+
+    demo, url = start(engine, auth=from_flags([], str(file)))
+    alice = httpx.Client(base_url=url, timeout=120, auth=("alice", "alice-pass-1"))
+    bob = httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {token}"})
+    hold, answers = None, {}
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key=token)
+        made = client.images.generate(prompt="a big red circle on the left, blue background", size="64x64",
+                                        response_format="b64_json")
+        assert made.data[0].b64_json
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="st-" + "x" * 43).images.generate(prompt="a red circle")
+
+        def send(name, http):
+            answers[name] = http.post("/sdapi/v1/txt2img", json={
+                "prompt": "a big red circle on the left, blue background", "steps": 20, "width": 64,
+                "height": 64}).json()
+
+        hold = StepHold(engine)  # alice's job holds the engine at its step 2 until it is stopped
+        first = threading.Thread(target=send, args=("alice", alice))
+        first.start()
+        assert hold.entered.wait(120), "alice's job never reached the engine"
+        second = threading.Thread(target=send, args=("bob", bob))
+        second.start()
+        line = demo.studio.line
+        deadline = time.monotonic() + 60  # until bob's job is in line (a bound, not a speed test)
+        while line.owners_waiting() != {"user:bob": 1} and time.monotonic() < deadline:
+            threading.Event().wait(0.05)
+        assert line.owners_waiting() == {"user:bob": 1}
+        while "in line" not in str(bob.get("/sdapi/v1/progress").json()["textinfo"]) and \
+                time.monotonic() < deadline:
+            threading.Event().wait(0.05)
+        mine = bob.get("/sdapi/v1/progress").json()
+        assert mine["textinfo"].startswith("Waiting: 1 in line") and mine["state"]["job_count"] == 1, mine
+        theirs = alice.get("/sdapi/v1/progress").json()
+        assert theirs["state"]["sampling_steps"] == 20 and theirs["state"]["job_count"] == 1, theirs
+        hold.restore()
+        hold.switch.set()  # alice's job stops at its held step; bob's runs
+        second.join(120)
+        assert len(answers["bob"]["images"]) == 1
+        assert bob.get("/sdapi/v1/progress").json()["state"]["job_count"] == 0
+    finally:
+        if hold is not None:
+            hold.restore()
+            if hold.switch is not None:
+                hold.switch.set()
+        alice.close()
+        bob.close()
+        demo.close()
+    assert engine_freed(engine)
+
+
+def test_an_mcp_caller_hears_its_own_place_in_line_then_its_steps(engine):
+    """While another client's job holds the engine, an MCP `generate` that asks for progress (a progressToken, as
+    the official SDK sends with a progress callback) hears 'waiting: 1 in line', then its sampling steps, then
+    gets its image."""
+    import anyio
+    import threading
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    from tests.test_threats import StepHold, engine_freed, start
+
+    demo, url = start(engine, mcp=True)
+    hold, heard, answer = StepHold(engine), [], {}
+    other = threading.Thread(target=lambda: httpx.post(url + "/sdapi/v1/txt2img", timeout=120, json={
+        "prompt": "a big red circle on the left, blue background", "steps": 20, "width": 64, "height": 64}))
+
+    async def main():
+        async def progress(value, total, message):
+            heard.append(message or "")
+            if "in line" in (message or "") and hold.switch is not None:
+                hold.restore()
+                hold.switch.set()  # the other job stops: this one's turn
+
+        async with streamable_http_client(url + "/gradio_api/mcp/") as (read, write, _):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                answer["result"] = await session.call_tool("generate", {
+                    "prompt": "a big blue square at the top, white background", "steps": 4, "seed": 3},
+                    progress_callback=progress)
+
+    try:
+        other.start()
+        assert hold.entered.wait(120), "the other job never reached the engine"
+        client = threading.Thread(target=anyio.run, args=(main,))  # its own thread: a browser test's loop may run
+        client.start()
+        client.join(300)
+    finally:
+        hold.restore()
+        if hold.switch is not None:
+            hold.switch.set()
+        other.join(120)
+        demo.close()
+    assert any(m.startswith("waiting: 1 in line") for m in heard), heard
+    assert "sampling: step 4 of 4" in heard, heard
+    assert not answer["result"].isError and answer["result"].content, answer
+    assert engine_freed(engine)

@@ -20,6 +20,7 @@ import gradio as gr
 from engine.request import UserError
 from studio.files import LinkedFiles
 from studio.jobs import keep_all
+from studio.quota import library_owner
 from studio.requests import make_request
 from studio.service import Studio
 from studio.stream import stream
@@ -39,17 +40,18 @@ def generate(studio: Studio, folder: Path, prompt: str, *args, **kwargs) -> list
 
 def generate_steps(studio: Studio, folder: Path, prompt: str, negative: str = "", model: str = "", steps: int = 0,
                    guidance: float = -1, seed: int = -1, width: int = 0, height: int = 0, count: int = 1,
-                   scheduler: str = "default", cancel: threading.Event | None = None) -> Iterator[None]:
+                   scheduler: str = "default", cancel: threading.Event | None = None,
+                   owner: str | None = None) -> Iterator[None]:
     """The endpoint's work, as a generator that yields while it waits or samples and returns the PNG paths
     (with metadata) in `folder`. Closing it (the client cancelled or went away) stops the engine within a step
     and writes nothing. Files older than an hour are removed; each image is kept in the library like the chat's."""
     request = make_request(prompt or "", (model or "").strip() or studio.default_model, form=True,
                            negative=negative, steps=steps, guidance=guidance, seed=seed, width=width, height=height,
                            count=count, scheduler=scheduler)
-    result = yield from stream(studio, request, cancel or threading.Event(), previews=False)
+    result = yield from stream(studio, request, cancel or threading.Event(), previews=False, owner=owner)
     files = LinkedFiles(folder=folder)
     paths = [str(files.save(result, i)) for i in range(len(result.images))]
-    keep_all(studio.library, result, "api")
+    keep_all(studio.library, result, "api", owner=library_owner(owner))
     return paths
 
 
@@ -71,8 +73,12 @@ def wire_api(studio: Studio) -> Path:
         # would run on in its thread after the event was cancelled; `stop` is also set by the server's front
         # when gradio can't close it (studio/stops.py)
         stop = threading.Event()
+        # whose turn in the line: the signed-in user (as in the chat), else this gradio client's session
+        user = getattr(request, "username", None)
+        client = getattr(request, "session_hash", None)
+        owner = f"user:{user}" if user else (f"client:{client}" if client else None)
         work = generate_steps(studio, folder, prompt, negative, model, steps, guidance, seed, width, height, count,
-                              scheduler, cancel=stop)
+                              scheduler, cancel=stop, owner=owner)
         with studio.stops.watching(getattr(request, "session_hash", None), stop):
             try:
                 while True:

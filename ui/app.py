@@ -12,6 +12,7 @@ import gradio as gr
 
 from engine.request import UserError
 from studio.line import Line
+from studio.quota import Quota
 from studio.service import Studio, builtin_defaults, model_choices, panel_defaults
 from studio.usage import Usage
 from studio.work import MAX_WORK
@@ -30,18 +31,18 @@ log = logging.getLogger(__name__)
 def build(engine, default_model: str = "builtin", *, gpu=None, status: ModelStatus | None = None,
           max_queue: int = 16, session_ttl: float = SESSION_TTL_S, library=None, on_space: bool = False,
           max_work: float | None = MAX_WORK, max_per_user: int = 0, batch: int = 1, rate: int = 0,
-          admins: tuple = ()) -> gr.Blocks:
+          admins: tuple = (), quota: Quota | None = None) -> gr.Blocks:
     """The page for `engine`; users may name server paths as models when `engine.config.local_paths`; `on_space`:
     served on a Hugging Face Space (the chat's Share button works only there).
 
     At most `max_queue` generations wait for the engine (later ones are told the server is busy); a session
     idle for `session_ttl` seconds is closed and its files deleted; one request may ask for at most `max_work`
     megapixel-steps (studio/work.py; None: no cap); the line takes users in turn, each with at most `max_per_user`
-    generations waiting (0: no cap)."""
+    generations waiting (0: no cap), and keeps at most `quota` images of each (studio/quota.py)."""
     studio = Studio(engine, default_model, gpu, Line(max_queue, getattr(engine, "replicas", 1),
                                                      max_per_owner=max_per_user), library,
                     max_work=max_work, batch=max(1, batch), usage=Usage(rate=max(0, rate)),
-                    admins=frozenset(f"user:{name}" for name in admins))
+                    admins=frozenset(f"user:{name}" for name in admins), quota=quota or Quota())
     start = Settings(model=studio.default_model)
     try:
         defaults = panel_defaults(studio, studio.default_model)

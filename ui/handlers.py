@@ -18,6 +18,7 @@ from typing import Iterator
 
 from engine.images import metadata
 from engine.request import ImagePrompt, Request, UserError
+from studio.quota import forget_oldest
 from studio.requests import leave_to_engine
 from studio.service import Studio, model_family, panel_defaults, prompt_texts
 from ui import inline
@@ -71,6 +72,10 @@ def send(studio: Studio, session: Session, text: str, settings: Settings, files:
             return
         if asked.command in ("line", "stop-all"):
             session.say("assistant", admin_command(studio, session, asked.command))
+            yield Update()
+            return
+        if asked.command == "forget-oldest":
+            session.say("assistant", forget_oldest(studio.library, session.owner, int(asked.prompt)))
             yield Update()
             return
         if asked.command == "save-style":

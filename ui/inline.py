@@ -76,7 +76,8 @@ class Inline:
     styles: list[str] = field(default_factory=list)  # --style NAME (repeatable)
     srefs: list[str] = field(default_factory=list)  # --sref NAME (repeatable)
     xyz: list = field(default_factory=list)  # --xyz: the plot's axes (studio.grid.Axis)
-    command: str | None = None  # "help" for /help, "save-style" for /save-style NAME (the name in `prompt`)
+    command: str | None = None  # "help" for /help, "save-style" for /save-style NAME (the name in `prompt`),
+    # "forget-oldest" for /forget-oldest N (N in `prompt`)
 
 
 def parse_message(text: str) -> Inline:
@@ -92,9 +93,14 @@ def parse_message(text: str) -> Inline:
             raise UserError("Write /save-style NAME (one word): the selected image is kept as the style reference "
                             "NAME, for --sref NAME in any later chat.")
         return Inline(prompt=name, command="save-style")
+    if text.lower().split()[:1] == ["/forget-oldest"]:
+        words = text.split()
+        if len(words) != 2 or not words[1].isdigit() or not 1 <= int(words[1]) <= 10_000:
+            raise UserError("Write /forget-oldest N (1 to 10000): your N oldest kept images are deleted, files too.")
+        return Inline(prompt=words[1], command="forget-oldest")
     if text.startswith("/"):
-        raise UserError(f"Unknown command {text.split()[0]!r}. The commands are /help and /save-style NAME (an "
-                        "admin's: /line, /stop-all); anything else is a prompt.")
+        raise UserError(f"Unknown command {text.split()[0]!r}. The commands are /help, /save-style NAME and "
+                        "/forget-oldest N (an admin's: /line, /stop-all); anything else is a prompt.")
     out = Inline(prompt="")
     text = DASH_RE.sub("--", text)
     text, out.loras = take_lora_tags(text)
@@ -229,4 +235,7 @@ def help_text(styles: list[str] = (), wildcards: list[str] = ()) -> str:
             "selected image: click one in the chat or the gallery, or the latest is used. Drop a PNG into the "
             "message box (or the 'Restore settings' box) to restore the settings it was made with. Every image "
             "downloads as a PNG "
-            "that keeps its settings.")
+            "that keeps its settings.\n\n"
+            "Commands: `/save-style NAME` (the selected image as a style reference, for `--sref NAME`), "
+            "`/forget-oldest N` (delete your N oldest kept images, e.g. when the server's quota is reached); "
+            "for the server's admin: `/line`, `/stop-all`.")

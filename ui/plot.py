@@ -9,6 +9,7 @@ from typing import Iterator
 from engine.request import Request
 from studio import grid
 from studio.jobs import keep
+from studio.quota import library_owner
 from studio.service import Studio
 from studio.stream import stream
 from ui.runner import Update, error_message
@@ -58,7 +59,8 @@ def run_plot(studio: Studio, session: Session, requests: list[Request], axes: li
         result.save_png(0, cell)
         session.shots.append(Shot(number, str(cell), result.image_request(0), result.request, result.model_name,
                                   index))
-        entry, refused = keep(studio.library, result, 0, "chat", conversation=session.conversation)
+        entry, refused = keep(studio.library, result, 0, "chat", conversation=session.conversation,
+                              owner=library_owner(session.owner))
         if entry is not None:
             session.kept[str(cell)] = entry.path
     kept = "" if studio.library is None or not studio.library.enabled else " · each image kept in the Library"

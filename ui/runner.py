@@ -16,6 +16,7 @@ from typing import Iterator
 from engine.engine import Cancelled
 from engine.request import Note, Request, SettingsError, UserError
 from studio.jobs import keep
+from studio.quota import library_owner
 from studio.line import Busy
 from studio.service import Studio
 from studio.stream import stream
@@ -162,7 +163,7 @@ def show_result(session: Session, result, library=None, operator: bool = False) 
         index = session.say("assistant", {"path": str(path), "alt_text": f"#{number}: {own.prompt}"})
         session.shots.append(Shot(number, str(path), own, turn, result.model_name, index))
         entry, refused = keep(library, result, i, "chat", conversation=session.conversation,
-                              init_image=_init_image(result.request))
+                              init_image=_init_image(result.request), owner=library_owner(session.owner))
         if entry is not None:
             session.kept[str(path)] = entry.path  # the kept file the chat's copy stands for
         if refused and refused not in result.notes:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.request import ControlUnit, ImagePrompt, LoraSpec, Request, clean_text
+from studio.accounts import account_key
 from studio.requests import make_request
 
 log = logging.getLogger(__name__)
@@ -119,9 +120,7 @@ class Session:
     def account_key(self) -> str:
         """The id a signed-in account's chats are stored under (in place of a browser's): the same on every
         browser, of the form the library's browser ids have."""
-        import hashlib
-
-        return "u" + hashlib.sha256(self.user.encode()).hexdigest()[:31] if self.user else ""
+        return account_key(self.user)
 
     @property
     def owner(self) -> str | None:
