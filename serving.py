@@ -51,17 +51,19 @@ class ServeConfig:
     trusted_proxies: tuple[str, ...] = ()  # addresses whose X-Forwarded-For is believed (a Space: its proxy)
     max_sessions: int | None = None  # tabs whose page state is kept in memory (None: ui/serve.py's MAX_SESSIONS)
     on_space: bool = False  # a Hugging Face Space (SPACE_ID): its host and port, no library by default
+    hf_login: bool = False  # a Space with `hf_oauth: true` (OAUTH_CLIENT_ID): users sign in with Hugging Face
 
     @classmethod
     def from_args(cls, args, environ=os.environ) -> ServeConfig:
         on_space = bool(environ.get("SPACE_ID"))
+        hf_login = on_space and bool(environ.get("OAUTH_CLIENT_ID"))
         return cls(model=args.model, host=environ.get("GRADIO_SERVER_NAME", "0.0.0.0") if on_space else args.host,
                    port=int(environ.get("GRADIO_SERVER_PORT", args.port)) if on_space else args.port,
                    share=args.share, auth=from_flags(args.auth, getattr(args, "auth_file", None)),
                    max_queue=args.max_queue, mcp=args.mcp,
                    api_token=args.api_token or None, ray=args.ray, replicas=args.replicas,
                    gpus_per_replica=args.gpus_per_replica, outputs=args.outputs, on_space=on_space,
-                   max_work=MAX_WORK if args.max_work is None else args.max_work,
+                   max_work=MAX_WORK if args.max_work is None else args.max_work, hf_login=hf_login,
                    trusted_proxies=("*",) if on_space else tuple(args.trusted_proxy or ()),
                    max_sessions=args.max_sessions, max_per_user=max(0, getattr(args, "max_per_user", 0) or 0),
                    batch=max(1, getattr(args, "batch", 1) or 1), rate=max(0, getattr(args, "rate", 0) or 0),
@@ -120,7 +122,7 @@ def open_server(config: ServeConfig, engine, *, status=None, gpu=None, library=N
     demo = build(engine, config.model, gpu=gpu, status=status, max_queue=config.max_queue,
                  max_per_user=config.max_per_user, batch=config.batch, rate=config.rate,
                  admins=config.admins, quota=config.quota, library=library,
-                 on_space=config.on_space, max_work=config.max_work, **build_kwargs)
+                 on_space=config.on_space, hf_login=config.hf_login, max_work=config.max_work, **build_kwargs)
     if config.mcp:
         apis.add_tools(demo, demo.studio)  # before launch: gradio's MCP server reads the page's endpoints there
     # generations wait in the studio's own line (bounded by --max-queue, with a "busy" reply); gradio's queue

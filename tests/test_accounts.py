@@ -221,3 +221,62 @@ def test_an_mcp_caller_hears_its_own_place_in_line_then_its_steps(engine):
     assert "sampling: step 4 of 4" in heard, heard
     assert not answer["result"].isError and answer["result"].content, answer
     assert engine_freed(engine)
+
+
+def test_a_space_with_hf_oauth_offers_hugging_face_sign_in_and_the_account_owns_the_chat(engine, monkeypatch):
+    """On a Space with `hf_oauth: true` (SPACE_ID and OAUTH_CLIENT_ID set) the page has gradio's LoginButton;
+    elsewhere it has none (gradio would mock the sign-in with the machine's own HF token). A page event whose
+    session carries gradio's OAuth info is that Hugging Face user ('hf:NAME'): the same account key on any
+    browser; expired or absent info is nobody."""
+    import argparse
+
+    import gradio as gr
+    from starlette.requests import Request as StarletteRequest
+
+    from serving import ServeConfig
+    from ui.app import build
+    from ui.state import OpenPages, signed_in_name
+
+    args = argparse.Namespace(model="builtin", host="127.0.0.1", port=7860, share=False, auth=[], auth_file=None,
+                              max_queue=16, mcp=False, api_token=None, ray=None, replicas=2,
+                              gpus_per_replica=None, outputs=None, max_work=None, trusted_proxy=None,
+                              max_sessions=None)
+    space = {"SPACE_ID": "someone/studio", "OAUTH_CLIENT_ID": "abc"}
+    assert ServeConfig.from_args(args, space).hf_login is True
+    assert ServeConfig.from_args(args, {"SPACE_ID": "someone/studio"}).hf_login is False
+    assert ServeConfig.from_args(args, {"OAUTH_CLIENT_ID": "abc"}).hf_login is False
+
+    def login_buttons(demo) -> int:
+        return sum(isinstance(b, gr.LoginButton) for b in demo.blocks.values())
+
+    assert login_buttons(build(engine)) == 0
+    # what a Space with hf_oauth sets (gradio reads the OAuth values once, at import): its real sign-in routes
+    import gradio.oauth
+
+    monkeypatch.setenv("SYSTEM", "spaces")
+    monkeypatch.setenv("SPACE_ID", "someone/studio")
+    for name, value in (("OAUTH_CLIENT_ID", "abc"), ("OAUTH_CLIENT_SECRET", "xyz"), ("OAUTH_SCOPES", "openid profile"),
+                        ("OPENID_PROVIDER_URL", "https://huggingface.co")):
+        monkeypatch.setattr(gradio.oauth, name, value)
+    demo = build(engine, hf_login=True)
+    assert login_buttons(demo) == 1
+    assert {"/login/huggingface", "/login/callback", "/logout"} <= {getattr(r, "path", "") for r in demo.app.routes}
+
+    def event(info) -> gr.Request:
+        scope = {"type": "http", "method": "POST", "path": "/", "headers": [], "query_string": b""}
+        if info is not None:
+            scope["session"] = {"oauth_info": info}
+        return gr.Request(request=StarletteRequest(scope))
+
+    later = time.time() + 3600
+    alice = {"userinfo": {"preferred_username": "alice"}, "expires_at": later}
+    assert signed_in_name(event(alice)) == "hf:alice"
+    assert signed_in_name(event({**alice, "expires_at": time.time() - 1})) is None
+    assert signed_in_name(event(None)) is None and signed_in_name(None) is None
+    sessions = OpenPages()
+    first, second = sessions.ensure(None, event(alice)), sessions.ensure(None, event(alice))
+    try:
+        assert first.owner == "user:hf:alice" and first.account_key == second.account_key != ""
+    finally:
+        first.close()
+        second.close()

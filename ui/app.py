@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 def build(engine, default_model: str = "builtin", *, gpu=None, status: ModelStatus | None = None,
           max_queue: int = 16, session_ttl: float = SESSION_TTL_S, library=None, on_space: bool = False,
           max_work: float | None = MAX_WORK, max_per_user: int = 0, batch: int = 1, rate: int = 0,
-          admins: tuple = (), quota: Quota | None = None) -> gr.Blocks:
+          admins: tuple = (), quota: Quota | None = None, hf_login: bool = False) -> gr.Blocks:
     """The page for `engine`; users may name server paths as models when `engine.config.local_paths`; `on_space`:
     served on a Hugging Face Space (the chat's Share button works only there).
 
@@ -53,7 +53,7 @@ def build(engine, default_model: str = "builtin", *, gpu=None, status: ModelStat
         page = build_page(model_choices(studio.default_model), start, defaults, status_text,
                           handlers.selected_label(None), studio.local_paths, session_ttl,
                           keeps=library.browser_secret() if library is not None and library.enabled else "",
-                          on_space=on_space)
+                          on_space=on_space, hf_login=hf_login)
         wire_chat(page, studio)
         wire_history(demo, page, studio)
         wire_panel(demo, page, studio, status)

@@ -72,11 +72,12 @@ def chat_buttons(on_space: bool) -> list[str]:
 
 
 def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, status_text: str, selected_text: str,
-               local_paths: bool, session_ttl: float = SESSION_TTL_S, keeps: str = "", on_space: bool = False
-               ) -> Page:
+               local_paths: bool, session_ttl: float = SESSION_TTL_S, keeps: str = "", on_space: bool = False,
+               hf_login: bool = False) -> Page:
     """Lay out the page (inside a gr.Blocks); `defaults` are studio.service.panel_defaults of `start.model`; `keeps`:
     the library's browser secret when the server keeps images and conversations (a Library tab, a chat list);
-    `on_space`: served on a Hugging Face Space (its Share button works there only).
+    `on_space`: served on a Hugging Face Space (its Share button works there only); `hf_login`: a "Sign in with
+    Hugging Face" button (a Space with `hf_oauth: true`): signed in, the account owns the chats, as with --auth.
 
     A session ends when its tab closes (gradio's heartbeat) or `session_ttl` seconds after its last event."""
     state = gr.State(None, delete_callback=close_session, time_to_live=session_ttl)
@@ -86,6 +87,8 @@ def build_page(models: list[tuple[str, str]], start: Settings, defaults: dict, s
     with gr.Row(equal_height=True, elem_id="header"):
         gr.Markdown(f"## {TITLE}", elem_id="title")
         status_md = gr.Markdown(status_text, elem_id="status")
+        if hf_login:  # gradio's OAuth: signs in, then reloads the page as that user (ui.state.signed_in_name)
+            gr.LoginButton(size="sm", scale=0, min_width=170, elem_id="hf-login")
     with gr.Tabs(selected="chat") as tabs, gr.Tab("Chat", id="chat"):
         with gr.Row(visible=bool(keeps), elem_id="chat-list"):
             new_chat = gr.Button("+ New chat", size="sm", scale=0, min_width=110, elem_id="new-chat")

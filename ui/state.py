@@ -13,6 +13,7 @@ import logging
 import shutil
 import tempfile
 import threading
+import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,10 +188,28 @@ class OpenPages:
                     found = Session.new()
                     if key:
                         self._by_page[key] = found
-        user = getattr(request, "username", None)
-        if user and not found.user:  # signed in (--auth): the account owns the chat, on any browser
+        user = signed_in_name(request)
+        if user and not found.user:  # signed in (--auth, a Space's sign-in): the account owns the chat, on any browser
             found.user = user
         return found
+
+
+def signed_in_name(request) -> str | None:
+    """Who this event's page is signed in as: the --auth / --auth-file user, else the Hugging Face account of a
+    Space's sign-in ('hf:NAME', from gradio's OAuth session while it has not expired), else None."""
+    name = getattr(request, "username", None)
+    if name:
+        return name
+    # gradio's OAuth keeps it in its signed session cookie, which its middleware puts in the request's scope (no
+    # middleware, no sign-in on this server; `.session` would assert)
+    underlying = getattr(request, "request", None) or request
+    scope = getattr(underlying, "scope", None)
+    session = scope.get("session") if isinstance(scope, dict) else None
+    info = session.get("oauth_info") if isinstance(session, dict) else None
+    if not isinstance(info, dict) or (info.get("expires_at") or float("inf")) < time.time():
+        return None
+    hf_name = (info.get("userinfo") or {}).get("preferred_username")
+    return f"hf:{hf_name}" if isinstance(hf_name, str) and hf_name else None
 
 
 def ensure(session: Session | None) -> Session:
