@@ -168,11 +168,11 @@ def session_loop(url: str, until: float, stats: Stats, seed: int, control_png: b
                 if messages and messages[-1].get("msg") == "process_completed" and not messages[-1].get("success"):
                     busy = "server is busy" in json.dumps(messages[-1])
                     stats.add(Outcome(kind, "refused" if busy else "errored", sent, time.time() - sent,
-                                      detail="" if busy else json.dumps(messages[-1])[:200]))
+                                      detail="" if busy else json.dumps(messages[-1])[:200], who=seed))
                     continue
                 result = "completed" if messages and messages[-1].get("success") else "errored"
                 stats.add(Outcome(kind, result, sent, time.time() - sent, detail="" if result == "completed"
-                                  else json.dumps(messages[-1:])[:200]))
+                                  else json.dumps(messages[-1:])[:200], who=seed))
                 time.sleep(rng.uniform(0.5, 2.0))
                 continue
             else:  # cancel: a long message, stopped half a second after it starts sampling
@@ -302,6 +302,7 @@ def main() -> None:
     p.add_argument("--accounts", action="store_true",
                    help="each session signs in as its own user (--auth-file), so the line takes them in turn")
     p.add_argument("--batch", type=int, default=1, help="the server's --batch")
+    p.add_argument("--max-per-user", type=int, default=0, help="the server's --max-per-user")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
 
@@ -314,6 +315,8 @@ def main() -> None:
 
     print(f"starting the app (port {args.port}) ...", flush=True)
     extra: tuple = ("--batch", str(args.batch)) if args.batch > 1 else ()
+    if args.max_per_user:
+        extra += ("--max-per-user", str(args.max_per_user))
     if args.accounts:
         users = Path(common.ROOT / "runs" / "load-users.txt")
         users.parent.mkdir(exist_ok=True)
@@ -359,6 +362,13 @@ def main() -> None:
             chats.setdefault(o.who, []).append(o.seconds)
     means = [statistics.mean(v) for v in chats.values() if v]
     fair = max(means) / min(means) if len(means) > 1 else float("nan")
+    # images each user got (chat, upload and API generations that completed; a stopped one is no image)
+    served = {i: 0 for i in range(args.sessions)}
+    for o in outcomes:
+        if o.kind in ("chat", "upload", "api") and o.result == "completed" and o.who in served:
+            served[o.who] += 1
+    most, least = max(served.values()), min(served.values())
+    half = [m for t, m in rss if t >= args.minutes * 30]
     lost = sum(o.detail == "lost reply" for o in outcomes)
     marks = [rss[0]] + [r for r in rss if r[0] > 0][::max(1, len(rss) // 8)] + [rss[-1]]
     errors = sorted({o.detail for o in outcomes if o.result == "errored"})[:5]
@@ -379,9 +389,11 @@ def main() -> None:
                      rows), "",
         f"- fairness: {inversions} of {pairs} pairs of chat generations started out of their sending order"
         + (" (by design: the line takes users in turn)" if args.accounts else ""),
-        f"- per-user fairness: the slowest user's mean chat latency is {fair:.2f}x the fastest's ({len(means)} "
-        f"users with a completed chat); lost replies: {lost}",
-        "- server RSS: " + ", ".join(f"{t:.0f}s {m:.0f} MB" for t, m in marks),
+        f"- per-user fairness: the most served user got {most} images, the least {least} "
+        f"({most / least if least else float('inf'):.2f}x; goal within 1.5x); the slowest user's mean chat latency "
+        f"is {fair:.2f}x the fastest's ({len(means)} users with a completed chat); lost replies: {lost}",
+        "- server RSS: " + ", ".join(f"{t:.0f}s {m:.0f} MB" for t, m in marks)
+        + (f"; second half: {half[0]:.0f} -> {half[-1]:.0f} MB ({half[-1] - half[0]:+.0f} MB)" if half else ""),
         f"- errors: {'; '.join(errors) if errors else 'none'}",
     ])
     common.report(section, args)  # prints it, appends it to RESULTS.md unless --no-write
