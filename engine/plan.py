@@ -54,6 +54,8 @@ def plan_generation(request: Request, source: Source, sampling: Sampling | None 
     if request.loras and sampling is not None:
         request, note = sampling(request)
         notes += [note] if note else []
+    request, moved = image_prompts_as_references(request, kin, source.variant)
+    notes += [moved] if moved else []
     req = check_request(edit_size(request, kin, source.variant), source.family, source.variant)
     if req.seed is None:
         req = dataclasses.replace(req, seed=random.SystemRandom().randrange(2**32))
@@ -81,6 +83,23 @@ def plan_generation(request: Request, source: Source, sampling: Sampling | None 
                           f"{req.width}x{req.height} objects may split, repeat or stretch. Stay within {low}-{high} "
                           "(any aspect of the panel's presets) for its best images.", kind="size"))
     return GenerationPlan(req, source, job, kind, tuple(notes), infotext)
+
+
+def image_prompts_as_references(req: Request, kin: Family, variant: str) -> tuple[Request, Note | None]:
+    """A model that draws from text and reads reference images natively (FLUX.2 [dev] and [klein]) takes image
+    prompts as its references (image 1, 2, ... of the prompt), at the size asked for or its default: the same call
+    as an edit of them. Others keep them for their IP-Adapter (or refuse them, saying what they take)."""
+    if not req.image_prompts or req.init_image is not None or not kin.edit_limit(variant) or \
+            "txt2img" not in kin.jobs(variant):
+        return req, None
+    d = kin.defaults_for(variant)
+    images = [p.image for p in req.image_prompts]
+    moved = dataclasses.replace(req, image_prompts=[], init_image=images[0], references=images[1:] + req.references,
+                                width=req.width or d.width, height=req.height or d.height)
+    scaled = any(p.scale is not None for p in req.image_prompts)
+    return moved, Note(f"{kin.label} reads image prompts as its reference images (image 1, 2, ...: name them in the "
+                       "prompt, e.g. 'the cat of image 1')" + (", without a scale." if scaled else "."),
+                       kind="image-prompt")
 
 
 def edit_size(req: Request, kin: Family, variant: str) -> Request:

@@ -191,3 +191,21 @@ def test_picking_an_editing_model_says_how_a_message_works_with_it(klein_studio,
     edit = panel_handlers.pick_other_model(klein_studio, str(tiny_model("qwenimage-edit"))).status
     assert "edits images only" in edit and "together" not in edit
     assert "edits images" not in panel_handlers.pick_other_model(klein_studio, str(tiny_model("sd3"))).status
+
+
+@pytest.mark.parametrize("name", ["flux2", "flux2klein"])
+def test_flux2_takes_image_prompts_as_its_references(engine, tiny_model, name):
+    """FLUX.2 has no IP-Adapter: its image prompts are its own reference images, the same call as an edit of them
+    (the same pixels), with a note saying so; a model without either refuses them naming what it takes."""
+    from engine.request import ImagePrompt
+
+    model = tiny_model(name)
+    asked = dict(prompt="the circle of image 1 in blue", model=str(model), steps=2, seed=3, width=64, height=64)
+    prompted = engine.generate(Request(**asked, image_prompts=[ImagePrompt(RED, 0.8), ImagePrompt(BLUE)]))
+    edited = engine.generate(Request(**asked, init_image=RED, references=[BLUE]))
+    assert np.array_equal(pixels(prompted), pixels(edited))
+    assert any(n.kind == "image-prompt" and "reference images" in n and "without a scale" in n
+               for n in prompted.notes), prompted.notes
+    with pytest.raises(UserError, match="take no image prompt"):
+        engine.generate(Request(prompt="x", model=str(tiny_model("qwenimage-edit")), init_image=RED, steps=2,
+                                image_prompts=[ImagePrompt(BLUE)]))
