@@ -18,6 +18,7 @@ from . import edit
 from .config import EngineConfig
 from .families import family as family_of
 from .plan import GenerationPlan, plan_generation
+from .prompt_texts import has_wildcards
 from .request import ModelError, Note, Request, UserError, defaults_for, valid_schedulers
 from .result import Cancelled, Result, broken_note, to_pil
 from .sources import loading, pinned
@@ -142,6 +143,8 @@ class Engine:
     # ---------------------------------------------------------------------------------- generate
     def generate(self, request: Request, progress: Progress | None = None,
                  cancel: threading.Event | None = None) -> Result:
+        if request.count > 1 and has_wildcards(request):
+            return self._each_its_own_pick(request, progress, cancel)
         with self._lock:
             try:
                 return self._generate(request, progress, cancel)
@@ -152,6 +155,17 @@ class Engine:
                                      f"{request.count} image(s). Try a smaller size or fewer images.",
                                      operator="Or start the app with --offload on.") from None
                 raise
+
+    def _each_its_own_pick(self, request: Request, progress: Progress | None,
+                           cancel: threading.Event | None) -> Result:
+        """Several images of a prompt with wildcards: each image picks its own lines, by its own seed (seed, seed+1,
+        ...), as A1111's dynamic prompts do; so image i restores alone to what it drew. One run per image."""
+        import random
+
+        seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**32 - request.count)
+        parts = [self.generate(dataclasses.replace(request, count=1, seed=(seed + i) % 2**32), progress, cancel)
+                 for i in range(request.count)]
+        return Result.joined(parts, dataclasses.replace(parts[0].request, count=request.count))
 
     def _generate(self, request: Request, progress: Progress | None, cancel: threading.Event | None) -> Result:
         import torch

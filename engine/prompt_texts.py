@@ -65,6 +65,10 @@ def _lines(dirs, name: str) -> list[str]:
                         f"line). Wildcards here: {have}.", field="prompt")
 
 
+def has_wildcards(req: Request) -> bool:
+    return bool(WILDCARD.search(req.prompt or "") or WILDCARD.search(req.negative or ""))
+
+
 def expand(req: Request, dirs) -> tuple[Request, dict]:
     """`req` with its styles applied and wildcards picked (by its seed), and the metadata that says so."""
     extra: dict = {}

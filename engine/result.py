@@ -25,15 +25,30 @@ class Result:
     extra: dict = field(default_factory=dict)  # infotext keys the engine knows (Lora hashes, ControlNet units)
     broken: int = 0  # images whose pixels held NaN/inf (shown black; a note says why)
     batch: int = 1  # requests sampled in the same pipeline call (a shared server's batching, engine/batch.py)
+    parts: list = field(default_factory=list)  # one Result per image when each ran alone (wildcards picked per image)
+
+    @classmethod
+    def joined(cls, parts: list[Result], request: Request) -> Result:
+        """One result of `parts` (one image each), each image keeping its own settings and metadata."""
+        first = parts[0]
+        notes = list(dict.fromkeys(n for p in parts for n in p.notes))
+        return cls([im for p in parts for im in p.images], [s for p in parts for s in p.seeds], request,
+                   first.model_name, first.family, [t for p in parts for t in p.infotexts], first.control_maps,
+                   sum(p.seconds for p in parts), notes, first.triggers, first.extra, sum(p.broken for p in parts),
+                   parts=parts)
 
     def image_request(self, i: int) -> Request:
         """The settings that remake image i on its own (its seed, count 1)."""
+        if self.parts:
+            return self.parts[i].image_request(0)
         return dataclasses.replace(self.request, seed=self.seeds[i], count=1)
 
     def save_png(self, i: int, path_or_file) -> None:
         """Image i as a PNG with the A1111 `parameters` text (LoRA hashes, control units) and our JSON chunk."""
         from .images import metadata
 
+        if self.parts:
+            return self.parts[i].save_png(0, path_or_file)
         metadata.save_png(self.images[i], path_or_file, self.image_request(i), self.seeds[i], self.model_name,
                           None, self.extra)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import base64
 import subprocess
-import time
 import sys
+import time
 
 import httpx
 import pytest
@@ -178,9 +178,9 @@ def test_an_mcp_caller_hears_its_own_place_in_line_then_its_steps(engine):
     """While another client's job holds the engine, an MCP `generate` that asks for progress (a progressToken, as
     the official SDK sends with a progress callback) hears 'waiting: 1 in line', then its sampling steps, then
     gets its image."""
-    import anyio
     import threading
 
+    import anyio
     from mcp import ClientSession
     from mcp.client.streamable_http import streamable_http_client
 

@@ -5,6 +5,7 @@ once (engine/prompt_syntax.py, fuzzed) and applied to the CLIP families' conditi
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
@@ -131,6 +132,29 @@ def test_wildcards_pick_by_the_seed_and_say_what_they_picked(tmp_path):
         engine.plan(Request(prompt="a __size__ circle", seed=1))
     result = engine.generate(Request(prompt="a big __colour__ circle, white background", seed=4, steps=2))
     assert "Wildcards: " in result.infotexts[0] and "__colour__" not in result.infotexts[0].splitlines()[0]
+
+
+def test_several_images_each_pick_their_own_wildcards_and_each_restores_alone(tmp_path):
+    """`--n 4` with a wildcard: image i picks by its own seed (seed + i), as A1111's dynamic prompts do; its PNG
+    keeps its own prompt and picks, and its settings alone draw its pixels again."""
+    import io
+
+    import numpy as np
+
+    from engine.images.metadata import read_png_settings
+
+    engine = texts_engine(tmp_path)
+    ask = dict(prompt="a big __colour__ circle, white background", steps=2, seed=20)
+    four = engine.generate(Request(**ask, count=4))
+    assert four.seeds == [20, 21, 22, 23] and len(four.images) == 4
+    alone = [engine.plan(Request(**{**ask, "seed": s})).request.prompt for s in four.seeds]
+    assert [four.image_request(i).prompt for i in range(4)] == alone and len(set(alone)) > 1, alone
+    buffer = io.BytesIO()
+    four.save_png(2, buffer)
+    restored, _ = read_png_settings(io.BytesIO(buffer.getvalue()))
+    assert restored.prompt == alone[2] and restored.seed == 22
+    again = engine.generate(dataclasses.replace(four.image_request(2)))
+    assert np.array_equal(np.asarray(again.images[0]), np.asarray(four.images[2]))
 
 
 def test_the_shipped_styles_and_wildcards_work_from_the_cli(tmp_path):

@@ -16,8 +16,8 @@ from typing import Iterator
 from engine.engine import Cancelled
 from engine.request import Note, Request, SettingsError, UserError
 from studio.jobs import keep
-from studio.quota import library_owner
 from studio.line import Busy
+from studio.quota import library_owner
 from studio.service import Studio
 from studio.stream import stream
 from ui.marks import BUSY, NOTE, PROBLEM, STOPPED
