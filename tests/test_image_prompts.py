@@ -239,3 +239,29 @@ def test_a_saved_style_reference_lasts_into_later_chats_and_the_cli(engine, tmp_
                               str(tmp_path / "outputs")], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert missing.returncode == 2 and "no style reference of that name" in missing.stderr and "leafy" in \
         missing.stderr
+
+
+def test_the_adapter_training_runs_resumes_and_writes_what_diffusers_loads(tmp_path):
+    """A few steps of each stage (the encoder naming shapes and colours, then the adapter with the full-caption
+    teacher): the files load with diffusers' own load_ip_adapter; a second call finds the run finished."""
+    import json
+
+    from diffusers import StableDiffusionPipeline
+
+    from engine.config import ROOT
+    from engine.train.image_prompt import train_image_prompt
+
+    builtin, out = ROOT / "assets" / "builtin", tmp_path / "out"
+    train_image_prompt(builtin, tmp_path / "work", out, steps=2, batch=2, naming_steps=2)
+    info = json.loads((out / "training.json").read_text())[0]
+    assert info["steps"] == 2 and info["teach"] == 1.0 and 0 <= info["naming"]["shape_named"] <= 1
+    stamp = (out / "ip-adapter.safetensors").stat().st_mtime_ns
+    train_image_prompt(builtin, tmp_path / "work", out, steps=2, batch=2, naming_steps=2)  # finished: no training
+    assert json.loads((out / "training.json").read_text())[0]["steps"] == 2
+    assert (out / "ip-adapter.safetensors").stat().st_mtime_ns >= stamp
+    pipe = StableDiffusionPipeline.from_pretrained(builtin)
+    pipe.load_ip_adapter(str(out), subfolder="", weight_name="ip-adapter.safetensors",
+                         image_encoder_folder="image_encoder")
+    image = pipe("a big one on the left, white background", ip_adapter_image=triangle(), num_inference_steps=2,
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
