@@ -21,6 +21,7 @@ from studio.files import LinkedFiles
 from studio.jobs import Jobs
 from studio.line import Busy
 from studio.parse import base64_image, fit_canvas, lora_list
+from studio.quota import library_owner
 from studio.requests import make_request
 from studio.service import Studio, model_names, plugin_rows
 
@@ -38,7 +39,8 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
     def generate(prompt: str, negative: str = "", model: str = "", steps: float = 0, guidance: float = -1,
                  seed: float = -1, width: float = 0, height: float = 0, scheduler: str = "default",
                  loras: str = "", control: str = "", control_image: str = "", control_scale: float = 1.0,
-                 image_prompt: str = "", image_prompt_scale: float = -1, http: gr.Request = None):
+                 image_prompt: str = "", image_prompt_scale: float = -1, style_ref: str = "",
+                 http: gr.Request = None):
         """Paint one image from a text prompt with the studio's diffusion model and return it as a PNG (its
         settings are stored inside the file). Every argument but the prompt is optional; leave it at its default
         to use the model's own default. The built-in model knows a small world of shapes: prompts like 'a {small|big}
@@ -63,6 +65,8 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
                 'Image URL' a tool returned, or base64 PNG/JPEG. With the built-in model the prompt may then leave
                 the colour out: 'a big triangle on the left, white background'. Empty: none.
             image_prompt_scale: How strongly to follow image_prompt, 0 (not at all) to 2. -1: the adapter's default.
+            style_ref: The name of a style reference saved in the chat (/save-style NAME) to use as an image prompt
+                too: the caller's own when signed in; any on a server of this machine only. Empty: none.
 
         Returns:
             The PNG and its URL, then the settings used: model, size, steps, guidance, seed, scheduler, time.
@@ -75,6 +79,8 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
             looks = [ImagePrompt(_image(image_prompt, "image prompt", files),
                                  None if image_prompt_scale == -1 else image_prompt_scale)] if (
                 image_prompt or "").strip() else []
+            if (style_ref or "").strip():
+                looks.append(ImagePrompt(saved_style(style_ref.strip(), call_of(http))))
             return make_request(prompt or "", (model or "").strip() or studio.default_model, form=True,
                                 negative=negative, steps=steps, guidance=guidance, seed=seed, width=width,
                                 height=height, scheduler=scheduler, loras=lora_list(loras, "'outline:0.8, pastel'"),
@@ -126,6 +132,19 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
             return req
 
         return paint(request, http)
+
+    def saved_style(name: str, call) -> str:
+        """The image of style reference `name`: a signed-in caller's own; on a loopback server (the operator's own
+        machine, where the CLI reads them all) anyone's."""
+        library = studio.library
+        user = call.user if call is not None else ""
+        owner = library_owner(user) if user.startswith("user:") else (None if studio.local_paths else user)
+        path = library.style_ref(owner, name) if library is not None and library.enabled and owner != "" else None
+        if path is None:
+            have = ", ".join(library.style_refs(owner)) if library is not None and library.enabled else ""
+            raise UserError(f"There is no style reference {name!r} for you here. Save one in the chat with "
+                            f"/save-style {name} on a selected image. Yours: {have or 'none yet'}.")
+        return path
 
     def paint(make_request, http: gr.Request | None):
         """Run the request `make_request()` builds in the studio's line; its first image saved for the client.
@@ -187,7 +206,7 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
             inputs = [text("prompt"), text("negative"), text("model"), number("steps", 0), number("guidance", -1),
                       number("seed", -1), number("width", 0), number("height", 0), text("scheduler", "default"),
                       text("loras"), text("control"), text("control_image"), number("control_scale", 1.0),
-                      text("image_prompt"), number("image_prompt_scale", -1)]
+                      text("image_prompt"), number("image_prompt_scale", -1), text("style_ref")]
             plugins_model = text("model")
             image, line = gr.Image(type="filepath", format="png", label="image"), gr.Textbox(label="settings")
             listing = gr.Textbox(label="json")

@@ -265,3 +265,49 @@ def test_the_adapter_training_runs_resumes_and_writes_what_diffusers_loads(tmp_p
     image = pipe("a big one on the left, white background", ip_adapter_image=triangle(), num_inference_steps=2,
                  generator=torch.Generator().manual_seed(0)).images[0]
     assert image.size == (64, 64)
+
+
+def test_an_mcp_client_uses_a_style_reference_saved_in_the_chat(engine, tmp_path):
+    """On a server of this machine, MCP `generate(style_ref=NAME)` takes the style reference a chat saved (the same
+    pixels as that image as the image prompt); an unknown name is refused, naming how to save one."""
+    import threading
+
+    import anyio
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    from store.library import Library, new_id
+    from tests.test_threats import start
+
+    library = Library(tmp_path / "outputs")
+    reference = tmp_path / "ref.png"
+    triangle((200, 40, 40), "white").save(reference)
+    library.save_style_ref(new_id(), "reds", str(reference))
+    demo, url = start(engine, mcp=True, library=library)
+    answers = {}
+
+    async def main():
+        async with streamable_http_client(url + "/gradio_api/mcp/") as (read, write, _):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                for name in ("reds", "nope"):
+                    answers[name] = await session.call_tool("generate", {
+                        "prompt": PROMPT, "steps": 4, "seed": 5, "style_ref": name})
+
+    try:
+        client = threading.Thread(target=anyio.run, args=(main,))  # its own thread: a browser test's loop may run
+        client.start()
+        client.join(300)
+    finally:
+        demo.close()
+    assert not answers["reds"].isError, answers["reds"]
+    import base64
+    import io
+
+    [drawn] = [c for c in answers["reds"].content if getattr(c, "type", "") == "image"]
+    got = Image.open(io.BytesIO(base64.b64decode(drawn.data))).convert("RGB")
+    looked = engine.generate(Request(prompt=PROMPT, steps=4, seed=5, image_prompts=[ImagePrompt(str(reference))]))
+    base = engine.generate(Request(prompt=PROMPT, steps=4, seed=5))
+    assert np.array_equal(np.asarray(got, dtype=np.int16), pixels(looked))
+    assert not np.array_equal(pixels(looked), pixels(base))
+    assert answers["nope"].isError and "There is no style reference 'nope'" in answers["nope"].content[0].text
