@@ -86,19 +86,27 @@ def plan_generation(request: Request, source: Source, sampling: Sampling | None 
 
 
 def image_prompts_as_references(req: Request, kin: Family, variant: str) -> tuple[Request, Note | None]:
-    """A model that draws from text and reads reference images natively (FLUX.2 [dev] and [klein]) takes image
-    prompts as its references (image 1, 2, ... of the prompt), at the size asked for or its default: the same call
-    as an edit of them. Others keep them for their IP-Adapter (or refuse them, saying what they take)."""
-    if not req.image_prompts or req.init_image is not None or not kin.edit_limit(variant) or \
-            "txt2img" not in kin.jobs(variant):
+    """A model that reads reference images natively (FLUX.2 [dev] and [klein], Qwen-Image-Edit Plus, Kontext)
+    takes image prompts as its references: after the image it edits (image 2, 3, ...), or, drawing from text
+    (FLUX.2), as image 1, 2, ... at the size asked for or its default: the same call as an edit of them. Others keep
+    them for their IP-Adapter (or refuse them, saying what they take)."""
+    if not req.image_prompts or not kin.edit_limit(variant):
         return req, None
-    d = kin.defaults_for(variant)
     images = [p.image for p in req.image_prompts]
-    moved = dataclasses.replace(req, image_prompts=[], init_image=images[0], references=images[1:] + req.references,
-                                width=req.width or d.width, height=req.height or d.height)
+    if req.init_image is not None:
+        moved = dataclasses.replace(req, image_prompts=[], references=list(req.references) + images)
+        first = len(req.references) + 2
+    elif "txt2img" in kin.jobs(variant):
+        d = kin.defaults_for(variant)
+        moved = dataclasses.replace(req, image_prompts=[], init_image=images[0],
+                                    references=images[1:] + list(req.references),
+                                    width=req.width or d.width, height=req.height or d.height)
+        first = 1
+    else:  # an editor alone, with nothing to edit: its own refusal says how to start
+        return req, None
     scaled = any(p.scale is not None for p in req.image_prompts)
-    return moved, Note(f"{kin.label} reads image prompts as its reference images (image 1, 2, ...: name them in the "
-                       "prompt, e.g. 'the cat of image 1')" + (", without a scale." if scaled else "."),
+    return moved, Note(f"{kin.label} reads image prompts as its reference images (image {first} on: name them in "
+                       f"the prompt, e.g. 'the cat of image {first}')" + (", without a scale." if scaled else "."),
                        kind="image-prompt")
 
 

@@ -196,7 +196,7 @@ def test_picking_an_editing_model_says_how_a_message_works_with_it(klein_studio,
 @pytest.mark.parametrize("name", ["flux2", "flux2klein"])
 def test_flux2_takes_image_prompts_as_its_references(engine, tiny_model, name):
     """FLUX.2 has no IP-Adapter: its image prompts are its own reference images, the same call as an edit of them
-    (the same pixels), with a note saying so; a model without either refuses them naming what it takes."""
+    (the same pixels), with a note saying so; an editor reads them after the image it edits, within its limit."""
     from engine.request import ImagePrompt
 
     model = tiny_model(name)
@@ -206,6 +206,12 @@ def test_flux2_takes_image_prompts_as_its_references(engine, tiny_model, name):
     assert np.array_equal(pixels(prompted), pixels(edited))
     assert any(n.kind == "image-prompt" and "reference images" in n and "without a scale" in n
                for n in prompted.notes), prompted.notes
-    with pytest.raises(UserError, match="take no image prompt"):
+
+    plus = dict(prompt="put the circle of image 2 on image 1", model=str(tiny_model("qwenimage-edit-plus")), steps=2,
+                seed=3, init_image=RED)  # an editor: the image prompt joins after the image it edits
+    joined = engine.generate(Request(**plus, image_prompts=[ImagePrompt(BLUE)]))
+    assert np.array_equal(pixels(joined), pixels(engine.generate(Request(**plus, references=[BLUE]))))
+    assert any("image 2 on" in n for n in joined.notes), joined.notes
+    with pytest.raises(UserError, match="at most 1|one image"):  # Qwen-Image-Edit takes one image only
         engine.generate(Request(prompt="x", model=str(tiny_model("qwenimage-edit")), init_image=RED, steps=2,
                                 image_prompts=[ImagePrompt(BLUE)]))
