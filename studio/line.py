@@ -5,7 +5,9 @@ Fair: the waiting generations are taken round-robin by owner (a signed-in user, 
 not first come first served. Each generation gets a round when it joins: the round now running, or one past its
 owner's last one, whichever is later; the line runs them by round, then by arrival. One person's ten waiting
 images take ten rounds, so another's one waits behind at most one of each other user's.
-`max_per_owner` caps how many one owner may have waiting."""
+`max_per_owner` caps how many one owner may have waiting. A full line is fair too: a user with nothing waiting
+gets the place of the newest waiting generation of the user with the most (at least two) waiting, who is told
+why; only when nobody has two waiting is the newcomer told the server is busy."""
 
 from __future__ import annotations
 
@@ -62,6 +64,7 @@ class Line:
         self._seen: dict[object, float] = {}  # ticket -> when its owner last asked for its place
         self._started: set = set()  # tickets whose owner saw its turn come (their worker leaves the line)
         self._switches: dict[object, object] = {}  # ticket -> its run's stop switch (an Event): set, it leaves
+        self._bumped: dict[object, int] = {}  # ticket -> how many its owner had waiting when it gave its place
         self._changed = threading.Condition()
         self.served = 0  # tickets that reached the engine, for the load benchmark's fairness count
 
@@ -73,11 +76,11 @@ class Line:
         it along for (`take_riders`)."""
         with self._changed:
             waiting = self.waiting
-            if waiting >= self.max_waiting:
-                raise Busy(f"The server is busy: {waiting} generations are waiting for the engine (at most "
-                           f"{self.max_waiting} may wait). Try again in a minute.")
             mine = [t for t in self._turns if owner is not None and self._owners.get(t) == owner
                     and t not in self._started]
+            if waiting >= self.max_waiting and not (owner is not None and not mine and self._bump()):
+                raise Busy(f"The server is busy: {waiting} generations are waiting for the engine (at most "
+                           f"{self.max_waiting} may wait). Try again in a minute.")
             if self.max_per_owner and len(mine) >= self.max_per_owner:
                 raise Busy(f"You have {len(mine)} generations waiting already (at most {self.max_per_owner} each "
                            "on this server, so everyone gets a turn). Send this one when one of yours is done.")
@@ -95,6 +98,25 @@ class Line:
                 self._requests[ticket] = (request, batch)
             self._reorder()
             return ticket
+
+    def _bump(self) -> bool:
+        """Make room in a full line (under the lock): the newest waiting ticket of the owner with the most waiting,
+        if they have two or more, leaves it (its `wait` says why). False when nobody has two waiting."""
+        waiting = [t for t in self._turns if t not in self._started and t not in self._rides]
+        counts = collections.Counter(self._owners[t] for t in waiting)  # an anonymous ticket is its own owner
+        if not counts:
+            return False
+        owner, most = counts.most_common(1)[0]
+        if most < 2:
+            return False
+        newest = max((t for t in waiting if self._owners[t] == owner), key=lambda t: self._joined[t][1])
+        self._turns.remove(newest)
+        self._seen.pop(newest, None)
+        self._switches.pop(newest, None)
+        self._forget(newest)
+        self._bumped[newest] = most
+        self._changed.notify_all()
+        return True
 
     def take_riders(self, ticket, batch, limit: int) -> list[tuple[object, object, Ride, object]]:
         """Up to `limit` waiting generations, in line order, of the batch key `batch` (`ticket`'s, which runs now):
@@ -161,6 +183,11 @@ class Line:
                                    timeout)
             if ticket in self._rides:
                 return RIDING
+            if ticket in self._bumped:
+                had = self._bumped.pop(ticket)
+                raise Busy(f"The line was full and you had {had} generations waiting: your newest one gave its place "
+                           "to someone with none waiting, so that everyone gets a turn. Send it again when one of "
+                           "yours is done.")
             if ticket not in self._turns:
                 raise Busy("This generation lost its place in line after its page stopped asking for it. Send it "
                            "again.")
@@ -180,6 +207,7 @@ class Line:
             self._seen.pop(ticket, None)
             self._started.discard(ticket)
             self._switches.pop(ticket, None)
+            self._bumped.pop(ticket, None)
             self._forget(ticket)
             self._reorder()
             self._changed.notify_all()

@@ -105,3 +105,23 @@ def test_an_admin_sees_the_line_and_stops_everything_others_may_not(engine):
             studio.line.leave(t)
         admin.close()
         visitor.close()
+
+
+def test_a_full_line_gives_a_user_with_nothing_waiting_the_place_of_the_busiest_users_newest():
+    """Full, the line does not refuse a user with nothing waiting while another has two or more: the busiest
+    user's newest waiting one gives its place, and its `wait` says why. With nobody at two, the newcomer is told
+    the server is busy; a user who already waits is told so too."""
+    line = Line(max_waiting=3, slots=1)
+    running = line.join(owner="user:a")
+    assert line.wait(running, 0) == 0
+    a = [line.join(owner="user:a") for _ in range(2)]
+    c = line.join(owner="user:c")
+    b = line.join(owner="user:b")  # full (3 waiting): a's newest gives its place
+    assert line.wait(b, 0) > 0 and line.owners_waiting() == {"user:a": 1, "user:b": 1, "user:c": 1}
+    with pytest.raises(Busy, match="you had 2 generations waiting: your newest one gave its place"):
+        line.wait(a[1], 0)
+    assert line.wait(a[0], 0) > 0 and line.wait(c, 0) > 0
+    with pytest.raises(Busy, match="The server is busy"):
+        line.join(owner="user:d")  # nobody has two waiting now
+    with pytest.raises(Busy, match="The server is busy"):
+        line.join(owner="user:b")  # b waits already: no bump for a second one
