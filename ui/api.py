@@ -18,6 +18,7 @@ from typing import Iterator
 import gradio as gr
 
 from engine.request import UserError
+from engine.result import Cancelled
 from studio.files import LinkedFiles
 from studio.jobs import keep_all
 from studio.quota import library_owner
@@ -90,6 +91,8 @@ def wire_api(studio: Studio) -> Path:
                     yield gr.skip()
             except UserError as e:
                 raise gr.Error(str(e)) from None
+            except Cancelled:  # the caller's cancel or hang-up: nobody is left to answer
+                raise gr.Error("The generation was stopped.") from None
             except Exception as e:
                 log.exception("API generate failed")
                 raise gr.Error(f"Generation failed inside the app ({type(e).__name__}); see the server log.") from None
