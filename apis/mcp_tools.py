@@ -63,7 +63,7 @@ def add_tools(demo: gr.Blocks, studio: Studio, jobs: Jobs | None = None) -> Jobs
             control_scale: How strongly to follow control_image, 0 to 2. Default 1.
             image_prompt: A reference image the result follows beside the prompt (its colours, shapes, look): an
                 'Image URL' a tool returned, or base64 PNG/JPEG. With the built-in model the prompt may then leave
-                the colour out: 'a big triangle on the left, white background'. Empty: none.
+                colour and shape out: 'a big one on the left, white background'. Empty: none.
             image_prompt_scale: How strongly to follow image_prompt, 0 (not at all) to 2. -1: the adapter's default.
             style_ref: The name of a style reference saved in the chat (/save-style NAME) to use as an image prompt
                 too: the caller's own when signed in; any on a server of this machine only. Empty: none.

@@ -337,7 +337,7 @@ def test_mcp_tools_listed_with_descriptions_and_only_ours(server):
     properties = generate.inputSchema["properties"]
     assert list(properties) == ["prompt", "negative", "model", "steps", "guidance", "seed", "width", "height",
                                 "scheduler", "loras", "control", "control_image", "control_scale", "image_prompt",
-                                "image_prompt_scale"]
+                                "image_prompt_scale", "style_ref"]
     assert properties["prompt"]["description"].startswith("Required.")
     assert "1 to 200" in properties["steps"]["description"] and properties["seed"]["default"] == -1
     assert "shapes" in generate.description

@@ -245,8 +245,8 @@ def save_style(studio: Studio, session: Session, name: str) -> str:
 def use_as_image_prompt(session: Session) -> str | None:
     """The selected image's path for the panel's image prompt (None when there is no image yet)."""
     return _use_selected(session, "an image prompt", "is now the image prompt (in the panel, with its scale). Your "
-                         "next messages follow its look (the built-in model: its colour); say the rest, e.g. 'a "
-                         "small square at the top, white background'. Clear it in the panel to stop.")
+                         "next messages follow its look (the built-in model: its colour and shape); say the rest, "
+                         "e.g. 'a small one at the top, white background'. Clear it in the panel to stop.")
 
 
 def use_as_control(session: Session) -> str | None:

@@ -120,9 +120,9 @@ class Panel:
                         self.units.append(self._control_unit(i))
                 with gr.Tab("Image prompt", id="image-prompt-tab"):
                     gr.Markdown("The picture follows this image beside the prompt: its look (with the built-in "
-                                "model, its colour: *a big triangle on the left, white background* takes the "
-                                "image's colour). **Use as image prompt** under the chat puts the selected image "
-                                "here.",
+                                "model, its colour and shape: *a big one on the left, white background* takes "
+                                "both from the image). **Use as image prompt** under the chat puts the selected "
+                                "image here.",
                                 elem_classes=["panel-note"])
                     self.look_image = checked_image(sources=["upload", "clipboard"], label="Image prompt",
                                                     height=120, elem_id="image-prompt")

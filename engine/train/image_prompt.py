@@ -333,7 +333,10 @@ def write(unet, encoder, out: Path, info: dict) -> None:
               str(out / "ip-adapter.safetensors"))
     encoder.to(torch.float16).save_pretrained(out / "image_encoder", safe_serialization=True)
     encoder.to(torch.float32)
-    (out / "training.json").write_text(json.dumps([info], indent=1))
+    before = []  # a continued run (--init) keeps the runs it continues
+    if info.get("init") and (out / "training.json").exists():
+        before = [x for x in json.loads((out / "training.json").read_text()) if x != info]
+    (out / "training.json").write_text(json.dumps(before + [info], indent=1))
     log.info("image prompt adapter: %s, written to %s", info, out)
 
 
