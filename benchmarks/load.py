@@ -368,6 +368,13 @@ def main() -> None:
         if o.kind in ("chat", "upload", "api") and o.result == "completed" and o.who in served:
             served[o.who] += 1
     most, least = max(served.values()), min(served.values())
+    # turns each user got: every request that completed, a stopped one too (it had its turn on the engine); what
+    # a fair line evens out, whatever the requests were (a user who drew more cancels got fewer images)
+    turns = {i: 0 for i in range(args.sessions)}
+    for o in outcomes:
+        if o.kind in KINDS and o.result == "completed" and o.who in turns:
+            turns[o.who] += 1
+    most_turns, least_turns = max(turns.values()), min(turns.values())
     half = [m for t, m in rss if t >= args.minutes * 30]
     lost = sum(o.detail == "lost reply" for o in outcomes)
     marks = [rss[0]] + [r for r in rss if r[0] > 0][::max(1, len(rss) // 8)] + [rss[-1]]
@@ -389,8 +396,10 @@ def main() -> None:
                      rows), "",
         f"- fairness: {inversions} of {pairs} pairs of chat generations started out of their sending order"
         + (" (by design: the line takes users in turn)" if args.accounts else ""),
-        f"- per-user fairness: the most served user got {most} images, the least {least} "
-        f"({most / least if least else float('inf'):.2f}x; goal within 1.5x); the slowest user's mean chat latency "
+        f"- per-user fairness: the most served user got {most_turns} turns, the least {least_turns} "
+        f"({most_turns / least_turns if least_turns else float('inf'):.2f}x; goal within 1.5x); images (a stopped "
+        f"one is none): most {most}, least {least} ({most / least if least else float('inf'):.2f}x); the slowest "
+        "user's mean chat latency "
         f"is {fair:.2f}x the fastest's ({len(means)} users with a completed chat); lost replies: {lost}",
         "- server RSS: " + ", ".join(f"{t:.0f}s {m:.0f} MB" for t, m in marks)
         + (f"; second half: {half[0]:.0f} -> {half[-1]:.0f} MB ({half[-1] - half[0]:+.0f} MB)" if half else ""),

@@ -31,7 +31,10 @@ class Timing:
     wait_poll_s: float = 0.25  # a running one reports in this often while loading or decoding (no step to report)
     redraw_s: float = 0.5  # the chat redraws its step counter at most this often (a preview always is drawn)
     first_redraw_s: float = 1.0  # and not before a run is this old: a faster reply goes from "Starting…" to its image
-    idle_yield_s: float = 1.0  # the chat yields with nothing new this often, so a closed tab's event ends
+    idle_yield_s: float = 3.0  # the chat yields with nothing new this often, so a closed tab's event ends
+    place_redraw_s: float = 3.0  # a waiting message redraws its place at most this often (the first at once)
+    # (each yield costs gradio a rebuild of every output left out, ~1-4 ms each under the GIL the sampling needs
+    # too: 50 waiting tabs redrawing every second took more of it than the engine, benchmarks/load.py)
     abandon_s: float = 20.0  # a run whose caller stopped pulling its stream this long stops (see Switch)
 
 

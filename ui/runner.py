@@ -77,9 +77,11 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
                 text = None
             # every redraw costs gradio a pass over the whole history (~1 ms an image, beside the sampling) and
             # the browser a render of it: the step counter once a run is first_redraw_s old, then every redraw_s;
-            # else a yield with nothing new every idle_yield_s, so a closed tab's event ends
-            counter_waits = what == "step" and (now - started < timing.first_redraw_s
-                                                or now - redrawn < timing.redraw_s)
+            # a waiting place at once, then every place_redraw_s; else a yield with nothing new every
+            # idle_yield_s, so a closed tab's event ends
+            counter_waits = (what == "step" and (now - started < timing.first_redraw_s
+                                                 or now - redrawn < timing.redraw_s)) or \
+                (what == "waiting" and now - redrawn < getattr(timing, "place_redraw_s", 0.0))
             if text is None or (preview is None and (counter_waits or session.history[pending:] == progress(text))):
                 if now - yielded >= timing.idle_yield_s:
                     yielded = now
