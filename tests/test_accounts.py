@@ -280,3 +280,43 @@ def test_a_space_with_hf_oauth_offers_hugging_face_sign_in_and_the_account_owns_
     finally:
         first.close()
         second.close()
+
+
+def test_a_hugging_face_signed_in_page_stores_its_chat_under_the_account(engine, tmp_path, monkeypatch):
+    """A Space's page with gradio's real OAuth middleware: a chat sent with the session cookie gradio sets after
+    the Hugging Face sign-in (made here with the same signer and secret) is stored under the account 'hf:alice';
+    the same chat without the cookie belongs to its browser only."""
+    import hashlib
+    import json
+    from base64 import b64encode
+
+    import gradio.oauth
+    import itsdangerous
+
+    from serving import ServeConfig, open_server
+    from store.library import Library
+    from studio.accounts import account_key
+    from tests.test_browser import free_port
+    from tests.test_threats import Tab
+
+    monkeypatch.setenv("SYSTEM", "spaces")
+    monkeypatch.setenv("SPACE_ID", "someone/studio")
+    for name, value in (("OAUTH_CLIENT_ID", "abc"), ("OAUTH_CLIENT_SECRET", "xyz"), ("OAUTH_SCOPES", "openid profile"),
+                        ("OPENID_PROVIDER_URL", "https://huggingface.co")):
+        monkeypatch.setattr(gradio.oauth, name, value)
+    info = {"userinfo": {"preferred_username": "alice"}, "expires_at": time.time() + 3600}
+    signer = itsdangerous.TimestampSigner(hashlib.sha256(b"xyz-v4").hexdigest())
+    cookie = signer.sign(b64encode(json.dumps({"oauth_info": info}).encode())).decode()
+    library = Library(tmp_path / "outputs")
+    port = free_port()
+    demo = open_server(ServeConfig(port=port, hf_login=True), engine, library=library)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        signed = Tab(url, cookies={"session": cookie})
+        signed.send("a big red circle on the left, blue background --steps 2")
+        mine = library.conversations(account_key("hf:alice"))
+        assert len(mine) == 1 and mine[0][1].startswith("a big red circle"), mine
+        Tab(url).send("a small blue square at the top, white background --steps 2")
+        assert len(library.conversations(account_key("hf:alice"))) == 1  # the anonymous one is not hers
+    finally:
+        demo.close()
