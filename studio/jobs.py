@@ -82,14 +82,6 @@ class Jobs:
         with self._lock:
             return [job for job in self._jobs if owner and owner in (job.owner, job.user)]
 
-    def running(self) -> Job | None:
-        with self._lock:
-            return next((job for job in self._jobs if job.started_at is not None), None)
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self._jobs)
-
     def interrupt(self, owner: str, everyone: bool = False) -> bool:
         """Stop `owner`'s generations running on the engine now (within a step); False when none is running.
         Only the owner's: a client may stop only its own work; `everyone` (an admin, --admin) stops them all."""

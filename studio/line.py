@@ -110,10 +110,7 @@ class Line:
         if most < 2:
             return False
         newest = max((t for t in waiting if self._owners[t] == owner), key=lambda t: self._joined[t][1])
-        self._turns.remove(newest)
-        self._seen.pop(newest, None)
-        self._switches.pop(newest, None)
-        self._forget(newest)
+        self._drop(newest)
         self._bumped[newest] = most
         self._changed.notify_all()
         return True
@@ -132,10 +129,7 @@ class Line:
                     continue
                 ride, request = Ride(), self._requests[other][0]
                 self._rides[other] = ride
-                self._turns.remove(other)
-                self._seen.pop(other, None)
-                switch = self._switches.pop(other, None)
-                self._forget(other)
+                switch = self._drop(other)
                 taken.append((other, request, ride, switch))
             if taken:
                 self.served += len(taken)
@@ -212,6 +206,14 @@ class Line:
             self._reorder()
             self._changed.notify_all()
 
+    def _drop(self, ticket):
+        """Take a waiting ticket out of the line (under the lock): its place, its owner and round; its stop switch."""
+        self._turns.remove(ticket)
+        self._seen.pop(ticket, None)
+        switch = self._switches.pop(ticket, None)
+        self._forget(ticket)
+        return switch
+
     def _forget(self, ticket) -> None:
         """Drop a ticket's owner and round (under the lock); an owner with none left in line starts afresh."""
         owner = self._owners.pop(ticket, None)
@@ -226,10 +228,7 @@ class Line:
         stale = [t for t in self._turns if t is not keep and t not in self._started
                  and ((not stopped_only and now - self._seen.get(t, now) > self.abandon_s) or self._stopped(t))]
         for ticket in stale:
-            self._turns.remove(ticket)
-            self._seen.pop(ticket, None)
-            self._switches.pop(ticket, None)
-            self._forget(ticket)
+            self._drop(ticket)
         if stale:
             self._changed.notify_all()
 

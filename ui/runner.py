@@ -81,7 +81,7 @@ def run(studio: Studio, session: Session, request: Request) -> Iterator[Update]:
             # idle_yield_s, so a closed tab's event ends
             counter_waits = (what == "step" and (now - started < timing.first_redraw_s
                                                  or now - redrawn < timing.redraw_s)) or \
-                (what == "waiting" and now - redrawn < getattr(timing, "place_redraw_s", 0.0))
+                (what == "waiting" and now - redrawn < timing.place_redraw_s)
             if text is None or (preview is None and (counter_waits or session.history[pending:] == progress(text))):
                 if now - yielded >= timing.idle_yield_s:
                     yielded = now
