@@ -40,6 +40,7 @@ class TrainConfig:
     pool: int = 100000  # scenes rendered and encoded once for the UNet stage
     batch: int = 256  # UNet stage
     vae_batch: int = 64  # VAE and decoder stages
+    held_out: int = 256  # images the VAE's quality is measured on after its stages (the shape check: up to 200)
     threads: int = 1
     device: str = "cpu"
     workers: int = 0  # processes that render batches ahead of the trainer (useful with a GPU)
@@ -189,16 +190,16 @@ def v_loss(denoise, x0: torch.Tensor, alphas: torch.Tensor, gen: torch.Generator
 
 # ------------------------------------------------------------------------------------------------ VAE
 
-def vae_quality(vae, device: str) -> dict:
+def vae_quality(vae, device: str, n: int = 256) -> dict:
     """Held-out reconstruction MSE, the latents' scaling factor, and how often the shape scorer still reads the
     right shape after encode + decode of ground-truth renders (the ceiling for the whole model's shape score)."""
     from .evaluate import eval_scenes, score_image
 
     with torch.no_grad():
-        x = vae_batch(random.Random(12345), 256).to(device)
+        x = vae_batch(random.Random(12345), n).to(device)
         z = vae.encode(x).latent_dist.mean
         mse = F.mse_loss(vae.decode(z).sample, x).item()
-        scenes = eval_scenes(200)
+        scenes = eval_scenes(min(n, 200))
         rec = vae.decode(vae.encode(_to_tensor([world.render(s) for s in scenes]).to(device)).latent_dist.mean).sample
     rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     shape = float(np.mean([score_image(r, s.things[0], s.background)["shape"] for r, s in zip(rec, scenes)]))
@@ -250,7 +251,7 @@ def train_vae(cfg: TrainConfig):
     def finish(budget: Budget) -> dict:
         vae.eval()
         return {"steps": budget.total, "batch": cfg.vae_batch, "minutes": budget.minutes_spent(),
-                **vae_quality(vae, dev)}
+                **vae_quality(vae, dev, cfg.held_out)}
 
     info = train_loop("vae", {"model": vae}, optimizer(vae.parameters(), 1e-3, dev),
                       step_fn(_vae_step, cfg.seed, cfg.vae_batch, 0), loss_fn, steps=cfg.vae_steps, lr=1e-3,
@@ -280,7 +281,7 @@ def finetune_decoder(cfg: TrainConfig):
     def finish(budget: Budget) -> dict:
         vae.eval()
         return {"steps": budget.total, "batch": cfg.vae_batch, "minutes": budget.minutes_spent(),
-                **vae_quality(vae, dev), "scaling_factor": vae_info["scaling_factor"]}
+                **vae_quality(vae, dev, cfg.held_out), "scaling_factor": vae_info["scaling_factor"]}
 
     info = train_loop("decoder", {"model": vae}, optimizer(params, 5e-4, dev),
                       step_fn(_vae_step, cfg.seed, cfg.vae_batch, 300_000), loss_fn, steps=cfg.decoder_steps,

@@ -72,7 +72,7 @@ def smoke(folder: Path) -> Path:
     from ..request import Request
 
     cfg = TrainConfig(out=folder / "builtin", work=folder / "work", vae_steps=3, decoder_steps=3, unet_steps=3,
-                      pool=64, batch=4, log_every=1, save_every=2)
+                      pool=64, batch=4, vae_batch=4, held_out=8, log_every=1, save_every=2)
     train_all(cfg)
     # the multi-aspect continuation (--init, one canvas size a batch) on top of it
     aspect = TrainConfig(out=folder / "builtin-aspect", work=folder / "work-aspect", init=cfg.out, sides=(48, 80),
