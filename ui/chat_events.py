@@ -75,16 +75,17 @@ def _copy(values: dict) -> dict:
 
 
 class Redraw:
-    """What one streaming event has sent the page. Gradio checks every file of a value it is given (~1 ms an
-    image, beside the sampling) and the browser renders it again, while an output left out costs a rebuild
-    (~1-4 ms): so each yield gives only what changed since the last, and one with nothing new gives nothing."""
+    """What one streaming event has sent the page: the chat and the status line. Gradio checks every file of a
+    value it is given (~1 ms an image, beside the sampling) and the browser renders it again, while an output left
+    out costs a rebuild (0.3-4 ms): so each yield gives only what changed since the last, and one with nothing new
+    gives nothing. The gallery and selection are not its outputs (`after_turn`)."""
 
     def __init__(self, page: Page, session: Session, line: str, known: bool):
         self.page, self.session, self.line = page, session, line  # line: the status line as the page shows it
         self.shown = _copy(self.showing()) if known else {}  # a new session: the page still shows the old one's
 
     def showing(self) -> dict:
-        return {**view(self.page, self.session), self.page.status_md: self.line}
+        return {self.page.chatbot: self.session.history, self.page.status_md: self.line}
 
     def changes(self, extra: dict):
         """What changed since the last yield, with `extra`; gr.skip() when nothing did."""
@@ -107,6 +108,7 @@ def streamed(page: Page, studio: Studio, work: Work):
         session = page.sessions.ensure(values[page.state], request)
         history.adopt_ids(session, values[page.ids], studio.library)  # a first message sent before the load ran
         session.pending = None
+        session.page_had = page_has(page, session) if known else None
         before = values[page.status_md]  # the status line before the turn, for a turn that says nothing of its model
         redraw = Redraw(page, session, before, known)
         # the message box's own Stop button (the page's one Stop) shows while this runs, and only then; it comes
@@ -128,19 +130,39 @@ def streamed(page: Page, studio: Studio, work: Work):
 
 def turn_end(page: Page, studio: Studio, session: Session) -> dict:
     """The event's last yield: Send again and Stop hidden (a .then could land after the next message's Stop), the
-    pending panel's tick, and the conversation stored so it outlasts the page, under the ids the browser keeps.
-    The session goes into its gr.State again: a page load that ran during the turn (a first message sent while
-    the page was still loading) must not leave its own, empty session there."""
+    pending panel's tick, and the conversation stored so it outlasts the page (a closed tab runs no .then), under
+    the ids the browser keeps. The session goes into its gr.State again: a page load that ran during the turn (a
+    first message sent while the page was still loading) must not leave its own, empty session there."""
     done = {page.box: gr.MultimodalTextbox(submit_btn=True, stop_btn=False), page.state: session}
     if session.pending is not None:  # settings or a prompt to show: the quick panel event runs on this tick
         done[page.pending_tick] = time.monotonic_ns()
     history.persist(studio.library, session, soon=True)
     if session.browser:
         done[page.ids] = {"browser": session.browser, "conversation": session.conversation}
-        if studio.library is not None and studio.library.enabled:  # the list names the chat by its first prompt
-            done[page.conversations] = gr.Dropdown(choices=history.chat_list(studio.library, session),
-                                                   value=session.conversation)
     return done
+
+
+def page_has(page: Page, session: Session) -> dict:
+    """The gallery and selection label as `after_turn` compares them."""
+    return {"gallery": session.gallery(), "selected": handlers.selected_label(session)}
+
+
+def after_turn(page: Page, studio: Studio, session) -> dict:
+    """The quick event after a turn: the gallery and selection where the turn changed them (all of them when the
+    page showed a session the server had lost), and the chat list. They are not outputs of the streaming event,
+    whose every yield would cost gradio a rebuild of each (the gallery's alone ~3.5 ms, 50 tabs each yielding every
+    few seconds)."""
+    if not isinstance(session, Session) or session.closed:
+        return gr.skip()
+    had, now = session.page_had, page_has(page, session)
+    session.page_had = now
+    out = {page.gallery: now["gallery"], page.selected_md: now["selected"]}
+    if had is not None:
+        out = {c: v for c, v in out.items() if v != had["gallery" if c is page.gallery else "selected"]}
+    if session.browser and studio.library is not None and studio.library.enabled:  # named by its first prompt
+        out[page.conversations] = gr.Dropdown(choices=history.chat_list(studio.library, session),
+                                              value=session.conversation)
+    return out or gr.skip()
 
 
 def apply_pending(page: Page, studio: Studio, values: dict):
@@ -187,14 +209,20 @@ def wire_chat(page: Page, studio: Studio) -> None:
     panel = page.panel
     inputs = panel.settings_inputs() | {page.state, page.box, page.refine, page.strength}
     stream_in = inputs | {page.status_md, page.ids}
-    stream_out = [page.chatbot, page.state, page.gallery, page.selected_md, page.status_md, page.box,
-                  page.pending_tick, page.ids, page.conversations]
+    # few outputs: each one a yield leaves out costs gradio a rebuild (Redraw); the rest come after the turn
+    stream_out = [page.chatbot, page.state, page.status_md, page.box, page.pending_tick, page.ids]
+    after_out = [page.gallery, page.selected_md, page.conversations]
+
+    def after(state):
+        return after_turn(page, studio, state)
+
     # Enter while this tab's turn is still ending is kept and sent when it ends (gradio's default, "once",
     # dropped it: the text stayed in the box until Enter was pressed again)
     page.box.submit(streamed(page, studio, send(page)), stream_in, stream_out, **ENGINE_EVENT,
-                    trigger_mode="always_last")
+                    trigger_mode="always_last").then(after, page.state, after_out, **QUICK)
     for trigger, action in ((page.reroll.click, handlers.reroll), (page.vary.click, handlers.vary)):
-        trigger(streamed(page, studio, on_selected(page, action)), stream_in, stream_out, **ENGINE_EVENT)
+        trigger(streamed(page, studio, on_selected(page, action)), stream_in, stream_out, **ENGINE_EVENT).then(
+            after, page.state, after_out, **QUICK)
     edits = [(page.inpaint.click, inpaint(page)), (page.zoom_out.click, edit(page, edit_handlers.zoom_out)),
              (page.upscale.click, edit(page, edit_handlers.upscale))]
     edits += [(button.click, edit(page, edit_handlers.pan, side)) for side, button in page.pans.items()]
@@ -205,7 +233,7 @@ def wire_chat(page: Page, studio: Studio) -> None:
 
     for trigger, work in edits:
         trigger(streamed(page, studio, work), stream_in | {page.editor}, stream_out, **ENGINE_EVENT).then(
-            to_editor, page.state, page.editor, **QUICK)
+            after, page.state, after_out, **QUICK).then(to_editor, page.state, page.editor, **QUICK)
     page.edit_box.expand(to_editor, page.state, page.editor, **QUICK)
     # only when a turn left settings to show (a dropped PNG): an event run after every turn would cost gradio a
     # rebuild of its ~45 outputs (gr.skip() included), ~60 ms a message

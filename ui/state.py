@@ -114,6 +114,7 @@ class Session:
     closed: bool = False  # the tab moved on (New chat, Clear, another conversation) or went away
     delete_armed: str | None = None  # the conversation a first click on Delete chat asked to delete
     pending: object = None  # ui.runner.Update: a turn's settings or prompt for the panel, shown after the turn
+    page_had: dict | None = None  # the gallery and selection the page showed when a turn began (None: unknown)
     good_model: str | None = None  # the last model that made an image in this session
     user: str = ""  # the signed-in account (--auth, --auth-file, a Space's sign-in); "" when nobody signs in
 
