@@ -218,6 +218,11 @@ def test_the_panel_is_usable_on_a_phone(browser, studio_url):  # noqa: F811
         assert len(tops) == 2  # two rows of two, not four stacked
         page.click("#control-box > button")
         assert page.locator("#control-box").bounding_box()["width"] <= 390
+        # every tab is there to tap, the image prompt too (it was in gradio's "⋯" menu at this width)
+        tab = page.get_by_role("tab", name="Image prompt")
+        assert tab.is_visible() and tab.bounding_box()["x"] + tab.bounding_box()["width"] <= 390
+        tab.click()
+        assert page.locator("#image-prompt").is_visible()
     finally:
         context.close()
 

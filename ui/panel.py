@@ -109,7 +109,9 @@ class Panel:
                                         interactive=True, elem_id="restore-file", height=140)
         with gr.Accordion("ControlNet and image prompt", open=False,
                           elem_id="control-box") as self.control_box:
-            with gr.Tabs(elem_id="control-units") as self.control_tabs:  # one on screen at a time, not stacked
+            # one on screen at a time, not stacked; on a phone the tab names wrap to a second line (gradio's "⋯"
+            # menu hid the image prompt)
+            with gr.Tabs(elem_id="control-units", overflow_behavior="wrap") as self.control_tabs:
                 self.units = []
                 for i in range(MAX_CONTROLS):
                     with gr.Tab(f"Unit {i + 1}", id=f"unit-{i + 1}"):
@@ -138,8 +140,9 @@ class Panel:
     @staticmethod
     def _control_unit(i: int) -> ControlRow:
         with gr.Row(equal_height=True, elem_classes=["unit-head"]):
-            enabled = gr.Checkbox(label=f"Unit {i + 1} on", value=False, min_width=100, scale=0, container=False)
-            kind = gr.Radio(list(CONTROL_KINDS), value="edge", label="Type", show_label=False, min_width=200,
+            enabled = gr.Checkbox(label=f"Unit {i + 1} on", value=False, min_width=100, scale=0, container=False,
+                                  elem_classes=["unit-on"])
+            kind = gr.Radio(list(CONTROL_KINDS), value="edge", label="Type", show_label=False, min_width=120,
                             scale=1, container=False)
         image = checked_image(sources=["upload", "clipboard"], label=f"Unit {i + 1} image", height=120)
         with gr.Row():  # side by side under the image: beside it, the dropdown's arrow covered its text
