@@ -60,6 +60,11 @@ class Server:
         return set(self.tmp.glob("studio-session-*/studio-*.png"))
 
 
+def api_pngs(server: Server) -> set[Path]:
+    """The PNGs gradio's `/generate` wrote (compare what is new only, as for `Server.pngs`)."""
+    return set(server.tmp.glob("studio-api-*/*.png"))
+
+
 def write_plugins(folder: Path) -> Path:
     """The built-in plugins, plus `broken` (the outline LoRA with NaN weights) and `foreign` (an SD1.5 LoRA)."""
     import torch
@@ -261,8 +266,7 @@ def test_item2_chat_stop_ends_the_run_within_a_step(server):
 
 
 def test_item2_api_job_cancel_stops_the_engine(server):
-    api_folder_pngs = lambda: sorted(server.tmp.glob("studio-api-*/*.png"))  # noqa: E731
-    api_before = api_folder_pngs()
+    api_before = api_pngs(server)
     c = client(server)
     job = c.submit(*api_args(steps=200, count=16, size=128), api_name="/generate")  # many minutes of work
     deadline = time.time() + 30
@@ -277,12 +281,12 @@ def test_item2_api_job_cancel_stops_the_engine(server):
     assert not server.engine._lock.locked(), "the engine ran on after job.cancel()"
     quick = c.predict(*api_args(steps=2, seed=1), api_name="/generate")
     assert len(quick) == 1  # its PNG is written before the answer; the cancelled job's never is
-    assert len(api_folder_pngs()) == len(api_before) + 1, "the cancelled job wrote PNGs"
+    assert len(api_pngs(server) - api_before) == 1, "the cancelled job wrote PNGs"
 
 
 def test_item2_a_client_that_disconnects_stops_the_engine(server):
     tab = Tab(server.url)
-    api_before = len(list(server.tmp.glob("studio-api-*/*.png")))
+    api_before = api_pngs(server)
     button = next(d["targets"][0][0] for d in tab.config["dependencies"] if d.get("api_name") == "generate")
     fn, dep = tab.dependency(button, "click")
     given = dict(zip(dep["inputs"], api_args(steps=200, count=16, size=128)))  # many minutes of work
@@ -292,7 +296,7 @@ def test_item2_a_client_that_disconnects_stops_the_engine(server):
     while server.engine._lock.locked() and time.perf_counter() - t0 < 60:  # a bound far from both, as above
         time.sleep(0.02)
     assert not server.engine._lock.locked(), "the engine ran on after its client went away"
-    assert len(list(server.tmp.glob("studio-api-*/*.png"))) == api_before, "a disconnected job wrote a PNG"
+    assert not api_pngs(server) - api_before, "a disconnected job wrote a PNG"
 
 
 def test_item3_lone_surrogate_in_a_message_leaves_the_session_usable(server):
@@ -783,10 +787,10 @@ def engine_freed(engine, bound_s: float = 60) -> bool:
     return not engine._lock.locked()
 
 
-def kept_pngs(server: Server, door: str = "*") -> list[Path]:
+def kept_pngs(server: Server, door: str = "*") -> set[Path]:
     """Every PNG a door wrote for its client: the chat's sessions, MCP's, OpenAI's and /generate's folders (`door`:
-    one of them, e.g. "mcp-*")."""
-    return sorted(server.tmp.glob(f"studio-{door}/studio-*.png"))
+    one of them, e.g. "mcp-*"). Compare what is new only: idle sessions' folders go at any time (SESSION_TTL_S)."""
+    return set(server.tmp.glob(f"studio-{door}/studio-*.png"))
 
 
 def mcp_call_then_stop(url: str, how: str, hold: StepHold, arguments: dict):
@@ -844,12 +848,12 @@ def test_v2_item4_an_mcp_call_stops_within_a_step_when_its_client_cancels_or_han
                 assert hold.stopped.wait(120), f"the engine ran on after the MCP call was {how}"
             finally:
                 hold.restore()
-            assert engine_freed(server.engine) and kept_pngs(server, "mcp-*") == before, how
+            assert engine_freed(server.engine) and not kept_pngs(server, "mcp-*") - before, how
             if how == "cancelled":  # the client still listens: it hears that the call was stopped
                 assert answer.isError and "stopped" in answer.content[0].text, answer
         made = mcp_call_then_stop(url, "answered", None, {**long, "steps": 2, "width": 64, "height": 64})
         assert not made.isError and any(c.type == "image" for c in made.content), made
-        assert len(kept_pngs(server, "mcp-*")) == len(before) + 1
+        assert len(kept_pngs(server, "mcp-*") - before) == 1
     finally:
         demo.close()
 
@@ -1421,7 +1425,7 @@ def test_v2_item1_a_hang_up_stops_the_run_itself_not_when_it_is_given_up(server,
     finally:
         hold.restore()
         object.__setattr__(studio, "timing", old_timing)
-    assert engine_freed(server.engine) and kept_pngs(server) == before
+    assert engine_freed(server.engine) and not kept_pngs(server) - before
     assert studio.stops.watched() == 0  # nothing left registered
     ok(Tab(server.url))
 
