@@ -85,14 +85,16 @@ def test_a_turn_sends_the_chat_for_the_message_and_the_image_and_nothing_in_betw
 
 
 def test_a_later_turn_sends_the_gallery_once_and_only_when_it_grew(demo, slow_quiet_run):
-    chat, gallery = by_elem(demo, "chat"), by_elem(demo, "gallery")
+    chat, gallery, selected = by_elem(demo, "chat"), by_elem(demo, "gallery"), by_elem(demo, "selected")
     state = state_of(enter(demo, "a blue square --steps 2 --size 32x32"))
     after(demo, state)
     again = enter(demo, "a green square --steps 2 --size 32x32", state)
-    assert len(after(demo, state)[gallery]) == 2
+    end = after(demo, state)
+    assert len(end[gallery]) == 2 and "#2" in end[selected]  # the new image, selected
     assert sum(carries(out, chat) for out in again) == 2
-    help_turn = enter(demo, "/help", state)  # no new image: the page's gallery is already right
-    assert not carries(after(demo, state), gallery)
+    help_turn = enter(demo, "/help", state)  # no new image: the page's gallery and selection are already right
+    end = after(demo, state)
+    assert not carries(end, gallery) and not carries(end, selected)
     assert "--seed" in str([out[chat] for out in help_turn if carries(out, chat)][-1][-1]["content"])
 
 

@@ -108,7 +108,7 @@ def streamed(page: Page, studio: Studio, work: Work):
         session = page.sessions.ensure(values[page.state], request)
         history.adopt_ids(session, values[page.ids], studio.library)  # a first message sent before the load ran
         session.pending = None
-        session.page_had = page_has(page, session) if known else None
+        session.page_had = page_has(session) if known else None
         before = values[page.status_md]  # the status line before the turn, for a turn that says nothing of its model
         redraw = Redraw(page, session, before, known)
         # the message box's own Stop button (the page's one Stop) shows while this runs, and only then; it comes
@@ -142,7 +142,7 @@ def turn_end(page: Page, studio: Studio, session: Session) -> dict:
     return done
 
 
-def page_has(page: Page, session: Session) -> dict:
+def page_has(session: Session) -> dict:
     """The gallery and selection label as `after_turn` compares them."""
     return {"gallery": session.gallery(), "selected": handlers.selected_label(session)}
 
@@ -154,11 +154,10 @@ def after_turn(page: Page, studio: Studio, session) -> dict:
     few seconds)."""
     if not isinstance(session, Session) or session.closed:
         return gr.skip()
-    had, now = session.page_had, page_has(page, session)
+    had, now = session.page_had, page_has(session)
     session.page_had = now
-    out = {page.gallery: now["gallery"], page.selected_md: now["selected"]}
-    if had is not None:
-        out = {c: v for c, v in out.items() if v != had["gallery" if c is page.gallery else "selected"]}
+    out = {component: now[key] for key, component in (("gallery", page.gallery), ("selected", page.selected_md))
+           if had is None or had[key] != now[key]}
     if session.browser and studio.library is not None and studio.library.enabled:  # named by its first prompt
         out[page.conversations] = gr.Dropdown(choices=history.chat_list(studio.library, session),
                                               value=session.conversation)
