@@ -362,18 +362,15 @@ def main() -> None:
             chats.setdefault(o.who, []).append(o.seconds)
     means = [statistics.mean(v) for v in chats.values() if v]
     fair = max(means) / min(means) if len(means) > 1 else float("nan")
-    # images each user got (chat, upload and API generations that completed; a stopped one is no image)
-    served = {i: 0 for i in range(args.sessions)}
-    for o in outcomes:
-        if o.kind in ("chat", "upload", "api") and o.result == "completed" and o.who in served:
-            served[o.who] += 1
-    most, least = max(served.values()), min(served.values())
-    # turns each user got: every request that completed, a stopped one too (it had its turn on the engine); what
-    # a fair line evens out, whatever the requests were (a user who drew more cancels got fewer images)
-    turns = {i: 0 for i in range(args.sessions)}
+    # per user: turns, every request that completed, a stopped one too (it had its turn on the engine; what a fair
+    # line evens out, whatever the requests were), and images (a stopped one is none: a user who drew more cancels
+    # got fewer)
+    turns, served = {i: 0 for i in range(args.sessions)}, {i: 0 for i in range(args.sessions)}
     for o in outcomes:
         if o.kind in KINDS and o.result == "completed" and o.who in turns:
             turns[o.who] += 1
+            served[o.who] += o.kind != "cancel"
+    most, least = max(served.values()), min(served.values())
     most_turns, least_turns = max(turns.values()), min(turns.values())
     half = [m for t, m in rss if t >= args.minutes * 30]
     lost = sum(o.detail == "lost reply" for o in outcomes)

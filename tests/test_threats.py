@@ -54,16 +54,6 @@ class Server:
     engine: object
     tmp: Path  # the process's temp folder during the module: session and API folders live here
 
-    def pngs(self) -> set[Path]:
-        """The chat sessions' images now. Compare what is new only: gradio's sweep deletes the folders of earlier
-        tests' sessions (SESSION_TTL_S) at any time."""
-        return set(self.tmp.glob("studio-session-*/studio-*.png"))
-
-
-def api_pngs(server: Server) -> set[Path]:
-    """The PNGs gradio's `/generate` wrote (compare what is new only, as for `Server.pngs`)."""
-    return set(server.tmp.glob("studio-api-*/*.png"))
-
 
 def write_plugins(folder: Path) -> Path:
     """The built-in plugins, plus `broken` (the outline LoRA with NaN weights) and `foreign` (an SD1.5 LoRA)."""
@@ -243,7 +233,7 @@ def test_item2_chat_stop_ends_the_run_within_a_step(server):
     """Stop pressed while the engine is inside step 2 of a long run: the run ends after that step (held until
     the Stop is in: an event, not a guess at how long a step takes), says so, and writes no PNG."""
     tab = Tab(server.url)
-    before = server.pngs()
+    before = kept_pngs(server, "session-*")
     done = {}
 
     def send():
@@ -261,12 +251,12 @@ def test_item2_chat_stop_ends_the_run_within_a_step(server):
     worker.join(120)  # LONG has hundreds of steps left: ended here only if the Stop stopped it
     assert not worker.is_alive() and not server.engine._lock.locked(), "Stop did not end the run"
     assert "Stopped" in chat_text(done["messages"])
-    assert not server.pngs() - before, "a stopped run wrote a PNG"
+    assert not kept_pngs(server, "session-*") - before, "a stopped run wrote a PNG"
     ok(tab)
 
 
 def test_item2_api_job_cancel_stops_the_engine(server):
-    api_before = api_pngs(server)
+    api_before = kept_pngs(server, "api-*")
     c = client(server)
     job = c.submit(*api_args(steps=200, count=16, size=128), api_name="/generate")  # many minutes of work
     deadline = time.time() + 30
@@ -281,12 +271,12 @@ def test_item2_api_job_cancel_stops_the_engine(server):
     assert not server.engine._lock.locked(), "the engine ran on after job.cancel()"
     quick = c.predict(*api_args(steps=2, seed=1), api_name="/generate")
     assert len(quick) == 1  # its PNG is written before the answer; the cancelled job's never is
-    assert len(api_pngs(server) - api_before) == 1, "the cancelled job wrote PNGs"
+    assert len(kept_pngs(server, "api-*") - api_before) == 1, "the cancelled job wrote PNGs"
 
 
 def test_item2_a_client_that_disconnects_stops_the_engine(server):
     tab = Tab(server.url)
-    api_before = api_pngs(server)
+    api_before = kept_pngs(server, "api-*")
     button = next(d["targets"][0][0] for d in tab.config["dependencies"] if d.get("api_name") == "generate")
     fn, dep = tab.dependency(button, "click")
     given = dict(zip(dep["inputs"], api_args(steps=200, count=16, size=128)))  # many minutes of work
@@ -296,7 +286,7 @@ def test_item2_a_client_that_disconnects_stops_the_engine(server):
     while server.engine._lock.locked() and time.perf_counter() - t0 < 60:  # a bound far from both, as above
         time.sleep(0.02)
     assert not server.engine._lock.locked(), "the engine ran on after its client went away"
-    assert not api_pngs(server) - api_before, "a disconnected job wrote a PNG"
+    assert not kept_pngs(server, "api-*") - api_before, "a disconnected job wrote a PNG"
 
 
 def test_item3_lone_surrogate_in_a_message_leaves_the_session_usable(server):
@@ -602,7 +592,7 @@ def gradio_saw_close(demo, session_hash: str, bound_s: float = 60) -> bool:
 def test_v2_item1_a_cancel_mid_step_leaves_every_route_answering(server):
     """A gradio cancel (and a closed tab) while the engine is inside a step: every route answers during the step,
     and the run stops after it without an image."""
-    before = server.pngs()
+    before = kept_pngs(server, "session-*")
     release, entered, restore = hold_engine_at_step(server.engine)
     try:
         tab = Tab(server.url)
@@ -630,7 +620,7 @@ def test_v2_item1_a_cancel_mid_step_leaves_every_route_answering(server):
     deadline = time.monotonic() + 60  # the runs stop at their next step; a bound far from both, not a speed test
     while server.engine._lock.locked() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not server.engine._lock.locked() and not server.pngs() - before
+    assert not server.engine._lock.locked() and not kept_pngs(server, "session-*") - before
     ok(Tab(server.url))
 
 
